@@ -1,0 +1,3 @@
+from axformer.cli import main
+
+main()

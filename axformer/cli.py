@@ -1,0 +1,204 @@
+"""The ``axformer`` command: a thin layer that maps flags to the library's configs.
+
+Every subcommand calls the same function a Python user would; errors the user
+can fix print one line and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from axformer.errors import AxformerError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make fine-tuned Transformer encoders faster, smaller and, where the task allows, more accurate.",
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+# ----------------------------------------------------------------- shared options
+
+TaskOpt = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (sst2, mrpc, stsb, cola, rte, qqp, mnli, qnli, wnli, boolq, cb, superglue-rte, bbcnews) or 'custom'.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Directory with the task in its official GLUE/SuperGLUE layout (default: $AXFORMER_DATA_DIR, else the hub).")]
+SourceOpt = Annotated[str, typer.Option("--source", help="Where benchmark data comes from: auto, local or hub.")]
+TrainFileOpt = Annotated[Optional[Path], typer.Option("--train", help="Custom task: training file (.csv, .tsv or .jsonl).")]
+DevFileOpt = Annotated[Optional[Path], typer.Option("--dev", help="Custom task: dev file used only for reporting.")]
+TextColOpt = Annotated[Optional[list[str]], typer.Option("--text-column", help="Custom task: text column (give twice for sentence pairs).")]
+LabelColOpt = Annotated[str, typer.Option("--label-column", help="Custom task: label column.")]
+ProblemOpt = Annotated[str, typer.Option("--problem", help="Custom task: classification or regression.")]
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Custom task: comma-separated label names in id order (default: sorted distinct training labels).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N].")]
+
+
+def _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels):
+    from axformer.tasks.sources import load_custom, load_task
+
+    if train is not None or dev is not None or (task or "").lower() == "custom":
+        if train is None or dev is None:
+            raise AxformerError("a custom task needs both --train and --dev files")
+        if not text_column:
+            raise AxformerError("a custom task needs --text-column (once, or twice for sentence pairs)")
+        names = tuple(s.strip() for s in labels.split(",")) if labels else None
+        return load_custom(train, dev, tuple(text_column), label_column, problem, names, name=task if task and task.lower() != "custom" else "custom")
+    if task is None:
+        raise AxformerError("missing --task; expected a task name (see 'axformer tasks') or --train/--dev files")
+    return load_task(task, data_dir, source)
+
+
+def _print_evaluation(evaluation, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column("examples", justify="right")
+    table.add_column("loss", justify="right")
+    metric_names = list(next(iter(evaluation.splits.values())).metrics) if evaluation.splits else []
+    for m in metric_names:
+        table.add_column(m, justify="right")
+    for name, res in evaluation.splits.items():
+        table.add_row(name, str(res.num_examples), f"{res.loss:.4f}", *(f"{res.metrics[m]:.2f}" for m in metric_names))
+    console.print(table)
+
+
+# ----------------------------------------------------------------------- commands
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("axformer").setLevel(logging.INFO)
+
+
+@app.command("tasks")
+def tasks_cmd() -> None:
+    """List the tasks axformer knows, with their labels and metrics."""
+    from axformer.tasks.spec import BUILTIN_TASKS
+
+    table = Table()
+    for col in ("task", "benchmark", "inputs", "labels", "metrics (main first)"):
+        table.add_column(col)
+    for t in BUILTIN_TASKS.values():
+        metrics = [t.main_metric] + [m for m in t.metrics if m != t.main_metric]
+        table.add_row(t.name, t.benchmark, "pair" if t.num_text_fields == 2 else "single", "regression" if t.is_regression else ", ".join(t.label_names), ", ".join(metrics))
+    console.print(table)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory (or hub id when online).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the fine-tuned model.")],
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+    epochs: Annotated[float, typer.Option(help="Epochs (fractions allowed).")] = 3.0,
+    learning_rate: Annotated[float, typer.Option("--lr", "--learning-rate")] = 5e-5,
+    batch_size: int = 32,
+    warmup_ratio: float = 0.06,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    max_seq_length: int = 128,
+    max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many examples.")] = None,
+    heldout_fraction: Annotated[float, typer.Option(help="Share of the training set held out for model selection and all later decisions.")] = 0.15,
+    seed: int = 42,
+    eval_every: Annotated[Optional[int], typer.Option(help="Steps between held-out evaluations (default: each epoch).")] = None,
+    eval_max_examples: Annotated[Optional[int], typer.Option(help="Held-out examples used for model selection during training.")] = 2000,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
+    new_head: Annotated[bool, typer.Option("--new-head", help="Replace the checkpoint's classification head with a new one for this task.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading pickle (pytorch_model.bin) checkpoints.")] = False,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+) -> None:
+    """Fine-tune a model on a task (conventional baseline), selecting the best checkpoint on the held-out split."""
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    if output.exists() and not overwrite:
+        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+    config = FinetuneConfig(
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm, max_seq_length=max_seq_length, max_train_examples=max_train_examples, heldout_fraction=heldout_fraction,
+        seed=seed, eval_every=eval_every, eval_max_examples=eval_max_examples, checkpoint_every=checkpoint_every, new_head=new_head,
+        allow_pickle=allow_pickle, device=device,
+    )
+    config.validate()
+    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+    result = finetune(model, data, output, config, overwrite=overwrite)
+    _print_evaluation(result.evaluation, f"{data.spec.display_name}: fine-tuned in {result.wall_time_s / 60:.1f} min ({result.steps} steps)")
+    console.print(f"model saved to {result.output}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory (or hub id when online).")],
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="heldout, dev, or a named dev split; repeatable (default: heldout and dev).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for evaluation.json and predictions (default: MODEL/eval for local models).")] = None,
+    max_examples: Annotated[Optional[int], typer.Option(help="Evaluate only the first N examples of each split.")] = None,
+    batch_size: int = 64,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Metrics of a model on the held-out split and the dev set, as a table and as JSON."""
+    from axformer.evaluation import evaluate
+    from axformer.models.loading import is_local
+
+    data = None
+    if task is not None or train is not None:
+        data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+    if output is None:
+        output = Path(model) / "eval" if is_local(model) else Path("eval-" + model.replace("/", "-"))
+    result = evaluate(model, data, data_dir, tuple(split or ("heldout", "dev")), batch_size, max_examples, device, output, allow_pickle)
+    _print_evaluation(result, f"{result.task}: {model}")
+    console.print(f"results written to {output}/evaluation.json")
+
+
+@app.command("demo")
+def demo_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/demo"),
+    max_train_examples: Annotated[int, typer.Option(help="Training examples used by the demo.")] = 480,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run the pipeline offline on the embedded default: bundled all-MiniLM-L6-v2 on BBC News."""
+    from axformer.demo import run_demo
+
+    run_demo(output, max_train_examples=max_train_examples, device=device, print_table=_print_evaluation)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except AxformerError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"axformer: error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("axformer: interrupted; re-run the same command to resume from the last checkpoint")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

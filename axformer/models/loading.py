@@ -1,0 +1,180 @@
+"""Loading and saving models for a task, with the checks users of this field wish they had.
+
+A head whose size or label names do not fit the task is an error, not a silent
+re-initialisation; a new head is created only for a base checkpoint that has
+none, or when the user asks for one. Weights load from safetensors; pickle
+checkpoints (``pytorch_model.bin``) are refused unless explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from axformer.errors import AxformerError
+from axformer.tasks.spec import TaskSpec
+
+log = logging.getLogger("axformer")
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def _check_local_dir(path: Path, allow_pickle: bool) -> None:
+    if not (path / "config.json").is_file():
+        raise AxformerError(f"model directory {path} has no config.json; expected a Hugging Face model directory")
+    if any((path / f).is_file() for f in SAFE_WEIGHTS):
+        return
+    if any((path / f).is_file() for f in PICKLE_WEIGHTS):
+        if allow_pickle:
+            return
+        raise AxformerError(
+            f"model directory {path} has only pickle weights (pytorch_model.bin), which can run arbitrary code when loaded; "
+            "convert them to safetensors or pass --allow-pickle if you trust the source"
+        )
+    raise AxformerError(f"model directory {path} has no weights; expected model.safetensors")
+
+
+def is_local(model: str | os.PathLike) -> bool:
+    p = Path(model)
+    return p.exists() or p.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1
+
+
+def _load_config(model: str, **kwargs: Any) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(model, **kwargs)
+    except OSError as exc:
+        raise AxformerError(f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local model directory or a reachable hub id") from None
+    except ValueError as exc:
+        raise AxformerError(f"config of {model!r} is not usable: {str(exc).splitlines()[0]}") from None
+
+
+def _has_head(config: PretrainedConfig) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def _label_names(config: PretrainedConfig) -> list[str] | None:
+    names = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    if not names or all(_DEFAULT_LABEL.match(str(n)) for n in names):
+        return None
+    return [str(n) for n in names]
+
+
+def configure_for_task(config: PretrainedConfig, spec: TaskSpec) -> None:
+    config.num_labels = spec.num_labels
+    if spec.is_regression:
+        config.problem_type = "regression"
+        config.id2label = {0: "score"}
+    else:
+        config.problem_type = "single_label_classification"
+        config.id2label = dict(enumerate(spec.label_names))
+    config.label2id = {v: k for k, v in config.id2label.items()}
+
+
+def load_model(
+    model: str | os.PathLike,
+    task: TaskSpec | None = None,
+    new_head: bool = False,
+    allow_pickle: bool = False,
+    device: torch.device | str = "cpu",
+) -> PreTrainedModel:
+    """A sequence-classification model for ``task`` from a directory (or hub id when online).
+
+    Pruned models saved by axformer come back with their per-layer structure.
+    """
+    model = str(model)
+    local = is_local(model)
+    if local:
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise AxformerError(f"model directory {path} does not exist")
+        _check_local_dir(path, allow_pickle)
+        model = str(path)
+    config = _load_config(model)
+    from axformer.surgery import restore as surgery_restore  # late import: surgery builds on this module
+
+    if surgery_restore.has_structure(config):
+        if task is not None:
+            check_head_fits(config, task, model)
+        return surgery_restore.load_pruned(model, config, device)
+    had_head = _has_head(config)
+    if task is not None:
+        if had_head and not new_head:
+            check_head_fits(config, task, model)
+        configure_for_task(config, task)
+    try:
+        net, info = AutoModelForSequenceClassification.from_pretrained(
+            model,
+            config=config,
+            use_safetensors=None if allow_pickle else True,
+            ignore_mismatched_sizes=new_head,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AxformerError(f"cannot load the weights of {model}: {first}") from None
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise AxformerError(f"cannot load the weights of {model} (corrupt checkpoint?): {type(exc).__name__}: {str(exc)[:200]}") from None
+    missing = set(info.get("missing_keys", ()))
+    encoder_missing = [k for k in missing if not _is_head_key(k)]
+    if encoder_missing:
+        raise AxformerError(f"checkpoint {model} lacks {len(encoder_missing)} encoder weights (e.g. {sorted(encoder_missing)[0]}); it does not match its config.json")
+    if missing and had_head and not new_head:
+        raise AxformerError(f"checkpoint {model} declares a classification head but its weights lack it ({sorted(missing)[0]}); pass --new-head to train a new one")
+    if missing:
+        log.info("no classification head in %s: a new %d-output head was initialised", model, config.num_labels)
+    return net.to(device)
+
+
+_HEAD_PREFIXES = ("classifier", "pre_classifier", "score", "pooler", "sequence_summary")
+
+
+def _is_head_key(key: str) -> bool:
+    parts = key.split(".")
+    return any(p in _HEAD_PREFIXES for p in parts[:2])
+
+
+def check_head_fits(config: PretrainedConfig, spec: TaskSpec, where: str) -> None:
+    """Refuse a checkpoint whose head cannot serve ``spec`` (size or label names)."""
+    if config.num_labels != spec.num_labels:
+        raise AxformerError(
+            f"model {where} has a {config.num_labels}-output head but task {spec.display_name} needs {spec.num_labels}; "
+            "pass --new-head to replace the head (fine-tuning only)"
+        )
+    names = _label_names(config)
+    if names is not None and not spec.is_regression and names != list(spec.label_names):
+        raise AxformerError(f"model {where} predicts labels {names} but task {spec.display_name} has labels {list(spec.label_names)}")
+
+
+def load_tokenizer(model: str | os.PathLike):
+    try:
+        return AutoTokenizer.from_pretrained(str(model))
+    except (OSError, ValueError, TypeError) as exc:
+        raise AxformerError(f"cannot load a tokenizer from {model} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); expected tokenizer files beside the weights") from None
+
+
+def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) -> None:
+    """Weights as safetensors, config and tokenizer: a directory any later stage can load."""
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def read_config_json(directory: str | os.PathLike) -> dict:
+    try:
+        return json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AxformerError(f"cannot read {directory}/config.json: {exc}") from None

@@ -1,0 +1,75 @@
+"""The held-out validation split carved from the training set (the AxFormer protocol).
+
+Every selection and search decision uses this split; the official dev set only
+reports. The split is recorded with each model (indices plus a fingerprint of
+the training data) so that later stages reuse exactly the same examples, and a
+change of the underlying data is detected instead of silently mixing splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from axformer.errors import AxformerError
+from axformer.tasks.data import Split, TaskData
+
+
+@dataclass
+class SplitRecord:
+    fraction: float
+    seed: int
+    stratified: bool
+    num_train_total: int
+    train_fingerprint: str
+    heldout_indices: list[int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitRecord":
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        except KeyError as exc:
+            raise AxformerError(f"split record is missing field {exc.args[0]!r}") from None
+
+
+def make_heldout_split(train: Split, fraction: float = 0.15, seed: int = 42, stratify: bool = True) -> SplitRecord:
+    """Seeded (and, for classification, stratified) held-out indices into ``train``."""
+    if not 0.0 < fraction < 1.0:
+        raise AxformerError(f"--heldout-fraction {fraction}; expected a value between 0 and 1")
+    n = len(train)
+    n_held = int(round(n * fraction))
+    if n_held < 1 or n - n_held < 1:
+        raise AxformerError(f"training split has {n} examples: too few to hold out {fraction:.0%} and keep some for training")
+    labels = train.labels
+    strat = labels if stratify and labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
+    _, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed, stratify=strat)
+    return SplitRecord(
+        fraction=fraction,
+        seed=seed,
+        stratified=strat is not None,
+        num_train_total=n,
+        train_fingerprint=train.fingerprint(),
+        heldout_indices=sorted(int(i) for i in held),
+    )
+
+
+def apply_split(data: TaskData, record: SplitRecord) -> tuple[Split, Split]:
+    """(training part, held-out part) of ``data.train`` according to ``record``.
+
+    Refuses data whose training set differs from the one the split was made on.
+    """
+    train = data.train
+    if len(train) != record.num_train_total or train.fingerprint() != record.train_fingerprint:
+        raise AxformerError(
+            f"the training data of {data.spec.display_name} ({len(train)} examples) is not the data the model's held-out split "
+            f"was made from ({record.num_train_total} examples, fingerprint {record.train_fingerprint}); point --data-dir at the original data"
+        )
+    held = np.asarray(record.heldout_indices, dtype=np.int64)
+    mask = np.ones(len(train), dtype=bool)
+    mask[held] = False
+    return train.subset(np.nonzero(mask)[0], "train"), train.subset(held, "heldout")

