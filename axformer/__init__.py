@@ -1,0 +1,32 @@
+"""axformer: accuracy-driven approximation of fine-tuned Transformer encoders.
+
+The Python API mirrors the CLI: every subcommand is one of these functions.
+"""
+
+from axformer.errors import AxformerError
+from axformer.evaluation import Evaluation, evaluate
+from axformer.models.loading import load_model, load_tokenizer, save_model
+from axformer.tasks.data import Split, TaskData
+from axformer.tasks.sources import load_custom, load_task
+from axformer.tasks.spec import TaskSpec, get_task
+from axformer.training.finetune import FinetuneConfig, FinetuneResult, finetune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AxformerError",
+    "Evaluation",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "Split",
+    "TaskData",
+    "TaskSpec",
+    "evaluate",
+    "finetune",
+    "get_task",
+    "load_custom",
+    "load_model",
+    "load_task",
+    "load_tokenizer",
+    "save_model",
+]

@@ -17,6 +17,11 @@ from transformers import (
     RobertaConfig,
 )
 
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GLUE = Path(os.environ.get("AXFORMER_DATA_DIR", REPO.parent / "shared" / "data" / "glue"))
 
@@ -37,7 +42,7 @@ def tiny_vocab_file(directory: Path) -> Path:
 
 
 def tiny_tokenizer(directory: Path, model_input_names=None) -> BertTokenizerFast:
-    tok = BertTokenizerFast(vocab_file=str(tiny_vocab_file(directory)), do_lower_case=True)
+    tok = BertTokenizerFast(vocab=str(tiny_vocab_file(directory)), do_lower_case=True)
     if model_input_names is not None:
         tok.model_input_names = list(model_input_names)
     return tok

@@ -195,7 +195,8 @@ def finetune(
             seen += 1
             bar.update(1)
             bar.set_postfix(loss=f"{running / seen:.4f}")
-            if step % eval_every == 0 or step == total_steps:
+            evaluated = step % eval_every == 0 or step == total_steps
+            if evaluated:
                 ev = evaluate_now()
                 entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": running / seen, "lr": scheduler.get_last_lr()[0], "heldout": ev}
                 log.append(entry)
@@ -205,8 +206,8 @@ def finetune(
                     best = {"step": step, "metric": ev[spec.main_metric], "loss": ev["loss"]}
                     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(work / BEST))
                 tqdm.write(f"step {step}: held-out {spec.main_metric} {ev[spec.main_metric]:.2f}, loss {ev['loss']:.4f}" + (" (best)" if better else ""))
-            if step % config.checkpoint_every == 0 or step == total_steps:
-                save_checkpoint()
+            if evaluated or step % config.checkpoint_every == 0:
+                save_checkpoint()  # also after each evaluation, so best.safetensors never runs ahead of the checkpoint
         bar.close()
 
         net.load_state_dict(load_file(str(work / BEST), device=str(device)))
