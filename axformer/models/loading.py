@@ -102,9 +102,9 @@ def load_model(
             raise AxformerError(f"model directory {path} does not exist")
         _check_local_dir(path, allow_pickle)
         model = str(path)
-    config = _load_config(model)
     from axformer.surgery import restore as surgery_restore  # late import: surgery builds on this module
 
+    config = (surgery_restore.load_config(model) if local else None) or _load_config(model)
     if surgery_restore.has_structure(config):
         if task is not None:
             check_head_fits(config, task, model)
@@ -166,9 +166,15 @@ def load_tokenizer(model: str | os.PathLike):
 
 
 def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) -> None:
-    """Weights as safetensors, config and tokenizer: a directory any later stage can load."""
+    """Weights as safetensors, config and tokenizer: a directory any later stage can load.
+
+    A pruned model's per-layer structure is saved in its config and comes back with :func:`load_model`.
+    """
+    from axformer.surgery.restore import mark_if_not_stock
+
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
+    mark_if_not_stock(directory, model.config)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
