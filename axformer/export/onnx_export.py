@@ -1,0 +1,88 @@
+"""ONNX export with dynamic batch and sequence axes, for any adapter and any per-layer structure."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from axformer.errors import AxformerError
+
+OPSET = 17
+
+
+def model_input_names(model: PreTrainedModel) -> list[str]:
+    """The inputs the model's forward takes, in the order ONNX will list them."""
+    params = inspect.signature(model.forward).parameters
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params]
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model: PreTrainedModel, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.names, inputs))).logits
+
+
+def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OPSET, seq_len: int = 16) -> Path:
+    """Write ``model`` to ``path`` as ONNX (inputs: int64 [batch, sequence]; output: logits [batch, labels]).
+
+    Uses the TorchScript-based exporter: its graphs are the ones ONNX Runtime's
+    transformer optimizer knows how to fuse.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = model_input_names(model)
+    model = model.eval()
+    device = next(model.parameters()).device
+    vocab = getattr(model.config, "vocab_size", 100)
+    dummy = {
+        "input_ids": torch.randint(3, min(vocab, 1000), (2, seq_len), device=device),
+        "attention_mask": torch.ones(2, seq_len, dtype=torch.long, device=device),
+        "token_type_ids": torch.zeros(2, seq_len, dtype=torch.long, device=device),
+    }
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
+    dynamic["logits"] = {0: "batch"}
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                _LogitsOnly(model, names),
+                tuple(dummy[n] for n in names),
+                str(tmp),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise AxformerError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    tmp.replace(path)
+    return path
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def onnx_logits(session, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    wanted = {i.name for i in session.get_inputs()}
+    feed = {k: v.cpu().numpy().astype(np.int64) for k, v in batch.items() if k in wanted}
+    return session.run(["logits"], feed)[0]
