@@ -174,6 +174,41 @@ def evaluate_cmd(
     console.print(f"results written to {output}/evaluation.json")
 
 
+@app.command("prune")
+def prune_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the physically pruned model.")],
+    remove: Annotated[list[str], typer.Option("--remove", "-r", help="Components to remove, e.g. L5.attn.head3, L2.ffn.group4of12, L3.attn, L4.ffn, L1 (repeatable or comma-separated).")],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Physically remove named components and save the smaller model (reloads with axformer.load_model)."""
+    from axformer.models.loading import load_model, load_tokenizer, save_model
+    from axformer.models.record import ModelRecord
+    from axformer.surgery.prune import count_parameters, current_structure, prune
+    from axformer.utils.io import atomic_output_dir
+
+    names = [n.strip() for item in remove for n in item.split(",") if n.strip()]
+    net = load_model(model, allow_pickle=allow_pickle)
+    tok = load_tokenizer(model)
+    before_p, before_f = count_parameters(net), current_structure(net).flops_per_token()
+    structure = prune(net, names)
+    with atomic_output_dir(output, overwrite=overwrite, keep_partial=False) as work:
+        save_model(net, tok, work)
+        record = ModelRecord.load(model)
+        record.history.append({"stage": "prune", "base_model": str(model), "removed": names})
+        record.save(work)
+    table = Table(title=f"pruned {model}")
+    for col in ("", "parameters", "FLOPs/token @128", "per-layer heads/FFN"):
+        table.add_column(col)
+    layers = " ".join("-" if l is None else f"{len(l.heads)}/{len(l.neurons)}" for l in structure.layers)
+    table.add_row("before", f"{before_p / 1e6:.2f} M", f"{before_f / 1e6:.1f} M", "")
+    table.add_row("after", f"{count_parameters(net) / 1e6:.2f} M", f"{structure.flops_per_token() / 1e6:.1f} M", layers)
+    console.print(table)
+    note = "loads in stock transformers too" if structure.is_stock() else "per-layer structure: load it with axformer.load_model"
+    console.print(f"saved to {output} ({note})")
+
+
 @app.command("demo")
 def demo_cmd(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/demo"),

@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertTokenizerFast,
+    DebertaV2Config,
     DistilBertConfig,
     ElectraConfig,
     MPNetConfig,
@@ -64,11 +65,13 @@ def tiny_config(arch: str, num_labels: int = 2):
         return MPNetConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p + 2, pad_token_id=0, **common)
     if arch == "distilbert":
         return DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f, max_position_embeddings=p, num_labels=num_labels, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0)
+    if arch == "deberta-v2":  # v3-style: relative attention with shared keys
+        return DebertaV2Config(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=16, max_relative_positions=p, position_biased_input=False, type_vocab_size=0, pad_token_id=0, **common)
     raise ValueError(arch)
 
 
-ARCHS = ("bert", "roberta", "distilbert", "mpnet", "electra")
-NO_TOKEN_TYPES = {"distilbert", "mpnet", "roberta"}
+ARCHS = ("bert", "roberta", "distilbert", "mpnet", "electra", "deberta-v2")
+NO_TOKEN_TYPES = {"distilbert", "mpnet", "roberta", "deberta-v2"}
 
 
 def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2, seed: int = 0, labels=None) -> Path:

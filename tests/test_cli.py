@@ -109,3 +109,16 @@ def test_finetune_and_evaluate_happy_path(monkeypatch, capsys, tiny_bert, files,
     code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", out, "--device", "cpu")
     assert code == 0, err
     assert (out / "eval" / "evaluation.json").is_file() and "accuracy" in stdout
+
+
+def test_prune_command(monkeypatch, capsys, tiny_bert, tmp_path):
+    from axformer.models.loading import load_model
+    from axformer.surgery.prune import current_structure
+
+    out = tmp_path / "pruned"
+    code, stdout, err = run_cli(monkeypatch, capsys, "prune", tiny_bert, "-o", out, "-r", "L0.attn.head1,L1.ffn", "-r", "L2")
+    assert code == 0, err
+    s = current_structure(load_model(out))
+    assert s.layers[2] is None and s.layers[1].neurons == [] and 1 not in s.layers[0].heads
+    code, _, err = run_cli(monkeypatch, capsys, "prune", tiny_bert, "-o", tmp_path / "bad", "-r", "L0.attn.group1of3")
+    assert_clean_failure(code, err, tmp_path / "bad", r"component 'L0.attn.group1of3': group is not part of the attn block")

@@ -205,3 +205,23 @@ def test_structure_flops_and_stock_rules():
     assert half_ffn.is_stock() and half_ffn.flops_per_token(128) == full - 2 * 6 * (2 * 384 * 768)  # up and down projections
     assert not s.removed(["L0.attn.head0"]).is_stock()
     assert ModelStructure.from_dict(half_ffn.to_dict()).to_dict() == half_ffn.to_dict()
+
+
+def test_deberta_v2_with_separate_position_projections_and_conv(tmp_path):
+    """DeBERTa-v2 with its own position projections (sliced per head) and a first-layer convolution."""
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config("deberta-v2")
+    cfg.share_att_key, cfg.conv_kernel_size = False, 3
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    removed = ["L0.attn.head1", "L1.attn.head0", "L1.attn.head3", "L2.ffn.group4of12"]
+    with SoftMask(model) as mask:
+        mask.set(removed)
+        masked = logits(model, batch())
+    pruned = copy.deepcopy(model)
+    prune(pruned, removed)
+    assert pruned.deberta.encoder.layer[1].attention.self.pos_key_proj.out_features == 2 * D
+    torch.testing.assert_close(logits(pruned, batch()), masked, rtol=0, atol=1e-5)
+    with pytest.raises(AxformerError, match="layer L0 cannot be removed"):
+        prune(pruned, ["L0"])

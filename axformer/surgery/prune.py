@@ -59,6 +59,7 @@ def apply_structure(model: PreTrainedModel, target: ModelStructure, adapter: Ada
     current = current or current_structure(model, a)
     if target.num_layers != current.num_layers or not target.is_subset_of(current):
         raise AxformerError("the requested structure keeps parts the model no longer has; prune from the model it was derived from")
+    a.validate(model, target)
     modules = list(a.layers(model))
     present = current.present_layers
     if len(modules) != len(present):
@@ -75,7 +76,7 @@ def apply_structure(model: PreTrainedModel, target: ModelStructure, adapter: Ada
                 parts = a.attention(module)
                 d = current.head_dim
                 rows = torch.cat([torch.arange(p * d, (p + 1) * d) for p in _positions(cur.heads, tgt.heads).tolist()])
-                for lin in (parts.q, parts.k, parts.v):
+                for lin in (parts.q, parts.k, parts.v, *a.extra_head_projections(module)):
                     _slice(lin, rows, 0)
                 _slice(parts.o, rows, 1)
                 a.set_head_count(module, len(tgt.heads))

@@ -102,6 +102,13 @@ class Adapter:
         """Replace the FFN block by its residual path and LayerNorm (``y = LN2(a)``)."""
         raise NotImplementedError
 
+    def extra_head_projections(self, layer: nn.Module) -> list[nn.Linear]:
+        """Further projections whose output rows are laid out per head (sliced like Q, K, V)."""
+        return []
+
+    def validate(self, model: PreTrainedModel, target) -> None:
+        """Refuse structures this family cannot realise (called before any change)."""
+
     def on_heads_kept(self, layer: nn.Module, original_heads: list[int]) -> None:
         """Hook for families whose attention takes per-head inputs from outside the layer (MPNet)."""
 
