@@ -122,21 +122,22 @@ class SoftMask:
                 self.layer_gates[orig].zero_()
                 changed = True
             else:
-                if orig in self.head_gates and tgt.heads != cur.heads:
-                    keep = torch.isin(torch.tensor(cur.heads), torch.tensor(tgt.heads, dtype=torch.long))
-                    self.head_gates[orig].copy_(keep.to(self.head_gates[orig]))
-                    if not tgt.heads:
-                        self.attn_gates[orig].zero_()
-                    changed = True
-                if orig in self.neuron_gates and tgt.neurons != cur.neurons:
-                    keep = torch.isin(torch.tensor(cur.neurons), torch.tensor(tgt.neurons, dtype=torch.long))
-                    self.neuron_gates[orig].copy_(keep.to(self.neuron_gates[orig]))
-                    if not tgt.neurons:
-                        self.ffn_gates[orig].zero_()
-                    changed = True
+                changed |= self._close(orig, cur.heads, tgt.heads, self.head_gates, self.attn_gates)
+                changed |= self._close(orig, cur.neurons, tgt.neurons, self.neuron_gates, self.ffn_gates)
             if changed:
                 self._active.add(orig)
         return target
+
+    @staticmethod
+    def _close(orig: int, current: list[int], kept: list[int], unit_gates: dict, block_gates: dict) -> bool:
+        """Zero the gates of the units of ``current`` not in ``kept`` (and the block's if none is kept)."""
+        if orig not in unit_gates or kept == current:
+            return False
+        keep = torch.isin(torch.tensor(current), torch.tensor(kept, dtype=torch.long))
+        unit_gates[orig].copy_(keep.to(unit_gates[orig]))
+        if not kept:
+            block_gates[orig].zero_()
+        return True
 
     def remove(self) -> None:
         for h in self._handles:

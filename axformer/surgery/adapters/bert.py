@@ -37,8 +37,12 @@ class BertLikeAdapter(Adapter):
             return None
         return FFNParts(layer.intermediate.dense, layer.output.dense)
 
+    def self_attention(self, layer):
+        """The module that holds the head-count bookkeeping."""
+        return layer.attention.self
+
     def set_head_count(self, layer, count):
-        sa = layer.attention.self
+        sa = self.self_attention(layer)
         sa.num_attention_heads = count
         sa.all_head_size = count * sa.attention_head_size
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from axformer.surgery.adapters.base import Adapter, AttentionParts, FFNParts, ResidualLayerNorm
+from axformer.surgery.adapters.base import AttentionParts
+from axformer.surgery.adapters.bert import BertLikeAdapter
 
 
 class RemovedMPNetAttention(nn.Module):
@@ -30,7 +31,9 @@ def _select_position_bias(module: nn.Module, args: tuple, kwargs: dict):
     return args, kwargs
 
 
-class MPNetAdapter(Adapter):
+class MPNetAdapter(BertLikeAdapter):
+    """Same FFN and bookkeeping as BERT; the attention lives in ``attention.attn`` with its own LayerNorm."""
+
     model_types = ("mpnet",)
     family = "mpnet"
 
@@ -43,15 +46,8 @@ class MPNetAdapter(Adapter):
         a = layer.attention.attn
         return AttentionParts(a.q, a.k, a.v, a.o)
 
-    def ffn(self, layer):
-        if isinstance(layer.output, ResidualLayerNorm):
-            return None
-        return FFNParts(layer.intermediate.dense, layer.output.dense)
-
-    def set_head_count(self, layer, count):
-        a = layer.attention.attn
-        a.num_attention_heads = count
-        a.all_head_size = count * a.attention_head_size
+    def self_attention(self, layer):
+        return layer.attention.attn
 
     def on_heads_kept(self, layer, original_heads):
         attn = layer.attention.attn
@@ -61,7 +57,3 @@ class MPNetAdapter(Adapter):
 
     def remove_attention(self, layer):
         layer.attention = RemovedMPNetAttention(layer.attention.LayerNorm)
-
-    def remove_ffn(self, layer):
-        layer.intermediate = nn.Identity()
-        layer.output = ResidualLayerNorm(layer.output.LayerNorm)
