@@ -60,8 +60,9 @@ def main() -> None:
     for name, removed in VARIANTS.items():
         m = copy.deepcopy(base)
         prune(m, removed)
-        sessions[name] = onnx_session(export_onnx(m, tmp / f"{len(sessions)}.onnx"), threads=args.threads)
-        info[name] = (count_parameters(m), current_structure(m).flops_per_token(args.seq_len))
+        path = export_onnx(m, tmp / f"{len(sessions)}.onnx")
+        sessions[name] = onnx_session(path, threads=args.threads)
+        info[name] = (count_parameters(m), current_structure(m).flops_per_token(args.seq_len), path.stat().st_size)
     rng = np.random.default_rng(0)
     rows = {}
     for bs, repeats in ((1, 30), (32, 3)):
@@ -72,7 +73,7 @@ def main() -> None:
         }
         fns = {n: (lambda s=s: s.run(["logits"], {i.name: feed[i.name] for i in s.get_inputs()})) for n, s in sessions.items()}
         rows[bs] = interleaved_medians(fns, repeats=repeats, rounds=3)
-    p0, f0 = info["unpruned"]
+    p0, f0, _ = info["unpruned"]
     lines = [
         "# Physical pruning speed-up of MiniLM (ONNX Runtime, fp32)",
         "",
@@ -81,13 +82,13 @@ def main() -> None:
         f"Model: {desc}. Sequence length {args.seq_len}; medians of interleaved repeats after warm-up (3 rounds; batch 1: 90 runs, batch 32: 9 runs per variant); "
         "speed-up = unpruned latency / variant latency, measured in the same run. FLOPs: encoder layers only, per token at this length.",
         "",
-        "| variant | params | FLOPs/token | FLOPs ratio | batch 1 latency | batch 1 speed-up | batch 32 latency | batch 32 speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | params | ONNX size | FLOPs/token | FLOPs ratio | batch 1 latency | batch 1 speed-up | batch 32 latency | batch 32 speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
-        p, f = info[name]
+        p, f, size = info[name]
         lines.append(
-            f"| {name} | {p / 1e6:.2f} M | {f / 1e6:.1f} M | {f0 / f:.2f}x | {rows[1][name] * 1e3:.1f} ms | {rows[1]['unpruned'] / rows[1][name]:.2f}x | "
+            f"| {name} | {p / 1e6:.2f} M | {size / 2**20:.1f} MiB | {f / 1e6:.1f} M | {f0 / f:.2f}x | {rows[1][name] * 1e3:.1f} ms | {rows[1]['unpruned'] / rows[1][name]:.2f}x | "
             f"{rows[32][name] * 1e3:.0f} ms | {rows[32]['unpruned'] / rows[32][name]:.2f}x |"
         )
     Path(args.out).write_text("\n".join(lines) + "\n")
