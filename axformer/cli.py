@@ -185,6 +185,7 @@ def prune_cmd(
     """Physically remove named components and save the smaller model (reloads with axformer.load_model)."""
     from axformer.models.loading import load_model, load_tokenizer, save_model
     from axformer.models.record import ModelRecord
+    from axformer.surgery.adapters import get_adapter
     from axformer.surgery.prune import count_parameters, current_structure, prune
     from axformer.utils.io import atomic_output_dir
 
@@ -205,7 +206,7 @@ def prune_cmd(
     table.add_row("before", f"{before_p / 1e6:.2f} M", f"{before_f / 1e6:.1f} M", "")
     table.add_row("after", f"{count_parameters(net) / 1e6:.2f} M", f"{structure.flops_per_token() / 1e6:.1f} M", layers)
     console.print(table)
-    note = "loads in stock transformers too" if structure.is_stock() else "per-layer structure: load it with axformer.load_model"
+    note = "loads in stock transformers too" if get_adapter(net).is_stock(structure) else "per-layer structure: load it with axformer.load_model"
     console.print(f"saved to {output} ({note})")
 
 

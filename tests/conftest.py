@@ -14,6 +14,7 @@ from transformers import (
     DebertaV2Config,
     DistilBertConfig,
     ElectraConfig,
+    ModernBertConfig,
     MPNetConfig,
     RobertaConfig,
 )
@@ -67,11 +68,13 @@ def tiny_config(arch: str, num_labels: int = 2):
         return DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f, max_position_embeddings=p, num_labels=num_labels, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0)
     if arch == "deberta-v2":  # v3-style: relative attention with shared keys
         return DebertaV2Config(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=16, max_relative_positions=p, position_biased_input=False, type_vocab_size=0, pad_token_id=0, **common)
+    if arch == "modernbert":  # global layer 0, sliding-window layers 1 and 2 with a window shorter than the test inputs
+        return ModernBertConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, global_attn_every_n_layers=3, local_attention=4, attention_bias=True, mlp_bias=True, norm_bias=True, classifier_pooling="mean", pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, num_labels=num_labels, embedding_dropout=0.0, mlp_dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
     raise ValueError(arch)
 
 
-ARCHS = ("bert", "roberta", "distilbert", "mpnet", "electra", "deberta-v2")
-NO_TOKEN_TYPES = {"distilbert", "mpnet", "roberta", "deberta-v2"}
+ARCHS = ("bert", "roberta", "distilbert", "mpnet", "electra", "deberta-v2", "modernbert")
+NO_TOKEN_TYPES = {"distilbert", "mpnet", "roberta", "deberta-v2", "modernbert"}
 
 
 def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2, seed: int = 0, labels=None) -> Path:
@@ -85,7 +88,7 @@ def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2
     # Random but non-trivial LayerNorm and bias parameters, so masking tests see real differences.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+            if name.endswith("bias") or "norm" in name.lower():
                 p.add_(0.1 * torch.randn_like(p))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

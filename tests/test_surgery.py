@@ -57,16 +57,25 @@ def random_components(rng: random.Random) -> list[str]:
     return out
 
 
-def expected_parameters(full_count: int, structure: ModelStructure) -> int:
-    """Independent count: a layer holds h(4*hid*d + 3d) + hid (O bias) for attention, n(2*hid + 1) + hid for the FFN, 2 LayerNorms."""
+def expected_parameters(arch: str, full_count: int, structure: ModelStructure) -> int:
+    """Independent count, by the layer's formula.
 
-    def layer_params(heads: int, neurons: int) -> int:
+    Post-LN families: h(4*hid*d + 3d) + hid (O bias) for attention, n(2*hid + 1) + hid for the FFN, and two
+    LayerNorms that stay. ModernBERT (pre-LN, gated FFN): the same attention, n(3*hid + 2) + hid for the FFN,
+    and each block's LayerNorm goes with the block (layer 0 has none before its attention).
+    """
+
+    def layer_params(index: int, heads: int, neurons: int) -> int:
         attn = heads * (4 * HID * D + 3 * D) + HID if heads else 0
+        if arch == "modernbert":
+            attn += 2 * HID if heads and index > 0 else 0
+            ffn = neurons * (3 * HID + 2) + HID + 2 * HID if neurons else 0
+            return attn + ffn
         ffn = neurons * (2 * HID + 1) + HID if neurons else 0
         return attn + ffn + 4 * HID
 
-    total = full_count - L * layer_params(H, F)
-    return total + sum(layer_params(len(l.heads), len(l.neurons)) for l in structure.layers if l is not None)
+    total = full_count - sum(layer_params(i, H, F) for i in range(L))
+    return total + sum(layer_params(i, len(l.heads), len(l.neurons)) for i, l in enumerate(structure.layers) if l is not None)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -83,7 +92,7 @@ def test_mask_equals_physical_pruning(tiny_arch_dir, seed):
     structure = prune(pruned, removed)
     assert structure.to_dict() == target.to_dict()
     torch.testing.assert_close(logits(pruned, b), masked, rtol=0, atol=1e-5)
-    assert count_parameters(pruned) == expected_parameters(full, structure)
+    assert count_parameters(pruned) == expected_parameters(arch, full, structure)
     # the masks were removed with the context: the original model is untouched
     assert count_parameters(model) == full
 
@@ -225,3 +234,25 @@ def test_deberta_v2_with_separate_position_projections_and_conv(tmp_path):
     torch.testing.assert_close(logits(pruned, batch()), masked, rtol=0, atol=1e-5)
     with pytest.raises(AxformerError, match="layer L0 cannot be removed"):
         prune(pruned, ["L0"])
+
+
+def test_modernbert_layer_types_follow_dropped_layers(tmp_path):
+    """Dropping the global first layer: the sliding-window types move with their layers, and the new first layer
+    keeps its attention LayerNorm, which a stock config cannot express (saved as axformer-pruned, reloads exactly)."""
+    from tests.conftest import make_tiny_model_dir
+
+    path = make_tiny_model_dir(tmp_path / "mb", "modernbert")
+    model = load_model(path).eval()
+    types = list(model.config.layer_types)
+    assert types[0] == "full_attention" and set(types[1:]) == {"sliding_attention"}
+    with SoftMask(model) as mask:
+        mask.set(["L0"])
+        masked = logits(model, batch())
+    prune(model, ["L0"])
+    assert model.config.layer_types == types[1:]
+    torch.testing.assert_close(logits(model, batch()), masked, rtol=0, atol=1e-5)
+    assert current_structure(model).is_stock() and not get_adapter(model).is_stock(current_structure(model))
+    save_model(model, None, tmp_path / "pruned")
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["model_type"] == "axformer-pruned"
+    again = load_model(tmp_path / "pruned")
+    torch.testing.assert_close(logits(again, batch()), logits(model, batch()), rtol=0, atol=0)

@@ -30,22 +30,8 @@ def current_structure(model: PreTrainedModel, adapter: Adapter | None = None) ->
     a = adapter or get_adapter(model)
     cfg = model.config
     heads, hidden = a.num_heads(cfg), a.hidden_size(cfg)
-    head_dim = a.attention(a.layers(model)[0]).q.out_features // heads if len(a.layers(model)) else hidden // heads
-    return ModelStructure.full(len(a.layers(model)), heads, head_dim, a.ffn_dim(cfg), hidden)
-
-
-@torch.no_grad()
-def _slice(linear: nn.Linear, keep: torch.Tensor, dim: int) -> None:
-    """Keep ``keep`` rows (dim 0, output features) or columns (dim 1, input features) of ``linear``."""
-    keep = keep.to(linear.weight.device)
-    w = linear.weight.index_select(dim, keep).clone()
-    linear.weight = nn.Parameter(w, requires_grad=linear.weight.requires_grad)
-    if dim == 0:
-        if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.index_select(0, keep).clone(), requires_grad=linear.bias.requires_grad)
-        linear.out_features = w.shape[0]
-    else:
-        linear.in_features = w.shape[1]
+    head_dim = a.attention(a.layers(model)[0]).o.in_features // heads if len(a.layers(model)) else hidden // heads
+    return ModelStructure.full(len(a.layers(model)), heads, head_dim, a.ffn_dim(cfg), hidden, a.ffn_matrices)
 
 
 def _positions(current: list[int], target: list[int]) -> torch.Tensor:
@@ -65,7 +51,7 @@ def apply_structure(model: PreTrainedModel, target: ModelStructure, adapter: Ada
     if len(modules) != len(present):
         raise AxformerError(f"model has {len(modules)} layers but its recorded structure has {len(present)}")
     kept = []
-    for module, orig in zip(modules, present):
+    for position, (module, orig) in enumerate(zip(modules, present)):
         cur, tgt = current.layers[orig], target.layers[orig]
         if tgt is None:
             continue
@@ -73,28 +59,22 @@ def apply_structure(model: PreTrainedModel, target: ModelStructure, adapter: Ada
             if not tgt.heads:
                 a.remove_attention(module)
             else:
-                parts = a.attention(module)
                 d = current.head_dim
                 rows = torch.cat([torch.arange(p * d, (p + 1) * d) for p in _positions(cur.heads, tgt.heads).tolist()])
-                for lin in (parts.q, parts.k, parts.v, *a.extra_head_projections(module)):
-                    _slice(lin, rows, 0)
-                _slice(parts.o, rows, 1)
+                a.slice_heads(module, rows)
                 a.set_head_count(module, len(tgt.heads))
                 a.on_heads_kept(module, tgt.heads)
         if tgt.neurons != cur.neurons:
             if not tgt.neurons:
                 a.remove_ffn(module)
             else:
-                parts = a.ffn(module)
-                keep = _positions(cur.neurons, tgt.neurons)
-                _slice(parts.up, keep, 0)
-                _slice(parts.down, keep, 1)
-        kept.append(module)
+                a.slice_neurons(module, _positions(cur.neurons, tgt.neurons))
+        kept.append(position)
     if len(kept) != len(modules):
-        a.set_layers(model, kept)
+        a.set_layers(model, [modules[p] for p in kept])
     setattr(model.config, STRUCTURE_KEY, target.to_dict())
     widths = {len(l.neurons) for l in target.layers if l is not None}
-    a.set_config_dims(model.config, len(kept), widths.pop() if len(widths) == 1 and 0 not in widths else None)
+    a.set_config_dims(model.config, kept, widths.pop() if len(widths) == 1 and 0 not in widths else None)
     return model
 
 

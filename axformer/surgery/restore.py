@@ -52,9 +52,10 @@ def load_config(path: str | Path) -> PretrainedConfig | None:
 
 def mark_if_not_stock(directory: str | Path, config: PretrainedConfig) -> bool:
     """After ``save_pretrained``: rewrite config.json's model_type when stock transformers cannot load it."""
+    from axformer.surgery.adapters import get_adapter
     from axformer.surgery.structure import ModelStructure
 
-    if not has_structure(config) or ModelStructure.from_dict(getattr(config, STRUCTURE_KEY)).is_stock():
+    if not has_structure(config) or get_adapter(config).is_stock(ModelStructure.from_dict(getattr(config, STRUCTURE_KEY))):
         return False
     cfg_file = Path(directory) / "config.json"
     raw = json.loads(cfg_file.read_text())
@@ -91,12 +92,13 @@ def load_pruned(model: str, config: PretrainedConfig, device) -> torch.nn.Module
     target = ModelStructure.from_dict(getattr(config, STRUCTURE_KEY))
     adapter = get_adapter(config)
     build = config.__class__.from_dict(config.to_dict())
-    adapter.set_config_dims(build, len(target.present_layers), target.ffn_dim)
+    adapter.set_config_dims(build, list(range(len(target.present_layers))), target.ffn_dim)
     setattr(build, STRUCTURE_KEY, None)
     net = AutoModelForSequenceClassification.from_config(build)
     present = set(target.present_layers)
-    full = ModelStructure.full(target.num_layers, target.num_heads, target.head_dim, target.ffn_dim, target.hidden)
+    full = ModelStructure.full(target.num_layers, target.num_heads, target.head_dim, target.ffn_dim, target.hidden, target.ffn_matrices)
     full.layers = [l if i in present else None for i, l in enumerate(full.layers)]
+    adapter.prepare_rebuilt(net, target)
     apply_structure(net, target, adapter, current=full)
     state = _state_dict(Path(model), "cpu")
     missing, unexpected = net.load_state_dict(state, strict=False)

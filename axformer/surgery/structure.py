@@ -52,10 +52,11 @@ class ModelStructure:
     ffn_dim: int  # original FFN width
     hidden: int
     layers: list[LayerStructure | None] = field(default_factory=list)  # None: layer removed
+    ffn_matrices: int = 2  # weight matrices per FFN neuron: 2, or 3 for gated (GLU) FFNs
 
     @classmethod
-    def full(cls, num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, hidden: int) -> "ModelStructure":
-        return cls(num_heads, head_dim, ffn_dim, hidden, [LayerStructure(list(range(num_heads)), list(range(ffn_dim))) for _ in range(num_layers)])
+    def full(cls, num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, hidden: int, ffn_matrices: int = 2) -> "ModelStructure":
+        return cls(num_heads, head_dim, ffn_dim, hidden, [LayerStructure(list(range(num_heads)), list(range(ffn_dim))) for _ in range(num_layers)], ffn_matrices)
 
     @property
     def num_layers(self) -> int:
@@ -66,7 +67,7 @@ class ModelStructure:
         return [i for i, l in enumerate(self.layers) if l is not None]
 
     def copy(self) -> "ModelStructure":
-        return ModelStructure(self.num_heads, self.head_dim, self.ffn_dim, self.hidden, [None if l is None else LayerStructure(list(l.heads), list(l.neurons)) for l in self.layers])
+        return ModelStructure(self.num_heads, self.head_dim, self.ffn_dim, self.hidden, [None if l is None else LayerStructure(list(l.heads), list(l.neurons)) for l in self.layers], self.ffn_matrices)
 
     # ------------------------------------------------------------ removal
 
@@ -124,16 +125,17 @@ class ModelStructure:
     def encoder_macs_per_token(self, seq_len: int = 128) -> int:
         """Multiply-accumulates per token of the encoder layers at sequence length ``seq_len``.
 
-        Projections: 4 x hidden x (heads x head_dim) for Q, K, V, O, plus 2 x
-        hidden x width for the FFN; attention itself: 2 x seq_len x heads x
-        head_dim (scores and context). Embeddings and the task head are not counted.
+        Projections: 4 x hidden x (heads x head_dim) for Q, K, V, O, plus 2 (3
+        when gated) x hidden x width for the FFN; attention itself: 2 x seq_len x
+        heads x head_dim (scores and context; sliding-window layers are counted
+        as global). Embeddings and the task head are not counted.
         """
         total = 0
         for l in self.layers:
             if l is None:
                 continue
             hd = len(l.heads) * self.head_dim
-            total += 4 * self.hidden * hd + 2 * seq_len * hd + 2 * self.hidden * len(l.neurons)
+            total += 4 * self.hidden * hd + 2 * seq_len * hd + self.ffn_matrices * self.hidden * len(l.neurons)
         return total
 
     def flops_per_token(self, seq_len: int = 128) -> int:
@@ -154,6 +156,7 @@ class ModelStructure:
             "ffn_dim": self.ffn_dim,
             "hidden": self.hidden,
             "layers": [None if l is None else {"heads": l.heads, "neurons": _compress(l.neurons)} for l in self.layers],
+            **({"ffn_matrices": self.ffn_matrices} if self.ffn_matrices != 2 else {}),
         }
 
     @classmethod
@@ -162,6 +165,7 @@ class ModelStructure:
             return cls(
                 d["num_heads"], d["head_dim"], d["ffn_dim"], d["hidden"],
                 [None if l is None else LayerStructure(list(l["heads"]), _expand(l["neurons"])) for l in d["layers"]],
+                d.get("ffn_matrices", 2),
             )
         except (KeyError, TypeError) as exc:
             raise AxformerError(f"saved model structure is malformed ({exc})") from None

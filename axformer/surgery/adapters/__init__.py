@@ -9,9 +9,10 @@ from axformer.surgery.adapters.base import Adapter, AttentionParts, FFNParts
 from axformer.surgery.adapters.bert import BertLikeAdapter
 from axformer.surgery.adapters.deberta_v2 import DebertaV2Adapter
 from axformer.surgery.adapters.distilbert import DistilBertAdapter
+from axformer.surgery.adapters.modernbert import ModernBertAdapter
 from axformer.surgery.adapters.mpnet import MPNetAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (BertLikeAdapter, DebertaV2Adapter, DistilBertAdapter, MPNetAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (BertLikeAdapter, DebertaV2Adapter, DistilBertAdapter, MPNetAdapter, ModernBertAdapter)
 
 _BY_TYPE = {t: cls for cls in ADAPTERS for t in cls.model_types}
 

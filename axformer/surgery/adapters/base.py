@@ -31,6 +31,32 @@ class FFNParts:
     down: nn.Linear  # width -> hidden (columns are neurons)
 
 
+@torch.no_grad()
+def slice_linear(linear: nn.Linear, keep: torch.Tensor, dim: int) -> None:
+    """Keep ``keep`` rows (dim 0, output features) or columns (dim 1, input features) of ``linear``, in place."""
+    keep = keep.to(linear.weight.device)
+    w = linear.weight.index_select(dim, keep).clone()
+    linear.weight = nn.Parameter(w, requires_grad=linear.weight.requires_grad)
+    if dim == 0:
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.index_select(0, keep).clone(), requires_grad=linear.bias.requires_grad)
+        linear.out_features = w.shape[0]
+    else:
+        linear.in_features = w.shape[1]
+
+
+class ZeroAttention(nn.Module):
+    """A removed attention block in families whose layer adds the block's output itself: contributes zeros."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class ZeroFFN(nn.Module):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
 class ResidualLayerNorm(nn.Module):
     """Stands in for a removed sub-layer's output module: ``LN(residual)``.
 
@@ -51,6 +77,7 @@ class Adapter:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
+    ffn_matrices: ClassVar[int] = 2  # weight matrices per FFN neuron (3 for gated linear units)
 
     # -------------------------------------------------------------- dimensions
 
@@ -63,9 +90,10 @@ class Adapter:
     def ffn_dim(self, config: PretrainedConfig) -> int:
         return config.intermediate_size
 
-    def set_config_dims(self, config: PretrainedConfig, num_layers: int, ffn_dim: int | None) -> None:
-        """Record stock-expressible dimensions in the config (layer count; FFN width when uniform)."""
-        config.num_hidden_layers = num_layers
+    def set_config_dims(self, config: PretrainedConfig, kept_layers: list[int], ffn_dim: int | None) -> None:
+        """Record stock-expressible dimensions in the config: the layers kept (positions in the
+        current layer list) and the FFN width when it is the same everywhere."""
+        config.num_hidden_layers = len(kept_layers)
         if ffn_dim is not None:
             config.intermediate_size = ffn_dim
 
@@ -105,6 +133,25 @@ class Adapter:
     def extra_head_projections(self, layer: nn.Module) -> list[nn.Linear]:
         """Further projections whose output rows are laid out per head (sliced like Q, K, V)."""
         return []
+
+    def slice_heads(self, layer: nn.Module, rows: torch.Tensor) -> None:
+        """Keep ``rows`` (the kept heads' rows of one per-head projection) in every projection of the attention."""
+        parts = self.attention(layer)
+        for lin in (parts.q, parts.k, parts.v, *self.extra_head_projections(layer)):
+            slice_linear(lin, rows, 0)
+        slice_linear(parts.o, rows, 1)
+
+    def slice_neurons(self, layer: nn.Module, keep: torch.Tensor) -> None:
+        parts = self.ffn(layer)
+        slice_linear(parts.up, keep, 0)
+        slice_linear(parts.down, keep, 1)
+
+    def is_stock(self, structure) -> bool:
+        """Whether a stock config of this family can express ``structure`` (so plain transformers loads it)."""
+        return structure.is_stock()
+
+    def prepare_rebuilt(self, model: PreTrainedModel, structure) -> None:
+        """Adjust a freshly built stock model with one module per present layer before weights are loaded."""
 
     def validate(self, model: PreTrainedModel, target) -> None:
         """Refuse structures this family cannot realise (called before any change)."""

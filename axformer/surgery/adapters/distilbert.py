@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from axformer.surgery.adapters.base import Adapter, AttentionParts, FFNParts
-
-
-class ZeroAttention(nn.Module):
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
-class ZeroFFN(nn.Module):
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
+from axformer.surgery.adapters.base import Adapter, AttentionParts, FFNParts, ZeroAttention, ZeroFFN
 
 
 class DistilBertAdapter(Adapter):
@@ -31,8 +18,8 @@ class DistilBertAdapter(Adapter):
     def ffn_dim(self, config):
         return config.hidden_dim
 
-    def set_config_dims(self, config, num_layers, ffn_dim):
-        config.n_layers = num_layers
+    def set_config_dims(self, config, kept_layers, ffn_dim):
+        config.n_layers = len(kept_layers)
         if ffn_dim is not None:
             config.hidden_dim = ffn_dim
 
