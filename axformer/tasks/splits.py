@@ -73,3 +73,22 @@ def apply_split(data: TaskData, record: SplitRecord) -> tuple[Split, Split]:
     mask = np.ones(len(train), dtype=bool)
     mask[held] = False
     return train.subset(np.nonzero(mask)[0], "train"), train.subset(held, "heldout")
+
+
+def subsample(split: Split, max_examples: int | None, seed: int = 0) -> tuple[Split, np.ndarray]:
+    """At most ``max_examples`` of ``split`` (seeded, stratified for classification) and their indices.
+
+    Scoring hundreds of candidates on a CPU needs a bounded split; stratifying
+    keeps the class balance, so the metric stays comparable to the full split's.
+    """
+    n = len(split)
+    if not max_examples or max_examples >= n:
+        return split, np.arange(n)
+    labels = split.labels
+    strat = labels if labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
+    try:
+        keep, _ = train_test_split(np.arange(n), train_size=max_examples, random_state=seed, stratify=strat)
+    except ValueError:  # a class too small to stratify at this size
+        keep, _ = train_test_split(np.arange(n), train_size=max_examples, random_state=seed)
+    keep = np.sort(keep)
+    return split.subset(keep, split.name), keep

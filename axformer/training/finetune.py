@@ -7,7 +7,6 @@ checkpoints that let an interrupted run resume exactly where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from axformer.models.record import ModelRecord
 from axformer.tasks.data import TaskData
 from axformer.tasks.splits import apply_split, make_heldout_split
 from axformer.utils.device import resolve_device
-from axformer.utils.io import atomic_output_dir, write_json
+from axformer.utils.io import atomic_output_dir, claim_work_dir, run_key, write_json
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
@@ -79,8 +78,7 @@ class FinetuneResult:
 def _run_key(model: str, data: TaskData, config: FinetuneConfig) -> str:
     cfg = asdict(config)
     cfg.pop("device")
-    payload = json.dumps({"model": str(model), "task": data.spec.name, "train": data.train.fingerprint(), "config": cfg}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return run_key({"model": str(model), "task": data.spec.name, "train": data.train.fingerprint(), "config": cfg})
 
 
 def _optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -136,12 +134,7 @@ def finetune(
     eval_every = config.eval_every or steps_per_epoch
 
     with atomic_output_dir(output, overwrite=overwrite) as work:
-        key = _run_key(model, data, config)
-        key_file = work / RUN_KEY
-        if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:
-            for f in (CHECKPOINT, BEST):
-                (work / f).unlink(missing_ok=True)
-        write_json(key_file, {"key": key})
+        claim_work_dir(work, _run_key(model, data, config), RUN_KEY)
 
         optimizer = _optimizer(net, config)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)

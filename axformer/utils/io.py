@@ -76,3 +76,43 @@ def read_json(path: str | os.PathLike) -> Any:
         raise AxformerError(f"missing file {path}") from None
     except json.JSONDecodeError as exc:
         raise AxformerError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def run_key(payload: Any) -> str:
+    """A short hash of everything that determines a run's results (model, data, config)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=_default).encode()).hexdigest()[:16]
+
+
+def claim_work_dir(work: Path, key: str, marker: str = "run.json") -> bool:
+    """Resume in ``work`` only if it was started by the same run; otherwise empty it. True when resuming."""
+    key_file = work / marker
+    resuming = key_file.exists() and json.loads(key_file.read_text()).get("key") == key
+    if not resuming:
+        for child in work.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        write_json(key_file, {"key": key})
+    return resuming
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one row and flush it to disk, so a killed run loses at most the row being written."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL log; a torn last line (the process was killed mid-write) is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows

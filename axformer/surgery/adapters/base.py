@@ -116,6 +116,11 @@ class Adapter:
     def ffn(self, layer: nn.Module) -> FFNParts | None:
         raise NotImplementedError
 
+    def between_blocks(self, layer: nn.Module) -> nn.Module:
+        """A module whose first input is the residual stream between the attention and FFN blocks
+        (it is called even when the FFN block was removed); used to score blocks by similarity."""
+        raise NotImplementedError
+
     # -------------------------------------------------------------- changing
 
     def set_head_count(self, layer: nn.Module, count: int) -> None:

@@ -37,6 +37,9 @@ class BertLikeAdapter(Adapter):
             return None
         return FFNParts(layer.intermediate.dense, layer.output.dense)
 
+    def between_blocks(self, layer):
+        return layer.intermediate
+
     def self_attention(self, layer):
         """The module that holds the head-count bookkeeping."""
         return layer.attention.self

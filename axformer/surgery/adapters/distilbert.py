@@ -37,6 +37,9 @@ class DistilBertAdapter(Adapter):
             return None
         return FFNParts(layer.ffn.lin1, layer.ffn.lin2)
 
+    def between_blocks(self, layer):
+        return layer.ffn
+
     def set_head_count(self, layer, count):
         layer.attention.n_heads = count
 

@@ -52,6 +52,9 @@ class ModernBertAdapter(Adapter):
             return None
         return FFNParts(layer.mlp.Wi, layer.mlp.Wo)
 
+    def between_blocks(self, layer):
+        return layer.mlp_norm
+
     def slice_heads(self, layer, rows):
         section = layer.attn.Wo.in_features  # current heads x head_dim
         slice_linear(layer.attn.Wqkv, torch.cat([rows, rows + section, rows + 2 * section]), 0)

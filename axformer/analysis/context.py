@@ -1,0 +1,79 @@
+"""What analysis and search start from: the model, its task, and the held-out examples that decide."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedModel
+
+from axformer.data.batching import Encoded, encode
+from axformer.errors import AxformerError
+from axformer.models.loading import is_local, load_model, load_tokenizer
+from axformer.models.record import ModelRecord
+from axformer.tasks.data import Split, TaskData
+from axformer.tasks.sources import load_task_from_record
+from axformer.tasks.splits import SplitRecord, apply_split, make_heldout_split, subsample
+from axformer.utils.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskContext:
+    model_path: str
+    model: PreTrainedModel
+    tokenizer: object
+    record: ModelRecord
+    data: TaskData
+    split: SplitRecord
+    heldout: Split  # the (possibly subsampled) held-out examples every decision uses
+    heldout_positions: np.ndarray  # their positions in the full held-out split
+    encoded: Encoded
+    device: str
+    warnings: list[str]
+
+    def describe_split(self) -> dict:
+        return {
+            "name": "heldout",
+            "fraction": self.split.fraction,
+            "seed": self.split.seed,
+            "full_size": len(self.split.heldout_indices),
+            "used": len(self.heldout),
+            "positions_sha256": hashlib.sha256(self.heldout_positions.astype(np.int64).tobytes()).hexdigest()[:16],
+        }
+
+
+def load_context(
+    model: str | os.PathLike,
+    data: TaskData | None = None,
+    data_dir: str | os.PathLike | None = None,
+    max_examples: int | None = 2000,
+    seed: int = 0,
+    device: str = "auto",
+    allow_pickle: bool = False,
+) -> TaskContext:
+    """Load the model and its task, and pick the held-out examples (the split recorded with the model)."""
+    model = str(model)
+    record = ModelRecord.load(model) if is_local(model) else ModelRecord()
+    if data is None:
+        if record.task is None:
+            raise AxformerError(f"model {model} records no task; pass --task (and --data-dir)")
+        data = load_task_from_record(record.task, data_dir)
+    warnings: list[str] = []
+    split = record.split
+    if split is not None and record.task is not None and record.task.get("name") != data.spec.name:
+        raise AxformerError(f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; analyse it on its own task")
+    if split is None:
+        split = make_heldout_split(data.train)
+        warnings.append("the model was not fine-tuned by axformer, so its training may have seen the held-out examples; decisions may be optimistic")
+        log.warning(warnings[-1])
+    _, heldout = apply_split(data, split)
+    heldout, positions = subsample(heldout, max_examples, seed)
+    dev = resolve_device(device)
+    net = load_model(model, data.spec, allow_pickle=allow_pickle, device=dev).eval()
+    tok = load_tokenizer(model)
+    return TaskContext(model, net, tok, record, data, split, heldout, positions, encode(tok, heldout, record.max_seq_length), str(dev), warnings)

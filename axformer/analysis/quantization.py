@@ -1,0 +1,120 @@
+"""Quantization sensitivity: the held-out loss change when one weight matrix is fake-quantised.
+
+For the mixed-precision planner (the approximate-computing paper's
+"quantization of less significant weights"): each linear layer of the encoder
+is rounded on its own to int8 (symmetric, per output channel: what ONNX
+Runtime's dynamic quantizer does with per-channel weights) and to int4
+(symmetric, per output channel in blocks of ``block_size`` input features: what
+ONNX Runtime's 4-bit MatMul executes), and the held-out split is re-scored
+from that layer up. Weights are restored exactly afterwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from axformer.analysis.engine import EvaluationEngine
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None) -> torch.Tensor:
+    """Symmetric round-to-nearest quantisation and back, one scale per output row (or row block)."""
+    qmax = 2 ** (bits - 1) - 1
+    w = weight.float()
+    out_f, in_f = w.shape
+    if block_size:
+        pad = (-in_f) % block_size
+        wp = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, block_size)
+        scale = wp.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
+        q = torch.clamp(torch.round(wp / scale), -qmax, qmax) * scale
+        return q.reshape(out_f, -1)[:, :in_f].to(weight.dtype)
+    scale = (w.abs().amax(1).clamp_min(1e-12) / qmax).float()
+    zero = torch.zeros(out_f, dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax).to(weight.dtype)
+
+
+@dataclass
+class FakeQuant:
+    """An engine ``Change``: one linear layer's weights replaced by their quantised values."""
+
+    layer: int
+    name: str  # e.g. L3.attn.q
+    module_path: str  # its name in model.named_modules(), for exporters
+    bits: int
+    block_size: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@int{self.bits}"
+
+    @contextmanager
+    def applied(self, model, adapter) -> Iterator[None]:
+        linear = model.get_submodule(self.module_path)
+        original = linear.weight.data
+        linear.weight.data = fake_quantize(original, self.bits, self.block_size)
+        try:
+            yield
+        finally:
+            linear.weight.data = original
+
+
+def encoder_linears(engine: EvaluationEngine) -> list[tuple[int, str, str]]:
+    """(original layer, short name, module path) of every weight matrix in the encoder's layers."""
+    model, a, st = engine.model, engine.adapter, engine.structure
+    paths = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for module, orig in zip(a.layers(model), st.present_layers):
+        att, ffn = a.attention(module), a.ffn(module)
+        if att is not None:
+            if att.q is att.k:
+                out.append((orig, f"L{orig}.attn.qkv", paths[id(att.q)]))
+            else:
+                out += [(orig, f"L{orig}.attn.{k}", paths[id(getattr(att, k))]) for k in ("q", "k", "v")]
+            out.append((orig, f"L{orig}.attn.o", paths[id(att.o)]))
+        if ffn is not None:
+            out += [(orig, f"L{orig}.ffn.up", paths[id(ffn.up)]), (orig, f"L{orig}.ffn.down", paths[id(ffn.down)])]
+    return out
+
+
+@dataclass
+class QuantRow:
+    name: str
+    module_path: str
+    layer: int
+    bits: int
+    mean_loss: float
+    delta_loss: float
+    metric: float
+    delta_metric: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_quant_sensitivity(
+    engine: EvaluationEngine,
+    bits: Iterable[int] = (8, 4),
+    block_size: int = 32,
+    done: dict[str, QuantRow] | None = None,
+    on_row: Callable[[QuantRow], None] | None = None,
+    progress: bool = True,
+) -> dict[str, QuantRow]:
+    out = dict(done or {})
+    ref = engine.reference
+    main = engine.spec.main_metric
+    todo = [FakeQuant(layer, name, path, b, block_size if b < 8 else None) for layer, name, path in encoder_linears(engine) for b in bits]
+    todo = [c for c in todo if c.key not in out]
+    for change in tqdm(todo, desc="quantization sensitivity", disable=not progress):
+        r = engine.evaluate(changes=[change])
+        row = QuantRow(change.name, change.module_path, change.layer, change.bits, r.mean_loss, r.mean_loss - ref.mean_loss, r.metrics[main], r.metrics[main] - ref.metrics[main], r.seconds)
+        out[change.key] = row
+        if on_row is not None:
+            on_row(row)
+    return out
