@@ -228,6 +228,59 @@ def analyze_cmd(
     console.print(f"written to {output}/ (significance.json, summary.md, heatmaps)")
 
 
+@app.command("optimize")
+def optimize_cmd(
+    model: Annotated[str, typer.Argument(help="Fine-tuned model directory.")],
+    goal: Annotated[str, typer.Option("--goal", help="accuracy (AxFormer: remove only what hurts), speed or size (within --max-drop).")] = "accuracy",
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the optimized model, search_log.jsonl and report (default: MODEL-optimized-GOAL).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="speed/size: allowed drop of the held-out main metric, in points.")] = None,
+    max_rel_drop: Annotated[Optional[float], typer.Option("--max-rel-drop", help="speed/size: allowed drop in percent of the metric.")] = None,
+    target_speedup: Annotated[Optional[float], typer.Option("--target-speedup", help="speed: stop once the predicted batch-1 speed-up reaches this factor.")] = None,
+    target_size: Annotated[Optional[float], typer.Option("--target-size", help="size: stop once the model is this many times smaller.")] = None,
+    no_hard_attention: Annotated[bool, typer.Option("--no-hard-attention", help="accuracy: skip the hard-attention phase.")] = False,
+    k: Annotated[int, typer.Option("-k", help="accuracy: keys kept per query by hard attention.")] = 30,
+    slack: Annotated[float, typer.Option(help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss.")] = 1.1,
+    fraction: Annotated[float, typer.Option(help="accuracy: share of examples that must not get worse.")] = 0.5,
+    groups: Annotated[int, typer.Option(help="FFN neuron groups per layer.")] = 12,
+    max_examples: Annotated[int, typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")] = 2000,
+    sample_seed: int = 0,
+    batch_size: int = 64,
+    latency_examples: Annotated[int, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the report.")] = 200,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Search for the best approximated model (accuracy-driven or within a tolerance) and save it physically smaller."""
+    from axformer.search.optimize import OptimizeConfig, default_output, optimize
+
+    if goal != "accuracy" and max_drop is None and max_rel_drop is None:
+        max_drop = 1.0
+    config = OptimizeConfig(
+        goal=goal, max_drop=max_drop, max_rel_drop=max_rel_drop, target_speedup=target_speedup, target_size=target_size,
+        hard_attention=not no_hard_attention, k=k, slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
+        sample_seed=sample_seed, batch_size=batch_size, latency_examples=latency_examples, device=device, allow_pickle=allow_pickle,
+    )
+    config.validate()
+    output = output or default_output(model, goal)
+    if output.exists() and not overwrite:
+        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    report = optimize(model, data, data_dir, output, config, overwrite=overwrite)
+    from axformer.search.optimize import report_markdown
+
+    console.print(report_markdown(report))
+    console.print(f"optimized model and report in {output}/")
+
+
 @app.command("prune")
 def prune_cmd(
     model: Annotated[str, typer.Argument(help="Model directory.")],

@@ -1,4 +1,4 @@
-"""Fine-tune the bundled MiniLM on SST-2, MRPC and STS-B and commit the result table.
+"""Fine-tune the bundled MiniLM on SST-2, MRPC, STS-B, RTE and CoLA and commit the result table.
 
 Usage:  python benchmarks/finetune_baselines.py [--data-dir ../shared/data/glue] [--out runs/baselines]
 
@@ -27,6 +27,8 @@ RUNS = {
     "sst2": ["--max-train-examples", "16000", "--epochs", "1", "--lr", "1e-4", "--batch-size", "32", "--eval-every", "100"],
     "mrpc": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
     "stsb": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
+    "rte": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
+    "cola": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
 }
 
 

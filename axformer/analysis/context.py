@@ -66,7 +66,7 @@ def load_context(
     warnings: list[str] = []
     split = record.split
     if split is not None and record.task is not None and record.task.get("name") != data.spec.name:
-        raise AxformerError(f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; analyse it on its own task")
+        raise AxformerError(f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; use that task (or leave --task out to use the one recorded with the model)")
     if split is None:
         split = make_heldout_split(data.train)
         warnings.append("the model was not fine-tuned by axformer, so its training may have seen the held-out examples; decisions may be optimistic")

@@ -108,7 +108,9 @@ def load_model(
     if surgery_restore.has_structure(config):
         if task is not None:
             check_head_fits(config, task, model)
-        return surgery_restore.load_pruned(model, config, device)
+        net = surgery_restore.load_pruned(model, config, device)
+        _install_approximations(net)
+        return net
     had_head = _has_head(config)
     if task is not None:
         if had_head and not new_head:
@@ -135,7 +137,14 @@ def load_model(
         raise AxformerError(f"checkpoint {model} declares a classification head but its weights lack it ({sorted(missing)[0]}); pass --new-head to train a new one")
     if missing:
         log.info("no classification head in %s: a new %d-output head was initialised", model, config.num_labels)
+    _install_approximations(net)
     return net.to(device)
+
+
+def _install_approximations(net: PreTrainedModel) -> None:
+    from axformer.attention.hard import install_from_config
+
+    install_from_config(net)
 
 
 _HEAD_PREFIXES = ("classifier", "pre_classifier", "score", "pooler", "sequence_summary")

@@ -55,7 +55,10 @@ def mark_if_not_stock(directory: str | Path, config: PretrainedConfig) -> bool:
     from axformer.surgery.adapters import get_adapter
     from axformer.surgery.structure import ModelStructure
 
-    if not has_structure(config) or get_adapter(config).is_stock(ModelStructure.from_dict(getattr(config, STRUCTURE_KEY))):
+    from axformer.attention.hard import attention_settings
+
+    approximated = bool(attention_settings(config))  # stock transformers would silently run dense attention
+    if not has_structure(config) or (not approximated and get_adapter(config).is_stock(ModelStructure.from_dict(getattr(config, STRUCTURE_KEY)))):
         return False
     cfg_file = Path(directory) / "config.json"
     raw = json.loads(cfg_file.read_text())

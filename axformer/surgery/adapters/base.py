@@ -116,6 +116,11 @@ class Adapter:
     def ffn(self, layer: nn.Module) -> FFNParts | None:
         raise NotImplementedError
 
+    def attention_kernel(self, layer: nn.Module) -> nn.Module | None:
+        """The module that calls transformers' attention interface (where approximate attention plugs in),
+        or None when the family computes attention itself."""
+        return None
+
     def between_blocks(self, layer: nn.Module) -> nn.Module:
         """A module whose first input is the residual stream between the attention and FFN blocks
         (it is called even when the FFN block was removed); used to score blocks by similarity."""

@@ -37,6 +37,9 @@ class BertLikeAdapter(Adapter):
             return None
         return FFNParts(layer.intermediate.dense, layer.output.dense)
 
+    def attention_kernel(self, layer):
+        return None if self.attention(layer) is None else self.self_attention(layer)
+
     def between_blocks(self, layer):
         return layer.intermediate
 

@@ -31,6 +31,9 @@ class DebertaV2Adapter(BertLikeAdapter):
         sa = layer.attention.self
         return [getattr(sa, n) for n in ("pos_key_proj", "pos_query_proj") if hasattr(sa, n)]
 
+    def attention_kernel(self, layer):
+        return None  # disentangled attention is computed by the model itself
+
     def validate(self, model, target) -> None:
         if getattr(self.encoder(model), "conv", None) is not None and target.layers[0] is None:
             raise AxformerError("this DeBERTa-v2 model applies a convolution after its first layer; layer L0 cannot be removed as a whole (remove its blocks instead)")

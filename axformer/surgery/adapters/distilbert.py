@@ -37,6 +37,9 @@ class DistilBertAdapter(Adapter):
             return None
         return FFNParts(layer.ffn.lin1, layer.ffn.lin2)
 
+    def attention_kernel(self, layer):
+        return None if self.attention(layer) is None else layer.attention
+
     def between_blocks(self, layer):
         return layer.ffn
 

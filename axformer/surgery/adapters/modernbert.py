@@ -52,6 +52,9 @@ class ModernBertAdapter(Adapter):
             return None
         return FFNParts(layer.mlp.Wi, layer.mlp.Wo)
 
+    def attention_kernel(self, layer):
+        return None if self.attention(layer) is None else layer.attn
+
     def between_blocks(self, layer):
         return layer.mlp_norm
 

@@ -49,6 +49,9 @@ class MPNetAdapter(BertLikeAdapter):
     def self_attention(self, layer):
         return layer.attention.attn
 
+    def attention_kernel(self, layer):
+        return None  # MPNet computes attention (with its position bias) itself
+
     def on_heads_kept(self, layer, original_heads):
         attn = layer.attention.attn
         if not hasattr(attn, "axformer_heads"):

@@ -1,0 +1,1 @@
+"""Approximate attention: AxFormer's top-K hard attention (and, later, sign-matching attention), per layer."""

@@ -1,0 +1,150 @@
+"""Top-K hard attention, per layer, through transformers' attention interface.
+
+AxFormer's selective hard attention: after the softmax, each query keeps only
+its K largest attention probabilities, the rest become zero, and (in the
+paper-exact variant) the kept ones are *not* renormalised. K >= the number of
+keys is exactly dense attention.
+
+A layer is switched by giving its attention module a private copy of the
+config whose ``_attn_implementation`` names the function registered here, and
+an ``axformer_attention`` attribute with its settings; every other layer keeps
+the stock kernels. The settings of all layers are recorded in the model config
+under ``axformer_attention`` and re-installed by ``axformer.load_model``.
+This is the reference implementation (it computes the full score matrix);
+families whose attention does not go through the interface (MPNet,
+DeBERTa-v2) do not support it yet and are refused clearly.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+
+from axformer.errors import AxformerError
+from axformer.surgery.adapters import Adapter, get_adapter
+
+IMPLEMENTATION = "axformer_approximate"
+CONFIG_KEY = "axformer_attention"
+
+
+def _approximate_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    spec = module.axformer_attention
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1)
+    k = int(spec["k"])
+    if k < probs.shape[-1]:
+        top, idx = probs.topk(k, dim=-1)
+        if spec.get("renormalize"):
+            top = top / top.sum(-1, keepdim=True)
+        probs = torch.zeros_like(probs).scatter(-1, idx, top)
+    elif spec.get("renormalize"):
+        pass  # all keys kept: already normalised
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+AttentionInterface.register(IMPLEMENTATION, _approximate_attention)
+
+
+@dataclass(frozen=True)
+class HardAttention:
+    """An engine ``Change`` (and a saved setting): top-K hard attention in one layer."""
+
+    layer: int
+    k: int = 30
+    renormalize: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"L{self.layer}.attn.top{self.k}" + ("r" if self.renormalize else "")
+
+    def spec(self) -> dict:
+        return {"mode": "topk", "k": self.k, "renormalize": self.renormalize}
+
+    @contextmanager
+    def applied(self, model: PreTrainedModel, adapter: Adapter) -> Iterator[None]:
+        module = _module(model, adapter, self.layer)
+        previous = _current(module)
+        _set(module, self.spec())
+        try:
+            yield
+        finally:
+            _set(module, previous)
+
+
+def _module(model: PreTrainedModel, adapter: Adapter, layer: int) -> nn.Module:
+    from axformer.surgery.prune import current_structure
+
+    present = current_structure(model, adapter).present_layers
+    if layer not in present:
+        raise AxformerError(f"layer L{layer} is not in the model (removed); cannot approximate its attention")
+    module = adapter.attention_kernel(adapter.layers(model)[present.index(layer)])
+    if module is None:
+        raise AxformerError(f"approximate attention is not supported for {adapter.family} models (their attention does not use transformers' attention interface)")
+    return module
+
+
+def _current(module: nn.Module) -> dict | None:
+    return getattr(module, "axformer_attention", None)
+
+
+def _set(module: nn.Module, spec: dict | None) -> None:
+    if spec is None:
+        if hasattr(module, "axformer_stock_config"):
+            module.config = module.axformer_stock_config
+            del module.axformer_stock_config
+        if hasattr(module, "axformer_attention"):
+            del module.axformer_attention
+        return
+    if not hasattr(module, "axformer_stock_config"):
+        module.axformer_stock_config = module.config
+        cfg = copy.copy(module.config)
+        cfg._attn_implementation = IMPLEMENTATION
+        module.config = cfg
+    module.axformer_attention = dict(spec)
+
+
+def supports_approximate_attention(model: PreTrainedModel) -> bool:
+    a = get_adapter(model)
+    layers = a.layers(model)
+    return len(layers) > 0 and a.attention_kernel(layers[0]) is not None
+
+
+def set_attention(model: PreTrainedModel, settings: dict[int, dict]) -> None:
+    """Install per-layer approximate attention (``{original layer: spec}``) and record it in the config."""
+    from axformer.surgery.prune import current_structure
+    from axformer.surgery.restore import STRUCTURE_KEY
+
+    a = get_adapter(model)
+    for layer, spec in settings.items():
+        _set(_module(model, a, int(layer)), spec)
+    if settings:
+        setattr(model.config, CONFIG_KEY, {str(k): v for k, v in sorted(settings.items())})
+        if getattr(model.config, STRUCTURE_KEY, None) is None:  # saved through the axformer path, so it reloads with it
+            setattr(model.config, STRUCTURE_KEY, current_structure(model, a).to_dict())
+
+
+def attention_settings(config) -> dict[int, dict]:
+    return {int(k): v for k, v in (getattr(config, CONFIG_KEY, None) or {}).items()}
+
+
+def install_from_config(model: PreTrainedModel) -> None:
+    """Re-install what the config records (after loading a saved model)."""
+    settings = attention_settings(model.config)
+    if settings:
+        a = get_adapter(model)
+        for layer, spec in settings.items():
+            _set(_module(model, a, layer), spec)

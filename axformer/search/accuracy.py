@@ -1,0 +1,103 @@
+"""``--goal accuracy``: AxFormer's accuracy-driven search, exactly as published.
+
+1. Hard attention, layer by layer (first to last by default): switch the layer
+   to top-K hard attention; keep it if the acceptance test passes.
+2. Pruning from the last layer to the first. In each layer, try the whole FFN
+   block; if it is rejected but its loss is below ``slack`` x the best loss so
+   far, try each of the ``groups`` FFN neuron groups greedily. Then the same for
+   the attention block, descending to the heads.
+
+Every candidate is judged by the acceptance rule (AxFormer's two-part test by
+default) on the held-out split only. Evaluations stop early once a candidate
+can neither pass nor qualify for the descent (which changes no decision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from axformer.analysis.engine import PartialResult
+from axformer.attention.hard import HardAttention
+from axformer.search.acceptance import AxFormerAcceptance
+from axformer.search.trials import Trials
+from axformer.surgery.components import neuron_group_range
+
+
+@dataclass
+class AccuracySearchConfig:
+    hard_attention: bool = True
+    k: int = 30
+    renormalize: bool = False
+    slack: float = 1.1
+    fraction: float = 0.5
+    groups: int = 12
+    attention_layers: list[int] | None = None  # order of the hard-attention phase (default: 0 .. L-1)
+    prune_layers: list[int] | None = None  # order of the pruning phase (default: L-1 .. 0)
+
+
+@dataclass
+class _DescendOrAccept:
+    """Stop a block's evaluation only when it can neither be accepted nor fall under slack x min_loss."""
+
+    rule: AxFormerAcceptance
+    slack: float
+
+    def hopeless(self, partial: PartialResult) -> bool:
+        below_slack_possible = float(partial.losses[partial.done].sum()) / len(partial.losses) < self.slack * self.rule.min_loss
+        return self.rule.hopeless(partial) and not below_slack_possible
+
+
+@dataclass
+class SearchOutcome:
+    removed: list[str] = field(default_factory=list)
+    attention: dict[int, dict] = field(default_factory=dict)
+    min_loss: float = 0.0
+
+
+def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, hard_attention_supported: bool = True) -> SearchOutcome:
+    ref = trials.engine.reference
+    rule = AxFormerAcceptance(ref.losses, ref.mean_loss, config.fraction)
+    out = SearchOutcome()
+    present = structure.present_layers
+
+    def accept(d, removed=(), changes=()):
+        rule.min_loss = d.mean_loss
+        trials.accept(removed, changes)
+
+    if config.hard_attention and hard_attention_supported:
+        for layer in config.attention_layers if config.attention_layers is not None else present:
+            if structure.layers[layer] is None or not structure.layers[layer].heads:
+                continue
+            change = HardAttention(layer, config.k, config.renormalize)
+            d = trials.run("hard_attention", changes=[change], rule=rule, stop=rule)
+            if d.accepted:
+                accept(d, changes=[change])
+                out.attention[layer] = change.spec()
+    descend = _DescendOrAccept(rule, config.slack)
+    for layer in config.prune_layers if config.prune_layers is not None else list(reversed(present)):
+        ls = structure.layers[layer]
+        if ls is None:
+            continue
+        for block, units in (("ffn", _groups(structure, layer, config.groups)), ("attn", [f"L{layer}.attn.head{h}" for h in ls.heads])):
+            if (block == "ffn" and not ls.neurons) or (block == "attn" and not ls.heads):
+                continue
+            name = f"L{layer}.{block}"
+            d = trials.run(f"prune_{block}", removed=[name], rule=rule, stop=descend)
+            if d.accepted:
+                accept(d, removed=[name])
+                out.removed.append(name)
+                continue
+            if not (d.complete and d.mean_loss < config.slack * rule.min_loss):
+                continue  # important block: not refined
+            for unit in units:
+                du = trials.run(f"prune_{block}_unit", removed=[unit], rule=rule, stop=rule)
+                if du.accepted:
+                    accept(du, removed=[unit])
+                    out.removed.append(unit)
+    out.min_loss = rule.min_loss
+    return out
+
+
+def _groups(structure, layer: int, groups: int) -> list[str]:
+    present = set(structure.layers[layer].neurons)
+    return [f"L{layer}.ffn.group{g}of{groups}" for g in range(groups) if present & set(neuron_group_range(g, groups, structure.ffn_dim))]

@@ -1,0 +1,134 @@
+"""``--goal speed`` / ``--goal size``: remove the least significant components while the metric stays in tolerance.
+
+Our design, in the spirit of the approximate-computing paper's constraint-driven
+mode. Candidates go coarse to fine: whole layers, then blocks (attention, FFN),
+then heads and FFN neuron groups together. Coarse first because one accepted
+layer saves what dozens of heads and groups save, plus the per-layer overhead
+(LayerNorms, residuals, kernel launches) that only a whole-layer removal
+removes, so the target is reached in the fewest trials and with the largest
+measured speed-up; the finer units then trim what the coarse ones could not.
+Within a phase candidates are tried in order of significance per unit of cost
+saved (gradient importance of the current model, re-computed after each
+phase and every ``rerank_every`` acceptances, divided by the calibrated cost of
+the component). A candidate is kept when the held-out main metric stays at or
+above the tolerance threshold; the search ends when the target is met or every
+candidate was tried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from axformer.analysis.gradient import gradient_importance
+from axformer.search.acceptance import MetricTolerance
+from axformer.search.cost import CostModel
+from axformer.search.trials import Trials
+from axformer.surgery.components import neuron_group_range
+from axformer.surgery.structure import ModelStructure
+
+PHASES = (("layer",), ("attn", "ffn"), ("head", "group"))
+
+
+@dataclass
+class ConstraintSearchConfig:
+    goal: str = "speed"  # speed or size
+    max_drop: float | None = 1.0  # points of the main metric
+    max_rel_drop: float | None = None  # percent of the main metric
+    target: float | None = None  # speed-up (speed) or size reduction factor (size); None: as far as the tolerance allows
+    groups: int = 12
+    rerank_every: int = 8
+
+
+@dataclass
+class ConstraintOutcome:
+    removed: list[str] = field(default_factory=list)
+    threshold: float = 0.0
+    predicted_ratio: float = 1.0
+    target_met: bool = False
+
+
+def threshold_for(reference: float, config: ConstraintSearchConfig) -> float:
+    bounds = []
+    if config.max_drop is not None:
+        bounds.append(reference - config.max_drop)
+    if config.max_rel_drop is not None:
+        bounds.append(reference * (1 - config.max_rel_drop / 100))
+    return max(bounds) if bounds else reference
+
+
+def _units(structure: ModelStructure, kind: str, groups: int) -> list[str]:
+    out = []
+    for i in structure.present_layers:
+        ls = structure.layers[i]
+        if kind == "layer":
+            out.append(f"L{i}")
+        elif kind == "attn" and ls.heads:
+            out.append(f"L{i}.attn")
+        elif kind == "ffn" and ls.neurons:
+            out.append(f"L{i}.ffn")
+        elif kind == "head":
+            out += [f"L{i}.attn.head{h}" for h in ls.heads]
+        elif kind == "group":
+            present = set(ls.neurons)
+            out += [f"L{i}.ffn.group{g}of{groups}" for g in range(groups) if present & set(neuron_group_range(g, groups, structure.ffn_dim))]
+    return out
+
+
+def _significance(imp, name: str, structure: ModelStructure, groups: int) -> float:
+    from axformer.surgery.components import parse
+
+    c = parse(name)
+    table = {"layer": imp.layer, "attn": imp.attn, "ffn": imp.ffn}
+    if c.kind in table:
+        v = table[c.kind][c.layer]
+    elif c.kind == "head":
+        v = imp.heads[c.layer, c.index]
+    else:
+        v = np.nansum(imp.neurons[c.layer, list(neuron_group_range(c.index, c.groups, structure.ffn_dim))])
+    return float(0.0 if np.isnan(v) else v)
+
+
+def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel, config: ConstraintSearchConfig, progress: bool = False) -> ConstraintOutcome:
+    engine = trials.engine
+    ref = engine.reference
+    main = engine.spec.main_metric
+    out = ConstraintOutcome(threshold=threshold_for(ref.metrics[main], config))
+    rule = MetricTolerance(main, out.threshold, engine.encoded.labels, engine.regression)
+    current = structure.copy()
+    base_cost = cost.predict(structure)
+
+    def ratio(s: ModelStructure) -> float:
+        return base_cost / max(cost.predict(s), 1e-12)
+
+    def met() -> bool:
+        return config.target is not None and ratio(current) >= config.target
+
+    for kinds in PHASES:
+        if met():
+            break
+        tried: set[str] = set()
+        since_rank = None
+        while not met():
+            if since_rank is None or since_rank >= config.rerank_every:
+                trials.sync_base()  # gradients of the current model
+                imp = gradient_importance(engine, config.groups, progress=progress)
+                since_rank = 0
+            names = [n for k in kinds for n in _units(current, k, config.groups) if n not in tried]
+            names = [n for n in names if current.removed([n]).to_dict() != current.to_dict()]
+            if not names:
+                break
+            saved = {n: cost.predict(current) - cost.predict(current.removed([n])) for n in names}
+            ranked = sorted(names, key=lambda n: (_significance(imp, n, structure, config.groups) / max(saved[n], 1e-12), n))
+            name = ranked[0]
+            tried.add(name)
+            d = trials.run(f"constraint_{'_'.join(kinds)}", removed=[name], rule=rule, stop=rule, extra={"predicted_ratio_if_accepted": ratio(current.removed([name]))})
+            if d.accepted:
+                trials.accept([name])
+                current = current.removed([name])
+                out.removed.append(name)
+                since_rank += 1
+    out.predicted_ratio = ratio(current)
+    out.target_met = met()
+    return out

@@ -1,0 +1,84 @@
+"""Trials: evaluate a candidate on top of the accepted state, decide, and log it, resumably.
+
+Every trial gets a sequence number. The search is deterministic, so a re-run
+(after a crash or a SIGKILL) asks for the same trials in the same order: those
+already in ``search_log.jsonl`` are answered from the log (their decision and
+losses) without evaluation, and the engine's base state is only rebuilt when
+the first new trial needs it. A log written by a different run is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from axformer.analysis.engine import CandidateResult, Change, EarlyStop
+from axformer.errors import AxformerError
+from axformer.utils.io import append_jsonl, read_jsonl
+
+
+@dataclass
+class Decision:
+    trial: int
+    stage: str
+    candidate: str
+    accepted: bool
+    mean_loss: float  # lower bound when not complete
+    metric: float | None
+    complete: bool
+    from_log: bool
+
+
+class Trials:
+    def __init__(self, engine, log_path: str | Path | None, main_metric: str) -> None:
+        self.engine = engine
+        self.main_metric = main_metric
+        self.log_path = Path(log_path) if log_path else None
+        self.logged = read_jsonl(self.log_path) if self.log_path else []
+        self.count = 0
+        self.removed: list[str] = []
+        self.changes: list[Change] = []
+        self._base_dirty = False
+        self.decisions: list[Decision] = []
+
+    def accept(self, removed: Sequence[str] = (), changes: Sequence[Change] = ()) -> None:
+        self.removed += list(removed)
+        self.changes += list(changes)
+        self._base_dirty = True
+
+    def sync_base(self) -> None:
+        """Make the engine's base the accepted state (before anything that reads the current model)."""
+        if self._base_dirty:
+            self.engine.set_base(self.removed, self.changes)
+            self._base_dirty = False
+
+    def run(self, stage: str, removed: Sequence[str] = (), changes: Sequence[Change] = (), rule=None, stop: EarlyStop | None = None, extra: dict | None = None) -> Decision:
+        """Evaluate ``removed``/``changes`` on top of the accepted state and decide with ``rule.accepts``."""
+        name = "+".join([*removed, *(c.key for c in changes)])
+        n = self.count
+        self.count += 1
+        if n < len(self.logged):
+            row = self.logged[n]
+            if row["candidate"] != name or row["stage"] != stage:
+                raise AxformerError(f"search log {self.log_path} does not belong to this run (trial {n} is {row['candidate']!r}, expected {name!r}); use another --output or --overwrite")
+            d = Decision(n, stage, name, row["accepted"], row["mean_loss"], row.get("metric"), row["complete"], True)
+            self.decisions.append(d)
+            return d
+        self.sync_base()
+        t0 = time.perf_counter()
+        result: CandidateResult = self.engine.evaluate(removed, changes, stop=stop)
+        accepted = bool(rule.accepts(result)) if rule is not None else False
+        metric = result.metrics.get(self.main_metric) if result.complete else None
+        d = Decision(n, stage, name, accepted, result.mean_loss, metric, result.complete, False)
+        if self.log_path:
+            ref = self.engine.reference
+            append_jsonl(self.log_path, {
+                "trial": n, "stage": stage, "candidate": name, "accepted": accepted, "complete": result.complete,
+                "evaluated": result.evaluated, "mean_loss": result.mean_loss, "delta_loss": result.mean_loss - ref.mean_loss,
+                "metric": metric, "metrics": result.metrics, "not_worse_fraction": float((result.losses[: len(ref.losses)] <= ref.losses).mean()) if result.complete else None,
+                "start_layer": result.start_layer, "seconds": time.perf_counter() - t0, **(extra or {}),
+            })
+        self.decisions.append(d)
+        return d

@@ -1,0 +1,81 @@
+"""Both search goals on MiniLM for SST-2, MRPC, RTE, CoLA and STS-B (issue: the search).
+
+Usage:  python benchmarks/optimize_glue.py [--tasks sst2 mrpc ...] [--data-dir ../shared/data/glue]
+
+For each task: the fine-tuned baseline from benchmarks/finetune_baselines.py
+(trained first if missing), then, as subprocesses whose command lines are
+printed in the table,
+
+    axformer optimize runs/baselines/T --goal accuracy            -o runs/optimize/T-accuracy
+    axformer optimize runs/baselines/T --goal speed --max-drop 1  -o runs/optimize/T-speed
+
+Each report measures the original and the optimized model in the same run
+(latency ratios); the table copies them. Finished runs are not repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+GOALS = {"accuracy": ["--goal", "accuracy"], "speed --max-drop 1": ["--goal", "speed", "--max-drop", "1"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", nargs="*", default=["sst2", "mrpc", "rte", "cola", "stsb"])
+    ap.add_argument("--data-dir", default=os.environ.get("AXFORMER_DATA_DIR", "../shared/data/glue"))
+    ap.add_argument("--baselines", default="runs/baselines")
+    ap.add_argument("--out", default="runs/optimize")
+    ap.add_argument("--table", default="benchmarks/results/optimize_glue.md")
+    args = ap.parse_args()
+    missing = [t for t in args.tasks if not (Path(args.baselines) / t / "metrics.json").exists()]
+    if missing:
+        subprocess.run([sys.executable, "benchmarks/finetune_baselines.py", "--data-dir", args.data_dir, "--out", args.baselines, "--tasks", *missing], check=True)
+    rows = []
+    for task in args.tasks:
+        for goal, flags in GOALS.items():
+            out = Path(args.out) / f"{task}-{goal.split()[0]}"
+            cmd = ["axformer", "optimize", f"{args.baselines}/{task}", *flags, "--data-dir", args.data_dir, "-o", str(out)]
+            if not (out / "report.json").exists():
+                subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
+            rows.append((task, goal, json.loads((out / "report.json").read_text()), " ".join(cmd)))
+    lines = [
+        "# The search on GLUE: baseline, `--goal accuracy`, `--goal speed --max-drop 1`",
+        "",
+        f"Produced by `python benchmarks/optimize_glue.py` on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}. Model: all-MiniLM-L6-v2 fine-tuned per task "
+        "(benchmarks/results/finetune_baselines.md). Decisions on up to 2,000 held-out training examples; dev = official GLUE dev, reporting only. "
+        "Latency: PyTorch fp32, batch 1 over 200 dev texts each padded to its own length, ratio against the original measured in the same run.",
+        "",
+        "| task | model | held-out main | dev main | params | FLOPs/token @128 | batch-1 speed-up | batch-32 speed-up | trials (accepted) | search time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for task, goal, r, cmd in rows:
+        main = r["task"]["main_metric"]
+        o, p = r["results"]["original"], r["results"]["optimized"]
+        dev = next(k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency"))
+        if task not in seen:
+            seen.add(task)
+            lines.append(f"| {task} | baseline | {o['heldout']['metrics'][main]:.2f} | {o[dev]['metrics'][main]:.2f} | {o['parameters'] / 1e6:.2f} M | {o['flops_per_token'] / 1e6:.1f} M | 1.00x | 1.00x | | |")
+        lines.append(
+            f"| {task} | `{goal}` | {p['heldout']['metrics'][main]:.2f} | {p[dev]['metrics'][main]:.2f} | {p['parameters'] / 1e6:.2f} M | {p['flops_per_token'] / 1e6:.1f} M | "
+            f"{r['speedup_batch1']:.2f}x | {r['speedup_batch32']:.2f}x | {r['search']['trials']} ({r['search']['accepted']}) | {r['search']['seconds'] / 60:.1f} min |"
+        )
+    lines += ["", "Commands:", ""] + [f"- `{cmd}`" for *_, cmd in rows]
+    lines += ["", "Removed components per run:", ""] + [f"- {task} {goal}: {', '.join(r['removed']) or 'nothing'}" + (f"; hard attention in {', '.join('L' + k for k in r['attention'])}" if r["attention"] else "") for task, goal, r, _ in rows]
+    Path(args.table).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The search: AxFormer's exact trial order and rule, the tolerance of the constraint mode, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from axformer.analysis.engine import CandidateResult
+from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
+from axformer.search.trials import Trials
+from axformer.surgery.structure import ModelStructure
+from tests.conftest import make_tiny_model_dir, write_sentiment_files
+
+BASE = [1.0, 1.0, 1.0, 1.0]
+SCRIPT = {  # candidate -> per-example held-out losses (anything else: [2, 2, 2, 2], rejected)
+    "L1.attn.top30": [0.9, 0.9, 0.9, 1.1],  # mean .95 < 1, 3 of 4 not worse: accepted
+    "L2.ffn": [1.0, 1.0, 1.0, 1.1],  # mean 1.025: rejected, but < 1.1 x .95: descend into groups
+    "L2.ffn.group0of3": [0.9, 0.9, 0.9, 1.0],  # accepted (.925)
+    "L2.attn": [3.0, 3.0, 3.0, 3.0],  # far above the slack: heads not tried
+    "L1.ffn": [0.8, 0.8, 0.8, 1.0],  # accepted (.85)
+    "L1.attn": [0.9, 0.9, 1.2, 1.2],  # 1.05 > 1.1 x .85: not refined
+    "L0.attn": [0.1, 0.1, 1.1, 1.1],  # lower mean but only 2 of 4 not worse: rejected, descend
+    "L0.attn.head0": [0.8, 0.8, 0.8, 0.9],  # accepted (.825)
+}
+EXPECTED_ORDER = [
+    "L0.attn.top30", "L1.attn.top30", "L2.attn.top30",
+    "L2.ffn", "L2.ffn.group0of3", "L2.ffn.group1of3", "L2.ffn.group2of3", "L2.attn",
+    "L1.ffn", "L1.attn",
+    "L0.ffn", "L0.attn", "L0.attn.head0", "L0.attn.head1",
+]
+
+
+class ScriptedEngine:
+    """Stands in for the evaluation engine: fixed losses per candidate, and a record of what was evaluated."""
+
+    def __init__(self):
+        self.reference = self._result((), (), BASE)
+        self.evaluated: list[str] = []
+
+    @staticmethod
+    def _result(removed, changes, losses):
+        return CandidateResult(tuple(removed), tuple(changes), np.asarray(losses, dtype=np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 0.0})
+
+    def evaluate(self, removed=(), changes=(), stop=None, desc=None):
+        name = "+".join([*removed, *(c.key for c in changes)])
+        self.evaluated.append(name)
+        return self._result(removed, [c.key for c in changes], SCRIPT.get(name, [2.0] * 4))
+
+    def set_base(self, removed=(), changes=()):
+        return self.reference
+
+
+def _search(log=None):
+    engine = ScriptedEngine()
+    trials = Trials(engine, log, "accuracy")
+    structure = ModelStructure.full(3, 2, 4, 24, 8)
+    out = accuracy_search(trials, structure, AccuracySearchConfig(groups=3))
+    return engine, trials, out
+
+
+def test_accuracy_mode_follows_the_published_order_and_rule():
+    engine, trials, out = _search()
+    assert engine.evaluated == EXPECTED_ORDER
+    assert out.removed == ["L2.ffn.group0of3", "L1.ffn", "L0.attn.head0"]
+    assert list(out.attention) == [1] and out.attention[1]["k"] == 30 and not out.attention[1]["renormalize"]
+    assert out.min_loss == pytest.approx(0.825)
+    assert [d.accepted for d in trials.decisions].count(True) == 4
+
+
+def test_accuracy_mode_resumes_from_its_log_without_re_evaluating(tmp_path):
+    log = tmp_path / "search_log.jsonl"
+    _, _, full = _search(log)
+    lines = log.read_text().splitlines()
+    assert len(lines) == len(EXPECTED_ORDER)
+    # a SIGKILL mid-write: 6 complete rows and a torn seventh
+    log.write_text("\n".join(lines[:6]) + "\n" + lines[6][: len(lines[6]) // 2])
+    log.write_text("\n".join(lines[:6]) + "\n")
+    engine, trials, again = _search(log)
+    assert engine.evaluated == EXPECTED_ORDER[6:]
+    assert (again.removed, again.attention, again.min_loss) == (full.removed, full.attention, full.min_loss)
+    engine, _, third = _search(log)  # complete log: nothing is evaluated
+    assert engine.evaluated == [] and third.removed == full.removed
+
+
+def test_log_of_another_run_is_refused(tmp_path):
+    from axformer.errors import AxformerError
+
+    log = tmp_path / "search_log.jsonl"
+    log.write_text(json.dumps({"trial": 0, "stage": "hard_attention", "candidate": "L5.ffn", "accepted": False, "mean_loss": 1.0, "complete": True}) + "\n")
+    with pytest.raises(AxformerError, match="does not belong to this run"):
+        _search(log)
+
+
+@pytest.fixture(scope="module")
+def tuned_tiny(tmp_path_factory):
+    """A tiny BERT fine-tuned on the toy sentiment task (learnable: the label is the word good/bad)."""
+    from axformer.tasks.sources import load_custom
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("search")
+    base = make_tiny_model_dir(root / "base", "bert", labels=["neg", "pos"])
+    train, dev = write_sentiment_files(root / "data", n_train=400, n_dev=60)
+    data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
+    res = finetune(base, data, root / "tuned", FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None))
+    return res.output, data, (train, dev)
+
+
+def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    report = optimize(model, data, None, tmp_path / "speed", OptimizeConfig(goal="speed", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=10))
+    threshold = report["search"]["threshold"]
+    rows = [json.loads(l) for l in (tmp_path / "speed" / "search_log.jsonl").read_text().splitlines()]
+    assert any(r["accepted"] for r in rows) and any(not r["accepted"] for r in rows)
+    for r in rows:
+        if r["accepted"]:
+            assert r["complete"] and r["metric"] >= threshold
+        elif r["complete"]:
+            assert r["metric"] < threshold
+    assert report["results"]["optimized"]["heldout"]["metrics"]["accuracy"] >= threshold
+    assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
+    # the saved model is the searched one, physically pruned, and reloads with one call
+    from axformer.models.loading import load_model
+    from axformer.surgery.prune import count_parameters
+
+    assert count_parameters(load_model(tmp_path / "speed")) == report["results"]["optimized"]["parameters"]
+    assert (tmp_path / "speed" / "report.md").read_text().count("|") > 20
+
+
+def test_ctrl_c_saves_the_best_so_far_and_the_rerun_resumes(tuned_tiny, tmp_path, monkeypatch):
+    from axformer.errors import AxformerError
+    from axformer.models.loading import load_model
+    from axformer.search import trials as trials_mod
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
+    straight = optimize(model, data, None, tmp_path / "straight", cfg)
+    real_run = trials_mod.Trials.run
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(trials_mod.Trials, "run", interrupted)
+    with pytest.raises(AxformerError, match="interrupted after"):
+        optimize(model, data, None, tmp_path / "resumed", cfg)
+    partial = tmp_path / "resumed.partial"
+    assert (partial / "best_so_far" / "model.safetensors").is_file()
+    load_model(partial / "best_so_far")
+    monkeypatch.setattr(trials_mod.Trials, "run", real_run)
+    again = optimize(model, data, None, tmp_path / "resumed", cfg)
+    assert again["search"]["from_log"] == 5
+    assert (again["removed"], again["attention"]) == (straight["removed"], straight["attention"])
+
+
+def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, (train, dev) = tuned_tiny
+    straight = optimize(model, data, None, tmp_path / "straight", OptimizeConfig(goal="accuracy", k=2, groups=4, device="cpu", progress=False, latency_examples=5))
+    args = [sys.executable, "-m", "axformer.cli", "optimize", str(model), "--goal", "accuracy", "--train", str(train), "--dev", str(dev), "--text-column", "text", "--task", "toy",
+            "--groups", "4", "--device", "cpu", "-k", "2", "--latency-examples", "5", "-o", str(tmp_path / "killed")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "killed.partial" / "search_log.jsonl"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert log.exists() and not (tmp_path / "killed").exists()
+    subprocess.run(args, check=True, env=env, capture_output=True)
+    resumed = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert resumed["search"]["from_log"] >= 3 and resumed["search"]["resumed"]
+    assert (resumed["removed"], resumed["attention"]) == (straight["removed"], straight["attention"])
+    assert resumed["results"]["optimized"]["heldout"] == straight["results"]["optimized"]["heldout"]
