@@ -255,6 +255,10 @@ def optimize_cmd(
     sample_seed: int = 0,
     batch_size: int = 64,
     latency_examples: Annotated[int, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the report.")] = 200,
+    refinetune: Annotated[Optional[str], typer.Option("--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights.")] = None,
+    refinetune_epochs: float = 1.0,
+    refinetune_lr: float = 1e-4,
+    refinetune_max_train_examples: Optional[int] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
@@ -268,6 +272,7 @@ def optimize_cmd(
         goal=goal, max_drop=max_drop, max_rel_drop=max_rel_drop, target_speedup=target_speedup, target_size=target_size,
         hard_attention=not no_hard_attention, k=k, slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
         sample_seed=sample_seed, batch_size=batch_size, latency_examples=latency_examples, device=device, allow_pickle=allow_pickle,
+        refinetune=refinetune, refinetune_epochs=refinetune_epochs, refinetune_lr=refinetune_lr, refinetune_max_train_examples=refinetune_max_train_examples,
     )
     config.validate()
     output = output or default_output(model, goal)

@@ -186,3 +186,27 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
     assert resumed["search"]["from_log"] >= 3 and resumed["search"]["resumed"]
     assert (resumed["removed"], resumed["attention"]) == (straight["removed"], straight["attention"])
     assert resumed["results"]["optimized"]["heldout"] == straight["results"]["optimized"]["heldout"]
+
+
+def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_path):
+    from axformer.models.loading import load_model
+    from axformer.models.record import ModelRecord
+    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.surgery.prune import current_structure
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5, refinetune="continue", refinetune_epochs=1, refinetune_lr=1e-3)
+    report = optimize(model, data, None, tmp_path / "rec", cfg)
+    rec = report["recovery"]
+    assert rec["mode"] == "continue" and "accuracy" in rec["heldout_before"]["metrics"]
+    import torch
+
+    from axformer.surgery.prune import prune
+
+    net = load_model(tmp_path / "rec")
+    searched = load_model(model)
+    prune(searched, report["removed"])
+    assert current_structure(net).to_dict() == current_structure(searched).to_dict()  # same structure ...
+    assert not torch.equal(net.classifier.weight, searched.classifier.weight)  # ... re-trained weights
+    assert [h["stage"] for h in ModelRecord.load(tmp_path / "rec").history][-2:] == ["optimize", "finetune"]
+    assert not (tmp_path / "rec" / "recovered").exists() and "Recovery:" in (tmp_path / "rec" / "report.md").read_text()

@@ -67,6 +67,12 @@ class OptimizeConfig:
     sample_seed: int = 0
     batch_size: int = 64
     latency_examples: int = 200  # dev texts timed at batch 1
+    # recovery: fine-tune the found structure again (from its current weights) on the training part
+    refinetune: str | None = None  # None or "continue"
+    refinetune_epochs: float = 1.0
+    refinetune_lr: float = 1e-4
+    refinetune_batch_size: int = 32
+    refinetune_max_train_examples: int | None = None
     device: str = "auto"
     allow_pickle: bool = False
     progress: bool = True
@@ -85,6 +91,8 @@ class OptimizeConfig:
             raise AxformerError(f"-k {self.k}; expected a positive number of attended keys")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
+        if self.refinetune not in (None, "continue"):
+            raise AxformerError(f"--refinetune {self.refinetune!r}; expected continue (re-training from the pre-trained checkpoint is not available yet)")
         for name in ("target_speedup", "target_size"):
             v = getattr(self, name)
             if v is not None and v <= 1:
@@ -159,7 +167,13 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
         write_json(work / STATE_FILE, state)
         engine.close()
         optimized = _save_candidate(model, ctx, state, work, config)
+        recovery = None
+        if config.refinetune == "continue":
+            optimized, recovery = _refinetune(ctx, work, config)
         report = _report(model, ctx, optimized, state, config, trials, search_info, search_seconds, time.perf_counter() - t_start, resumed, work)
+        if recovery is not None:
+            report["recovery"] = recovery
+            (work / "report.md").write_text(report_markdown(report))
         write_json(work / "report.json", report)
         (work / "report.md").write_text(report_markdown(report))
         import shutil
@@ -168,6 +182,26 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
         for f in ("run.json",):
             (work / f).unlink(missing_ok=True)
     return report
+
+
+def _refinetune(ctx, work: Path, config: OptimizeConfig):
+    """Fine-tune the searched model again from its weights; the recovered model replaces it in ``work``."""
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    searched = score(ctx.data.spec, ctx.heldout.labels, run_model(load_model(work).eval(), ctx.encoded, ctx.data.spec.is_regression, config.batch_size, ctx.device)).to_dict()
+    cfg = FinetuneConfig(epochs=config.refinetune_epochs, learning_rate=config.refinetune_lr, batch_size=config.refinetune_batch_size,
+                         max_train_examples=config.refinetune_max_train_examples, max_seq_length=ctx.record.max_seq_length, device=config.device)
+    t0 = time.perf_counter()
+    result = finetune(work, ctx.data, work / "recovered", cfg, overwrite=True)
+    net = load_model(result.output, ctx.data.spec).eval()
+    save_model(net, ctx.tokenizer, work)
+    from axformer.models.record import ModelRecord
+
+    ModelRecord.load(result.output).save(work)
+    import shutil
+
+    shutil.rmtree(result.output, ignore_errors=True)
+    return net, {"mode": "continue", "heldout_before": searched, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 
 
 def _typical_length(ctx) -> int:
@@ -294,6 +328,10 @@ def report_markdown(r: dict) -> str:
         "",
         "Per-layer structure (heads/FFN neurons, '-' removed): " + " ".join("-" if l.get("removed") else f"{l['heads']}/{l['ffn']}" for l in p["structure"]),
     ]
+    if r.get("recovery"):
+        rec = r["recovery"]
+        lines += ["", f"Recovery: re-fine-tuned from the searched weights in {rec['seconds']:.0f} s; held-out {main} before recovery "
+                  f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model)."]
     if "cost_model" in r["search"]:
         lines += ["", f"Predicted {'speed-up' if r['goal'] == 'speed' else 'size reduction'} from the calibrated cost model: {r['search']['predicted_ratio']:.2f}x."]
     for w in r.get("warnings", []):
