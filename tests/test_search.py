@@ -210,3 +210,30 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
     assert not torch.equal(net.classifier.weight, searched.classifier.weight)  # ... re-trained weights
     assert [h["stage"] for h in ModelRecord.load(tmp_path / "rec").history][-2:] == ["optimize", "finetune"]
     assert not (tmp_path / "rec" / "recovered").exists() and "Recovery:" in (tmp_path / "rec" / "report.md").read_text()
+
+
+def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_path, monkeypatch):
+    """Latency measurements never repeat exactly, so a resumed speed search must reuse the calibration it ranked with."""
+    from axformer.errors import AxformerError
+    from axformer.search import trials as trials_mod
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="speed", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
+    real_run = trials_mod.Trials.run
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(trials_mod.Trials, "run", interrupted)
+    with pytest.raises(AxformerError, match="interrupted after"):
+        optimize(model, data, None, tmp_path / "s", cfg)
+    saved = json.loads((tmp_path / "s.partial" / "cost_model.json").read_text())
+    monkeypatch.setattr(trials_mod.Trials, "run", real_run)
+    report = optimize(model, data, None, tmp_path / "s", cfg)
+    assert report["search"]["from_log"] == 4
+    assert report["search"]["cost_model"] == saved

@@ -34,11 +34,11 @@ from axformer.inference import run_model
 from axformer.models.loading import is_local, load_model, save_model
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.constraint import ConstraintSearchConfig, constraint_search
-from axformer.search.cost import calibrate_latency, parameter_model
+from axformer.search.cost import CostModel, calibrate_latency, parameter_model
 from axformer.search.trials import Trials
 from axformer.surgery.prune import count_parameters, current_structure, prune
 from axformer.tasks.data import TaskData
-from axformer.utils.io import atomic_output_dir, claim_work_dir, run_key, write_json
+from axformer.utils.io import atomic_output_dir, claim_work_dir, read_json, run_key, write_json
 from axformer.utils.timing import interleaved_medians
 
 GOALS = ("accuracy", "speed", "size")
@@ -148,7 +148,7 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
                 search_info = {"rule": f"axformer (mean loss below the best so far, and more than {config.fraction:.0%} of examples not worse than the unpruned model)", "min_loss": outcome.min_loss,
                                "hard_attention_supported": approx_ok}
             else:
-                cost = calibrate_latency(ctx.model, structure, _typical_length(ctx), device=ctx.device) if config.goal == "speed" else parameter_model(ctx.model, structure)
+                cost = _cost_model(ctx, structure, config, work)
                 target = config.target_speedup if config.goal == "speed" else config.target_size
                 cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.groups)
                 outcome = constraint_search(trials, structure, cost, cfg, progress=False)
@@ -202,6 +202,17 @@ def _refinetune(ctx, work: Path, config: OptimizeConfig):
 
     shutil.rmtree(result.output, ignore_errors=True)
     return net, {"mode": "continue", "heldout_before": searched, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
+
+
+def _cost_model(ctx, structure, config: OptimizeConfig, work: Path) -> CostModel:
+    """The calibrated cost model, saved in the work directory: a resumed run must rank candidates exactly as before,
+    and latency measurements never repeat exactly."""
+    path = work / "cost_model.json"
+    if path.exists():
+        return CostModel(**read_json(path))
+    cost = calibrate_latency(ctx.model, structure, _typical_length(ctx), device=ctx.device) if config.goal == "speed" else parameter_model(ctx.model, structure)
+    write_json(path, cost.to_dict())
+    return cost
 
 
 def _typical_length(ctx) -> int:
