@@ -50,7 +50,7 @@ def main() -> None:
         sig = analyze(args.model, data, None, work / name, AnalyzeConfig(scorers=scorers, max_examples=args.examples, prefix_cache=cache, device="cpu"), overwrite=True)
         runs[name] = (sig, time.perf_counter() - t, np.load(work / name / "ablation_losses.npz"))
         print(name, f"ablation {sig['ablation']['seconds']:.1f} s")
-    (se, te, le), (sn, tn, ln) = runs["engine"], runs["naive"]
+    (se, te, le), (sn, _, ln) = runs["engine"], runs["naive"]
     assert list(le["components"]) == list(ln["components"])
     diff = float(np.abs(le["losses"] - ln["losses"]).max())
     ae, an = se["ablation"]["seconds"], sn["ablation"]["seconds"]
@@ -63,7 +63,7 @@ def main() -> None:
         f"Model: {args.model} (all-MiniLM-L6-v2 fine-tuned on SST-2). Split: {se['split']['used']} of the {se['split']['full_size']} held-out training "
         f"examples (stratified, seed {se['config']['sample_seed']}); batches of {se['config']['batch_size']} sorted by length, padded to the longest member.",
         "",
-        f"| way | single removals | ablation wall time | per removal | speed-up |",
+        "| way | single removals | ablation wall time | per removal | speed-up |",
         "|---|---|---|---|---|",
         f"| naive: full forward pass per removal | {n_rows} | {an:.0f} s ({an / 60:.1f} min) | {an / n_rows:.2f} s | 1.00x |",
         f"| axformer engine (prefix cache) | {n_rows} | {ae:.0f} s ({ae / 60:.1f} min) | {ae / n_rows:.2f} s | {an / ae:.2f}x |",

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 import axformer.training.finetune as ft
 from axformer.evaluation import evaluate
 from axformer.models.record import ModelRecord
-from axformer.tasks.metrics import compute_metrics
 from axformer.tasks.sources import load_custom
 from axformer.training.finetune import FinetuneConfig, finetune
 from tests.conftest import write_sentiment_files

@@ -79,11 +79,11 @@ def test_accuracy_mode_resumes_from_its_log_without_re_evaluating(tmp_path):
     _, _, full = _search(log)
     lines = log.read_text().splitlines()
     assert len(lines) == len(EXPECTED_ORDER)
-    # a SIGKILL mid-write: 6 complete rows and a torn seventh
+    # a SIGKILL mid-write: 6 complete rows and a torn seventh, which is dropped and re-evaluated
     log.write_text("\n".join(lines[:6]) + "\n" + lines[6][: len(lines[6]) // 2])
-    log.write_text("\n".join(lines[:6]) + "\n")
     engine, trials, again = _search(log)
     assert engine.evaluated == EXPECTED_ORDER[6:]
+    assert [json.loads(l)["candidate"] for l in log.read_text().splitlines()] == EXPECTED_ORDER  # appended rows start on their own line
     assert (again.removed, again.attention, again.min_loss) == (full.removed, full.attention, full.min_loss)
     engine, _, third = _search(log)  # complete log: nothing is evaluated
     assert engine.evaluated == [] and third.removed == full.removed
@@ -135,31 +135,38 @@ def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
     assert (tmp_path / "speed" / "report.md").read_text().count("|") > 20
 
 
-def test_ctrl_c_saves_the_best_so_far_and_the_rerun_resumes(tuned_tiny, tmp_path, monkeypatch):
-    from axformer.errors import AxformerError
-    from axformer.models.loading import load_model
+def _interrupt_trial(monkeypatch, n: int):
+    """Make the n-th trial raise KeyboardInterrupt (Ctrl-C); returns the real Trials.run to restore."""
     from axformer.search import trials as trials_mod
-    from axformer.search.optimize import OptimizeConfig, optimize
 
-    model, data, _ = tuned_tiny
-    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
-    straight = optimize(model, data, None, tmp_path / "straight", cfg)
     real_run = trials_mod.Trials.run
     calls = {"n": 0}
 
     def interrupted(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return real_run(self, *a, **k)
 
     monkeypatch.setattr(trials_mod.Trials, "run", interrupted)
+    return lambda: monkeypatch.setattr(trials_mod.Trials, "run", real_run)
+
+
+def test_ctrl_c_saves_the_best_so_far_and_the_rerun_resumes(tuned_tiny, tmp_path, monkeypatch):
+    from axformer.errors import AxformerError
+    from axformer.models.loading import load_model
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
+    straight = optimize(model, data, None, tmp_path / "straight", cfg)
+    restore = _interrupt_trial(monkeypatch, 6)
     with pytest.raises(AxformerError, match="interrupted after"):
         optimize(model, data, None, tmp_path / "resumed", cfg)
     partial = tmp_path / "resumed.partial"
     assert (partial / "best_so_far" / "model.safetensors").is_file()
     load_model(partial / "best_so_far")
-    monkeypatch.setattr(trials_mod.Trials, "run", real_run)
+    restore()
     again = optimize(model, data, None, tmp_path / "resumed", cfg)
     assert again["search"]["from_log"] == 5
     assert (again["removed"], again["attention"]) == (straight["removed"], straight["attention"])
@@ -215,25 +222,15 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
 def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_path, monkeypatch):
     """Latency measurements never repeat exactly, so a resumed speed search must reuse the calibration it ranked with."""
     from axformer.errors import AxformerError
-    from axformer.search import trials as trials_mod
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
     cfg = OptimizeConfig(goal="speed", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
-    real_run = trials_mod.Trials.run
-    calls = {"n": 0}
-
-    def interrupted(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_run(self, *a, **k)
-
-    monkeypatch.setattr(trials_mod.Trials, "run", interrupted)
+    restore = _interrupt_trial(monkeypatch, 5)
     with pytest.raises(AxformerError, match="interrupted after"):
         optimize(model, data, None, tmp_path / "s", cfg)
     saved = json.loads((tmp_path / "s.partial" / "cost_model.json").read_text())
-    monkeypatch.setattr(trials_mod.Trials, "run", real_run)
+    restore()
     report = optimize(model, data, None, tmp_path / "s", cfg)
     assert report["search"]["from_log"] == 4
     assert report["search"]["cost_model"] == saved

@@ -100,7 +100,7 @@ def analyze(
         if "ablation" in config.scorers:
             t = time.perf_counter()
             log = work / "ablation.jsonl"
-            done = {r["row"]["component"]: (AblationRow(**r["row"]), np.asarray(r["losses"], dtype=np.float32)) for r in read_jsonl(log)}
+            done = {r["row"]["component"]: (AblationRow(**r["row"]), np.asarray(r["losses"], dtype=np.float32)) for r in read_jsonl(log, repair=True)}
             comps = ablation_candidates(engine.structure, config.groups)
             rows = run_ablation(engine, comps, done, on_row=lambda row, losses: append_jsonl(log, {"row": row.to_dict(), "losses": losses.tolist()}), progress=config.progress)
             sig["ablation"] = {"rows": [rows[c][0].to_dict() for c in comps], "seconds": time.perf_counter() - t, "resumed_rows": len(done), "passes_layers_run": engine.layer_runs}
@@ -117,7 +117,7 @@ def analyze(
         if "quantization" in config.scorers:
             t = time.perf_counter()
             log = work / "quantization.jsonl"
-            done_q = {f"{r['name']}@int{r['bits']}": QuantRow(**r) for r in read_jsonl(log)}
+            done_q = {f"{r['name']}@int{r['bits']}": QuantRow(**r) for r in read_jsonl(log, repair=True)}
             qrows = run_quant_sensitivity(engine, config.quant_bits, config.int4_block_size, done_q, on_row=lambda row: append_jsonl(log, row.to_dict()), progress=config.progress)
             sig["quantization"] = {"rows": [r.to_dict() for r in qrows.values()], "seconds": time.perf_counter() - t, "int4_block_size": config.int4_block_size}
             timings["quantization"] = time.perf_counter() - t

@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from axformer.analysis.engine import EvaluationEngine

@@ -49,8 +49,6 @@ def _approximate_attention(module: nn.Module, query, key, value, attention_mask,
         if spec.get("renormalize"):
             top = top / top.sum(-1, keepdim=True)
         probs = torch.zeros_like(probs).scatter(-1, idx, top)
-    elif spec.get("renormalize"):
-        pass  # all keys kept: already normalised
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()
     return out, probs

@@ -51,9 +51,9 @@ class AxFormerAcceptance:
         best_possible = int((partial.losses[done] <= self.baseline_losses[done]).sum()) + int((~done).sum())
         return best_possible <= self.required_not_worse
 
-    def accepted(self, result: CandidateResult) -> None:
+    def accepted(self, mean_loss: float) -> None:
         """Record an accepted candidate: its loss becomes the bar to beat."""
-        self.min_loss = result.mean_loss
+        self.min_loss = mean_loss
 
 
 @dataclass
@@ -81,6 +81,3 @@ class MetricTolerance:
         correct = int((partial.logits[done].argmax(-1) == self.labels[done]).sum())
         best = 100.0 * (correct + int((~done).sum())) / len(done)
         return best < self.threshold
-
-    def accepted(self, result: CandidateResult) -> None:
-        pass

@@ -61,7 +61,7 @@ def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, har
     present = structure.present_layers
 
     def accept(d, removed=(), changes=()):
-        rule.min_loss = d.mean_loss
+        rule.accepted(d.mean_loss)
         trials.accept(removed, changes)
 
     if config.hard_attention and hard_attention_supported:

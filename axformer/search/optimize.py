@@ -26,7 +26,7 @@ import torch
 
 from axformer.analysis.context import load_context
 from axformer.analysis.engine import EvaluationEngine
-from axformer.attention.hard import HardAttention, set_attention, supports_approximate_attention
+from axformer.attention.hard import set_attention, supports_approximate_attention
 from axformer.data.batching import collate, encode, sorted_batches
 from axformer.errors import AxformerError
 from axformer.evaluation import score
@@ -118,27 +118,17 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
     with atomic_output_dir(output, overwrite=overwrite) as work:
         resumed = claim_work_dir(work, key)
         engine = EvaluationEngine(ctx.model, ctx.encoded, spec, config.batch_size, ctx.device)
-        trials = Trials(engine, work / LOG_FILE, spec.main_metric)
         structure = current_structure(ctx.model)
         approx_ok = supports_approximate_attention(ctx.model)
-        state = {"removed": [], "attention": {}}
         last_save = [0.0]
 
-        def on_accept() -> None:  # the accepted state, and (at most every 30 s) the model, always on disk
-            state["removed"] = list(trials.removed)
-            state["attention"] = {str(c.layer): c.spec() for c in trials.changes}
-            write_json(work / STATE_FILE, state)
+        def on_accept(t: Trials) -> None:  # the accepted state, and (at most every 30 s) the model, always on disk
+            write_json(work / STATE_FILE, t.state())
             if time.perf_counter() - last_save[0] > 30:
-                _save_candidate(model, ctx, state, work / "best_so_far", config)
+                _save_candidate(model, ctx, t.state(), work / "best_so_far", config)
                 last_save[0] = time.perf_counter()
 
-        original_accept = trials.accept
-
-        def accept(removed=(), changes=()):
-            original_accept(removed, changes)
-            on_accept()
-
-        trials.accept = accept
+        trials = Trials(engine, work / LOG_FILE, spec.main_metric, on_accept)
         search_info: dict = {}
         t_search = time.perf_counter()
         try:
@@ -155,15 +145,12 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
                 search_info = {"rule": f"tolerance: held-out {spec.main_metric} >= {outcome.threshold:.2f}", "threshold": outcome.threshold, "cost_model": cost.to_dict(),
                                "predicted_ratio": outcome.predicted_ratio, "target": target, "target_met": outcome.target_met}
         except KeyboardInterrupt:
-            state["removed"] = list(trials.removed)
-            state["attention"] = {str(c.layer): c.spec() for c in trials.changes}
-            write_json(work / STATE_FILE, state)
-            _save_candidate(model, ctx, state, work / "best_so_far", config)
+            write_json(work / STATE_FILE, trials.state())
+            _save_candidate(model, ctx, trials.state(), work / "best_so_far", config)
             engine.close()
             raise AxformerError(f"interrupted after {trials.count} trials; the best model so far is in {work}/best_so_far; run the same command again to resume") from None
         search_seconds = time.perf_counter() - t_search
-        state["removed"] = list(trials.removed)
-        state["attention"] = {str(c.layer): c.spec() for c in trials.changes}
+        state = trials.state()
         write_json(work / STATE_FILE, state)
         engine.close()
         optimized = _save_candidate(model, ctx, state, work, config)
@@ -221,7 +208,6 @@ def _typical_length(ctx) -> int:
 
 def _save_candidate(model, ctx, state: dict, directory: Path, config: OptimizeConfig):
     """Physically apply the state to a fresh copy of the original model and save it (with tokenizer and record)."""
-    from axformer.models.record import ModelRecord
 
     net = load_model(model, ctx.data.spec, allow_pickle=config.allow_pickle)
     prune(net, state["removed"])
@@ -274,7 +260,7 @@ def _report(model, ctx, optimized, state, config, trials: Trials, search_info, s
         s = current_structure(net)
         entry.update({"parameters": count_parameters(net), "flops_per_token": s.flops_per_token(128), "structure": s.summary()})
         results[name] = entry
-    results["original"]["size_bytes"] = _dir_size(Path(model)) if is_local(model) and _dir_size(Path(model)) else None
+    results["original"]["size_bytes"] = (_dir_size(Path(model)) or None) if is_local(model) else None
     results["optimized"]["size_bytes"] = _dir_size(work)
     dev_split = next(iter(ctx.data.dev.values()))
     lat = _latency({"original": original, "optimized": optimized}, encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length), config.latency_examples, ctx.device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from axformer.analysis.engine import CandidateResult, Change, EarlyStop
 from axformer.errors import AxformerError
@@ -32,21 +32,28 @@ class Decision:
 
 
 class Trials:
-    def __init__(self, engine, log_path: str | Path | None, main_metric: str) -> None:
+    def __init__(self, engine, log_path: str | Path | None, main_metric: str, on_accept: Callable[["Trials"], None] | None = None) -> None:
         self.engine = engine
         self.main_metric = main_metric
         self.log_path = Path(log_path) if log_path else None
-        self.logged = read_jsonl(self.log_path) if self.log_path else []
+        self.logged = read_jsonl(self.log_path, repair=True) if self.log_path else []
         self.count = 0
         self.removed: list[str] = []
         self.changes: list[Change] = []
         self._base_dirty = False
         self.decisions: list[Decision] = []
+        self.on_accept = on_accept
 
     def accept(self, removed: Sequence[str] = (), changes: Sequence[Change] = ()) -> None:
         self.removed += list(removed)
         self.changes += list(changes)
         self._base_dirty = True
+        if self.on_accept is not None:
+            self.on_accept(self)
+
+    def state(self) -> dict:
+        """The accepted state, as saved in ``best_so_far.json`` and the report."""
+        return {"removed": list(self.removed), "attention": {str(c.layer): c.spec() for c in self.changes}}
 
     def sync_base(self) -> None:
         """Make the engine's base the accepted state (before anything that reads the current model)."""
@@ -77,7 +84,7 @@ class Trials:
             append_jsonl(self.log_path, {
                 "trial": n, "stage": stage, "candidate": name, "accepted": accepted, "complete": result.complete,
                 "evaluated": result.evaluated, "mean_loss": result.mean_loss, "delta_loss": result.mean_loss - ref.mean_loss,
-                "metric": metric, "metrics": result.metrics, "not_worse_fraction": float((result.losses[: len(ref.losses)] <= ref.losses).mean()) if result.complete else None,
+                "metric": metric, "metrics": result.metrics, "not_worse_fraction": float((result.losses <= ref.losses).mean()) if result.complete else None,
                 "start_layer": result.start_layer, "seconds": time.perf_counter() - t0, **(extra or {}),
             })
         self.decisions.append(d)

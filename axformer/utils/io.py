@@ -104,15 +104,21 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSONL log; a torn last line (the process was killed mid-write) is dropped."""
+def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
+    """Rows of a JSONL log. A torn last line (the process was killed mid-write) is dropped, and with
+    ``repair`` the file is rewritten without it, so that rows appended later start on a line of their own."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for line in lines:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break
+    if repair and (len(rows) < len(lines) or not path.read_text().endswith("\n") and rows):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, default=_default) + "\n" for r in rows))
+        tmp.replace(path)
     return rows

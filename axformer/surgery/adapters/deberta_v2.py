@@ -10,7 +10,7 @@ be dropped as a whole.
 from __future__ import annotations
 
 from axformer.errors import AxformerError
-from axformer.surgery.adapters.base import AttentionParts, FFNParts
+from axformer.surgery.adapters.base import AttentionParts
 from axformer.surgery.adapters.bert import BertLikeAdapter, RemovedSelfAttentionBlock
 
 
