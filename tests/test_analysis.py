@@ -104,11 +104,32 @@ def test_early_stopping_changes_no_decision(tiny_bert):
                 stopped_early += 1
                 assert fast.evaluated < len(enc) and not rule.accepts(full)
     assert stopped_early > 0
-    # the metric-tolerance rule (constraint mode) too
-    rule = MetricTolerance("accuracy", ref.metrics["accuracy"] - 2.0, enc.labels)
-    for name in names:
-        assert rule.accepts(engine.evaluate([name])) == rule.accepts(engine.evaluate([name], stop=rule))
+    # the metric-tolerance rule (constraint mode) too, with and without a loss bound
+    for max_loss in (None, ref.mean_loss * 1.05):
+        rule = MetricTolerance({"accuracy": ref.metrics["accuracy"] - 2.0}, enc.labels, max_loss=max_loss)
+        for name in names:
+            assert rule.accepts(engine.evaluate([name])) == rule.accepts(engine.evaluate([name], stop=rule))
     engine.close()
+
+
+def test_metric_tolerance_guards_every_metric_and_the_loss():
+    """A collapse towards the majority class can keep F1 in tolerance; the accuracy guard must catch it."""
+    labels = np.array([1] * 7 + [0] * 3)
+
+    class R:
+        complete = True
+
+        def __init__(self, metrics, mean_loss=0.5):
+            self.metrics, self.mean_loss = metrics, mean_loss
+
+    both = MetricTolerance({"f1": 81.0, "accuracy": 73.0}, labels)
+    main_only = MetricTolerance({"f1": 81.0}, labels)
+    collapsed = R({"f1": 81.8, "accuracy": 70.0})
+    assert main_only.accepts(collapsed) and not both.accepts(collapsed)
+    assert both.accepts(R({"f1": 81.0, "accuracy": 73.0}))
+    bounded = MetricTolerance({"f1": 81.0}, labels, max_loss=0.55)
+    assert bounded.accepts(R({"f1": 90.0}, 0.55)) and not bounded.accepts(R({"f1": 90.0}, 0.56))
+    assert "mean held-out loss <= 0.5500" in bounded.describe()
 
 
 def test_axformer_acceptance_rule():

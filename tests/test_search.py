@@ -116,15 +116,16 @@ def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
-    report = optimize(model, data, None, tmp_path / "speed", OptimizeConfig(goal="speed", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=10))
-    threshold = report["search"]["threshold"]
+    report = optimize(model, data, None, tmp_path / "speed", OptimizeConfig(goal="speed", max_drop=3.0, max_loss_increase=40.0, groups=4, device="cpu", progress=False, latency_examples=10))
+    threshold, max_loss = report["search"]["threshold"], report["search"]["max_loss"]
+    assert max_loss is not None and "loss" in report["search"]["rule"]
     rows = [json.loads(l) for l in (tmp_path / "speed" / "search_log.jsonl").read_text().splitlines()]
     assert any(r["accepted"] for r in rows) and any(not r["accepted"] for r in rows)
     for r in rows:
         if r["accepted"]:
-            assert r["complete"] and r["metric"] >= threshold
+            assert r["complete"] and r["metric"] >= threshold and r["mean_loss"] <= max_loss
         elif r["complete"]:
-            assert r["metric"] < threshold
+            assert r["metric"] < threshold or r["mean_loss"] > max_loss
     assert report["results"]["optimized"]["heldout"]["metrics"]["accuracy"] >= threshold
     assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
     # the saved model is the searched one, physically pruned, and reloads with one call

@@ -58,26 +58,47 @@ class AxFormerAcceptance:
 
 @dataclass
 class MetricTolerance:
-    """Constraint mode: keep a candidate while the held-out main metric stays at or above ``threshold``.
+    """Constraint mode: keep a candidate while every guarded held-out metric stays at or above its threshold.
+
+    Guarding every metric of the task, not just the main one, is what stops a
+    search from "passing" by collapsing towards the majority class: on MRPC a
+    model that answers "paraphrase" for nearly everything keeps F1 within a
+    point while accuracy falls by four. ``max_loss`` optionally bounds the mean
+    held-out loss too: the loss moves before the metric does, and on SST-2 a
+    rising held-out loss was the first sign of a drop on the (longer) dev
+    sentences that the held-out accuracy did not show.
 
     Early stopping is exact for accuracy (each remaining example adds at most
-    one correct answer); for other metrics the whole split is evaluated.
+    one correct answer) and for the loss bound (losses are non-negative); for
+    other metrics the whole split is evaluated.
     """
 
-    metric: str
-    threshold: float
+    thresholds: dict[str, float]
     labels: np.ndarray
     regression: bool = False
+    max_loss: float | None = None
 
     name = "tolerance"
 
     def accepts(self, result: CandidateResult) -> bool:
-        return result.complete and result.metrics.get(self.metric, -np.inf) >= self.threshold
+        if not result.complete:
+            return False
+        if self.max_loss is not None and result.mean_loss > self.max_loss:
+            return False
+        return all(result.metrics.get(m, -np.inf) >= t for m, t in self.thresholds.items())
 
     def hopeless(self, partial: PartialResult) -> bool:
-        if self.metric != "accuracy" or self.regression:
-            return False
         done = partial.done
+        if self.max_loss is not None and float(partial.losses[done].sum()) / len(done) > self.max_loss:
+            return True
+        if "accuracy" not in self.thresholds or self.regression:
+            return False
         correct = int((partial.logits[done].argmax(-1) == self.labels[done]).sum())
         best = 100.0 * (correct + int((~done).sum())) / len(done)
-        return best < self.threshold
+        return best < self.thresholds["accuracy"]
+
+    def describe(self) -> str:
+        parts = [f"held-out {m} >= {t:.2f}" for m, t in self.thresholds.items()]
+        if self.max_loss is not None:
+            parts.append(f"mean held-out loss <= {self.max_loss:.4f}")
+        return "tolerance: " + ", ".join(parts)

@@ -10,8 +10,9 @@ measured speed-up; the finer units then trim what the coarse ones could not.
 Within a phase candidates are tried in order of significance per unit of cost
 saved (gradient importance of the current model, re-computed after each
 phase and every ``rerank_every`` acceptances, divided by the calibrated cost of
-the component). A candidate is kept when the held-out main metric stays at or
-above the tolerance threshold; the search ends when the target is met or every
+the component). A candidate is kept when every metric of the task (or, with
+``guard="main"``, the main one) stays within the tolerance of the unpruned
+model, and, if asked, the mean held-out loss stays within a bound; the search ends when the target is met or every
 candidate was tried.
 """
 
@@ -37,6 +38,8 @@ class ConstraintSearchConfig:
     max_drop: float | None = 1.0  # points of the main metric
     max_rel_drop: float | None = None  # percent of the main metric
     target: float | None = None  # speed-up (speed) or size reduction factor (size); None: as far as the tolerance allows
+    guard: str = "all"  # "all": the tolerance holds for every metric of the task; "main": for the main metric only
+    max_loss_increase: float | None = None  # percent over the unpruned model's mean held-out loss; None: no loss bound
     groups: int = 12
     rerank_every: int = 8
 
@@ -44,7 +47,10 @@ class ConstraintSearchConfig:
 @dataclass
 class ConstraintOutcome:
     removed: list[str] = field(default_factory=list)
-    threshold: float = 0.0
+    threshold: float = 0.0  # of the main metric
+    thresholds: dict = field(default_factory=dict)  # every guarded metric
+    max_loss: float | None = None
+    rule: str = ""
     predicted_ratio: float = 1.0
     target_met: bool = False
 
@@ -94,8 +100,11 @@ def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel
     engine = trials.engine
     ref = engine.reference
     main = engine.spec.main_metric
-    out = ConstraintOutcome(threshold=threshold_for(ref.metrics[main], config))
-    rule = MetricTolerance(main, out.threshold, engine.encoded.labels, engine.regression)
+    guarded = list(ref.metrics) if config.guard == "all" else [main]
+    thresholds = {m: threshold_for(ref.metrics[m], config) for m in guarded}
+    max_loss = None if config.max_loss_increase is None else ref.mean_loss * (1 + config.max_loss_increase / 100)
+    rule = MetricTolerance(thresholds, engine.encoded.labels, engine.regression, max_loss)
+    out = ConstraintOutcome(threshold=thresholds[main], thresholds=thresholds, max_loss=max_loss, rule=rule.describe())
     current = structure.copy()
     base_cost = cost.predict(structure)
 

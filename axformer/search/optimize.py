@@ -54,6 +54,8 @@ class OptimizeConfig:
     max_rel_drop: float | None = None
     target_speedup: float | None = None
     target_size: float | None = None
+    guard: str = "all"  # the tolerance holds for every task metric ("all") or the main one ("main")
+    max_loss_increase: float | None = None  # percent over the unpruned model's mean held-out loss
     # AxFormer (accuracy goal)
     hard_attention: bool = True
     k: int = 30
@@ -91,6 +93,10 @@ class OptimizeConfig:
             raise AxformerError(f"-k {self.k}; expected a positive number of attended keys")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
+        if self.guard not in ("all", "main"):
+            raise AxformerError(f"--guard {self.guard!r}; expected all or main")
+        if self.max_loss_increase is not None and self.max_loss_increase < 0:
+            raise AxformerError(f"--max-loss-increase {self.max_loss_increase}; expected a non-negative percentage")
         if self.refinetune not in (None, "continue"):
             raise AxformerError(f"--refinetune {self.refinetune!r}; expected continue (re-training from the pre-trained checkpoint is not available yet)")
         for name in ("target_speedup", "target_size"):
@@ -140,9 +146,9 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
             else:
                 cost = _cost_model(ctx, structure, config, work)
                 target = config.target_speedup if config.goal == "speed" else config.target_size
-                cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.groups)
+                cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.guard, config.max_loss_increase, config.groups)
                 outcome = constraint_search(trials, structure, cost, cfg, progress=False)
-                search_info = {"rule": f"tolerance: held-out {spec.main_metric} >= {outcome.threshold:.2f}", "threshold": outcome.threshold, "cost_model": cost.to_dict(),
+                search_info = {"rule": outcome.rule, "threshold": outcome.threshold, "thresholds": outcome.thresholds, "max_loss": outcome.max_loss, "cost_model": cost.to_dict(),
                                "predicted_ratio": outcome.predicted_ratio, "target": target, "target_met": outcome.target_met}
         except KeyboardInterrupt:
             write_json(work / STATE_FILE, trials.state())
