@@ -288,6 +288,90 @@ def optimize_cmd(
     console.print(f"optimized model and report in {output}/")
 
 
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory (fine-tuned or optimized by axformer).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for model.onnx, config, tokenizer and export.json (Optimum's layout).")],
+    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (dynamic, per-channel weights), fp16 (CUDA), or mixed (per-matrix fp32/int8/int4 by quantization sensitivity).")] = "int8",
+    no_fusion: Annotated[bool, typer.Option("--no-fusion", help="Skip ONNX Runtime's transformer graph fusions.")] = False,
+    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="int8: one scale per weight matrix instead of per output channel.")] = False,
+    int8_ops: Annotated[str, typer.Option("--int8-ops", help="int8: comma-separated op types to quantize.")] = "MatMul,Attention",
+    exclude_node: Annotated[Optional[list[str]], typer.Option("--exclude-node", help="ONNX node names to keep in fp32 (repeatable).")] = None,
+    int4_block_size: Annotated[int, typer.Option(help="mixed: input features per int4 scale block.")] = 32,
+    significance: Annotated[Optional[Path], typer.Option("--significance", help="mixed: significance.json from axformer analyze (else sensitivities are measured).")] = None,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Fail if the artifact loses more than this many points of the held-out main metric against PyTorch.")] = 1.0,
+    max_examples: Annotated[int, typer.Option(help="Held-out examples for validation (0: all).")] = 2000,
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Export to ONNX with graph fusion and int8/fp16/mixed precision, validated on the held-out split."""
+    from axformer.export.artifact import ExportConfig, export_model
+
+    config = ExportConfig(precision=precision, fusion=not no_fusion, per_channel=not per_tensor, int8_op_types=tuple(o.strip() for o in int8_ops.split(",") if o.strip()),
+                          exclude_nodes=list(exclude_node or []), int4_block_size=int4_block_size, max_drop=max_drop, max_examples=max_examples or None,
+                          significance=str(significance) if significance else None, device=device, allow_pickle=allow_pickle)
+    config.validate()
+    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    r = export_model(model, output, config, data, data_dir, overwrite=overwrite)
+    v = r["validation"]
+    main = v["pytorch"]["main_metric"]
+    fused = ", ".join(f"{k} {n}" for k, n in (r["fusion"] or {}).get("fused_operators", {}).items()) or "none"
+    console.print(f"{precision} ONNX artifact: {r['size_bytes'] / 2**20:.1f} MiB; fused: {fused}")
+    console.print(f"held-out {main}: PyTorch {v['pytorch']['metrics'][main]:.2f}, ONNX {v['onnx']['metrics'][main]:.2f} (drop {v['drop']:+.2f}, limit {v['max_drop']})")
+    console.print(f"written to {output}/ (model.onnx, config.json, tokenizer, export.json) in {r['seconds']:.0f} s")
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model directories and/or exported artifacts (directories with model.onnx).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for benchmark.md, benchmark.json, tradeoff.png and the baseline exports.")],
+    baseline_model: Annotated[Optional[str], typer.Option("--baseline-model", help="The unpruned model for the baselines (default: the first model's recorded origin).")] = None,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baselines (not recommended: ratios need them).")] = False,
+    lengths: Annotated[str, typer.Option("--lengths", help="Fixed sequence lengths to time, comma-separated.")] = "64,128,512",
+    latency_examples: Annotated[int, typer.Option(help="Dev requests timed one by one per round.")] = 200,
+    throughput_examples: Annotated[int, typer.Option(help="Dev examples in the batch-32 throughput pass.")] = 512,
+    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds after one warm-up round.")] = 5,
+    instances: Annotated[Optional[int], typer.Option("--instances", help="Multi-instance workers (default: one per core; 1 skips).")] = None,
+    price_per_hour: Annotated[float, typer.Option("--price-per-hour", help="USD per machine hour for the cost per 100M requests (0: omit).")] = 0.0,
+    no_memory: Annotated[bool, typer.Option("--no-memory", help="Skip the peak-memory measurement (one process per candidate).")] = False,
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+) -> None:
+    """Accuracy, latency, throughput, memory, size and cost of models against the baselines, measured in one run."""
+    from axformer.benchmark.run import BenchmarkConfig, benchmark
+
+    try:
+        lens = tuple(int(x) for x in lengths.split(",") if x.strip())
+    except ValueError:
+        raise AxformerError(f"--lengths {lengths!r}; expected comma-separated token counts such as 64,128,512") from None
+    config = BenchmarkConfig(baselines=not no_baselines, baseline_model=baseline_model, lengths=lens, latency_examples=latency_examples, throughput_examples=throughput_examples,
+                             rounds=rounds, instances=instances, price_per_hour=price_per_hour, memory=not no_memory)
+    config.validate()
+    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    result = benchmark(models, output, data, data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    from axformer.benchmark.report import markdown
+
+    console.print(markdown(result))
+    console.print(f"written to {output}/ (benchmark.md, benchmark.json, tradeoff.png)")
+
+
 @app.command("prune")
 def prune_cmd(
     model: Annotated[str, typer.Argument(help="Model directory.")],

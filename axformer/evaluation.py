@@ -11,8 +11,9 @@ import numpy as np
 from axformer.data.batching import Encoded, encode
 from axformer.errors import AxformerError
 from axformer.inference import Outputs, run_model
-from axformer.models.loading import is_local, load_model, load_tokenizer
+from axformer.models.loading import is_local, load_tokenizer
 from axformer.models.record import ModelRecord
+from axformer.runtime.backends import load_runnable
 from axformer.tasks.data import Split, TaskData
 from axformer.tasks.metrics import compute_metrics
 from axformer.tasks.sources import load_task_from_record
@@ -100,7 +101,7 @@ def evaluate(
     if split_record is None and "heldout" in splits:
         split_record = make_heldout_split(data.train)
     dev = resolve_device(device)
-    net = load_model(model, spec, allow_pickle=allow_pickle, device=dev)
+    net = load_runnable(model, spec, device=dev, allow_pickle=allow_pickle)  # a PyTorch model or an exported ONNX artifact
     tok = load_tokenizer(model)
     result = Evaluation(task=spec.name, model=str(model))
     outputs_by_split: dict[str, tuple[Split, Outputs]] = {}

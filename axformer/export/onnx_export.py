@@ -34,12 +34,17 @@ class _LogitsOnly(torch.nn.Module):
 def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OPSET, seq_len: int = 16) -> Path:
     """Write ``model`` to ``path`` as ONNX (inputs: int64 [batch, sequence]; output: logits [batch, labels]).
 
-    Uses the TorchScript-based exporter: its graphs are the ones ONNX Runtime's
-    transformer optimizer knows how to fuse.
+    Uses the TorchScript-based exporter, and eager attention (instead of SDPA)
+    while tracing: those graphs are the ones ONNX Runtime's transformer
+    optimizer knows how to fuse. Approximate attention is kept as it is.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = model_input_names(model)
+    was_training = model.training
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl == "sdpa":
+        model.set_attn_implementation("eager")
     model = model.eval()
     device = next(model.parameters()).device
     vocab = getattr(model.config, "vocab_size", 100)
@@ -54,8 +59,10 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            # the wrapper must be in eval mode too: the exporter restores the *wrapper's* mode on the
+            # whole module tree afterwards, which would silently switch dropout on in the caller's model
             torch.onnx.export(
-                _LogitsOnly(model, names),
+                _LogitsOnly(model, names).eval(),
                 tuple(dummy[n] for n in names),
                 str(tmp),
                 input_names=names,
@@ -68,6 +75,10 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             raise AxformerError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        finally:
+            model.train(was_training)
+            if impl == "sdpa":
+                model.set_attn_implementation("sdpa")
     tmp.replace(path)
     return path
 

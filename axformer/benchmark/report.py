@@ -1,0 +1,82 @@
+"""The benchmark's table (Markdown) and its accuracy/latency trade-off plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _f(v, fmt: str = "{:.2f}", none: str = "-") -> str:
+    return none if v is None else fmt.format(v)
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    main = result["task"]["main_metric"]
+    ref = rows[0]
+    ref_lat, ref_thr = ref["timing"]["latency_p50_ms"], ref["timing"]["throughput_per_s"]
+    env = result["environment"]
+    cost = result["config"]["price_per_hour"] > 0
+    lengths = [k for k in rows[0]["fixed"]]
+    head = ["model", f"dev {main}", "batch-1 p50 ms", "p95 ms", "batch-1 speed-up", "batch-32 ex/s", "throughput gain", "multi-instance ex/s",
+            *[f"{L} tok p50 ms" for L in lengths], "peak MiB", "size MiB", "params", "FLOPs/token @128"] + (["USD / 100M req."] if cost else [])
+    lines = [
+        f"# Benchmark: {result['task']['name']} ({result['task']['dev_examples']} {result['task']['dev_split']} examples)",
+        "",
+        f"Hardware: {env['machine']}, {env['cpu'] or 'unknown CPU'} ({env['cores']} cores; {env['cpu_flags'] or 'no AVX flags read'})"
+        + (f", GPU {env['cuda']}" if env.get("cuda") else ", no GPU")
+        + f". torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, onnxruntime {env['onnxruntime']}, Python {env['python']}.",
+        f"All rows measured in the same run; speed-ups are against the first row. Batch-1 latency over {result['config']['latency_examples']} dev requests x "
+        f"{result['config']['rounds']} interleaved rounds; throughput at batch 32 on {result['config']['throughput_examples']} dev examples (median of rounds)."
+        + (f" Cost: USD {result['config']['price_per_hour']:.3f} per machine hour, at the best measured throughput." if cost else ""),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        t = r["timing"]
+        cells = [
+            r["name"] + (" (baseline)" if r["baseline"] else ""),
+            _f(r["dev"]["metrics"].get(main)),
+            _f(t["latency_p50_ms"]), _f(t["latency_p95_ms"]),
+            _f(ref_lat / t["latency_p50_ms"] if t["latency_p50_ms"] else None, "{:.2f}x"),
+            _f(t["throughput_per_s"], "{:.1f}"),
+            _f(t["throughput_per_s"] / ref_thr if ref_thr else None, "{:.2f}x"),
+            _f(r["multi_instance"]["throughput_per_s"] if r["multi_instance"] else None, "{:.1f}"),
+            *[_f(r["fixed"].get(L, {}).get("latency_p50_ms")) for L in lengths],
+            _f(r["peak_memory_mib"], "{:.0f}"),
+            _f(r["size_bytes"] / 2**20 if r["size_bytes"] else None, "{:.1f}"),
+            _f(r["parameters"] / 1e6 if r["parameters"] else None, "{:.2f} M"),
+            _f(r["flops_per_token"] / 1e6 if r["flops_per_token"] else None, "{:.1f} M"),
+        ]
+        if cost:
+            cells.append(_f(r["usd_per_100m"], "{:.2f}") + (f" ({r['cost_basis']})" if r["usd_per_100m"] is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Fixed-length throughput (examples/s at batch " + str(result["config"]["fixed_batch"]) + "): "
+              + "; ".join(f"{r['name']}: " + ", ".join(f"{L} tok {_f(r['fixed'][L]['throughput_per_s'], '{:.1f}')}" for L in r["fixed"]) for r in rows), ""]
+    lines += ["Parameters and FLOPs of an ONNX artifact are those of the PyTorch model it was exported from (quantization changes bytes, not counts).", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    """Dev metric against batch-1 latency: one point per candidate, baselines hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = result["task"]["main_metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in result["rows"]:
+        x, y = r["timing"]["latency_p50_ms"], r["dev"]["metrics"].get(main)
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], s=60, facecolors="none" if r["baseline"] else "C1", edgecolors="C0" if r["baseline"] else "C1", zorder=3)
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel("batch-1 latency on dev texts, p50 (ms)")
+    ax.set_ylabel(f"dev {main}")
+    ax.set_title(f"{result['task']['name']}: accuracy vs latency (hollow: baselines)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

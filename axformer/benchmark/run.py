@@ -1,0 +1,273 @@
+"""``axformer benchmark``: models and artifacts against the baselines a user would otherwise pick, in one run.
+
+Baselines (from the unpruned model, always measured alongside): PyTorch fp32
+padded to the maximum length (out of the box), PyTorch fp32 with dynamic
+length, ONNX Runtime fp32 (fused), and ONNX Runtime int8 (what Optimum's
+dynamic quantization gives). Every figure is measured in this run on this
+machine; ratios are against the out-of-the-box baseline.
+
+Cost per 100M requests follows FastFormers: the hours a machine needs to serve
+10^8 requests at the measured throughput, times its hourly price. It uses the
+best throughput the candidate reached (one process at batch 32, or several
+single-threaded instances), and says which.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from axformer.benchmark.measure import Candidate, pad_to, peak_memory_mib, prepare, synthetic, time_candidates
+from axformer.data.batching import encode
+from axformer.errors import AxformerError
+from axformer.evaluation import score
+from axformer.inference import Outputs
+from axformer.models.loading import load_tokenizer, read_config_json
+from axformer.models.record import ModelRecord
+from axformer.runtime.backends import ONNX_FILE, is_onnx_artifact, load_runnable, max_input_length, position_limit
+from axformer.tasks.data import TaskData
+from axformer.tasks.sources import load_task_from_record
+from axformer.utils.io import write_json
+
+
+@dataclass
+class BenchmarkConfig:
+    baselines: bool = True
+    baseline_model: str | None = None  # the unpruned model; default: the first model's recorded origin, else the first model
+    lengths: tuple[int, ...] = (64, 128, 512)
+    latency_examples: int = 200  # dev requests timed one by one per round
+    throughput_examples: int = 512  # dev examples in the batch-32 pass
+    fixed_requests: int = 20  # batch-1 requests per fixed length
+    fixed_batch: int = 32
+    rounds: int = 5
+    warmup: int = 1
+    instances: int | None = None  # multi-instance workers (default: one per core; 0 or 1: skip)
+    price_per_hour: float = 0.0  # USD per machine hour; 0: cost column omitted
+    memory: bool = True
+    seed: int = 0
+    max_drop_for_baseline_exports: float = 100.0  # baselines are reported, never rejected
+
+    def validate(self) -> None:
+        if any(length < 2 for length in self.lengths):
+            raise AxformerError(f"--lengths {self.lengths}; expected token counts of at least 2")
+        if self.rounds < 1 or self.latency_examples < 1:
+            raise AxformerError("--rounds and --latency-examples must be positive")
+        if self.price_per_hour < 0:
+            raise AxformerError(f"--price-per-hour {self.price_per_hour}; expected a non-negative price in USD")
+
+
+@dataclass
+class Row:
+    name: str
+    path: str
+    kind: str  # pytorch / onnx
+    padded: bool
+    baseline: bool
+    dev: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # dev: latency p50/p95, throughput
+    fixed: dict = field(default_factory=dict)  # length -> latency p50, throughput
+    multi_instance: dict | None = None
+    peak_memory_mib: float | None = None
+    size_bytes: int | None = None
+    parameters: int | None = None
+    flops_per_token: float | None = None
+    usd_per_100m: float | None = None
+    cost_basis: str | None = None
+
+
+def _origin(model: str) -> str | None:
+    """The unpruned model a directory came from, as its axformer.json history records it."""
+    for h in ModelRecord.load(model).history:
+        if h.get("stage") in ("optimize", "export", "distill") and h.get("base_model"):
+            base = h["base_model"]
+            return _origin(base) or base if Path(base).is_dir() else None
+    return None
+
+
+def _size(path: str) -> int | None:
+    p = Path(path)
+    if is_onnx_artifact(p):
+        return (p / ONNX_FILE).stat().st_size
+    files = list(p.glob("*.safetensors")) + list(p.glob("*.bin"))
+    return sum(f.stat().st_size for f in files) or None
+
+
+def _structure_source(path: str) -> str | None:
+    """A PyTorch model with this candidate's structure (an artifact's own source model)."""
+    if not is_onnx_artifact(path):
+        return path
+    for h in reversed(ModelRecord.load(path).history):
+        if h.get("stage") == "export" and Path(h.get("base_model", "")).is_dir():
+            return h["base_model"]
+    return None
+
+
+def _params_flops(path: str) -> tuple[int | None, float | None]:
+    src = _structure_source(path)
+    if src is None:
+        return None, None
+    from axformer.models.loading import load_model
+    from axformer.surgery.prune import count_parameters, current_structure
+
+    net = load_model(src)
+    return count_parameters(net), current_structure(net).flops_per_token(128)
+
+
+class _Padded:
+    """Runs a model on batches padded to a fixed length (the out-of-the-box baseline), for the dev metric."""
+
+    def __init__(self, model, length: int, pad_id: int) -> None:
+        self.model, self.length, self.pad_id = model, length, pad_id
+
+    def eval(self) -> "_Padded":
+        return self
+
+    def __call__(self, **batch):
+        return self.model(**pad_to(batch, self.length, self.pad_id))
+
+
+def _dev_outputs(model, enc, regression: bool) -> Outputs:
+    from axformer.inference import run_model
+
+    return run_model(model, enc, regression, 32, "cpu")
+
+
+def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | None = None, data_dir=None, config: BenchmarkConfig | None = None, progress=print) -> dict:
+    """Benchmark ``models`` (model directories or exported artifacts) and the baselines; writes benchmark.{json,md} and a plot."""
+    config = config or BenchmarkConfig()
+    config.validate()
+    if not models:
+        raise AxformerError("no model given; expected at least one model directory or exported artifact")
+    for m in models:
+        if not Path(m).is_dir():
+            raise AxformerError(f"model {m} does not exist; expected a model directory or an exported artifact")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    first = models[0]
+    record = ModelRecord.load(first)
+    if data is None:
+        if record.task is None:
+            raise AxformerError(f"model {first} records no task; pass --task (and --data-dir)")
+        data = load_task_from_record(record.task, data_dir)
+    spec = data.spec
+    dev_name, dev_split = next(iter(data.dev.items()))
+    if not len(dev_split) or (not spec.is_regression and dev_split.labels.min() < 0):
+        raise AxformerError(f"the {dev_name} split of {spec.name} has no labels; the benchmark needs a labelled dev set")
+    t0 = time.perf_counter()
+    candidates: list[Candidate] = []
+    if config.baselines:
+        base = config.baseline_model or _origin(first) or first
+        if is_onnx_artifact(base):
+            raise AxformerError(f"baseline model {base} is an exported artifact; expected the unpruned PyTorch model (--baseline-model)")
+        candidates += [Candidate("PyTorch fp32, padded to max length (out of the box)", base, padded=True, baseline=True),
+                       Candidate("PyTorch fp32, dynamic length", base, baseline=True)]
+        from axformer.export.artifact import ExportConfig, export_model
+
+        for precision, label in (("fp32", "ONNX Runtime fp32 (fused)"), ("int8", "ONNX Runtime int8 (dynamic, per-channel)")):
+            target = output / "baselines" / f"onnx-{precision}"
+            if not is_onnx_artifact(target):
+                progress(f"exporting baseline: {label}")
+                export_model(base, target, ExportConfig(precision=precision, max_drop=config.max_drop_for_baseline_exports, max_examples=500), data, data_dir, overwrite=True)
+            candidates.append(Candidate(label, str(target), baseline=True))
+    candidates += [Candidate(Path(m).name if Path(m).name not in {c.name for c in candidates} else m, m) for m in models]
+    tok = load_tokenizer(candidates[0].path)
+    max_len = max_input_length(candidates[0].path)
+    enc = encode(tok, dev_split, max_len)
+    pad_id = enc.pad_token_id
+    rng = np.random.default_rng(config.seed)
+    lat_idx = rng.permutation(len(enc))[: config.latency_examples]
+    lat_enc = enc.subset(lat_idx)
+    thr_enc = enc.subset(rng.permutation(len(enc))[: config.throughput_examples])
+    loaded = {c.name: load_runnable(c.path, device="cpu") for c in candidates}
+    rows = {c.name: Row(c.name, c.path, "onnx" if is_onnx_artifact(c.path) else "pytorch", c.padded, c.baseline) for c in candidates}
+    progress(f"dev metric of {len(candidates)} candidates on {len(enc)} {dev_name} examples")
+    for c in candidates:
+        model = _Padded(loaded[c.name], max_len, pad_id) if c.padded else loaded[c.name]
+        rows[c.name].dev = score(spec, dev_split.labels, _dev_outputs(model, enc, spec.is_regression)).to_dict()
+    progress(f"timing on dev texts: {len(lat_enc)} requests at batch 1 and {len(thr_enc)} at batch 32, {config.rounds} interleaved rounds")
+    single = {c.name: prepare(lat_enc, 1, max_len if c.padded else None, pad_id) for c in candidates}
+    big = {c.name: prepare(thr_enc, 32, max_len if c.padded else None, pad_id) for c in candidates}
+    for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
+        rows[name].timing = t.summary()
+    cfg = read_config_json(candidates[0].path)
+    vocab = int(cfg.get("vocab_size", 30522))
+    positions = position_limit(cfg) or 512
+    for length in config.lengths:
+        if length > positions:
+            progress(f"length {length} skipped: the model has {positions} positions")
+            continue
+        syn = synthetic(length, max(config.fixed_requests, config.fixed_batch), vocab, pad_id, config.seed)
+        s1 = {c.name: prepare(syn, 1, None, pad_id, config.fixed_requests) for c in candidates}
+        sb = {c.name: prepare(syn, config.fixed_batch, None, pad_id, config.fixed_batch) for c in candidates}
+        progress(f"timing at a fixed {length} tokens")
+        for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
+            rows[name].fixed[str(length)] = t.summary()
+    instances = config.instances if config.instances is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if instances and instances > 1:
+        from axformer.runtime.predictor import Predictor
+
+        progress(f"multi-instance throughput: {instances} single-threaded instances")
+        batches = [{k: v.numpy() for k, v in b.items()} for b in big[candidates[-1].name]]
+        for c in candidates:
+            if c.padded:
+                continue
+            with Predictor(c.path, instances=instances) as p:
+                p.run_batches(batches)  # warm-up
+                rates = []
+                for _ in range(max(2, config.rounds // 2)):
+                    t1 = time.perf_counter()
+                    p.run_batches(batches)
+                    rates.append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - t1))
+            rows[c.name].multi_instance = {"instances": instances, "threads_per_instance": 1, "throughput_per_s": float(np.median(rates))}
+    if config.memory:
+        widest = prepare(thr_enc, 32, None, pad_id)[0]
+        for c in candidates:
+            rows[c.name].peak_memory_mib = peak_memory_mib(c.path, pad_to(widest, max_len, pad_id) if c.padded else widest)
+    for c in candidates:
+        r = rows[c.name]
+        r.size_bytes = _size(c.path)
+        r.parameters, r.flops_per_token = _params_flops(c.path)
+        best = max([(r.timing["throughput_per_s"], "batch 32, one process")] + ([(r.multi_instance["throughput_per_s"], f"batch 32, {r.multi_instance['instances']} instances")] if r.multi_instance else []))
+        r.cost_basis = best[1]
+        if config.price_per_hour > 0:
+            r.usd_per_100m = config.price_per_hour * 1e8 / (best[0] * 3600.0)
+    result = {
+        "task": {"name": spec.name, "main_metric": spec.main_metric, "dev_split": dev_name, "dev_examples": len(enc)},
+        "config": asdict(config),
+        "rows": [asdict(rows[c.name]) for c in candidates],
+        "reference": candidates[0].name,
+        "environment": environment(),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json(output / "benchmark.json", result)
+    from axformer.benchmark.report import markdown, plot
+
+    plot(result, output / "tradeoff.png")
+    (output / "benchmark.md").write_text(markdown(result))
+    return result
+
+
+def environment() -> dict:
+    import onnxruntime
+    import transformers
+
+    cpu = ""
+    try:
+        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in text)
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": cpu, "cpu_flags": flags, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

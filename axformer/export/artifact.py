@@ -1,0 +1,173 @@
+"""``axformer export``: a validated, deployable ONNX artifact in the layout Hugging Face Optimum uses.
+
+Steps: export (dynamic batch and sequence axes) -> ONNX Runtime's transformer
+fusions (per-layer head counts pinned, so pruned models fuse) -> the chosen
+numerical format (fp32, dynamic int8 with per-channel weights, fp16 for CUDA,
+or a sensitivity-guided fp32/int8/int4 mix) -> validation: the artifact's
+held-out metric next to the PyTorch model's, computed in the same run; beyond
+``max_drop`` the export fails and writes nothing.
+
+The output directory holds ``model.onnx``, ``config.json``, the tokenizer and
+``axformer.json`` (so ``ORTModelForSequenceClassification.from_pretrained`` and
+:class:`axformer.runtime.Predictor` both load it), plus ``export.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from axformer.analysis.context import load_context
+from axformer.errors import AxformerError
+from axformer.evaluation import score
+from axformer.export.fusion import fuse
+from axformer.export.onnx_export import OPSET, export_onnx
+from axformer.export.precision import plan_mixed_precision
+from axformer.export.quantize import apply_plan, convert_fp16, name_weight_nodes, quantize_int8
+from axformer.inference import run_model
+from axformer.models.record import ModelRecord
+from axformer.runtime.backends import ONNX_FILE, OnnxModel
+from axformer.tasks.data import TaskData
+from axformer.utils.io import atomic_output_dir, read_json, write_json
+
+PRECISIONS = ("fp32", "int8", "fp16", "mixed")
+
+
+@dataclass
+class ExportConfig:
+    precision: str = "int8"
+    fusion: bool = True
+    per_channel: bool = True
+    int8_op_types: tuple[str, ...] = ("MatMul", "Attention")
+    exclude_nodes: list[str] = field(default_factory=list)
+    int4_block_size: int = 32
+    max_drop: float = 1.0  # points of the held-out main metric against the PyTorch model
+    max_examples: int | None = 2000
+    significance: str | None = None  # significance.json with quantization rows (mixed); computed when absent
+    opset: int = OPSET
+    device: str = "auto"
+    allow_pickle: bool = False
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise AxformerError(f"--precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.max_drop < 0:
+            raise AxformerError(f"--max-drop {self.max_drop}; expected a non-negative number of points")
+        if self.significance is not None and not Path(self.significance).is_file():
+            raise AxformerError(f"--significance {self.significance} does not exist; expected the significance.json written by axformer analyze")
+
+
+class _Sensitivity:
+    """Quantization sensitivity per matrix: from the analysis's significance.json, or measured on demand (only what is asked)."""
+
+    def __init__(self, ctx, config: ExportConfig) -> None:
+        self.ctx, self.config = ctx, config
+        self.rows: dict[str, float] = {}
+        self.measured = 0
+        if config.significance is not None:
+            rows = read_json(config.significance).get("quantization", {}).get("rows", [])
+            if not rows:
+                raise AxformerError(f"{config.significance} has no quantization rows; run axformer analyze with the quantization scorer")
+            self.rows = {f"{r['name']}@int{r['bits']}": float(r["delta_loss"]) for r in rows}
+
+    def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
+        todo = [c for c in components if f"{c}@int{bits}" not in self.rows]
+        if todo:
+            from axformer.analysis.engine import EvaluationEngine
+            from axformer.analysis.quantization import FakeQuant, encoder_linears
+
+            engine = EvaluationEngine(self.ctx.model, self.ctx.encoded, self.ctx.data.spec, 64, self.ctx.device)
+            try:
+                ref = engine.reference.mean_loss
+                for layer, name, path in encoder_linears(engine):
+                    if name in todo:
+                        r = engine.evaluate(changes=[FakeQuant(layer, name, path, bits, self.config.int4_block_size if bits < 8 else None)])
+                        self.rows[f"{name}@int{bits}"] = r.mean_loss - ref
+                        self.measured += 1
+            finally:
+                engine.close()
+        return self.rows
+
+
+def _linear_weights(model) -> dict[str, np.ndarray]:
+    from axformer.surgery.adapters import get_adapter
+    from axformer.surgery.prune import current_structure
+
+    adapter, st = get_adapter(model), current_structure(model)
+    out = {}
+    for module, orig in zip(adapter.layers(model), st.present_layers):
+        att, ffn = adapter.attention(module), adapter.ffn(module)
+        if att is not None:
+            for k in ("q", "k", "v", "o"):
+                out[f"L{orig}.attn.{k}"] = getattr(att, k).weight.detach().cpu().numpy()
+        if ffn is not None:
+            out[f"L{orig}.ffn.up"] = ffn.up.weight.detach().cpu().numpy()
+            out[f"L{orig}.ffn.down"] = ffn.down.weight.detach().cpu().numpy()
+    return out
+
+
+def export_model(model: str | os.PathLike, output: str | os.PathLike, config: ExportConfig | None = None, data: TaskData | None = None,
+                 data_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+    """Export, optimise, quantise and validate ``model``; returns the export report (also in ``export.json``)."""
+    config = config or ExportConfig()
+    config.validate()
+    if Path(output).exists() and not overwrite:
+        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+    t0 = time.perf_counter()
+    ctx = load_context(model, data, data_dir, config.max_examples, 0, config.device, config.allow_pickle)
+    spec = ctx.data.spec
+    net = ctx.model.eval()
+    reference = score(spec, ctx.heldout.labels, run_model(net, ctx.encoded, spec.is_regression, 64, ctx.device))
+    threshold = reference.metrics[spec.main_metric] - config.max_drop
+    onnx_device = "cuda" if str(ctx.device).startswith("cuda") else "cpu"
+
+    def evaluate(path: Path):
+        return score(spec, ctx.heldout.labels, run_model(OnnxModel(path, device=onnx_device), ctx.encoded, spec.is_regression, 64, "cpu"))
+
+    with tempfile.TemporaryDirectory(prefix="axformer-export-") as tmp:
+        tmp = Path(tmp)
+        raw = export_onnx(net.to("cpu"), tmp / "raw.onnx", config.opset)
+        info: dict = {"precision": config.precision, "fusion": None}
+        current = raw
+        if config.fusion:
+            fused = fuse(raw, tmp / "fused.onnx", net.config.model_type, net.config.hidden_size, net.config.num_attention_heads)
+            info["fusion"] = {"fused_operators": fused.fused, "pinned_head_counts": fused.pinned_reshapes}
+            current = fused.path
+        fp32_path = current
+        if config.precision == "int8":
+            current = quantize_int8(current, tmp / "int8.onnx", config.per_channel, config.int8_op_types, config.exclude_nodes)
+        elif config.precision == "fp16":
+            current = convert_fp16(current, tmp / "fp16.onnx")
+        elif config.precision == "mixed":
+            nodes = name_weight_nodes(onnx.load(str(current)), _linear_weights(net))
+            nodes = [n for n in nodes if n.node not in set(config.exclude_nodes)]
+            sens = _Sensitivity(ctx, config)
+            mixed = plan_mixed_precision(current, nodes, sens, lambda p: evaluate(p).metrics[spec.main_metric], threshold, tmp, config.int4_block_size)
+            info["mixed"] = {**mixed.to_dict(), "sensitivities_measured": sens.measured, "sensitivity_source": config.significance or "measured"}
+            current = apply_plan(fp32_path, tmp / "mixed.onnx", mixed.plan, config.int4_block_size)
+        result = evaluate(current)
+        drop = reference.metrics[spec.main_metric] - result.metrics[spec.main_metric]
+        info["validation"] = {"split": ctx.describe_split(), "pytorch": reference.to_dict(), "onnx": result.to_dict(), "drop": drop, "max_drop": config.max_drop}
+        if drop > config.max_drop:
+            raise AxformerError(f"the {config.precision} artifact loses {drop:.2f} points of held-out {spec.main_metric} "
+                                f"({result.metrics[spec.main_metric]:.2f} vs {reference.metrics[spec.main_metric]:.2f} in PyTorch), more than --max-drop {config.max_drop}; nothing written")
+        with atomic_output_dir(output, overwrite=overwrite, keep_partial=False) as work:
+            os.replace(current, work / ONNX_FILE)
+            net.config.save_pretrained(work)
+            ctx.tokenizer.save_pretrained(work)
+            record = ModelRecord.load(model) if Path(str(model)).is_dir() else ModelRecord()
+            if record.task is None:
+                record.task = {**spec.to_dict(), "source": ctx.data.source}
+            record.split = ctx.split
+            record.history = [*record.history, {"stage": "export", "base_model": str(model), "precision": config.precision}]
+            record.save(work)
+            report = {"model": str(model), "output": str(output), "task": spec.name, "config": asdict(config), **info,
+                      "size_bytes": (work / ONNX_FILE).stat().st_size, "seconds": time.perf_counter() - t0, "warnings": ctx.warnings}
+            write_json(work / "export.json", report)
+    return report

@@ -1,0 +1,106 @@
+"""One calling convention for PyTorch models and ONNX Runtime sessions.
+
+Everything that runs a model (``evaluate``, the export validation, the
+benchmark, :class:`~axformer.runtime.predictor.Predictor`) calls
+``model(**batch).logits`` on padded int64 batches. :class:`OnnxModel` gives an
+ONNX Runtime session that interface, so an exported artifact is scored by
+exactly the code that scores the PyTorch model it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from axformer.errors import AxformerError
+
+ONNX_FILE = "model.onnx"
+
+
+def is_onnx_artifact(path: str | os.PathLike) -> bool:
+    return (Path(path) / ONNX_FILE).is_file()
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # ORT's notes about unused initializers are not the user's concern
+    return opts
+
+
+def providers_for(device: str | torch.device) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """An ONNX Runtime session behind the ``model(**batch).logits`` interface of a transformers model."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str | torch.device = "cpu") -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / ONNX_FILE
+        if not path.is_file():
+            raise AxformerError(f"ONNX model {path} does not exist")
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
+        except Exception as exc:
+            raise AxformerError(f"cannot load ONNX model {path} (corrupt or not ONNX?): {str(exc).splitlines()[0][:200]}") from None
+        self.path = path
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.training = False
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def to(self, *_args, **_kwargs) -> "OnnxModel":
+        return self
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names})[0]
+
+    def __call__(self, **batch) -> SimpleNamespace:
+        feed = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        return SimpleNamespace(logits=torch.from_numpy(np.ascontiguousarray(self.run(feed))))
+
+
+def position_limit(config: dict) -> int | None:
+    """How many tokens the position table takes (RoBERTa-style tables start after the padding index)."""
+    positions = config.get("max_position_embeddings")
+    if positions is None:
+        return None
+    return int(positions) - (2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0)
+
+
+def max_input_length(path: str | os.PathLike) -> int:
+    """Training's length (recorded with the model), capped by the position table: inputs are truncated to this."""
+    from axformer.models.loading import read_config_json
+    from axformer.models.record import ModelRecord
+
+    limit = position_limit(read_config_json(path)) if (Path(path) / "config.json").is_file() else None
+    recorded = ModelRecord.load(path).max_seq_length
+    return recorded if limit is None else min(recorded, limit)
+
+
+def load_runnable(path: str | os.PathLike, task=None, device: str | torch.device = "cpu", threads: int | None = None, allow_pickle: bool = False):
+    """A directory with ``model.onnx`` runs in ONNX Runtime; anything else loads as a PyTorch model."""
+    if is_onnx_artifact(path):
+        return OnnxModel(path, threads, device)
+    from axformer.models.loading import load_model
+
+    return load_model(path, task, allow_pickle=allow_pickle, device=device).eval()

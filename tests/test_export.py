@@ -1,0 +1,185 @@
+"""Export artifacts (layout, validation, precision plans) and the runtime that serves them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from axformer.errors import AxformerError
+from axformer.export.artifact import ExportConfig, export_model
+from axformer.tasks.sources import load_custom
+from tests.conftest import make_tiny_model_dir, write_sentiment_files
+from tests.test_cli import assert_clean_failure, run_cli
+
+
+@pytest.fixture
+def tiny_task(tmp_path):
+    train, dev = write_sentiment_files(tmp_path / "data", n_train=200, n_dev=40)
+    data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
+    model = make_tiny_model_dir(tmp_path / "model", "bert", labels=["neg", "pos"])
+    return model, data, (train, dev)
+
+
+def test_export_writes_the_optimum_layout_and_validates(tiny_task, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from axformer.runtime import Predictor
+
+    model, data, _ = tiny_task
+    out = tmp_path / "onnx"
+    report = export_model(model, out, ExportConfig(precision="fp32", device="cpu"), data)
+    for f in ("model.onnx", "config.json", "tokenizer.json", "axformer.json", "export.json"):
+        assert (out / f).is_file(), f
+    assert AutoConfig.from_pretrained(out).num_labels == 2 and AutoTokenizer.from_pretrained(out) is not None
+    v = report["validation"]
+    assert abs(v["drop"]) < 1e-9 and v["onnx"]["num_examples"] == v["pytorch"]["num_examples"] > 0
+    assert report["fusion"]["fused_operators"].get("Attention") == 3
+    assert json.loads((out / "export.json").read_text())["size_bytes"] == (out / "model.onnx").stat().st_size
+    texts = ["a good movie", "the plot was bad and boring", "good"]
+    onnx_logits = Predictor(out).predict(texts)
+    torch_logits = Predictor(model).predict(texts)
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+
+
+def test_export_fails_loudly_beyond_max_drop(tiny_task, tmp_path, monkeypatch):
+    """A broken quantizer (here: one that zeroes every weight) must not yield an artifact."""
+    import axformer.export.artifact as artifact
+
+    def broken(source, target, *args, **kwargs):
+        m = onnx.load(str(source))
+        for init in m.graph.initializer:
+            if len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
+                arr = np.zeros(tuple(init.dims), np.float32)
+                init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        onnx.save(m, str(target))
+        return target
+
+    monkeypatch.setattr(artifact, "quantize_int8", broken)
+    model, data, _ = tiny_task
+    # a tiny fine-tuned model is needed for a metric that can drop: label = the word good/bad
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    tuned = finetune(model, data, tmp_path / "tuned", FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None)).output
+    with pytest.raises(AxformerError, match="loses .* points of held-out accuracy .* more than --max-drop 1.0; nothing written"):
+        export_model(tuned, tmp_path / "bad", ExportConfig(precision="int8", device="cpu"), data)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
+def test_int8_and_mixed_exports_run_and_stay_close(tiny_task, tmp_path):
+    model, data, _ = tiny_task
+    r8 = export_model(model, tmp_path / "int8", ExportConfig(precision="int8", device="cpu", max_drop=100), data)
+    g = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    assert any(n.op_type in ("QAttention", "MatMulInteger", "DynamicQuantizeMatMul") for n in g.node)
+    assert r8["validation"]["onnx"]["num_examples"] > 0
+    rm = export_model(model, tmp_path / "mixed", ExportConfig(precision="mixed", device="cpu", max_drop=100, int4_block_size=16), data)
+    # with an unbounded tolerance every MatMul goes to int4 (a tiny random model has 3 layers x 3 MatMuls)
+    assert sum(1 for v in rm["mixed"]["components"].values() if v == "int4") == 9
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph.node)
+
+
+def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
+    """Scripted scores: the metric falls by one point per int4 matrix; fp32 fallbacks when int8 alone fails."""
+    from axformer.export.precision import plan_mixed_precision
+    from axformer.export.quantize import WeightNode
+
+    nodes = [WeightNode(f"mm{i}", "MatMul", f"w{i}", (4, 4), f"L{i}.ffn.up") for i in range(6)] + [WeightNode("att", "Attention", "wa", (4, 12), "L0.attn.qkv")]
+    sens4 = {f"L{i}.ffn.up@int4": float(6 - i) for i in range(6)}  # mm5 least sensitive
+    plans = []
+
+    def fake_apply(source, target, plan, block_size):
+        plans.append(dict(plan))
+        target.write_bytes(b"x" * (1 + sum(p == "int8" for p in plan.values())))
+        return target
+
+    import axformer.export.precision as precision
+
+    orig = precision.apply_plan
+    precision.apply_plan = fake_apply
+    try:
+        def score(_path):
+            p = plans[-1]
+            return 90.0 - sum(v == "int4" for v in p.values())
+
+        result = plan_mixed_precision(tmp_path / "f.onnx", nodes, lambda bits, comps: sens4, score, threshold=87.0, work=tmp_path)
+        assert sorted(n for n, v in result.plan.items() if v == "int4") == ["mm3", "mm4", "mm5"]  # the 3 least sensitive
+        assert result.plan["att"] == "int8" and result.metric == 87.0
+        # int8 alone fails: the most int8-sensitive matrices return to fp32 first
+        sens8 = {**{f"L{i}.ffn.up@int8": float(i) for i in range(6)}, **{f"L0.attn.{k}@int8": 0.0 for k in "qkv"}}
+        plans.clear()
+
+        def score8(_path):
+            p = plans[-1]
+            return 80.0 + 2 * sum(v == "fp32" for v in p.values()) - sum(v == "int4" for v in p.values())
+
+        result = plan_mixed_precision(tmp_path / "f.onnx", nodes, lambda bits, comps: sens8 if bits == 8 else sens4, score8, threshold=84.0, work=tmp_path)
+        # 1 fp32 matrix gives 82, 2 give 84: the two most int8-sensitive; then any int4 would cost a point
+        assert sorted(n for n, v in result.plan.items() if v == "fp32") == ["mm4", "mm5"]
+        assert "int4" not in result.plan.values() and result.metric == 84.0
+    finally:
+        precision.apply_plan = orig
+
+
+def test_predictor_gives_the_same_predictions_in_every_mode(tiny_task, tmp_path):
+    from axformer.runtime import Predictor
+
+    model, data, _ = tiny_task
+    export_model(model, tmp_path / "onnx", ExportConfig(precision="fp32", device="cpu"), data)
+    texts = [t[0] for t in next(iter(data.dev.values())).texts]
+    ref = Predictor(model).predict(texts, batch_size=8)
+    for kwargs in ({}, {"instances": 2}):
+        with Predictor(tmp_path / "onnx", **kwargs) as p:
+            got = p.predict(texts, batch_size=8)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+        assert (got.argmax(-1) == ref.argmax(-1)).all()
+    # one long input is truncated the way training truncates, not rejected
+    long = " ".join(["good"] * 5000)
+    assert Predictor(tmp_path / "onnx").predict([long]).shape == (1, 2)
+
+
+def test_export_cli_bad_input(monkeypatch, capsys, tiny_task, tmp_path):
+    model, _, (train, dev) = tiny_task
+    out = tmp_path / "out"
+    code, _, err = run_cli(monkeypatch, capsys, "export", model, "-o", out, "--precision", "int3", "--train", train, "--dev", dev, "--text-column", "text")
+    assert_clean_failure(code, err, out, r"--precision 'int3'; expected one of fp32, int8, fp16, mixed")
+    code, _, err = run_cli(monkeypatch, capsys, "export", tmp_path / "nope", "-o", out, "--train", train, "--dev", dev, "--text-column", "text")
+    assert_clean_failure(code, err, out, r"nope does not exist")
+
+
+def test_int8_minilm_keeps_sst2_heldout_accuracy(minilm_sst2, tmp_path):
+    """Real model and data: dynamic int8 with per-channel weights stays within a point on the held-out split."""
+    tuned, _, data = minilm_sst2
+    r = export_model(tuned, tmp_path / "int8", ExportConfig(precision="int8", max_examples=400, device="cpu"), data)
+    assert r["fusion"]["fused_operators"]["Attention"] == 6
+    assert abs(r["validation"]["drop"]) <= 1.0
+    assert r["size_bytes"] < 0.75 * sum(f.stat().st_size for f in tuned.glob("*.safetensors"))
+
+
+def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path):
+    """A small but complete run: four baselines plus the model and its int8 artifact, every column filled."""
+    from axformer.benchmark.run import BenchmarkConfig, benchmark
+
+    model, data, _ = tiny_task
+    art = tmp_path / "int8"
+    export_model(model, art, ExportConfig(precision="int8", device="cpu", max_drop=100), data)
+    cfg = BenchmarkConfig(lengths=(16, 32), latency_examples=5, throughput_examples=40, fixed_requests=3, fixed_batch=4, rounds=2, instances=2, price_per_hour=1.0)
+    result = benchmark([str(model), str(art)], tmp_path / "bench", data, None, cfg, progress=lambda m: None)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert [r["baseline"] for r in result["rows"]] == [True] * 4 + [False] * 2
+    for r in result["rows"]:
+        assert r["timing"]["latency_p50_ms"] > 0 and r["timing"]["latency_p95_ms"] >= r["timing"]["latency_p50_ms"]
+        assert set(r["fixed"]) == {"16", "32"} and r["size_bytes"] > 0 and r["parameters"] > 0
+        assert r["peak_memory_mib"] > 0 and r["usd_per_100m"] > 0
+        assert r["padded"] or r["multi_instance"]["throughput_per_s"] > 0
+    # the same weights give the same dev metric whether padded, dynamic or in ONNX Runtime fp32
+    metrics = [r["dev"]["metrics"]["accuracy"] for r in result["rows"][:3]]
+    assert max(metrics) - min(metrics) < 1e-6
+    # cost follows FastFormers' formula from the best throughput
+    r = result["rows"][-1]
+    best = max(r["timing"]["throughput_per_s"], r["multi_instance"]["throughput_per_s"])
+    assert abs(r["usd_per_100m"] - 1.0 * 1e8 / (best * 3600)) < 1e-6
+    md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "ONNX Runtime int8" in md and "onnxruntime" in md and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
+    assert rows  # names are unique
