@@ -257,7 +257,7 @@ def optimize_cmd(
     sample_seed: int = 0,
     batch_size: int = 64,
     latency_examples: Annotated[int, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the report.")] = 200,
-    refinetune: Annotated[Optional[str], typer.Option("--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights.")] = None,
+    refinetune: Annotated[Optional[str], typer.Option("--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained checkpoint and fine-tunes that.")] = None,
     refinetune_epochs: float = 1.0,
     refinetune_lr: float = 1e-4,
     refinetune_max_train_examples: Optional[int] = None,
@@ -292,7 +292,7 @@ def optimize_cmd(
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model directory (fine-tuned or optimized by axformer).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for model.onnx, config, tokenizer and export.json (Optimum's layout).")],
-    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (dynamic, per-channel weights), fp16 (CUDA), or mixed (per-matrix fp32/int8/int4 by quantization sensitivity).")] = "int8",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (dynamic, per-channel weights), fp16 (CUDA), mixed (per-matrix fp32/int8/int4 by quantization sensitivity), or auto (fp32 or int8, whichever is measured faster here within --max-drop).")] = "int8",
     no_fusion: Annotated[bool, typer.Option("--no-fusion", help="Skip ONNX Runtime's transformer graph fusions.")] = False,
     per_tensor: Annotated[bool, typer.Option("--per-tensor", help="int8: one scale per weight matrix instead of per output channel.")] = False,
     int8_ops: Annotated[str, typer.Option("--int8-ops", help="int8: comma-separated op types to quantize.")] = "MatMul,Attention",
@@ -326,7 +326,10 @@ def export_cmd(
     v = r["validation"]
     main = v["pytorch"]["main_metric"]
     fused = ", ".join(f"{k} {n}" for k, n in (r["fusion"] or {}).get("fused_operators", {}).items()) or "none"
-    console.print(f"{precision} ONNX artifact: {r['size_bytes'] / 2**20:.1f} MiB; fused: {fused}")
+    if "auto" in r:
+        c = r["auto"]["candidates"]
+        console.print("measured here: " + ", ".join(f"{k} {v['latency_p50_ms']:.2f} ms" for k, v in c.items() if "latency_p50_ms" in v) + f"; chose {r['auto']['chosen']}")
+    console.print(f"{r['precision']} ONNX artifact: {r['size_bytes'] / 2**20:.1f} MiB; fused: {fused}")
     console.print(f"held-out {main}: PyTorch {v['pytorch']['metrics'][main]:.2f}, ONNX {v['onnx']['metrics'][main]:.2f} (drop {v['drop']:+.2f}, limit {v['max_drop']})")
     console.print(f"written to {output}/ (model.onnx, config.json, tokenizer, export.json) in {r['seconds']:.0f} s")
 
@@ -334,7 +337,7 @@ def export_cmd(
 @app.command("benchmark")
 def benchmark_cmd(
     models: Annotated[list[str], typer.Argument(help="Model directories and/or exported artifacts (directories with model.onnx).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for benchmark.md, benchmark.json, tradeoff.png and the baseline exports.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for benchmark.md, benchmark.json, tradeoff.png and the baseline exports (default: FIRST_MODEL-benchmark).")] = None,
     baseline_model: Annotated[Optional[str], typer.Option("--baseline-model", help="The unpruned model for the baselines (default: the first model's recorded origin).")] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baselines (not recommended: ratios need them).")] = False,
     lengths: Annotated[str, typer.Option("--lengths", help="Fixed sequence lengths to time, comma-separated.")] = "64,128,512",
@@ -365,6 +368,7 @@ def benchmark_cmd(
                              rounds=rounds, instances=instances, price_per_hour=price_per_hour, memory=not no_memory)
     config.validate()
     data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    output = output or Path(str(Path(models[0])) + "-benchmark")
     result = benchmark(models, output, data, data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     from axformer.benchmark.report import markdown
 

@@ -80,6 +80,16 @@ def test_int8_and_mixed_exports_run_and_stay_close(tiny_task, tmp_path):
     assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph.node)
 
 
+def test_auto_precision_picks_the_measured_faster_artifact(tiny_task, tmp_path):
+    model, data, _ = tiny_task
+    r = export_model(model, tmp_path / "auto", ExportConfig(precision="auto", device="cpu", max_drop=100), data)
+    c = r["auto"]["candidates"]
+    assert set(c) == {"fp32", "int8"} and r["precision"] == r["auto"]["chosen"]
+    assert c[r["precision"]]["latency_p50_ms"] == min(v["latency_p50_ms"] for v in c.values())
+    g = onnx.load(str(tmp_path / "auto" / "model.onnx")).graph
+    assert any(n.op_type in ("QAttention", "MatMulInteger") for n in g.node) == (r["precision"] == "int8")
+
+
 def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
     """Scripted scores: the metric falls by one point per int4 matrix; fp32 fallbacks when int8 alone fails."""
     from axformer.export.precision import plan_mixed_precision

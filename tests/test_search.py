@@ -220,6 +220,47 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
     assert not (tmp_path / "rec" / "recovered").exists() and "Recovery:" in (tmp_path / "rec" / "report.md").read_text()
 
 
+def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(tuned_tiny, tmp_path, monkeypatch):
+    """AxFormer's recovery: the found structure, cut from the pre-trained weights, fine-tuned again."""
+    from axformer.errors import AxformerError
+    from axformer.models.loading import load_model
+    from axformer.models.record import ModelRecord
+    from axformer.search.optimize import OptimizeConfig, optimize, pretrained_origin
+    from axformer.surgery.prune import current_structure, prune
+
+    model, data, _ = tuned_tiny
+    origin = pretrained_origin(ModelRecord.load(model))
+    assert origin is not None
+    started = []
+    import axformer.training.finetune as ft
+
+    real = ft.finetune
+
+    def spy(start, *a, **k):
+        started.append(load_model(start))
+        return real(start, *a, **k)
+
+    monkeypatch.setattr(ft, "finetune", spy)
+    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5, refinetune="pretrained", refinetune_epochs=1, refinetune_lr=1e-3)
+    report = optimize(model, data, None, tmp_path / "pre", cfg)
+    assert report["recovery"]["mode"] == "pretrained" and "pre-trained checkpoint" in (tmp_path / "pre" / "report.md").read_text()
+    # fine-tuning started from the pre-trained encoder weights, cut to the found structure
+    expected = load_model(origin)
+    prune(expected, report["removed"])
+    import torch
+
+    first = dict(started[0].named_parameters())
+    for name, p in expected.named_parameters():
+        if "classifier" not in name:
+            assert torch.equal(first[name], p), name
+    assert current_structure(load_model(tmp_path / "pre")).to_dict() == current_structure(expected).to_dict()
+    assert [h["stage"] for h in ModelRecord.load(tmp_path / "pre").history][-3:] == ["optimize", "structure-on-pretrained", "finetune"]
+    # a model with no recorded pre-trained origin is refused before any search
+    with pytest.raises(AxformerError, match="records no pre-trained checkpoint"):
+        optimize(origin, data, None, tmp_path / "no", cfg)
+    assert not (tmp_path / "no").exists()
+
+
 def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_path, monkeypatch):
     """Latency measurements never repeat exactly, so a resumed speed search must reuse the calibration it ranked with."""
     from axformer.errors import AxformerError

@@ -29,6 +29,12 @@ def markdown(result: dict) -> str:
         f"{result['config']['rounds']} interleaved rounds; throughput at batch 32 on {result['config']['throughput_examples']} dev examples (median of rounds)."
         + (f" Cost: USD {result['config']['price_per_hour']:.3f} per machine hour, at the best measured throughput." if cost else ""),
         "",
+        "What was measured: the dev metric of every row on the whole dev set; batch-1 latency per request (p50/p95) on real dev texts, "
+        "each padded only to its own length except the 'padded' baseline (padded to the maximum length, as a pipeline does out of the box); "
+        "batch-32 throughput on dev texts (batches of similar length); batch-1 latency at fixed lengths on synthetic token ids; multi-instance "
+        "throughput with one single-threaded worker process per core, each pinned to its core; peak resident memory of a fresh process that "
+        "loads the model and runs the widest batch; size of the weights on disk.",
+        "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
@@ -54,7 +60,49 @@ def markdown(result: dict) -> str:
     lines += ["", "Fixed-length throughput (examples/s at batch " + str(result["config"]["fixed_batch"]) + "): "
               + "; ".join(f"{r['name']}: " + ", ".join(f"{L} tok {_f(r['fixed'][L]['throughput_per_s'], '{:.1f}')}" for L in r["fixed"]) for r in rows), ""]
     lines += ["Parameters and FLOPs of an ONNX artifact are those of the PyTorch model it was exported from (quantization changes bytes, not counts).", ""]
+    lines += cumulative_markdown(result)
     return "\n".join(lines)
+
+
+def cumulative(result: dict) -> list[dict]:
+    """FastFormers' cumulative view: each step of the chain, its own speed-up over the previous step and the total.
+
+    The chain is ``config.chain`` (row names in order) or every row; when the
+    last step ran multi-instance, that mode is one more step (throughput only).
+    """
+    rows = {r["name"]: r for r in result["rows"]}
+    names = [n for n in (result["config"].get("chain") or [r["name"] for r in result["rows"]]) if n in rows]
+    main = result["task"]["main_metric"]
+    steps, prev = [], None
+    first = rows[names[0]] if names else None
+    for n in names:
+        r = rows[n]
+        lat, thr = r["timing"]["latency_p50_ms"], r["timing"]["throughput_per_s"]
+        steps.append({"step": n, "metric": r["dev"]["metrics"].get(main), "latency_ms": lat, "throughput_per_s": thr,
+                      "step_latency_speedup": prev["timing"]["latency_p50_ms"] / lat if prev else 1.0,
+                      "step_throughput_gain": thr / prev["timing"]["throughput_per_s"] if prev else 1.0,
+                      "total_latency_speedup": first["timing"]["latency_p50_ms"] / lat, "total_throughput_gain": thr / first["timing"]["throughput_per_s"]})
+        prev = r
+    if prev is not None and prev.get("multi_instance"):
+        mi = prev["multi_instance"]
+        steps.append({"step": f"+ multi-instance ({mi['instances']} x {mi['threads_per_instance']} thread)", "metric": prev["dev"]["metrics"].get(main),
+                      "latency_ms": None, "throughput_per_s": mi["throughput_per_s"], "step_latency_speedup": None,
+                      "step_throughput_gain": mi["throughput_per_s"] / prev["timing"]["throughput_per_s"], "total_latency_speedup": None,
+                      "total_throughput_gain": mi["throughput_per_s"] / first["timing"]["throughput_per_s"]})
+    return steps
+
+
+def cumulative_markdown(result: dict) -> list[str]:
+    steps = cumulative(result)
+    if len(steps) < 2:
+        return []
+    main = result["task"]["main_metric"]
+    lines = ["## Cumulative view (FastFormers style)", "", "Each step adds one optimization to the previous row; throughput at batch 32, latency at batch 1.", "",
+             f"| step | dev {main} | batch-1 step speed-up | batch-1 total | batch-32 step gain | batch-32 total |", "|---|---|---|---|---|---|"]
+    for s in steps:
+        lines.append(f"| {s['step']} | {_f(s['metric'])} | {_f(s['step_latency_speedup'], '{:.2f}x')} | {_f(s['total_latency_speedup'], '{:.2f}x')} | "
+                     f"{_f(s['step_throughput_gain'], '{:.2f}x')} | {_f(s['total_throughput_gain'], '{:.2f}x')} |")
+    return lines + [""]
 
 
 def plot(result: dict, path: str | Path) -> Path:

@@ -51,6 +51,7 @@ class BenchmarkConfig:
     price_per_hour: float = 0.0  # USD per machine hour; 0: cost column omitted
     memory: bool = True
     seed: int = 0
+    chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
     max_drop_for_baseline_exports: float = 100.0  # baselines are reported, never rejected
 
     def validate(self) -> None:
@@ -237,16 +238,20 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
         r.cost_basis = best[1]
         if config.price_per_hour > 0:
             r.usd_per_100m = config.price_per_hour * 1e8 / (best[0] * 3600.0)
+    by_path = {c.path: c.name for c in candidates}
+    chain = [by_path.get(n, n) for n in config.chain] if config.chain else None
     result = {
         "task": {"name": spec.name, "main_metric": spec.main_metric, "dev_split": dev_name, "dev_examples": len(enc)},
-        "config": asdict(config),
+        "config": {**asdict(config), "chain": chain},
         "rows": [asdict(rows[c.name]) for c in candidates],
         "reference": candidates[0].name,
         "environment": environment(),
         "seconds": time.perf_counter() - t0,
     }
+    from axformer.benchmark.report import cumulative, markdown, plot
+
+    result["cumulative"] = cumulative(result)
     write_json(output / "benchmark.json", result)
-    from axformer.benchmark.report import markdown, plot
 
     plot(result, output / "tradeoff.png")
     (output / "benchmark.md").write_text(markdown(result))

@@ -70,7 +70,7 @@ class OptimizeConfig:
     batch_size: int = 64
     latency_examples: int = 200  # dev texts timed at batch 1
     # recovery: fine-tune the found structure again (from its current weights) on the training part
-    refinetune: str | None = None  # None or "continue"
+    refinetune: str | None = None  # None, "continue" (from the searched weights) or "pretrained" (AxFormer: the structure on the pre-trained weights)
     refinetune_epochs: float = 1.0
     refinetune_lr: float = 1e-4
     refinetune_batch_size: int = 32
@@ -97,8 +97,8 @@ class OptimizeConfig:
             raise AxformerError(f"--guard {self.guard!r}; expected all or main")
         if self.max_loss_increase is not None and self.max_loss_increase < 0:
             raise AxformerError(f"--max-loss-increase {self.max_loss_increase}; expected a non-negative percentage")
-        if self.refinetune not in (None, "continue"):
-            raise AxformerError(f"--refinetune {self.refinetune!r}; expected continue (re-training from the pre-trained checkpoint is not available yet)")
+        if self.refinetune not in (None, "continue", "pretrained"):
+            raise AxformerError(f"--refinetune {self.refinetune!r}; expected continue or pretrained")
         for name in ("target_speedup", "target_size"):
             v = getattr(self, name)
             if v is not None and v <= 1:
@@ -118,6 +118,8 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
     t_start = time.perf_counter()
     ctx = load_context(model, data, data_dir, config.max_examples, config.sample_seed, config.device, config.allow_pickle)
     spec = ctx.data.spec
+    if config.refinetune == "pretrained" and pretrained_origin(ctx.record) is None:
+        raise AxformerError(f"--refinetune pretrained: {model} records no pre-trained checkpoint it was fine-tuned from; use --refinetune continue")
     torch.manual_seed(0)
     key = run_key({"model": str(Path(model).resolve()) if is_local(model) else str(model), "task": spec.name, "split": ctx.describe_split(),
                    "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "device", "latency_examples")}})
@@ -161,8 +163,8 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
         engine.close()
         optimized = _save_candidate(model, ctx, state, work, config)
         recovery = None
-        if config.refinetune == "continue":
-            optimized, recovery = _refinetune(ctx, work, config)
+        if config.refinetune is not None:
+            optimized, recovery = _refinetune(ctx, work, config, state)
         report = _report(model, ctx, optimized, state, config, trials, search_info, search_seconds, time.perf_counter() - t_start, resumed, work)
         if recovery is not None:
             report["recovery"] = recovery
@@ -177,15 +179,42 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
     return report
 
 
-def _refinetune(ctx, work: Path, config: OptimizeConfig):
-    """Fine-tune the searched model again from its weights; the recovered model replaces it in ``work``."""
+def pretrained_origin(record) -> str | None:
+    """The pre-trained checkpoint the model was first fine-tuned from, as its axformer.json records it."""
+    return next((h.get("base_model") for h in record.history if h.get("stage") == "finetune" and h.get("base_model")), None)
+
+
+def _refinetune(ctx, work: Path, config: OptimizeConfig, state: dict):
+    """Fine-tune the found structure again; the recovered model replaces the searched one in ``work``.
+
+    ``continue`` starts from the searched weights. ``pretrained`` is AxFormer's
+    variant: the same components removed from the *pre-trained* checkpoint the
+    model was fine-tuned from (a new task head), then fine-tuned; both keep
+    the recorded held-out split, which selects the checkpoint.
+    """
     from axformer.training.finetune import FinetuneConfig, finetune
 
     searched = score(ctx.data.spec, ctx.heldout.labels, run_model(load_model(work).eval(), ctx.encoded, ctx.data.spec.is_regression, config.batch_size, ctx.device)).to_dict()
     cfg = FinetuneConfig(epochs=config.refinetune_epochs, learning_rate=config.refinetune_lr, batch_size=config.refinetune_batch_size,
                          max_train_examples=config.refinetune_max_train_examples, max_seq_length=ctx.record.max_seq_length, device=config.device)
     t0 = time.perf_counter()
-    result = finetune(work, ctx.data, work / "recovered", cfg, overwrite=True)
+    start = work
+    if config.refinetune == "pretrained":
+        origin = pretrained_origin(ctx.record)
+        if origin is None:
+            raise AxformerError(f"--refinetune pretrained: {ctx.model_path} records no pre-trained checkpoint it was fine-tuned from; use --refinetune continue")
+        net = load_model(origin, ctx.data.spec, new_head=True, allow_pickle=config.allow_pickle)
+        prune(net, state["removed"])
+        if state["attention"]:
+            set_attention(net, {int(k): v for k, v in state["attention"].items()})
+        start = work / "pretrained-structure"
+        save_model(net, ctx.tokenizer, start)
+        from axformer.models.record import ModelRecord
+
+        record = ModelRecord.load(work)  # the searched model's record: task, split, and the optimize stage
+        record.history = [*record.history, {"stage": "structure-on-pretrained", "base_model": origin, "removed": state["removed"]}]
+        record.save(start)
+    result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
     net = load_model(result.output, ctx.data.spec).eval()
     save_model(net, ctx.tokenizer, work)
     from axformer.models.record import ModelRecord
@@ -194,7 +223,9 @@ def _refinetune(ctx, work: Path, config: OptimizeConfig):
     import shutil
 
     shutil.rmtree(result.output, ignore_errors=True)
-    return net, {"mode": "continue", "heldout_before": searched, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
+    if start != work:
+        shutil.rmtree(start, ignore_errors=True)
+    return net, {"mode": config.refinetune, "heldout_before": searched, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 
 
 def _cost_model(ctx, structure, config: OptimizeConfig, work: Path) -> CostModel:
@@ -333,7 +364,8 @@ def report_markdown(r: dict) -> str:
     ]
     if r.get("recovery"):
         rec = r["recovery"]
-        lines += ["", f"Recovery: re-fine-tuned from the searched weights in {rec['seconds']:.0f} s; held-out {main} before recovery "
+        origin = "the searched weights" if rec["mode"] == "continue" else "the pre-trained checkpoint with the found structure (AxFormer)"
+        lines += ["", f"Recovery: re-fine-tuned from {origin} in {rec['seconds']:.0f} s; held-out {main} before recovery "
                   f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model)."]
     if "cost_model" in r["search"]:
         lines += ["", f"Predicted {'speed-up' if r['goal'] == 'speed' else 'size reduction'} from the calibrated cost model: {r['search']['predicted_ratio']:.2f}x."]
