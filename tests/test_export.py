@@ -78,6 +78,10 @@ def test_int8_and_mixed_exports_run_and_stay_close(tiny_task, tmp_path):
     # with an unbounded tolerance every MatMul goes to int4 (a tiny random model has 3 layers x 3 MatMuls)
     assert sum(1 for v in rm["mixed"]["components"].values() if v == "int4") == 9
     assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph.node)
+    # fp16 (meant for CUDA) keeps fp32 inputs/outputs, holds fp16 weights, and is validated like the others
+    r16 = export_model(model, tmp_path / "fp16", ExportConfig(precision="fp16", device="cpu"), data)
+    g16 = onnx.load(str(tmp_path / "fp16" / "model.onnx")).graph
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g16.initializer) and abs(r16["validation"]["drop"]) <= 1.0
 
 
 def test_auto_precision_picks_the_measured_faster_artifact(tiny_task, tmp_path):
