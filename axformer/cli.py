@@ -347,6 +347,8 @@ def benchmark_cmd(
     instances: Annotated[Optional[int], typer.Option("--instances", help="Multi-instance workers (default: one per core; 1 skips).")] = None,
     price_per_hour: Annotated[float, typer.Option("--price-per-hour", help="USD per machine hour for the cost per 100M requests (0: omit).")] = 0.0,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Skip the peak-memory measurement (one process per candidate).")] = False,
+    fixed_batch: Annotated[int, typer.Option(help="Batch size of the fixed-length throughput pass.")] = 32,
+    chain: Annotated[Optional[list[str]], typer.Option("--chain", help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).")] = None,
     task: TaskOpt = None,
     data_dir: DataDirOpt = None,
     source: SourceOpt = "auto",
@@ -365,7 +367,8 @@ def benchmark_cmd(
     except ValueError:
         raise AxformerError(f"--lengths {lengths!r}; expected comma-separated token counts such as 64,128,512") from None
     config = BenchmarkConfig(baselines=not no_baselines, baseline_model=baseline_model, lengths=lens, latency_examples=latency_examples, throughput_examples=throughput_examples,
-                             rounds=rounds, instances=instances, price_per_hour=price_per_hour, memory=not no_memory)
+                             rounds=rounds, instances=instances, price_per_hour=price_per_hour, memory=not no_memory,
+                             fixed_batch=fixed_batch, chain=list(chain) if chain else None)
     config.validate()
     data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
     output = output or Path(str(Path(models[0])) + "-benchmark")

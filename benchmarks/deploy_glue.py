@@ -61,8 +61,8 @@ def main() -> None:
                  "ONNX Runtime int8 (dynamic, per-channel)", arts["int8"]]
         config = BenchmarkConfig(baseline_model=str(base), fixed_batch=8, rounds=args.rounds, price_per_hour=args.price_per_hour, chain=chain)
         data = load_task(task, args.data_dir)
-        bench_cmd = f"axformer benchmark {' '.join(models)} --baseline-model {base} --price-per-hour {args.price_per_hour} -o {out / 'bench'} --data-dir {args.data_dir}"
-        commands.append(bench_cmd + "  (the script also passes the cumulative chain and --fixed-batch 8)")
+        chain_opts = " ".join(f"--chain '{c}'" for c in chain)
+        commands.append(f"axformer benchmark {' '.join(models)} --baseline-model {base} --price-per-hour {args.price_per_hour} --fixed-batch 8 --rounds {args.rounds} {chain_opts} -o {out / 'bench'} --data-dir {args.data_dir}")
         result = benchmark(models, out / "bench", data, args.data_dir, config, progress=lambda m: print(m, flush=True))
         md = (out / "bench" / "benchmark.md").read_text()
         names = "\n".join(f"- `{Path(m).name}`: {desc}" for m, desc in zip(models, (f"the speed-optimized model ({opt}), PyTorch", "its ONNX fp32 export (fused)", "its int8 export", "its mixed-precision export (fp32/int8/int4 by sensitivity)")))

@@ -34,6 +34,10 @@ GOALS = {  # label in the table: (run directory suffix, flags)
 ALL_TASKS = ["sst2", "mrpc", "rte", "cola", "stsb"]
 
 
+def others(entry: dict, main: str) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in entry["metrics"].items() if k != main) or "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", nargs="*", default=["sst2", "mrpc", "rte", "cola", "stsb"])
@@ -63,8 +67,8 @@ def main() -> None:
         "(benchmarks/results/finetune_baselines.md). Decisions on up to 2,000 held-out training examples; dev = official GLUE dev, reporting only. "
         "Latency: PyTorch fp32, batch 1 over 200 dev texts each padded to its own length, ratio against the original measured in the same run.",
         "",
-        "| task | model | held-out main | dev main | params | FLOPs/token @128 | batch-1 speed-up | batch-32 speed-up | trials (accepted) | search time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | model | held-out main | dev main | dev, other metrics | params | FLOPs/token @128 | batch-1 speed-up | batch-32 speed-up | trials (accepted) | search time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     seen = set()
     for task, goal, r, cmd in rows:
@@ -73,9 +77,9 @@ def main() -> None:
         dev = next(k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency"))
         if task not in seen:
             seen.add(task)
-            lines.append(f"| {task} | baseline | {o['heldout']['metrics'][main]:.2f} | {o[dev]['metrics'][main]:.2f} | {o['parameters'] / 1e6:.2f} M | {o['flops_per_token'] / 1e6:.1f} M | 1.00x | 1.00x | | |")
+            lines.append(f"| {task} | baseline | {o['heldout']['metrics'][main]:.2f} | {o[dev]['metrics'][main]:.2f} | {others(o[dev], main)} | {o['parameters'] / 1e6:.2f} M | {o['flops_per_token'] / 1e6:.1f} M | 1.00x | 1.00x | | |")
         lines.append(
-            f"| {task} | `{goal}` | {p['heldout']['metrics'][main]:.2f} | {p[dev]['metrics'][main]:.2f} | {p['parameters'] / 1e6:.2f} M | {p['flops_per_token'] / 1e6:.1f} M | "
+            f"| {task} | `{goal}` | {p['heldout']['metrics'][main]:.2f} | {p[dev]['metrics'][main]:.2f} | {others(p[dev], main)} | {p['parameters'] / 1e6:.2f} M | {p['flops_per_token'] / 1e6:.1f} M | "
             f"{r['speedup_batch1']:.2f}x | {r['speedup_batch32']:.2f}x | {r['search']['trials']} ({r['search']['accepted']}) | {r['search']['seconds'] / 60:.1f} min |"
         )
     lines += ["", "Commands:", ""] + [f"- `{cmd}`" for *_, cmd in rows]
