@@ -197,3 +197,17 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "ONNX Runtime int8" in md and "onnxruntime" in md and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
     assert rows  # names are unique
+
+
+def test_peak_memory_is_the_child_s_own(tiny_task):
+    """A fresh process per candidate: the benchmark's own (large) footprint must not leak into the figure."""
+    import torch
+
+    from axformer.benchmark.measure import peak_memory_mib
+
+    model, _, _ = tiny_task
+    ballast = torch.ones(400_000_000, dtype=torch.float32)  # 1.5 GiB resident in this process
+    batch = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long), "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}
+    peak = peak_memory_mib(str(model), batch)
+    assert 10 < peak < 1400, peak
+    del ballast

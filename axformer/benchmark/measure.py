@@ -96,15 +96,26 @@ def time_candidates(models: dict[str, object], single: dict[str, list[dict]], bi
     return out
 
 
+def _high_water_kib() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec, so a child
+    started by a large parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _peak_child(path: str, batch: dict, device: str, queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
     from axformer.runtime.backends import load_runnable
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _high_water_kib()
     model = load_runnable(path, device=device)
     with torch.inference_mode():
         model(**{k: torch.from_numpy(v) for k, v in batch.items()})
-    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    queue.put((before, _high_water_kib()))
 
 
 def peak_memory_mib(path: str, batch: dict[str, torch.Tensor], device: str = "cpu") -> float | None:
