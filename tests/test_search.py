@@ -168,8 +168,11 @@ def test_ctrl_c_saves_the_best_so_far_and_the_rerun_resumes(tuned_tiny, tmp_path
     assert (partial / "best_so_far" / "model.safetensors").is_file()
     load_model(partial / "best_so_far")
     restore()
+    logged = [json.loads(l) for l in (partial / "search_log.jsonl").read_text().splitlines()]
     again = optimize(model, data, None, tmp_path / "resumed", cfg)
     assert again["search"]["from_log"] == 5
+    # the search time counts the replayed trials' logged evaluation time, not only this invocation's
+    assert again["search"]["seconds"] >= again["search"]["seconds_this_run"] + sum(r["seconds"] for r in logged[:5]) - 1e-9
     assert (again["removed"], again["attention"]) == (straight["removed"], straight["attention"])
 
 

@@ -312,7 +312,10 @@ def _report(model, ctx, optimized, state, config, trials: Trials, search_info, s
         "split": ctx.describe_split(),
         "removed": state["removed"],
         "attention": state["attention"],
-        "search": {**search_info, "trials": trials.count, "accepted": len(accepted), "from_log": sum(d.from_log for d in trials.decisions), "seconds": search_seconds, "resumed": resumed},
+        "search": {**search_info, "trials": trials.count, "accepted": len(accepted), "from_log": sum(d.from_log for d in trials.decisions),
+                   # a resumed search's time includes the trials it replayed (their evaluation time, as logged when they ran)
+                   "seconds": search_seconds + sum(float(r.get("seconds", 0.0)) for r in trials.logged[: sum(d.from_log for d in trials.decisions)]),
+                   "seconds_this_run": search_seconds, "resumed": resumed},
         "results": results,
         "speedup_batch1": lat["original"]["batch1_ms"] / lat["optimized"]["batch1_ms"],
         "speedup_batch32": lat["original"]["batch32_ms_per_example"] / lat["optimized"]["batch32_ms_per_example"],
