@@ -196,7 +196,7 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
     assert abs(r["usd_per_100m"] - 1.0 * 1e8 / (best * 3600)) < 1e-6
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "ONNX Runtime int8" in md and "onnxruntime" in md and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
-    assert rows  # names are unique
+    assert len(rows) == len(result["rows"])  # row names are unique
 
 
 def test_peak_memory_is_the_child_s_own(tiny_task):

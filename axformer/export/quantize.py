@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-PRECISIONS = ("fp32", "int8", "int4")
 DEFAULT_INT8_OPS = ("MatMul", "Attention")
 
 
