@@ -257,10 +257,16 @@ def optimize_cmd(
     sample_seed: int = 0,
     batch_size: int = 64,
     latency_examples: Annotated[int, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the report.")] = 200,
-    refinetune: Annotated[Optional[str], typer.Option("--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained checkpoint and fine-tunes that.")] = None,
-    refinetune_epochs: float = 1.0,
-    refinetune_lr: float = 1e-4,
-    refinetune_max_train_examples: Optional[int] = None,
+    refinetune: Annotated[Optional[str], typer.Option("--recover", "--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained checkpoint and fine-tunes that; 'distill' (FastFormers) distils the original model into the found one.")] = None,
+    refinetune_epochs: Annotated[float, typer.Option("--recover-epochs", "--refinetune-epochs", help="Epochs of recovery training (and of each distillation of --strategy fastformers).")] = 1.0,
+    refinetune_lr: Annotated[float, typer.Option("--recover-lr", "--refinetune-lr")] = 1e-4,
+    refinetune_max_train_examples: Annotated[Optional[int], typer.Option("--recover-max-train-examples", "--refinetune-max-train-examples", help="Train the recovery on a seeded subset of this many examples.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="search (the --goal search) or fastformers (FastFormers: [distil to --student-layers,] prune to --heads/--ffn per layer by gradient importance, distil again, export).")] = "search",
+    student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="fastformers: first distil into this many of the teacher's layers (e.g. 3) or these layers (e.g. 0,2,5).")] = None,
+    heads: Annotated[Optional[int], typer.Option("--heads", help="fastformers: attention heads kept per layer.")] = None,
+    ffn: Annotated[Optional[int], typer.Option("--ffn", help="fastformers: FFN neurons kept per layer.")] = None,
+    budget: Annotated[str, typer.Option("--budget", help="fastformers: uniform (the same count in every layer) or global (the same total, shared by importance).")] = "uniform",
+    export_precision: Annotated[str, typer.Option("--export", help="fastformers: precision of the final ONNX export (fp32, int8, fp16, mixed, auto) or none.")] = "int8",
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
@@ -268,6 +274,22 @@ def optimize_cmd(
     """Search for the best approximated model (accuracy-driven or within a tolerance) and save it physically smaller."""
     from axformer.search.optimize import OptimizeConfig, default_output, optimize
 
+    if strategy not in ("search", "fastformers"):
+        raise AxformerError(f"--strategy {strategy!r}; expected search or fastformers")
+    if strategy == "fastformers":
+        from axformer.distill import DistillConfig
+        from axformer.distill.recipe import RecipeConfig, fastformers_recipe, recipe_markdown
+
+        recipe = RecipeConfig(student_layers=student_layers, heads=heads, ffn=ffn, budget=budget, importance_examples=max_examples or None,
+                              export=None if export_precision == "none" else export_precision, export_max_drop=1.0 if max_drop is None else max_drop,
+                              distill=DistillConfig(epochs=refinetune_epochs, learning_rate=refinetune_lr, max_train_examples=refinetune_max_train_examples, device=device, allow_pickle=allow_pickle))
+        recipe.validate()
+        output = output or default_output(model, "fastformers")
+        data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+        report = fastformers_recipe(model, output, recipe, data, data_dir, overwrite=overwrite)
+        console.print(recipe_markdown(report))
+        console.print(f"final model in {output}/, every stage in {output}/stages/")
+        return
     if goal != "accuracy" and max_drop is None and max_rel_drop is None:
         max_drop = 1.0
     config = OptimizeConfig(
@@ -286,6 +308,56 @@ def optimize_cmd(
 
     console.print(report_markdown(report))
     console.print(f"optimized model and report in {output}/")
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher directory (its task and held-out split are reused).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the distilled student.")],
+    student: Annotated[Optional[str], typer.Option("--student", help="Student model sharing the teacher's vocabulary (a new head is made if it has none); default: derived from the teacher.")] = None,
+    student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="Keep this many layers spread evenly (e.g. 3) or these layers (e.g. 0,2,5) of the teacher (or of --student).")] = None,
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    source: SourceOpt = "auto",
+    train: TrainFileOpt = None,
+    dev: DevFileOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = "label",
+    problem: ProblemOpt = "classification",
+    labels: LabelsOpt = None,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft cross-entropy.")] = 1.0,
+    soft_weight: Annotated[float, typer.Option(help="Weight of the soft cross-entropy to the teacher's logits.")] = 1.0,
+    hard_weight: Annotated[float, typer.Option(help="Weight of the task loss on the gold labels.")] = 0.0,
+    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")] = 0.0,
+    attention_weight: Annotated[float, typer.Option(help="Weight of the attention-map MSE.")] = 0.0,
+    no_teacher_cache: Annotated[bool, typer.Option("--no-teacher-cache", help="Run the teacher at every step even when only its logits are needed.")] = False,
+    epochs: Annotated[float, typer.Option(help="Epochs (fractions allowed).")] = 3.0,
+    learning_rate: Annotated[float, typer.Option("--lr", "--learning-rate")] = 1e-4,
+    batch_size: int = 32,
+    max_seq_length: int = 128,
+    max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many examples.")] = None,
+    seed: int = 42,
+    eval_every: Annotated[Optional[int], typer.Option(help="Steps between held-out evaluations (default: each epoch).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Distil a fine-tuned teacher into a smaller student (task-specific, FastFormers' losses); the held-out split selects the checkpoint."""
+    from axformer.distill import DistillConfig, distill
+
+    if output.exists() and not overwrite:
+        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+    config = DistillConfig(
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_seq_length=max_seq_length, max_train_examples=max_train_examples, seed=seed,
+        eval_every=eval_every, checkpoint_every=checkpoint_every, allow_pickle=allow_pickle, device=device, temperature=temperature, soft_weight=soft_weight,
+        hard_weight=hard_weight, hidden_weight=hidden_weight, attention_weight=attention_weight, cache_teacher=not no_teacher_cache,
+    )
+    config.validate()
+    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    result = distill(teacher, output, student=student, student_layers=student_layers, data=data, data_dir=data_dir, config=config, overwrite=overwrite)
+    _print_evaluation(result.evaluation, f"distilled in {result.wall_time_s / 60:.1f} min ({result.steps} steps)")
+    console.print(f"student saved to {result.output}")
 
 
 @app.command("export")

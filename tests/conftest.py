@@ -167,3 +167,17 @@ def write_sentiment_files(directory: Path, n_train: int = 96, n_dev: int = 32, f
             path.write_text(f"text{sep}label\n" + "".join(f"{t}{sep}{l}\n" for t, l in rows))
         paths.append(path)
     return paths[0], paths[1]
+
+
+@pytest.fixture(scope="session")
+def tuned_tiny(tmp_path_factory):
+    """A tiny BERT fine-tuned on the toy sentiment task (learnable: the label is the word good/bad)."""
+    from axformer.tasks.sources import load_custom
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("search")
+    base = make_tiny_model_dir(root / "base", "bert", labels=["neg", "pos"])
+    train, dev = write_sentiment_files(root / "data", n_train=400, n_dev=60)
+    data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
+    res = finetune(base, data, root / "tuned", FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None))
+    return res.output, data, (train, dev)

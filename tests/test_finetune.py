@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import axformer.training.finetune as ft
+import axformer.training.loop as ft
 from axformer.evaluation import evaluate
 from axformer.models.record import ModelRecord
 from axformer.tasks.sources import load_custom

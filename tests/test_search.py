@@ -16,7 +16,6 @@ from axformer.analysis.engine import CandidateResult
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.trials import Trials
 from axformer.surgery.structure import ModelStructure
-from tests.conftest import make_tiny_model_dir, write_sentiment_files
 
 BASE = [1.0, 1.0, 1.0, 1.0]
 SCRIPT = {  # candidate -> per-example held-out losses (anything else: [2, 2, 2, 2], rejected)
@@ -96,20 +95,6 @@ def test_log_of_another_run_is_refused(tmp_path):
     log.write_text(json.dumps({"trial": 0, "stage": "hard_attention", "candidate": "L5.ffn", "accepted": False, "mean_loss": 1.0, "complete": True}) + "\n")
     with pytest.raises(AxformerError, match="does not belong to this run"):
         _search(log)
-
-
-@pytest.fixture(scope="module")
-def tuned_tiny(tmp_path_factory):
-    """A tiny BERT fine-tuned on the toy sentiment task (learnable: the label is the word good/bad)."""
-    from axformer.tasks.sources import load_custom
-    from axformer.training.finetune import FinetuneConfig, finetune
-
-    root = tmp_path_factory.mktemp("search")
-    base = make_tiny_model_dir(root / "base", "bert", labels=["neg", "pos"])
-    train, dev = write_sentiment_files(root / "data", n_train=400, n_dev=60)
-    data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
-    res = finetune(base, data, root / "tuned", FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None))
-    return res.output, data, (train, dev)
 
 
 def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):

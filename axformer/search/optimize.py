@@ -42,6 +42,7 @@ from axformer.utils.io import atomic_output_dir, claim_work_dir, read_json, run_
 from axformer.utils.timing import interleaved_medians
 
 GOALS = ("accuracy", "speed", "size")
+RECOVERY = ("continue", "pretrained", "distill")
 LOG_FILE = "search_log.jsonl"
 STATE_FILE = "best_so_far.json"
 
@@ -69,8 +70,9 @@ class OptimizeConfig:
     sample_seed: int = 0
     batch_size: int = 64
     latency_examples: int = 200  # dev texts timed at batch 1
-    # recovery: fine-tune the found structure again (from its current weights) on the training part
-    refinetune: str | None = None  # None, "continue" (from the searched weights) or "pretrained" (AxFormer: the structure on the pre-trained weights)
+    # recovery after the search (--recover): None, "continue" (fine-tune from the searched weights), "pretrained" (AxFormer: the structure on the
+    # pre-trained weights, fine-tuned) or "distill" (FastFormers: the searched model distilled from the original one)
+    refinetune: str | None = None
     refinetune_epochs: float = 1.0
     refinetune_lr: float = 1e-4
     refinetune_batch_size: int = 32
@@ -97,8 +99,8 @@ class OptimizeConfig:
             raise AxformerError(f"--guard {self.guard!r}; expected all or main")
         if self.max_loss_increase is not None and self.max_loss_increase < 0:
             raise AxformerError(f"--max-loss-increase {self.max_loss_increase}; expected a non-negative percentage")
-        if self.refinetune not in (None, "continue", "pretrained"):
-            raise AxformerError(f"--refinetune {self.refinetune!r}; expected continue or pretrained")
+        if self.refinetune not in (None, *RECOVERY):
+            raise AxformerError(f"--recover {self.refinetune!r}; expected one of {', '.join(RECOVERY)}")
         for name in ("target_speedup", "target_size"):
             v = getattr(self, name)
             if v is not None and v <= 1:
@@ -119,7 +121,7 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
     ctx = load_context(model, data, data_dir, config.max_examples, config.sample_seed, config.device, config.allow_pickle)
     spec = ctx.data.spec
     if config.refinetune == "pretrained" and pretrained_origin(ctx.record) is None:
-        raise AxformerError(f"--refinetune pretrained: {model} records no pre-trained checkpoint it was fine-tuned from; use --refinetune continue")
+        raise AxformerError(f"--recover pretrained: {model} records no pre-trained checkpoint it was fine-tuned from; use --recover continue or distill")
     torch.manual_seed(0)
     key = run_key({"model": str(Path(model).resolve()) if is_local(model) else str(model), "task": spec.name, "split": ctx.describe_split(),
                    "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "device", "latency_examples")}})
@@ -164,7 +166,7 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
         optimized = _save_candidate(model, ctx, state, work, config)
         recovery = None
         if config.refinetune is not None:
-            optimized, recovery = _refinetune(ctx, work, config, state)
+            optimized, recovery = _recover(model, ctx, work, config, state)
         report = _report(model, ctx, optimized, state, config, trials, search_info, search_seconds, time.perf_counter() - t_start, resumed, work)
         if recovery is not None:
             report["recovery"] = recovery
@@ -184,44 +186,49 @@ def pretrained_origin(record) -> str | None:
     return next((h.get("base_model") for h in record.history if h.get("stage") == "finetune" and h.get("base_model")), None)
 
 
-def _refinetune(ctx, work: Path, config: OptimizeConfig, state: dict):
-    """Fine-tune the found structure again; the recovered model replaces the searched one in ``work``.
+def _recover(model, ctx, work: Path, config: OptimizeConfig, state: dict):
+    """Train the found structure again; the recovered model replaces the searched one in ``work``.
 
-    ``continue`` starts from the searched weights. ``pretrained`` is AxFormer's
-    variant: the same components removed from the *pre-trained* checkpoint the
-    model was fine-tuned from (a new task head), then fine-tuned; both keep
-    the recorded held-out split, which selects the checkpoint.
+    ``continue`` fine-tunes from the searched weights. ``pretrained`` is
+    AxFormer's variant: the same components removed from the *pre-trained*
+    checkpoint the model was fine-tuned from (a new task head), then
+    fine-tuned. ``distill`` is FastFormers': the searched model learns the
+    original model's outputs (soft cross-entropy). All keep the recorded
+    held-out split, which selects the checkpoint.
     """
+    import shutil
+
+    from axformer.distill import DistillConfig, distill
+    from axformer.models.record import ModelRecord
     from axformer.training.finetune import FinetuneConfig, finetune
 
     searched = score(ctx.data.spec, ctx.heldout.labels, run_model(load_model(work).eval(), ctx.encoded, ctx.data.spec.is_regression, config.batch_size, ctx.device)).to_dict()
-    cfg = FinetuneConfig(epochs=config.refinetune_epochs, learning_rate=config.refinetune_lr, batch_size=config.refinetune_batch_size,
-                         max_train_examples=config.refinetune_max_train_examples, max_seq_length=ctx.record.max_seq_length, device=config.device)
+    common = dict(epochs=config.refinetune_epochs, learning_rate=config.refinetune_lr, batch_size=config.refinetune_batch_size,
+                  max_train_examples=config.refinetune_max_train_examples, max_seq_length=ctx.record.max_seq_length, device=config.device)
     t0 = time.perf_counter()
     start = work
-    if config.refinetune == "pretrained":
-        origin = pretrained_origin(ctx.record)
-        if origin is None:
-            raise AxformerError(f"--refinetune pretrained: {ctx.model_path} records no pre-trained checkpoint it was fine-tuned from; use --refinetune continue")
-        net = load_model(origin, ctx.data.spec, new_head=True, allow_pickle=config.allow_pickle)
-        prune(net, state["removed"])
-        if state["attention"]:
-            set_attention(net, {int(k): v for k, v in state["attention"].items()})
-        start = work / "pretrained-structure"
-        save_model(net, ctx.tokenizer, start)
-        from axformer.models.record import ModelRecord
-
-        record = ModelRecord.load(work)  # the searched model's record: task, split, and the optimize stage
-        record.history = [*record.history, {"stage": "structure-on-pretrained", "base_model": origin, "removed": state["removed"]}]
-        record.save(start)
-    result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
+    if config.refinetune == "distill":
+        cfg = DistillConfig(**common)
+        result = distill(model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True)
+    else:
+        cfg = FinetuneConfig(**common)
+        if config.refinetune == "pretrained":
+            origin = pretrained_origin(ctx.record)
+            if origin is None:
+                raise AxformerError(f"--recover pretrained: {ctx.model_path} records no pre-trained checkpoint it was fine-tuned from; use --recover continue or distill")
+            net = load_model(origin, ctx.data.spec, new_head=True, allow_pickle=config.allow_pickle)
+            prune(net, state["removed"])
+            if state["attention"]:
+                set_attention(net, {int(k): v for k, v in state["attention"].items()})
+            start = work / "pretrained-structure"
+            save_model(net, ctx.tokenizer, start)
+            record = ModelRecord.load(work)  # the searched model's record: task, split, and the optimize stage
+            record.history = [*record.history, {"stage": "structure-on-pretrained", "base_model": origin, "removed": state["removed"]}]
+            record.save(start)
+        result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
     net = load_model(result.output, ctx.data.spec).eval()
     save_model(net, ctx.tokenizer, work)
-    from axformer.models.record import ModelRecord
-
     ModelRecord.load(result.output).save(work)
-    import shutil
-
     shutil.rmtree(result.output, ignore_errors=True)
     if start != work:
         shutil.rmtree(start, ignore_errors=True)
@@ -367,8 +374,9 @@ def report_markdown(r: dict) -> str:
     ]
     if r.get("recovery"):
         rec = r["recovery"]
-        origin = "the searched weights" if rec["mode"] == "continue" else "the pre-trained checkpoint with the found structure (AxFormer)"
-        lines += ["", f"Recovery: re-fine-tuned from {origin} in {rec['seconds']:.0f} s; held-out {main} before recovery "
+        how = {"continue": "re-fine-tuned from the searched weights", "pretrained": "re-fine-tuned from the pre-trained checkpoint with the found structure (AxFormer)",
+               "distill": "distilled from the original model (FastFormers)"}[rec["mode"]]
+        lines += ["", f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
                   f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model)."]
     if "cost_model" in r["search"]:
         lines += ["", f"Predicted {'speed-up' if r['goal'] == 'speed' else 'size reduction'} from the calibrated cost model: {r['search']['predicted_ratio']:.2f}x."]

@@ -1,0 +1,120 @@
+"""The distillation objective: what the student minimises at each training step.
+
+    loss = soft x CE(student/T, teacher/T) T^2  +  hard x task loss on gold labels
+         + hidden x MSE(projected student states, mapped teacher states)
+         + attention x MSE(student attention maps, mapped teacher maps)
+
+When only logits are matched, the teacher's logits for the whole training part
+are computed once and kept in the run directory (a few floats per example), so
+every epoch after that costs only the student, and a resumed run does not pay
+for the teacher again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from axformer.data.batching import Encoded
+from axformer.distill.losses import attention_mse, hidden_mse, soft_cross_entropy
+from axformer.errors import AxformerError
+from axformer.inference import per_example_loss, run_model
+from axformer.training.loop import FinetuneConfig
+
+TEACHER_CACHE = "teacher_logits.npy"
+
+
+@dataclass
+class DistillConfig(FinetuneConfig):
+    """Training hyper-parameters plus the loss weights. Defaults follow FastFormers: soft cross-entropy at T=1 only."""
+
+    learning_rate: float = 1e-4
+    temperature: float = 1.0
+    soft_weight: float = 1.0
+    hard_weight: float = 0.0
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    cache_teacher: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.temperature <= 0:
+            raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
+        weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise AxformerError(f"distillation loss weights {weights}; expected non-negative weights, at least one positive")
+
+
+class DistillObjective:
+    def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig, regression: bool, layer_map: list[int]):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.config = config
+        self.regression = regression
+        self.layer_map = layer_map
+        self.cache: torch.Tensor | None = None
+        self.temporary_files = (TEACHER_CACHE,)
+        ws, wt = _width(student), _width(teacher)
+        # a learned projection per matched hidden state when the widths differ (TinyBERT); none otherwise
+        self.extra = nn.ModuleList(nn.Linear(ws, wt) for _ in layer_map).to(next(student.parameters()).device) if config.hidden_weight > 0 and ws != wt else None
+        if config.attention_weight > 0:
+            for m in (teacher, student):
+                m.set_attn_implementation("eager")  # attention maps are only returned by the eager kernels
+
+    @property
+    def needs_states(self) -> bool:
+        return self.config.hidden_weight > 0 or self.config.attention_weight > 0
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"objective": "distill", "temperature": c.temperature, "soft": c.soft_weight, "hard": c.hard_weight, "hidden": c.hidden_weight,
+                "attention": c.attention_weight, "layer_map": self.layer_map, "projection": self.extra is not None}
+
+    def prepare(self, work: Path, enc_train: Encoded, device: torch.device) -> None:
+        if self.needs_states or not self.config.cache_teacher:
+            return
+        path = work / TEACHER_CACHE
+        if path.exists():
+            logits = np.load(path)
+        else:
+            logits = run_model(self.teacher, enc_train, self.regression, self.config.eval_batch_size, device, progress="teacher logits").logits
+            np.save(path.with_suffix(".tmp.npy"), logits)
+            path.with_suffix(".tmp.npy").replace(path)
+        self.cache = torch.from_numpy(logits).to(device)
+
+    def loss(self, net, batch, indices):
+        c = self.config
+        labels = batch.pop("labels")
+        want_h, want_a = c.hidden_weight > 0, c.attention_weight > 0
+        out = net(**batch, output_hidden_states=want_h, output_attentions=want_a)
+        if self.cache is not None:
+            teacher_logits, t_out = self.cache[torch.as_tensor(indices, device=self.cache.device)], None
+        else:
+            with torch.no_grad():
+                t_out = self.teacher(**batch, output_hidden_states=want_h, output_attentions=want_a)
+            teacher_logits = t_out.logits
+        terms: dict[str, torch.Tensor] = {}
+        if c.soft_weight > 0:
+            terms["soft"] = soft_cross_entropy(out.logits, teacher_logits, c.temperature)
+        if c.hard_weight > 0:
+            terms["hard"] = per_example_loss(out.logits, labels, self.regression).mean()
+        mask = batch["attention_mask"]
+        if want_h:
+            states = [(self.extra[j](out.hidden_states[j]) if self.extra is not None else out.hidden_states[j], t_out.hidden_states[tj]) for j, tj in enumerate(self.layer_map)]
+            terms["hidden"] = torch.stack([hidden_mse(s, t, mask) for s, t in states]).mean()
+        if want_a:
+            pairs = [(out.attentions[i], t_out.attentions[tj - 1]) for i, tj in enumerate(self.layer_map[1:])]
+            pairs = [(s, t) for s, t in pairs if s is not None and t is not None]  # layers whose attention block was removed have no map
+            if pairs:
+                terms["attention"] = torch.stack([attention_mse(s, t, mask) for s, t in pairs]).mean()
+        weights = {"soft": c.soft_weight, "hard": c.hard_weight, "hidden": c.hidden_weight, "attention": c.attention_weight}
+        total = sum(weights[k] * v for k, v in terms.items())
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _width(model: nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "dim"))

@@ -1,0 +1,175 @@
+"""The FastFormers recipe as one call: distil to a smaller student, prune it, distil again, export.
+
+    teacher --distil--> student (a subset of the teacher's layers)
+            --prune-->  the same number of heads and FFN neurons kept in every
+                        layer, chosen by gradient importance on the held-out split
+            --distil--> from the *original* teacher again
+            --export--> ONNX, fused, int8 (or another precision)
+
+Every stage writes its own directory under ``OUTPUT/stages`` and is skipped
+when that directory is complete, so an interrupted recipe resumes at the stage
+it stopped in (and inside a distillation, at its last checkpoint). Without
+``student_layers`` the recipe is FastFormers' structured pruning alone: prune
+the given model, then distil it from its unpruned self.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from axformer.analysis.context import load_context
+from axformer.analysis.engine import EvaluationEngine
+from axformer.analysis.gradient import gradient_importance
+from axformer.data.batching import encode
+from axformer.distill.objective import DistillConfig
+from axformer.distill.students import BUDGETS, prune_by_importance
+from axformer.distill.trainer import distill, teacher_task
+from axformer.errors import AxformerError
+from axformer.evaluation import score
+from axformer.inference import run_model
+from axformer.models.loading import load_model, load_tokenizer, save_model
+from axformer.models.record import ModelRecord
+from axformer.runtime.backends import is_onnx_artifact, load_runnable
+from axformer.surgery.prune import apply_structure, count_parameters, current_structure
+from axformer.tasks.data import TaskData
+from axformer.tasks.splits import apply_split
+from axformer.utils.io import read_json, write_json
+
+
+@dataclass
+class RecipeConfig:
+    student_layers: str | None = None  # first distil into these teacher layers ("3" or "0,2,5"); None: prune the model itself
+    heads: int | None = None  # heads kept per layer (uniform) or on average (global)
+    ffn: int | None = None  # FFN neurons kept per layer (uniform) or on average (global)
+    budget: str = "uniform"
+    importance_examples: int | None = 2000
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: str | None = "int8"  # precision of the final export stage (see axformer export); None: no export
+    export_max_drop: float = 1.0
+
+    def validate(self) -> None:
+        if self.heads is None and self.ffn is None and self.student_layers is None:
+            raise AxformerError("the fastformers recipe needs something to shrink: --student-layers, --heads and/or --ffn")
+        if self.budget not in BUDGETS:
+            raise AxformerError(f"--budget {self.budget!r}; expected one of {', '.join(BUDGETS)}")
+        if self.export is not None:
+            from axformer.export.artifact import PRECISIONS
+
+            if self.export not in PRECISIONS:
+                raise AxformerError(f"--export {self.export!r}; expected one of {', '.join(PRECISIONS)} or none")
+        self.distill.validate()
+
+
+def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> dict:
+    """Held-out and dev metrics, parameters and size of one stage's model (PyTorch directory or ONNX artifact)."""
+    record = ModelRecord.load(path)
+    _, heldout = apply_split(data, record.split)
+    tok = load_tokenizer(path)
+    net = load_runnable(path)
+    entry = {"stage": kind, "path": str(path), "seconds": seconds}
+    for name, split in {"heldout": heldout, **data.dev}.items():
+        if len(split) and (data.spec.is_regression or split.labels.min() >= 0):
+            entry[name] = score(data.spec, split.labels, run_model(net, encode(tok, split, record.max_seq_length), data.spec.is_regression)).to_dict()
+    onnx = is_onnx_artifact(path)
+    entry["size_bytes"] = sum(f.stat().st_size for f in Path(path).glob("*.onnx" if onnx else "*.safetensors"))
+    if not onnx:
+        entry["parameters"] = count_parameters(net)
+        s = current_structure(net)
+        entry["flops_per_token"] = s.flops_per_token(128)
+        entry["structure"] = s.summary()
+    return entry
+
+
+def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig) -> None:
+    ctx = load_context(model, data, None, config.importance_examples, 0, config.distill.device, config.distill.allow_pickle)
+    engine = EvaluationEngine(ctx.model, ctx.encoded, data.spec, config.distill.eval_batch_size, ctx.device)
+    try:
+        imp = gradient_importance(engine, normalize_heads=True, progress=True)
+    finally:
+        engine.close()
+    structure = current_structure(ctx.model)
+    target = prune_by_importance(structure, imp.heads, imp.neurons, config.heads, config.ffn, config.budget)
+    net = load_model(model, data.spec, allow_pickle=config.distill.allow_pickle)
+    apply_structure(net, target)
+    tmp = output.with_name(output.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(net, ctx.tokenizer, tmp)
+    record = ModelRecord.load(model)
+    record.history = [*record.history, {"stage": "prune", "strategy": "fastformers", "heads": config.heads, "ffn": config.ffn, "budget": config.budget,
+                                        "importance": "gradient (|dL/dgate|, heads L2-normalised per layer), held-out split", "structure": target.summary()}]
+    record.save(tmp)
+    write_json(tmp / "importance.json", imp.to_dict())
+    tmp.replace(output)
+
+
+def fastformers_recipe(model: str | os.PathLike, output: str | os.PathLike, config: RecipeConfig | None = None, data: TaskData | None = None,
+                       data_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+    """Run (or resume) the recipe; the final PyTorch model is saved in ``output`` and the stages under ``output/stages``."""
+    config = config or RecipeConfig()
+    config.validate()
+    model = str(model)
+    output = Path(output)
+    data = teacher_task(model, data, data_dir)
+    if (output / "recipe.json").exists() and not overwrite:
+        raise AxformerError(f"output directory {output} already holds a finished recipe; pass --overwrite to replace it or choose another --output")
+    if overwrite:
+        shutil.rmtree(output, ignore_errors=True)
+    stages_dir = output / "stages"
+    stages_dir.mkdir(parents=True, exist_ok=True)
+    times = read_json(stages_dir / "times.json") if (stages_dir / "times.json").exists() else {}
+
+    def run(name: str, fn) -> Path:
+        path = stages_dir / name
+        if not path.exists():  # each stage's directory appears only when the stage is complete
+            t0 = time.perf_counter()
+            fn(path)
+            times[name] = time.perf_counter() - t0
+            write_json(stages_dir / "times.json", times)
+        return path
+
+    current = Path(model)
+    done: list[tuple[str, Path]] = [("teacher", current)]
+    if config.student_layers is not None:
+        current = run("1-distilled", lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=config.distill))
+        done.append(("1-distilled", current))
+    if config.heads is not None or config.ffn is not None:
+        pruned = run("2-pruned", lambda p: _prune_stage(current, data, p, config))
+        done.append(("2-pruned", pruned))
+        current = run("3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=config.distill))
+        done.append(("3-distilled-again", current))
+    final_torch = current
+    if config.export is not None:
+        from axformer.export.artifact import ExportConfig, export_model
+
+        exported = run(f"4-export-{config.export}", lambda p: export_model(final_torch, p, ExportConfig(precision=config.export, max_drop=config.export_max_drop, device=config.distill.device,
+                                                                                                      allow_pickle=config.distill.allow_pickle), data=data))
+        done.append((f"4-export-{config.export}", exported))
+    stages = [_summary(path, data, times.get(name), name) for name, path in done]
+    # the final PyTorch model, reloadable with one call, at the top of the output directory
+    for f in final_torch.iterdir():
+        if f.is_file():
+            shutil.copy2(f, output / f.name)
+    report = {"model": model, "task": {"name": data.spec.name, "display_name": data.spec.display_name, "main_metric": data.spec.main_metric},
+              "strategy": "fastformers", "config": asdict(config), "stages": stages, "final": str(final_torch), "deploy": str(done[-1][1])}
+    write_json(output / "recipe.json", report)
+    (output / "recipe.md").write_text(recipe_markdown(report))
+    return report
+
+
+def recipe_markdown(r: dict) -> str:
+    main = r["task"]["main_metric"]
+    devs = [k for k in r["stages"][0] if k not in ("stage", "path", "seconds", "heldout", "size_bytes", "parameters", "flops_per_token", "structure")]
+    head = "| stage | held-out " + main + " | " + " | ".join(f"{d} {main}" for d in devs) + " | parameters | size | stage time |"
+    lines = [f"# FastFormers recipe: {r['model']} on {r['task']['display_name']}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for s in r["stages"]:
+        cells = [s["stage"], f"{s['heldout']['metrics'][main]:.2f}", *(f"{s[d]['metrics'][main]:.2f}" if d in s else "-" for d in devs),
+                 f"{s['parameters'] / 1e6:.2f} M" if "parameters" in s else "-", f"{s['size_bytes'] / 2**20:.1f} MiB",
+                 "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Stage time: wall time of the stage on this machine (distillation includes the teacher's logits, computed once). "
+              "Latency: `axformer benchmark` on the stages' directories measures them against the teacher in one run."]
+    return "\n".join(lines) + "\n"

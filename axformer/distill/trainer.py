@@ -1,0 +1,97 @@
+"""Task-specific knowledge distillation: ``axformer distill``.
+
+The teacher is a model fine-tuned for the task (by axformer, so its held-out
+split is known). The student trains on the teacher's *training part* only:
+the held-out split selects the student's checkpoint, exactly as it selected
+the teacher's, and the dev set only reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+
+from axformer.distill.objective import DistillConfig, DistillObjective
+from axformer.distill.students import derive_student, layer_map, parse_layers
+from axformer.errors import AxformerError
+from axformer.models.loading import is_local, load_model, load_tokenizer
+from axformer.models.record import ModelRecord
+from axformer.surgery.prune import current_structure
+from axformer.tasks.data import TaskData
+from axformer.tasks.sources import load_task_from_record
+from axformer.training.finetune import training_split
+from axformer.training.loop import FinetuneResult, train_model
+from axformer.utils.device import resolve_device
+
+
+def teacher_task(teacher: str, data: TaskData | None, data_dir) -> TaskData:
+    if data is not None:
+        return data
+    record = ModelRecord.load(teacher) if is_local(teacher) else ModelRecord()
+    if record.task is None:
+        raise AxformerError(f"teacher {teacher} records no task; pass --task (and --data-dir)")
+    return load_task_from_record(record.task, data_dir)
+
+
+def _records_split(model: str, data: TaskData) -> bool:
+    record = ModelRecord.load(model) if is_local(model) else ModelRecord()
+    return record.split is not None and bool(record.task) and record.task.get("name") == data.spec.name and record.split.train_fingerprint == data.train.fingerprint()
+
+
+def _same_vocabulary(teacher_tok, student_tok, student: str) -> None:
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise AxformerError(f"student {student} has a different vocabulary from the teacher's; expected a student that shares the teacher's tokenizer")
+
+
+def distill(
+    teacher: str | os.PathLike,
+    output: str | os.PathLike,
+    student: str | os.PathLike | None = None,
+    student_layers: str | list[int] | None = None,
+    data: TaskData | None = None,
+    data_dir: str | os.PathLike | None = None,
+    config: DistillConfig | None = None,
+    overwrite: bool = False,
+) -> FinetuneResult:
+    """Distil ``teacher`` into a student and save the best held-out checkpoint to ``output``.
+
+    The student is ``student`` (any model sharing the teacher's vocabulary; a
+    new task head is made for a checkpoint without one; a model axformer
+    pruned), or the teacher reduced to ``student_layers``. ``student_layers`` also applies to a given
+    student. Re-running the same call resumes an interrupted run.
+    """
+    config = config or DistillConfig()
+    config.validate()
+    teacher = str(teacher)
+    data = teacher_task(teacher, data, data_dir)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    # the split recorded with the teacher (or, for a teacher axformer did not train, with the student the search derived from it)
+    source = teacher if _records_split(teacher, data) or student is None or not _records_split(str(student), data) else str(student)
+    prior, split, train_part, heldout = training_split(source, data, config)
+    if split is not prior.split:
+        raise AxformerError(f"teacher {teacher} records no held-out split for {data.spec.name}; distil from a teacher fine-tuned by axformer on this task")
+    t_net = load_model(teacher, data.spec, allow_pickle=config.allow_pickle, device=device).eval()
+    tokenizer = load_tokenizer(teacher)
+    if student is not None:
+        origin = str(student)
+        _same_vocabulary(tokenizer, load_tokenizer(origin), origin)
+        net = load_model(origin, data.spec, allow_pickle=config.allow_pickle, device=device)
+        prior = ModelRecord.load(origin) if is_local(origin) else ModelRecord()
+    else:
+        if student_layers is None:
+            raise AxformerError("no student: give --student, or --student-layers to derive one from the teacher")
+        net, origin = copy.deepcopy(t_net), "teacher"
+    layers = None
+    if student_layers is not None:
+        layers = parse_layers(student_layers, current_structure(net).present_layers)
+        net = derive_student(net, layers)
+    mapping = layer_map(net, t_net)
+    objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
+    stage = {"stage": "distill", "base_model": origin, "teacher": teacher, "student_layers": layers, "structure": current_structure(net).summary()}
+    key = {"teacher": teacher, "student": origin, "layers": layers, "structure": current_structure(net).to_dict(), "task": data.spec.name,
+           "train": data.train.fingerprint()}
+    return train_model(net, tokenizer, data, split, train_part, heldout, Path(output), config, objective, stage, prior, key, device, overwrite)

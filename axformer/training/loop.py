@@ -1,0 +1,257 @@
+"""The training loop shared by fine-tuning and distillation.
+
+AdamW with linear warmup and decay, gradient clipping, length-grouped batches
+with dynamic padding, model selection on the held-out split (never on dev), and
+checkpoints that let an interrupted run resume exactly where it stopped. What
+is minimised is an :class:`Objective`: the task loss for fine-tuning, the
+teacher-matching losses for distillation; the loop does not care which.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from axformer.data.batching import Encoded, collate, encode, grouped_batches
+from axformer.errors import AxformerError
+from axformer.evaluation import Evaluation, predictions_rows, score
+from axformer.inference import per_example_loss, run_model
+from axformer.models.loading import save_model
+from axformer.models.record import ModelRecord
+from axformer.tasks.data import Split, TaskData
+from axformer.tasks.splits import SplitRecord
+from axformer.utils.io import atomic_output_dir, claim_work_dir, run_key, write_json
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+RUN_KEY = "run.json"
+
+
+@dataclass
+class FinetuneConfig:
+    """Training hyper-parameters (fine-tuning and distillation). Defaults are the recipe recommended in the README."""
+
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_seq_length: int = 128
+    max_train_examples: int | None = None
+    heldout_fraction: float = 0.15
+    seed: int = 42
+    eval_every: int | None = None  # steps between held-out evaluations; None: once per epoch
+    eval_max_examples: int | None = 2000  # held-out examples used for model selection during training
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    new_head: bool = False
+    allow_pickle: bool = False
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("epochs", "learning_rate", "batch_size", "eval_batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise AxformerError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_train_examples is not None and self.max_train_examples <= 0:
+            raise AxformerError(f"--max-train-examples must be positive, got {self.max_train_examples}")
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    evaluation: Evaluation
+    steps: int
+    wall_time_s: float
+    log: list[dict] = field(default_factory=list)
+
+
+class Objective(Protocol):
+    """What a training step minimises. ``extra`` holds its own trainable modules (e.g. projections), checkpointed with the model."""
+
+    extra: torch.nn.Module | None
+
+    def describe(self) -> dict: ...
+
+    def prepare(self, work: Path, enc_train: Encoded, device: torch.device) -> None: ...
+
+    def loss(self, net: torch.nn.Module, batch: dict[str, torch.Tensor], indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class LabelObjective:
+    """Fine-tuning: the task's own loss on the gold labels."""
+
+    extra = None
+
+    def __init__(self, regression: bool):
+        self.regression = regression
+
+    def describe(self) -> dict:
+        return {"objective": "labels"}
+
+    def prepare(self, work: Path, enc_train: Encoded, device: torch.device) -> None:
+        pass
+
+    def loss(self, net, batch, indices):
+        labels = batch.pop("labels")
+        loss = per_example_loss(net(**batch).logits, labels, self.regression).mean()
+        return loss, {}
+
+
+def _optimizer(modules: list[torch.nn.Module], config: FinetuneConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def selection_subset(heldout: Split, config: FinetuneConfig) -> Split:
+    """The held-out examples that select the checkpoint (a fixed sample when the split is large)."""
+    if config.eval_max_examples is not None and len(heldout) > config.eval_max_examples:
+        return heldout.subset(np.sort(np.random.default_rng(config.seed + 1).permutation(len(heldout))[: config.eval_max_examples]))
+    return heldout
+
+
+def train_model(
+    net: torch.nn.Module,
+    tokenizer,
+    data: TaskData,
+    split: SplitRecord,
+    train_part: Split,
+    heldout: Split,
+    output: str | Path,
+    config: FinetuneConfig,
+    objective: Objective,
+    stage: dict,
+    prior: ModelRecord,
+    key: dict,
+    device: torch.device,
+    overwrite: bool = False,
+) -> FinetuneResult:
+    """Train ``net`` on ``train_part`` for ``objective``; save the best held-out checkpoint to ``output``.
+
+    ``key`` identifies the run: re-running with the same key after an
+    interruption resumes from the last checkpoint in ``output.partial``.
+    ``stage`` is appended to the model's history in ``axformer.json``.
+    """
+    spec = data.spec
+    t_start = time.perf_counter()
+    select_split = selection_subset(heldout, config)
+    enc_train = encode(tokenizer, train_part, config.max_seq_length)
+    enc_select = encode(tokenizer, select_split, config.max_seq_length)
+    lengths = enc_train.lengths
+    steps_per_epoch = math.ceil(len(enc_train) / config.batch_size)
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    eval_every = config.eval_every or steps_per_epoch
+    trainable = [net] + ([objective.extra] if objective.extra is not None else [])
+
+    with atomic_output_dir(output, overwrite=overwrite) as work:
+        claim_work_dir(work, run_key({**key, "config": {k: v for k, v in asdict(config).items() if k != "device"}, "objective": objective.describe()}), RUN_KEY)
+        objective.prepare(work, enc_train, device)
+        optimizer = _optimizer(trainable, config)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+        step, best, log = 0, None, []
+        if (work / CHECKPOINT).exists():
+            ckpt = torch.load(work / CHECKPOINT, map_location=device, weights_only=True)
+            net.load_state_dict(ckpt["model"])
+            if objective.extra is not None:
+                objective.extra.load_state_dict(ckpt["extra"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            step, best, log = ckpt["step"], ckpt["best"], json.loads(ckpt["log"])
+            tqdm.write(f"resuming from step {step}/{total_steps} in {work}")
+
+        def evaluate_now() -> dict:
+            outs = run_model(net, enc_select, spec.is_regression, config.eval_batch_size, device)
+            res = score(spec, select_split.labels, outs)
+            return {"loss": res.loss, spec.main_metric: res.main}
+
+        def save_checkpoint() -> None:
+            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "best": best, "log": json.dumps(log)}
+            if objective.extra is not None:
+                state["extra"] = objective.extra.state_dict()
+            tmp = work / (CHECKPOINT + ".tmp")
+            torch.save(state, tmp)
+            tmp.replace(work / CHECKPOINT)
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"{stage['stage']} {spec.display_name}", unit="step")
+        running, seen, parts = 0.0, 0, {}
+        epoch_batches: dict[int, list[np.ndarray]] = {}
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            if epoch not in epoch_batches:
+                epoch_batches = {epoch: grouped_batches(lengths, config.batch_size, np.random.default_rng(config.seed * 1000 + epoch))}
+            idx = epoch_batches[epoch][step % steps_per_epoch]
+            net.train()
+            if objective.extra is not None:
+                objective.extra.train()
+            torch.manual_seed(config.seed * 100_003 + step)  # dropout masks reproducible across resumes
+            loss, terms = objective.loss(net, collate(enc_train, idx, device), idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for m in trainable for p in m.parameters()], config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running += loss.item()
+            seen += 1
+            for k, v in terms.items():
+                parts[k] = parts.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+            evaluated = step % eval_every == 0 or step == total_steps
+            if evaluated:
+                ev = evaluate_now()
+                entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": running / seen, "lr": scheduler.get_last_lr()[0], "heldout": ev}
+                if parts:
+                    entry["train_terms"] = {k: v / seen for k, v in parts.items()}
+                log.append(entry)
+                running, seen, parts = 0.0, 0, {}
+                better = best is None or ev[spec.main_metric] > best["metric"] or (ev[spec.main_metric] == best["metric"] and ev["loss"] < best["loss"])
+                if better:
+                    best = {"step": step, "metric": ev[spec.main_metric], "loss": ev["loss"]}
+                    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(work / BEST))
+                tqdm.write(f"step {step}: held-out {spec.main_metric} {ev[spec.main_metric]:.2f}, loss {ev['loss']:.4f}" + (" (best)" if better else ""))
+            if evaluated or step % config.checkpoint_every == 0:
+                save_checkpoint()  # also after each evaluation, so best.safetensors never runs ahead of the checkpoint
+        bar.close()
+
+        net.load_state_dict(load_file(str(work / BEST), device=str(device)))
+        result = Evaluation(task=spec.name, model=str(output))
+        for name, part in {"heldout": heldout, **data.dev}.items():
+            enc = encode(tokenizer, part, config.max_seq_length)
+            outs = run_model(net, enc, spec.is_regression, config.eval_batch_size, device, progress=f"evaluate {name}")
+            result.splits[name] = score(spec, part.labels, outs)
+            with open(work / f"predictions_{name}.jsonl", "w") as f:
+                for row in predictions_rows(spec, part, outs):
+                    f.write(json.dumps(row) + "\n")
+        wall = time.perf_counter() - t_start
+        save_model(net, tokenizer, work)
+        stage = {**stage, "config": asdict(config), "objective": objective.describe(), "best_step": best["step"], "steps": step,
+                 "num_train_examples": len(train_part), "wall_time_s": round(wall, 1), "device": str(device)}
+        record = ModelRecord(task={**spec.to_dict(), "source": data.source}, split=split, max_seq_length=config.max_seq_length, history=prior.history + [stage])
+        record.save(work)
+        write_json(work / "metrics.json", result.to_dict())
+        with open(work / "train_log.jsonl", "w") as f:
+            for entry in log:
+                f.write(json.dumps(entry) + "\n")
+        for f in (CHECKPOINT, BEST, RUN_KEY):
+            (work / f).unlink(missing_ok=True)
+        objective_files = getattr(objective, "temporary_files", ())
+        for f in objective_files:
+            (work / f).unlink(missing_ok=True)
+    return FinetuneResult(Path(output), result, step, wall, log)

@@ -1,0 +1,262 @@
+"""Distillation: losses against direct computations, derived students, and training that moves the student to the teacher."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from axformer.distill.losses import attention_mse, hidden_mse, soft_cross_entropy
+from axformer.distill.students import layer_map, parse_layers, prune_by_importance
+from axformer.errors import AxformerError
+from axformer.models.loading import load_model
+from axformer.surgery.adapters import get_adapter
+from axformer.surgery.prune import current_structure
+from axformer.surgery.structure import ModelStructure
+from tests.conftest import make_tiny_model_dir
+
+
+def test_soft_cross_entropy_is_tempered_cross_entropy_times_t_squared():
+    s = torch.tensor([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]])
+    t = torch.tensor([[0.5, 0.0, 1.0], [2.0, -1.0, 0.0]])
+    T = 2.0
+    expected = 0.0
+    for row_s, row_t in zip(s.tolist(), t.tolist()):
+        zs = sum(math.exp(v / T) for v in row_s)
+        zt = sum(math.exp(v / T) for v in row_t)
+        expected += -sum(math.exp(b / T) / zt * math.log(math.exp(a / T) / zs) for a, b in zip(row_s, row_t))
+    assert soft_cross_entropy(s, t, T).item() == pytest.approx(expected / 2 * T * T, rel=1e-6)
+    # a regression head matches the teacher's prediction by squared error
+    assert soft_cross_entropy(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [0.0]])).item() == pytest.approx((1 + 9) / 2)
+
+
+def test_hidden_mse_ignores_padding():
+    s = torch.zeros(2, 3, 4)
+    t = torch.ones(2, 3, 4)
+    t[1, 2] = 100.0  # a padded position: must not count
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert hidden_mse(s, t, mask).item() == pytest.approx(1.0)
+    s2 = torch.randn(2, 3, 4)
+    direct = ((s2 - t)[mask.bool()] ** 2).mean()
+    assert hidden_mse(s2, t, mask).item() == pytest.approx(direct.item(), rel=1e-6)
+
+
+def test_attention_mse_per_head_and_head_averaged():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0]])
+    a, b = torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3)
+    direct = ((a - b)[:, :, :2, :2] ** 2).mean()
+    assert attention_mse(a, b, mask).item() == pytest.approx(direct.item(), rel=1e-6)
+    c = torch.rand(1, 4, 3, 3)  # teacher with more heads: compare the head-averaged maps
+    direct = ((a.mean(1) - c.mean(1))[:, :2, :2] ** 2).mean()
+    assert attention_mse(a, c, mask).item() == pytest.approx(direct.item(), rel=1e-6)
+
+
+def test_layer_selection_spreads_evenly_and_checks_input():
+    assert parse_layers("3", [0, 1, 2, 3, 4, 5]) == [0, 2, 5]
+    assert parse_layers("0,2,4", [0, 1, 2, 3, 4, 5]) == [0, 2, 4]
+    assert parse_layers("1", [0, 1, 2]) == [0]
+    with pytest.raises(AxformerError, match="not in the teacher"):
+        parse_layers("0,7", [0, 1, 2])
+    with pytest.raises(AxformerError, match="expected a layer count"):
+        parse_layers("three", [0, 1, 2])
+
+
+def test_derived_student_computes_the_teachers_layers(tmp_path):
+    """Before training, each kept layer of the student does exactly what that layer does in the teacher."""
+    from axformer.distill.students import derive_student
+
+    path = make_tiny_model_dir(tmp_path / "t", "bert")
+    teacher = load_model(path).eval()
+    student = derive_student(load_model(path).eval(), [0, 2])
+    assert layer_map(student, teacher) == [0, 1, 3]
+    a = get_adapter(teacher)
+    t_layers, s_layers = a.layers(teacher), a.layers(student)
+    assert len(s_layers) == 2
+    captured = {}
+
+    def keep(i):
+        def hook(module, args, kwargs, output):
+            captured[i] = (args[0] if args else kwargs["hidden_states"], output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    handles = [t_layers[i].register_forward_hook(keep(i), with_kwargs=True) for i in range(3)]
+    ids = torch.tensor([[2, 10, 11, 12, 3, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with torch.no_grad():
+        teacher(**batch)
+    for h in handles:
+        h.remove()
+
+    def feed(teacher_layer):
+        def pre(module, args, kwargs):
+            if args:
+                return (captured[teacher_layer][0], *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": captured[teacher_layer][0]}
+        return pre
+
+    outputs = {}
+    for j, orig in enumerate([0, 2]):
+        pre = s_layers[j].register_forward_pre_hook(feed(orig), with_kwargs=True)
+        post = s_layers[j].register_forward_hook(lambda m, a, k, o, j=j: outputs.__setitem__(j, o[0] if isinstance(o, tuple) else o), with_kwargs=True)
+        with torch.no_grad():
+            student(**batch)
+        pre.remove()
+        post.remove()
+        torch.testing.assert_close(outputs[j], captured[orig][1], atol=1e-6, rtol=1e-6)
+
+
+def test_importance_budgets_keep_the_best_units():
+    st = ModelStructure.full(2, 4, 8, 6, 32)
+    heads = np.array([[0.1, 0.9, 0.1, 0.1], [5.0, 4.0, 0.1, 3.0]])
+    neurons = np.array([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]], dtype=float)
+    uniform = prune_by_importance(st, heads, neurons, 2, 3, "uniform")
+    assert [l.heads for l in uniform.layers] == [[0, 1], [0, 1]]
+    assert [l.neurons for l in uniform.layers] == [[3, 4, 5], [0, 1, 2]]
+    # global: layer 1's normalised head scores dominate, same total (4 heads)
+    glob = prune_by_importance(st, heads, neurons, 2, None, "global")
+    assert sum(len(l.heads) for l in glob.layers) == 4
+    assert glob.layers[1].heads == [0, 1, 3] and glob.layers[0].heads == [1]
+    with pytest.raises(AxformerError, match="--heads 9"):
+        prune_by_importance(st, heads, neurons, 9, None)
+
+
+def _teacher_gap(student_dir, teacher_dir, data) -> float:
+    """Soft cross-entropy of the student to the teacher on the dev texts (lower: closer)."""
+    from axformer.data.batching import encode
+    from axformer.inference import run_model
+    from axformer.models.loading import load_tokenizer
+
+    enc = encode(load_tokenizer(teacher_dir), data.dev["dev"], 32)
+    t = run_model(load_model(teacher_dir), enc, False).logits
+    s = run_model(load_model(student_dir), enc, False).logits
+    return soft_cross_entropy(torch.from_numpy(s), torch.from_numpy(t)).item()
+
+
+def test_distillation_moves_a_derived_student_to_its_teacher(tuned_tiny, tmp_path):
+    from axformer.distill import DistillConfig, distill
+    from axformer.distill.students import derive_student
+    from axformer.models.loading import load_tokenizer, save_model
+    from axformer.models.record import ModelRecord
+
+    teacher, data, _ = tuned_tiny
+    start = tmp_path / "start"
+    save_model(derive_student(load_model(teacher), [0]), load_tokenizer(teacher), start)
+    ModelRecord.load(teacher).save(start)
+    before = _teacher_gap(start, teacher, data)
+    cfg = DistillConfig(epochs=3, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None)
+    res = distill(teacher, tmp_path / "student", student_layers="1", data=data, config=cfg)
+    after = _teacher_gap(res.output, teacher, data)
+    assert after < before
+    reloaded = load_model(res.output)
+    assert len(get_adapter(reloaded).layers(reloaded)) == 1
+    stage = ModelRecord.load(res.output).history[-1]
+    assert stage["stage"] == "distill" and stage["student_layers"] == [0] and stage["objective"]["layer_map"] == [0, 1]
+    assert res.evaluation.splits["heldout"].main > 60
+    assert not (tmp_path / "student" / "teacher_logits.npy").exists()
+
+
+def test_hidden_and_attention_losses_train_a_narrower_student(tuned_tiny, tmp_path):
+    """A student of another width (a learned projection) and fewer heads, with every loss term on."""
+    from axformer.distill import DistillConfig, distill
+    from tests.conftest import tiny_tokenizer
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    teacher, data, _ = tuned_tiny
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=200, hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24, max_position_embeddings=64, num_labels=2,
+                     id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    sdir = tmp_path / "narrow"
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(sdir)
+    tiny_tokenizer(sdir).save_pretrained(sdir)
+    dcfg = DistillConfig(epochs=2, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None, hard_weight=0.5, hidden_weight=1.0, attention_weight=1.0)
+    res = distill(teacher, tmp_path / "out", student=sdir, data=data, config=dcfg)
+    terms = [e["train_terms"] for e in res.log]
+    assert set(terms[0]) == {"soft", "hard", "hidden", "attention"}
+    assert terms[-1]["hidden"] < terms[0]["hidden"] and terms[-1]["soft"] < terms[0]["soft"]
+    from axformer.models.record import ModelRecord
+
+    assert ModelRecord.load(res.output).history[-1]["objective"]["projection"] is True
+    assert current_structure(load_model(res.output)).num_layers == 2
+
+
+def test_student_with_another_vocabulary_is_refused(tuned_tiny, tmp_path):
+    from axformer.distill import distill
+    from transformers import BertTokenizerFast
+
+    teacher, data, _ = tuned_tiny
+    sdir = make_tiny_model_dir(tmp_path / "other", "bert", labels=["neg", "pos"])
+    vocab = sdir / "vocab2.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(sdir)
+    with pytest.raises(AxformerError, match="different vocabulary"):
+        distill(teacher, tmp_path / "out", student=sdir, data=data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fastformers_recipe_runs_every_stage_and_resumes(tuned_tiny, tmp_path):
+    from axformer.distill import DistillConfig
+    from axformer.distill.recipe import RecipeConfig, fastformers_recipe
+    from axformer.utils.io import read_json
+
+    teacher, data, _ = tuned_tiny
+    cfg = RecipeConfig(student_layers="2", heads=2, ffn=24, export="fp32",
+                       distill=DistillConfig(epochs=1, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None))
+    out = tmp_path / "ff"
+    report = fastformers_recipe(teacher, out, cfg, data)
+    assert [s["stage"] for s in report["stages"]] == ["teacher", "1-distilled", "2-pruned", "3-distilled-again", "4-export-fp32"]
+    final = load_model(out)  # the final PyTorch model reloads from the top of the output directory
+    st = current_structure(final)
+    assert [(len(l.heads), len(l.neurons)) for l in st.layers if l is not None] == [(2, 24), (2, 24)]
+    assert report["stages"][1]["parameters"] > report["stages"][3]["parameters"] == report["stages"][2]["parameters"]
+    assert (out / "stages" / "4-export-fp32" / "model.onnx").exists() and "| 3-distilled-again |" in (out / "recipe.md").read_text()
+    # the pruned stage kept the heads with the highest (normalised) gradient importance
+    imp = np.array(read_json(out / "stages" / "2-pruned" / "importance.json")["heads"], dtype=float)
+    for layer in st.present_layers:
+        kept = st.layers[layer].heads
+        assert min(imp[layer, kept]) >= max(np.delete(imp[layer], kept))
+    # an interrupted recipe redoes only the missing stages
+    times = read_json(out / "stages" / "times.json")
+    import shutil
+
+    shutil.rmtree(out / "stages" / "3-distilled-again")
+    shutil.rmtree(out / "stages" / "4-export-fp32")
+    (out / "recipe.json").unlink()
+    fastformers_recipe(teacher, out, cfg, data)
+    again = read_json(out / "stages" / "times.json")
+    assert again["1-distilled"] == times["1-distilled"] and again["2-pruned"] == times["2-pruned"]
+    with pytest.raises(AxformerError, match="finished recipe"):
+        fastformers_recipe(teacher, out, cfg, data)
+
+
+def test_search_recovers_by_distillation(tuned_tiny, tmp_path):
+    from axformer.models.record import ModelRecord
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    report = optimize(model, data, None, tmp_path / "rec", OptimizeConfig(goal="speed", max_drop=3.0, max_loss_increase=40.0, groups=4, device="cpu", progress=False,
+                                                                        latency_examples=10, refinetune="distill", refinetune_epochs=1, refinetune_lr=3e-3))
+    assert report["recovery"]["mode"] == "distill" and "heldout_before" in report["recovery"]
+    history = ModelRecord.load(tmp_path / "rec").history
+    assert [h["stage"] for h in history[-2:]] == ["optimize", "distill"] and history[-1]["teacher"] == str(model)
+    assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
+    assert "distilled from the original model" in (tmp_path / "rec" / "report.md").read_text()
+
+
+def test_cli_distill_bad_input(tmp_path, tuned_tiny):
+    import subprocess
+    import sys
+
+    teacher, _, (train, dev) = tuned_tiny
+    runs = [
+        ["distill", "--teacher", str(tmp_path / "missing"), "-o", str(tmp_path / "o1"), "--student-layers", "1"],
+        ["distill", "--teacher", str(teacher), "-o", str(tmp_path / "o2"), "--student-layers", "0,9"],
+        ["optimize", str(teacher), "--strategy", "fastformers", "-o", str(tmp_path / "o3")],
+    ]
+    for args in runs:
+        p = subprocess.run([sys.executable, "-m", "axformer", *args], capture_output=True, text=True)
+        assert p.returncode == 2, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
