@@ -10,11 +10,17 @@ from axformer.tasks.data import Split, TaskData
 from axformer.tasks.sources import load_custom, load_task
 from axformer.tasks.spec import TaskSpec, get_task
 from axformer.training.finetune import FinetuneConfig, FinetuneResult, finetune
+from axformer.distill import DistillConfig
+from axformer.distill.recipe import RecipeConfig, fastformers_recipe
+from axformer.search.optimize import OptimizeConfig, optimize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AxformerError",
+    "DistillConfig",
+    "OptimizeConfig",
+    "RecipeConfig",
     "Evaluation",
     "FinetuneConfig",
     "FinetuneResult",
@@ -22,11 +28,13 @@ __all__ = [
     "TaskData",
     "TaskSpec",
     "evaluate",
+    "fastformers_recipe",
     "finetune",
     "get_task",
     "load_custom",
     "load_model",
     "load_task",
     "load_tokenizer",
+    "optimize",
     "save_model",
 ]

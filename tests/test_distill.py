@@ -260,3 +260,34 @@ def test_cli_distill_bad_input(tmp_path, tuned_tiny):
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_path, monkeypatch):
+    """Killed mid-training, the same call resumes from the checkpoint (student, projection, teacher cache) to the same weights."""
+    from safetensors.torch import load_file
+
+    import axformer.distill.objective as obj
+    from axformer.distill import DistillConfig, distill
+
+    teacher, data, _ = tuned_tiny
+    cfg = dict(epochs=2, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None, checkpoint_every=5)
+    ref = distill(teacher, tmp_path / "ref", student_layers="1", data=data, config=DistillConfig(**cfg))
+    real = obj.soft_cross_entropy
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, "soft_cross_entropy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, tmp_path / "run", student_layers="1", data=data, config=DistillConfig(**cfg))
+    assert (tmp_path / "run.partial" / "teacher_logits.npy").exists() and not (tmp_path / "run").exists()
+    monkeypatch.setattr(obj, "soft_cross_entropy", real)
+    resumed = distill(teacher, tmp_path / "run", student_layers="1", data=data, config=DistillConfig(**cfg))
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "run" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert resumed.evaluation.splits["dev"].metrics == ref.evaluation.splits["dev"].metrics
