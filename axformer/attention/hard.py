@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
+from axformer.attention import kernels
 from axformer.errors import AxformerError
 from axformer.surgery.adapters import Adapter, get_adapter
 
@@ -36,41 +37,59 @@ CONFIG_KEY = "axformer_attention"
 def _approximate_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
     spec = module.axformer_attention
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1)
-    k = int(spec["k"])
-    if k < probs.shape[-1]:
-        top, idx = probs.topk(k, dim=-1)
-        if spec.get("renormalize"):
-            top = top / top.sum(-1, keepdim=True)
-        probs = torch.zeros_like(probs).scatter(-1, idx, top)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
-    return out, probs
+    k, mode, kernel = int(spec["k"]), spec.get("mode", "topk"), spec.get("kernel", "reference")
+    if module.training and dropout > 0:
+        kernel = "reference"  # attention dropout needs the probability matrix
+    probs = None
+    if mode == "topk" and kernel == "reference":
+        out, probs = kernels.topk_reference(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")))
+    elif mode == "topk":
+        out = kernels.topk_gather(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")))
+    elif kernel == "reference":
+        out, probs = kernels.sign_match_reference(query, key, value, attention_mask, scaling, k)
+    else:
+        out = kernels.sign_match_gather(query, key, value, attention_mask, scaling, k)
+    if probs is not None and module.training and dropout > 0:
+        out = torch.matmul(nn.functional.dropout(probs, p=dropout, training=True), value)
+    return out.transpose(1, 2).contiguous(), probs
 
 
 AttentionInterface.register(IMPLEMENTATION, _approximate_attention)
 
 
+MODES = ("topk", "sign")
+KERNELS = ("reference", "gather")
+
+
 @dataclass(frozen=True)
 class HardAttention:
-    """An engine ``Change`` (and a saved setting): top-K hard attention in one layer."""
+    """An engine ``Change`` (and a saved setting): approximate attention in one layer.
+
+    ``mode`` "topk" is AxFormer's hard attention (the K largest probabilities,
+    renormalised or not), "sign" is sign-matching attention (K keys chosen by
+    sign agreement, exact softmax over them). ``kernel`` "reference" computes
+    the dense matrices and masks them; "gather" computes only the K kept keys.
+    """
 
     layer: int
     k: int = 30
     renormalize: bool = False
+    mode: str = "topk"
+    kernel: str = "reference"
+
+    def __post_init__(self):
+        if self.mode not in MODES or self.kernel not in KERNELS:
+            raise AxformerError(f"approximate attention {self.mode}/{self.kernel}; expected a mode in {MODES} and a kernel in {KERNELS}")
+        if self.k < 1:
+            raise AxformerError(f"approximate attention with k={self.k}; expected a positive number of keys")
 
     @property
     def key(self) -> str:
-        return f"L{self.layer}.attn.top{self.k}" + ("r" if self.renormalize else "")
+        return f"L{self.layer}.attn.{'top' if self.mode == 'topk' else 'sign'}{self.k}" + ("r" if self.renormalize and self.mode == "topk" else "")
 
     def spec(self) -> dict:
-        return {"mode": "topk", "k": self.k, "renormalize": self.renormalize}
+        spec = {"mode": self.mode, "k": self.k, "renormalize": self.renormalize}
+        return spec | ({"kernel": self.kernel} if self.kernel != "reference" else {})
 
     @contextmanager
     def applied(self, model: PreTrainedModel, adapter: Adapter) -> Iterator[None]:
