@@ -249,7 +249,8 @@ def optimize_cmd(
     guard: Annotated[str, typer.Option("--guard", help="speed/size: the tolerance holds for every task metric (all) or the main one (main).")] = "all",
     max_loss_increase: Annotated[Optional[float], typer.Option("--max-loss-increase", help="speed/size: also keep the mean held-out loss within this percentage of the original's.")] = None,
     no_hard_attention: Annotated[bool, typer.Option("--no-hard-attention", help="accuracy: skip the hard-attention phase.")] = False,
-    k: Annotated[int, typer.Option("-k", help="accuracy: keys kept per query by hard attention.")] = 30,
+    k: Annotated[int, typer.Option("-k", help="Keys kept per query by approximate attention.")] = 30,
+    attention: Annotated[Optional[list[str]], typer.Option("--attention", help="Approximate attention tried per layer: topk (AxFormer's hard attention) and/or sign (sign-matching); give twice for both. accuracy: in this order (default topk); speed: after pruning, only where measured faster than dense (default both).")] = None,
     slack: Annotated[float, typer.Option(help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss.")] = 1.1,
     fraction: Annotated[float, typer.Option(help="accuracy: share of examples that must not get worse.")] = 0.5,
     groups: Annotated[int, typer.Option(help="FFN neuron groups per layer.")] = 12,
@@ -294,7 +295,7 @@ def optimize_cmd(
         max_drop = 1.0
     config = OptimizeConfig(
         goal=goal, max_drop=max_drop, max_rel_drop=max_rel_drop, target_speedup=target_speedup, target_size=target_size,
-        guard=guard, max_loss_increase=max_loss_increase, hard_attention=not no_hard_attention, k=k, slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
+        guard=guard, max_loss_increase=max_loss_increase, hard_attention=not no_hard_attention, k=k, attention_modes=attention, slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
         sample_seed=sample_seed, batch_size=batch_size, latency_examples=latency_examples, device=device, allow_pickle=allow_pickle,
         refinetune=refinetune, refinetune_epochs=refinetune_epochs, refinetune_lr=refinetune_lr, refinetune_max_train_examples=refinetune_max_train_examples,
     )

@@ -264,3 +264,65 @@ def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_p
     report = optimize(model, data, None, tmp_path / "s", cfg)
     assert report["search"]["from_log"] == 4
     assert report["search"]["cost_model"] == saved
+
+
+def test_sign_matching_is_tried_where_top_k_is_rejected():
+    """With both modes, a layer tries sign-matching attention only after its top-K trial is rejected."""
+    engine = ScriptedEngine()
+    SCRIPT_SIGN = {"L0.attn.sign30": [0.95, 0.95, 0.95, 1.0]}  # accepted (mean .9625); L1.attn.top30 (.95) then passes too
+    real = ScriptedEngine.evaluate
+
+    def evaluate(self, removed=(), changes=(), stop=None, desc=None):
+        name = "+".join([*removed, *(c.key for c in changes)])
+        if name in SCRIPT_SIGN:
+            self.evaluated.append(name)
+            return self._result(removed, [c.key for c in changes], SCRIPT_SIGN[name])
+        return real(self, removed, changes, stop, desc)
+
+    engine.evaluate = evaluate.__get__(engine)
+    trials = Trials(engine, None, "accuracy")
+    structure = ModelStructure.full(3, 2, 4, 24, 8)
+    out = accuracy_search(trials, structure, AccuracySearchConfig(groups=3, attention_modes=("topk", "sign")))
+    assert engine.evaluated[:5] == ["L0.attn.top30", "L0.attn.sign30", "L1.attn.top30", "L2.attn.top30", "L2.attn.sign30"]
+    assert out.attention[0]["mode"] == "sign" and out.attention[1]["mode"] == "topk"
+
+
+@pytest.mark.parametrize("saving_ms", [-0.5, 0.5])
+def test_speed_search_tries_approximate_attention_only_where_measured_faster(saving_ms):
+    from axformer.search.constraint import ConstraintSearchConfig, constraint_search
+    from axformer.search.cost import CostModel
+
+    class Tolerant(ScriptedEngine):  # every candidate keeps the metric: the tolerance is never the reason to stop
+        spec = type("S", (), {"main_metric": "accuracy"})()
+        encoded = type("E", (), {"labels": np.zeros(4, dtype=np.int64)})()
+        regression = False
+
+        def evaluate(self, removed=(), changes=(), stop=None, desc=None):
+            name = "+".join([*removed, *(c.key for c in changes)])
+            self.evaluated.append(name)
+            # pruning anything is refused (metric 0), approximate attention keeps the metric
+            ok = bool(changes)
+            return CandidateResult(tuple(removed), tuple(changes), np.ones(4, np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 100.0 if ok else 0.0})
+
+    engine = Tolerant()
+    engine.reference = CandidateResult((), (), np.ones(4, np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 100.0})
+    import axformer.search.constraint as cs
+
+    structure = ModelStructure.full(2, 2, 4, 6, 8)
+    attention = {m: {"dense_ms": 10.0, "approx_ms": 10.0 - 2 * saving_ms, "k": 30, "saving_ms_per_layer": saving_ms} for m in ("topk", "sign")}
+    cost = CostModel("latency", [1e-3, 1e-3, 1e-4, 1e-5], 128, [{"variant": "unchanged", "measured_ms": 3.0}], attention)
+    fake_importance = type("I", (), {})()
+    original = cs.gradient_importance
+    cs.gradient_importance = lambda *a, **k: fake_importance
+    cs._significance = lambda imp, name, structure, groups: 1.0
+    try:
+        trials = Trials(engine, None, "accuracy")
+        out = constraint_search(trials, structure, cost, ConstraintSearchConfig(attention_modes=("topk", "sign"), groups=2))
+    finally:
+        cs.gradient_importance = original
+    tried = [n for n in engine.evaluated if ".attn.top" in n or ".attn.sign" in n]
+    if saving_ms < 0:
+        assert tried == [] and out.attention == {} and len(out.attention_notes) == 2 and "slower than dense" in out.attention_notes[0]
+    else:
+        assert tried == ["L1.attn.top30r", "L0.attn.top30r"]  # top-K accepted in both layers: sign has nothing left to try
+        assert set(out.attention) == {0, 1} and out.attention[0]["kernel"] == "gather" and out.predicted_ratio > 1

@@ -1,7 +1,9 @@
 """``--goal accuracy``: AxFormer's accuracy-driven search, exactly as published.
 
 1. Hard attention, layer by layer (first to last by default): switch the layer
-   to top-K hard attention; keep it if the acceptance test passes.
+   to top-K hard attention; keep it if the acceptance test passes. With
+   sign-matching attention enabled (``attention_modes``), a layer whose top-K
+   trial is rejected tries sign-matching attention with the same K next.
 2. Pruning from the last layer to the first. In each layer, try the whole FFN
    block; if it is rejected but its loss is below ``slack`` x the best loss so
    far, try each of the ``groups`` FFN neuron groups greedily. Then the same for
@@ -28,6 +30,7 @@ class AccuracySearchConfig:
     hard_attention: bool = True
     k: int = 30
     renormalize: bool = False
+    attention_modes: tuple[str, ...] = ("topk",)  # tried in this order per layer: "topk" (AxFormer), "sign" (sign-matching)
     slack: float = 1.1
     fraction: float = 0.5
     groups: int = 12
@@ -68,11 +71,13 @@ def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, har
         for layer in config.attention_layers if config.attention_layers is not None else present:
             if structure.layers[layer] is None or not structure.layers[layer].heads:
                 continue
-            change = HardAttention(layer, config.k, config.renormalize)
-            d = trials.run("hard_attention", changes=[change], rule=rule, stop=rule)
-            if d.accepted:
-                accept(d, changes=[change])
-                out.attention[layer] = change.spec()
+            for mode in config.attention_modes:
+                change = HardAttention(layer, config.k, config.renormalize, mode)
+                d = trials.run("hard_attention" if mode == "topk" else "sign_attention", changes=[change], rule=rule, stop=rule)
+                if d.accepted:
+                    accept(d, changes=[change])
+                    out.attention[layer] = change.spec()
+                    break
     descend = _DescendOrAccept(rule, config.slack)
     for layer in config.prune_layers if config.prune_layers is not None else list(reversed(present)):
         ls = structure.layers[layer]

@@ -42,6 +42,8 @@ class ConstraintSearchConfig:
     max_loss_increase: float | None = None  # percent over the unpruned model's mean held-out loss; None: no loss bound
     groups: int = 12
     rerank_every: int = 8
+    attention_modes: tuple[str, ...] = ()  # speed: approximate attention tried per layer after pruning, where measured faster
+    k: int = 30
 
 
 @dataclass
@@ -53,6 +55,8 @@ class ConstraintOutcome:
     rule: str = ""
     predicted_ratio: float = 1.0
     target_met: bool = False
+    attention: dict = field(default_factory=dict)  # layer -> spec of accepted approximate attention
+    attention_notes: list[str] = field(default_factory=list)
 
 
 def threshold_for(reference: float, config: ConstraintSearchConfig) -> float:
@@ -108,8 +112,9 @@ def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel
     current = structure.copy()
     base_cost = cost.predict(structure)
 
-    def ratio(s: ModelStructure) -> float:
-        return base_cost / max(cost.predict(s), 1e-12)
+    def ratio(s: ModelStructure, extra_saving: float = 0.0) -> float:
+        saving = sum(cost.attention_saving(spec["mode"]) for spec in out.attention.values()) + extra_saving
+        return base_cost / max(cost.predict(s) - saving, 1e-12)
 
     def met() -> bool:
         return config.target is not None and ratio(current) >= config.target
@@ -138,6 +143,32 @@ def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel
                 current = current.removed([name])
                 out.removed.append(name)
                 since_rank += 1
+    if config.goal == "speed":
+        _approximate_attention_phase(trials, current, cost, config, rule, out, ratio, met)
     out.predicted_ratio = ratio(current)
     out.target_met = met()
     return out
+
+
+def _approximate_attention_phase(trials: Trials, current: ModelStructure, cost: CostModel, config: ConstraintSearchConfig, rule, out: ConstraintOutcome, ratio, met) -> None:
+    """Approximate attention per layer, last layer first, for each mode that the calibration measured faster than dense."""
+    from axformer.attention.hard import HardAttention
+
+    for mode in config.attention_modes:
+        measured = (cost.attention or {}).get(mode)
+        if measured is None:
+            out.attention_notes.append(f"{mode} attention not tried: not measured for this model family")
+            continue
+        saving = cost.attention_saving(mode)
+        if saving <= 0:
+            out.attention_notes.append(f"{mode} attention not tried: measured slower than dense at {cost.seq_len} tokens "
+                                       f"({measured['approx_ms']:.2f} ms vs {measured['dense_ms']:.2f} ms with K={measured['k']} in every layer)")
+            continue
+        for layer in reversed(current.present_layers):
+            if met() or not current.layers[layer].heads or layer in out.attention:
+                continue
+            change = HardAttention(layer, config.k, mode == "topk", mode, "gather")
+            d = trials.run(f"constraint_{mode}_attention", changes=[change], rule=rule, stop=rule, extra={"predicted_ratio_if_accepted": ratio(current, saving)})
+            if d.accepted:
+                trials.accept((), [change])
+                out.attention[layer] = change.spec()

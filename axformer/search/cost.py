@@ -39,6 +39,13 @@ class CostModel:
     coef: list[float]  # c0, c_layer, c_head, c_neuron
     seq_len: int
     calibration: list[dict]  # variant, measured, predicted
+    # approximate attention in every layer vs dense, measured at seq_len: mode -> dense_ms, approx_ms, saving_ms_per_layer
+    attention: dict | None = None
+
+    def attention_saving(self, mode: str) -> float:
+        """Seconds one layer's approximate attention saves at batch 1 (negative: it is slower than dense)."""
+        m = (self.attention or {}).get(mode)
+        return 0.0 if m is None else m["saving_ms_per_layer"] / 1e3
 
     def predict(self, s: ModelStructure) -> float:
         """Predicted cost; never below 2% of the cost of the fitted model's largest variant (a fit can go negative)."""
@@ -69,7 +76,7 @@ def _variants(s: ModelStructure) -> dict[str, ModelStructure]:
 
 
 @torch.inference_mode()
-def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: int = 20, device: str = "cpu") -> CostModel:
+def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: int = 20, device: str = "cpu", k: int | None = None) -> CostModel:
     """Measure batch-1 latency of pruned variants at ``seq_len`` tokens and fit the per-component model."""
     model = model.eval()
     fns, feats = {}, {}
@@ -87,7 +94,29 @@ def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: i
     y = np.array([measured[k] for k in fns])
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     calib = [{"variant": k, "measured_ms": 1e3 * measured[k], "predicted_ms": 1e3 * float(feats[k] @ coef)} for k in fns]
-    return CostModel("latency", [float(c) for c in coef], seq_len, calib)
+    return CostModel("latency", [float(c) for c in coef], seq_len, calib, measure_attention(model, structure, batch, k, repeats) if k is not None else None)
+
+
+def measure_attention(model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20) -> dict | None:
+    """Batch-1 latency with top-K and sign-matching attention (gather kernels) in every layer against dense, interleaved.
+
+    The approximations only pay where selecting K keys costs less than the
+    dense attention it replaces; the search tries them for speed only where
+    this measurement says they are faster.
+    """
+    from axformer.attention.hard import set_attention, supports_approximate_attention
+
+    if not supports_approximate_attention(model):
+        return None
+    layers = [l for l in structure.present_layers if structure.layers[l].heads]
+    fns = {"dense": lambda: model(**batch)}
+    for mode in ("topk", "sign"):
+        m = copy.deepcopy(model)
+        set_attention(m, {l: {"mode": mode, "k": k, "renormalize": mode == "topk", "kernel": "gather"} for l in layers})
+        fns[mode] = lambda m=m: m(**batch)
+    measured = interleaved_medians(fns, repeats=repeats, rounds=3)
+    return {mode: {"dense_ms": 1e3 * measured["dense"], "approx_ms": 1e3 * measured[mode], "k": k,
+                   "saving_ms_per_layer": 1e3 * (measured["dense"] - measured[mode]) / max(len(layers), 1)} for mode in ("topk", "sign")}
 
 
 def parameter_model(model, structure: ModelStructure) -> CostModel:

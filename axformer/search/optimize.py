@@ -60,6 +60,9 @@ class OptimizeConfig:
     # AxFormer (accuracy goal)
     hard_attention: bool = True
     k: int = 30
+    # approximate attention tried per layer: accuracy goal in this order (default topk: AxFormer); speed goal after
+    # pruning, each mode only where measured faster than dense here (default topk and sign)
+    attention_modes: list[str] | None = None
     slack: float = 1.1
     fraction: float = 0.5
     attention_layers: list[int] | None = None
@@ -93,6 +96,8 @@ class OptimizeConfig:
             raise AxformerError(f"--slack {self.slack}; expected a value of at least 1")
         if self.k < 1:
             raise AxformerError(f"-k {self.k}; expected a positive number of attended keys")
+        if any(m not in ("topk", "sign") for m in self.attention_modes or []):
+            raise AxformerError(f"--attention {self.attention_modes}; expected topk and/or sign")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
         if self.guard not in ("all", "main"):
@@ -143,17 +148,20 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
         t_search = time.perf_counter()
         try:
             if config.goal == "accuracy":
-                acc = AccuracySearchConfig(config.hard_attention, config.k, False, config.slack, config.fraction, config.groups, config.attention_layers, config.prune_layers)
+                acc = AccuracySearchConfig(config.hard_attention, config.k, False, tuple(config.attention_modes or ["topk"]), config.slack, config.fraction, config.groups,
+                                           config.attention_layers, config.prune_layers)
                 outcome = accuracy_search(trials, structure, acc, approx_ok)
                 search_info = {"rule": f"axformer (mean loss below the best so far, and more than {config.fraction:.0%} of examples not worse than the unpruned model)", "min_loss": outcome.min_loss,
                                "hard_attention_supported": approx_ok}
             else:
                 cost = _cost_model(ctx, structure, config, work)
                 target = config.target_speedup if config.goal == "speed" else config.target_size
-                cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.guard, config.max_loss_increase, config.groups)
+                modes = tuple(config.attention_modes if config.attention_modes is not None else ["topk", "sign"]) if approx_ok and config.hard_attention else ()
+                cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.guard, config.max_loss_increase, config.groups,
+                                             attention_modes=modes, k=config.k)
                 outcome = constraint_search(trials, structure, cost, cfg, progress=False)
                 search_info = {"rule": outcome.rule, "threshold": outcome.threshold, "thresholds": outcome.thresholds, "max_loss": outcome.max_loss, "cost_model": cost.to_dict(),
-                               "predicted_ratio": outcome.predicted_ratio, "target": target, "target_met": outcome.target_met}
+                               "predicted_ratio": outcome.predicted_ratio, "target": target, "target_met": outcome.target_met, "attention_notes": outcome.attention_notes}
         except KeyboardInterrupt:
             write_json(work / STATE_FILE, trials.state())
             _save_candidate(model, ctx, trials.state(), work / "best_so_far", config)
@@ -241,7 +249,7 @@ def _cost_model(ctx, structure, config: OptimizeConfig, work: Path) -> CostModel
     path = work / "cost_model.json"
     if path.exists():
         return CostModel(**read_json(path))
-    cost = calibrate_latency(ctx.model, structure, _typical_length(ctx), device=ctx.device) if config.goal == "speed" else parameter_model(ctx.model, structure)
+    cost = calibrate_latency(ctx.model, structure, _typical_length(ctx), device=ctx.device, k=config.k) if config.goal == "speed" else parameter_model(ctx.model, structure)
     write_json(path, cost.to_dict())
     return cost
 
@@ -368,7 +376,7 @@ def report_markdown(r: dict) -> str:
         "Latency: PyTorch fp32 on this machine, both models measured in the same run (medians of 5 interleaved rounds).",
         "",
         f"Removed ({len(r['removed'])}): {', '.join(r['removed']) or 'nothing'}.",
-        "Hard attention: " + (", ".join(f"L{k} (top-{v['k']})" for k, v in r["attention"].items()) or "no layer") + ".",
+        "Approximate attention: " + (", ".join(f"L{k} ({'top' if v.get('mode', 'topk') == 'topk' else 'sign-matching top'}-{v['k']})" for k, v in r["attention"].items()) or "no layer") + ".",
         "",
         "Per-layer structure (heads/FFN neurons, '-' removed): " + " ".join("-" if l.get("removed") else f"{l['heads']}/{l['ffn']}" for l in p["structure"]),
     ]
@@ -378,6 +386,8 @@ def report_markdown(r: dict) -> str:
                "distill": "distilled from the original model (FastFormers)"}[rec["mode"]]
         lines += ["", f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
                   f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model)."]
+    for note in r["search"].get("attention_notes", []):
+        lines += ["", f"Approximate attention: {note}."]
     if "cost_model" in r["search"]:
         lines += ["", f"Predicted {'speed-up' if r['goal'] == 'speed' else 'size reduction'} from the calibrated cost model: {r['search']['predicted_ratio']:.2f}x."]
     for w in r.get("warnings", []):
