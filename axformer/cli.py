@@ -228,6 +228,17 @@ def analyze_cmd(
     console.print(f"written to {output}/ (significance.json, summary.md, heatmaps)")
 
 
+def _layer_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise AxformerError(f"{option} {text!r}; expected comma-separated layer indices such as 5,4,3, or none") from None
+
+
 @app.command("optimize")
 def optimize_cmd(
     model: Annotated[str, typer.Argument(help="Fine-tuned model directory.")],
@@ -252,6 +263,8 @@ def optimize_cmd(
     k: Annotated[int, typer.Option("-k", help="Keys kept per query by approximate attention.")] = 30,
     attention: Annotated[Optional[list[str]], typer.Option("--attention", help="Approximate attention tried per layer: topk (AxFormer's hard attention) and/or sign (sign-matching); give twice for both. accuracy: in this order (default topk); speed: after pruning, only where measured faster than dense (default both).")] = None,
     slack: Annotated[float, typer.Option(help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss.")] = 1.1,
+    attention_layers: Annotated[Optional[str], typer.Option("--attention-layers", help="accuracy: layers (and their order) of the approximate-attention phase, e.g. 5,4,3; 'none' skips it (default: first to last).")] = None,
+    prune_layers: Annotated[Optional[str], typer.Option("--prune-layers", help="accuracy: layers (and their order) of the pruning phase; 'none' skips it (default: last to first).")] = None,
     fraction: Annotated[float, typer.Option(help="accuracy: share of examples that must not get worse.")] = 0.5,
     groups: Annotated[int, typer.Option(help="FFN neuron groups per layer.")] = 12,
     max_examples: Annotated[int, typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")] = 2000,
@@ -295,7 +308,8 @@ def optimize_cmd(
         max_drop = 1.0
     config = OptimizeConfig(
         goal=goal, max_drop=max_drop, max_rel_drop=max_rel_drop, target_speedup=target_speedup, target_size=target_size,
-        guard=guard, max_loss_increase=max_loss_increase, hard_attention=not no_hard_attention, k=k, attention_modes=attention, slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
+        guard=guard, max_loss_increase=max_loss_increase, hard_attention=not no_hard_attention, k=k, attention_modes=attention,
+        attention_layers=_layer_list(attention_layers, "--attention-layers"), prune_layers=_layer_list(prune_layers, "--prune-layers"), slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
         sample_seed=sample_seed, batch_size=batch_size, latency_examples=latency_examples, device=device, allow_pickle=allow_pickle,
         refinetune=refinetune, refinetune_epochs=refinetune_epochs, refinetune_lr=refinetune_lr, refinetune_max_train_examples=refinetune_max_train_examples,
     )

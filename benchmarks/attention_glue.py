@@ -1,0 +1,160 @@
+"""Approximate attention on MiniLM: accuracy where the search selects it, and its cost at 128/256/512 tokens (issue: approximate attention).
+
+Usage:  python benchmarks/attention_glue.py [--tasks sst2 rte mrpc] [-k 30] [--data-dir ../shared/data/glue]
+
+1. Accuracy. For each task and each mode (top-K hard attention, AxFormer; sign-matching attention), the
+   attention phase of AxFormer's search alone (no pruning), decisions on the held-out split:
+
+       axformer optimize runs/baselines/T --goal accuracy --attention MODE -k K --prune-layers none -o runs/attention/T-MODE
+
+2. Cost. Batch-1 latency of the SST-2 baseline on synthetic inputs of 128, 256 and 512 tokens, all variants in
+   interleaved rounds of the same run: dense attention (transformers' SDPA, the stock model), the attention
+   kernel replaced by a no-op (so dense minus no-op is the attention's share), and top-K / sign-matching
+   attention in every layer, reference (dense, masked) and gather (K keys only) kernels; then the same in
+   ONNX Runtime (dense exported plain and fused by the transformer optimizer; gather kernels exported with
+   TopK/GatherElements). Results: benchmarks/results/attention.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import onnxruntime
+import torch
+import transformers
+from transformers import AttentionInterface
+
+from axformer.attention.hard import set_attention
+from axformer.export.fusion import fuse
+from axformer.export.onnx_export import export_onnx, onnx_logits, onnx_session
+from axformer.models.loading import load_model
+from axformer.surgery.adapters import get_adapter
+from axformer.utils.timing import interleaved_medians
+
+LENGTHS = (128, 256, 512)
+
+
+def _noop_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    return value.transpose(1, 2).contiguous(), None  # no scores, no softmax, no value product: what attention costs beyond this
+
+
+AttentionInterface.register("axformer_benchmark_noop", _noop_attention)
+
+
+def accuracy_runs(args) -> list[dict]:
+    rows = []
+    for task in args.tasks:
+        for mode in ("topk", "sign"):
+            out = Path(args.out) / f"{task}-{mode}"
+            cmd = ["axformer", "optimize", f"runs/baselines/{task}", "--goal", "accuracy", "--attention", mode, "-k", str(args.k), "--prune-layers", "none",
+                   "--data-dir", args.data_dir, "-o", str(out)]
+            if not (out / "report.json").exists():
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
+            rows.append({"task": task, "mode": mode, "report": json.loads((out / "report.json").read_text()), "command": " ".join(cmd)})
+    return rows
+
+
+def _variants(model, k: int) -> dict:
+    layers = list(range(len(get_adapter(model).layers(model))))
+    out = {"dense (SDPA)": model}
+    noop = copy.deepcopy(model)
+    noop.set_attn_implementation("axformer_benchmark_noop")
+    out["no attention kernel"] = noop
+    for mode in ("topk", "sign"):
+        for kernel in ("reference", "gather"):
+            m = copy.deepcopy(model)
+            set_attention(m, {l: {"mode": mode, "k": k, "renormalize": mode == "topk", "kernel": kernel} for l in layers})
+            out[f"{'top-K' if mode == 'topk' else 'sign-matching'} {kernel}"] = m
+    return out
+
+
+@torch.inference_mode()
+def timing(args) -> dict:
+    torch.manual_seed(0)
+    model = load_model(f"runs/baselines/{args.timing_task}").eval()
+    variants = _variants(model, args.k)
+    results: dict = {"pytorch": {}, "onnxruntime": {}}
+    for n in LENGTHS:
+        ids = torch.randint(1000, 20000, (1, n))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        med = interleaved_medians({name: (lambda m=m: m(**batch)) for name, m in variants.items()}, repeats=args.repeats, rounds=args.rounds)
+        results["pytorch"][n] = {k: 1e3 * v for k, v in med.items()}
+        print(n, "pytorch", {k: round(1e3 * v, 2) for k, v in med.items()}, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        dense = export_onnx(variants["dense (SDPA)"], Path(tmp) / "dense.onnx")
+        sessions["dense, plain"] = onnx_session(dense)
+        fused = fuse(dense, Path(tmp) / "fused.onnx", model.config.model_type, model.config.hidden_size, model.config.num_attention_heads).path
+        sessions["dense, fused"] = onnx_session(fused)
+        for name in ("top-K gather", "sign-matching gather"):
+            sessions[name] = onnx_session(export_onnx(variants[name], Path(tmp) / f"{name.replace(' ', '_')}.onnx"))
+        for n in LENGTHS:
+            ids = torch.randint(1000, 20000, (1, n))
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+            med = interleaved_medians({name: (lambda s=s: onnx_logits(s, batch)) for name, s in sessions.items()}, repeats=args.repeats, rounds=args.rounds)
+            results["onnxruntime"][n] = {k: 1e3 * v for k, v in med.items()}
+            print(n, "onnxruntime", {k: round(1e3 * v, 2) for k, v in med.items()}, flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", nargs="*", default=["sst2", "rte", "mrpc"])
+    ap.add_argument("--data-dir", default=os.environ.get("AXFORMER_DATA_DIR", "../shared/data/glue"))
+    ap.add_argument("--out", default="runs/attention")
+    ap.add_argument("-k", type=int, default=30)
+    ap.add_argument("--timing-task", default="sst2")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["accuracy", "timing"], help="run one part now (timing wants a quiet machine); the table needs both")
+    args = ap.parse_args()
+    rows = accuracy_runs(args) if args.only != "timing" else []
+    timing_file = Path(args.out) / "timing.json"
+    if args.only != "accuracy" and not timing_file.exists():
+        timing_file.parent.mkdir(parents=True, exist_ok=True)
+        timing_file.write_text(json.dumps(timing(args), indent=1))
+    if args.only is not None:
+        return
+    t = {engine: {int(n): v for n, v in per.items()} for engine, per in json.loads(timing_file.read_text()).items()}
+    lines = ["# Approximate attention on MiniLM: top-K hard attention and sign-matching attention", "",
+             f"Produced by `python benchmarks/attention_glue.py -k {args.k}` on {platform.machine()}, {os.cpu_count()} cores, no GPU; torch {torch.__version__} "
+             f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}.", "",
+             "## Accuracy: the search's attention phase alone (AxFormer's acceptance rule, held-out decisions, dev only reports)", "",
+             "| task | mode (K) | layers selected | held-out main: dense -> approx | dev main: dense -> approx | batch-1 speed-up on dev texts (PyTorch) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        rep = r["report"]
+        main = rep["task"]["main_metric"]
+        o, p = rep["results"]["original"], rep["results"]["optimized"]
+        dev = next(k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency"))
+        layers = ", ".join(f"L{k}" for k in rep["attention"]) or "none"
+        lines.append(f"| {r['task']} | {'top-K' if r['mode'] == 'topk' else 'sign-matching'} ({args.k}) | {layers} | {o['heldout']['metrics'][main]:.2f} -> {p['heldout']['metrics'][main]:.2f} | "
+                     f"{o[dev]['metrics'][main]:.2f} -> {p[dev]['metrics'][main]:.2f} | {rep['speedup_batch1']:.2f}x |")
+    lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
+    for engine, title in (("pytorch", "PyTorch"), ("onnxruntime", "ONNX Runtime")):
+        names = list(next(iter(t[engine].values())))
+        base = names[0]
+        lines += ["", f"## Cost: batch-1 latency, {title}, synthetic inputs, approximate attention (K={args.k}) in all 6 layers", "",
+                  "| variant | " + " | ".join(f"{n} tokens" for n in LENGTHS) + " |", "|---|" + "---|" * len(LENGTHS)]
+        for name in names:
+            cells = [f"{t[engine][n][name]:.2f} ms ({t[engine][n][base] / t[engine][n][name]:.2f}x)" for n in LENGTHS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if engine == "pytorch":
+            share = [100 * (t[engine][n]["dense (SDPA)"] - t[engine][n]["no attention kernel"]) / t[engine][n]["dense (SDPA)"] for n in LENGTHS]
+            lines += ["", "Attention kernel's share of dense end-to-end time (dense minus no-op kernel): " + ", ".join(f"{s:.0f}% at {n}" for s, n in zip(share, LENGTHS)) + "."]
+    lines += ["", f"Ratios in parentheses: speed-up against the first row of the table, same run (medians of {args.rounds} interleaved rounds x {args.repeats} calls)."]
+    Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
+    Path("benchmarks/results/attention.md").write_text("\n".join(lines) + "\n")
+    print("written benchmarks/results/attention.md")
+
+
+if __name__ == "__main__":
+    main()
