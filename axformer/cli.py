@@ -42,18 +42,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when availa
 
 
 def _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels):
-    from axformer.tasks.sources import load_custom, load_task
+    from axformer.tasks.sources import task_data
 
-    if train is not None or dev is not None or (task or "").lower() == "custom":
-        if train is None or dev is None:
-            raise AxformerError("a custom task needs both --train and --dev files")
-        if not text_column:
-            raise AxformerError("a custom task needs --text-column (once, or twice for sentence pairs)")
-        names = tuple(s.strip() for s in labels.split(",")) if labels else None
-        return load_custom(train, dev, tuple(text_column), label_column, problem, names, name=task if task and task.lower() != "custom" else "custom")
-    if task is None:
-        raise AxformerError("missing --task; expected a task name (see 'axformer tasks') or --train/--dev files")
-    return load_task(task, data_dir, source)
+    return task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
 
 
 def _print_evaluation(evaluation, title: str) -> None:
@@ -241,88 +232,104 @@ def _layer_list(text: str | None, option: str) -> list[int] | None:
 
 @app.command("optimize")
 def optimize_cmd(
-    model: Annotated[str, typer.Argument(help="Fine-tuned model directory.")],
-    goal: Annotated[str, typer.Option("--goal", help="accuracy (AxFormer: remove only what hurts), speed or size (within --max-drop).")] = "accuracy",
+    model: Annotated[Optional[str], typer.Argument(help="Model directory: fine-tuned for the task, or a pre-trained checkpoint (fine-tuned first).")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML or TOML file with any of the options below (and every stage's settings); the command line overrides it.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="most-accurate, fastest-within-1, smallest-within-1 or demo.")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="The embedded default: bundled all-MiniLM-L6-v2 on BBC News, offline, a few minutes on 2 cores.")] = False,
+    from_stage: Annotated[Optional[str], typer.Option("--from-stage", help="Redo this stage and all after it: finetune, analyze, search, export, benchmark, report.")] = None,
+    until_stage: Annotated[Optional[str], typer.Option("--until-stage", help="Stop after this stage (e.g. search: the optimized PyTorch model only).")] = None,
     task: TaskOpt = None,
     data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
+    source: Annotated[Optional[str], typer.Option("--source", help="Where benchmark data comes from: auto, local or hub.")] = None,
     train: TrainFileOpt = None,
     dev: DevFileOpt = None,
     text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
+    label_column: Annotated[Optional[str], typer.Option("--label-column", help="Custom task: label column.")] = None,
+    problem: Annotated[Optional[str], typer.Option("--problem", help="Custom task: classification or regression.")] = None,
     labels: LabelsOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the optimized model, search_log.jsonl and report (default: MODEL-optimized-GOAL).")] = None,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="speed/size: allowed drop of the held-out main metric, in points.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for every stage's results and the report (default: MODEL-axformer).")] = None,
+    goal: Annotated[Optional[str], typer.Option("--goal", help="accuracy (AxFormer: remove only what hurts), speed or size (within --max-drop).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="speed/size: allowed drop of the held-out metrics, in points.")] = None,
     max_rel_drop: Annotated[Optional[float], typer.Option("--max-rel-drop", help="speed/size: allowed drop in percent of the metric.")] = None,
     target_speedup: Annotated[Optional[float], typer.Option("--target-speedup", help="speed: stop once the predicted batch-1 speed-up reaches this factor.")] = None,
     target_size: Annotated[Optional[float], typer.Option("--target-size", help="size: stop once the model is this many times smaller.")] = None,
-    guard: Annotated[str, typer.Option("--guard", help="speed/size: the tolerance holds for every task metric (all) or the main one (main).")] = "all",
+    guard: Annotated[Optional[str], typer.Option("--guard", help="speed/size: the tolerance holds for every task metric (all) or the main one (main).")] = None,
     max_loss_increase: Annotated[Optional[float], typer.Option("--max-loss-increase", help="speed/size: also keep the mean held-out loss within this percentage of the original's.")] = None,
-    no_hard_attention: Annotated[bool, typer.Option("--no-hard-attention", help="accuracy: skip the hard-attention phase.")] = False,
-    k: Annotated[int, typer.Option("-k", help="Keys kept per query by approximate attention.")] = 30,
+    no_hard_attention: Annotated[Optional[bool], typer.Option("--no-hard-attention", help="Skip approximate attention.")] = None,
+    k: Annotated[Optional[int], typer.Option("-k", help="Keys kept per query by approximate attention.")] = None,
     attention: Annotated[Optional[list[str]], typer.Option("--attention", help="Approximate attention tried per layer: topk (AxFormer's hard attention) and/or sign (sign-matching); give twice for both. accuracy: in this order (default topk); speed: after pruning, only where measured faster than dense (default both).")] = None,
-    slack: Annotated[float, typer.Option(help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss.")] = 1.1,
+    slack: Annotated[Optional[float], typer.Option(help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss.")] = None,
     attention_layers: Annotated[Optional[str], typer.Option("--attention-layers", help="accuracy: layers (and their order) of the approximate-attention phase, e.g. 5,4,3; 'none' skips it (default: first to last).")] = None,
     prune_layers: Annotated[Optional[str], typer.Option("--prune-layers", help="accuracy: layers (and their order) of the pruning phase; 'none' skips it (default: last to first).")] = None,
-    fraction: Annotated[float, typer.Option(help="accuracy: share of examples that must not get worse.")] = 0.5,
-    groups: Annotated[int, typer.Option(help="FFN neuron groups per layer.")] = 12,
-    max_examples: Annotated[int, typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")] = 2000,
-    sample_seed: int = 0,
-    batch_size: int = 64,
-    latency_examples: Annotated[int, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the report.")] = 200,
+    fraction: Annotated[Optional[float], typer.Option(help="accuracy: share of examples that must not get worse.")] = None,
+    groups: Annotated[Optional[int], typer.Option(help="FFN neuron groups per layer.")] = None,
+    max_examples: Annotated[Optional[int], typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")] = None,
+    latency_examples: Annotated[Optional[int], typer.Option(help="Dev texts timed one by one for the batch-1 latency in the search report.")] = None,
     refinetune: Annotated[Optional[str], typer.Option("--recover", "--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained checkpoint and fine-tunes that; 'distill' (FastFormers) distils the original model into the found one.")] = None,
-    refinetune_epochs: Annotated[float, typer.Option("--recover-epochs", "--refinetune-epochs", help="Epochs of recovery training (and of each distillation of --strategy fastformers).")] = 1.0,
-    refinetune_lr: Annotated[float, typer.Option("--recover-lr", "--refinetune-lr")] = 1e-4,
+    refinetune_epochs: Annotated[Optional[float], typer.Option("--recover-epochs", "--refinetune-epochs", help="Epochs of recovery training (and of each distillation of --strategy fastformers).")] = None,
+    refinetune_lr: Annotated[Optional[float], typer.Option("--recover-lr", "--refinetune-lr")] = None,
     refinetune_max_train_examples: Annotated[Optional[int], typer.Option("--recover-max-train-examples", "--refinetune-max-train-examples", help="Train the recovery on a seeded subset of this many examples.")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="search (the --goal search) or fastformers (FastFormers: [distil to --student-layers,] prune to --heads/--ffn per layer by gradient importance, distil again, export).")] = "search",
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="search (the --goal search) or fastformers (FastFormers: [distil to --student-layers,] prune to --heads/--ffn per layer by gradient importance, distil again).")] = None,
     student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="fastformers: first distil into this many of the teacher's layers (e.g. 3) or these layers (e.g. 0,2,5).")] = None,
     heads: Annotated[Optional[int], typer.Option("--heads", help="fastformers: attention heads kept per layer.")] = None,
     ffn: Annotated[Optional[int], typer.Option("--ffn", help="fastformers: FFN neurons kept per layer.")] = None,
-    budget: Annotated[str, typer.Option("--budget", help="fastformers: uniform (the same count in every layer) or global (the same total, shared by importance).")] = "uniform",
-    export_precision: Annotated[str, typer.Option("--export", help="fastformers: precision of the final ONNX export (fp32, int8, fp16, mixed, auto) or none.")] = "int8",
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
-    device: DeviceOpt = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="fastformers: uniform (the same count in every layer) or global (the same total, shared by importance).")] = None,
+    scorers: Annotated[Optional[list[str]], typer.Option("--scorer", help="Significance scorers of the analysis stage (ablation, gradient, similarity, quantization; give several); 'none' skips the stage.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="Export: fp32, int8, fp16, mixed, or auto (the faster of fp32 and int8 on this machine within the tolerance).")] = None,
+    price_per_hour: Annotated[Optional[float], typer.Option("--price-per-hour", help="Benchmark: machine price in USD per hour, for the cost per 100M requests.")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Benchmark: interleaved timing rounds.")] = None,
+    allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N], for every stage.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the output directory first and run everything again.")] = False,
 ) -> None:
-    """Search for the best approximated model (accuracy-driven or within a tolerance) and save it physically smaller."""
-    from axformer.search.optimize import OptimizeConfig, default_output, optimize
+    """Optimize a model end to end: [fine-tune,] analyze, search, export, benchmark against the baselines, report.
 
-    if strategy not in ("search", "fastformers"):
-        raise AxformerError(f"--strategy {strategy!r}; expected search or fastformers")
-    if strategy == "fastformers":
-        from axformer.distill import DistillConfig
-        from axformer.distill.recipe import RecipeConfig, fastformers_recipe, recipe_markdown
+    Every stage keeps its result in the output directory; running the same command again skips what is done.
+    """
+    import shutil
 
-        recipe = RecipeConfig(student_layers=student_layers, heads=heads, ffn=ffn, budget=budget, importance_examples=max_examples or None,
-                              export=None if export_precision == "none" else export_precision, export_max_drop=1.0 if max_drop is None else max_drop,
-                              distill=DistillConfig(epochs=refinetune_epochs, learning_rate=refinetune_lr, max_train_examples=refinetune_max_train_examples, device=device, allow_pickle=allow_pickle))
-        recipe.validate()
-        output = output or default_output(model, "fastformers")
-        data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
-        report = fastformers_recipe(model, output, recipe, data, data_dir, overwrite=overwrite)
-        console.print(recipe_markdown(report))
-        console.print(f"final model in {output}/, every stage in {output}/stages/")
-        return
-    if goal != "accuracy" and max_drop is None and max_rel_drop is None:
-        max_drop = 1.0
-    config = OptimizeConfig(
-        goal=goal, max_drop=max_drop, max_rel_drop=max_rel_drop, target_speedup=target_speedup, target_size=target_size,
-        guard=guard, max_loss_increase=max_loss_increase, hard_attention=not no_hard_attention, k=k, attention_modes=attention,
-        attention_layers=_layer_list(attention_layers, "--attention-layers"), prune_layers=_layer_list(prune_layers, "--prune-layers"), slack=slack, fraction=fraction, groups=groups, max_examples=max_examples or None,
-        sample_seed=sample_seed, batch_size=batch_size, latency_examples=latency_examples, device=device, allow_pickle=allow_pickle,
-        refinetune=refinetune, refinetune_epochs=refinetune_epochs, refinetune_lr=refinetune_lr, refinetune_max_train_examples=refinetune_max_train_examples,
-    )
-    config.validate()
-    output = output or default_output(model, goal)
-    if output.exists() and not overwrite:
-        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
-    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
-    report = optimize(model, data, data_dir, output, config, overwrite=overwrite)
-    from axformer.search.optimize import report_markdown
+    from axformer.pipeline.config import PipelineConfig
+    from axformer.pipeline.run import run_pipeline
 
-    console.print(report_markdown(report))
-    console.print(f"optimized model and report in {output}/")
+    if demo:
+        preset = preset or "demo"
+        model = model or "bundled"
+        output = output or Path("axformer-demo")
+    search = {"goal": goal, "max_drop": max_drop, "max_rel_drop": max_rel_drop, "target_speedup": target_speedup, "target_size": target_size, "guard": guard,
+              "max_loss_increase": max_loss_increase, "hard_attention": None if no_hard_attention is None else not no_hard_attention, "k": k, "attention_modes": attention,
+              "slack": slack, "fraction": fraction, "groups": groups, "attention_layers": _layer_list(attention_layers, "--attention-layers"),
+              "prune_layers": _layer_list(prune_layers, "--prune-layers"), "max_examples": max_examples or None,
+              "latency_examples": latency_examples, "refinetune": refinetune, "refinetune_epochs": refinetune_epochs, "refinetune_lr": refinetune_lr,
+              "refinetune_max_train_examples": refinetune_max_train_examples, "strategy": strategy, "student_layers": student_layers, "heads": heads, "ffn": ffn, "budget": budget}
+    if goal in ("speed", "size") and max_drop is None and max_rel_drop is None:
+        search["max_drop"] = 1.0
+    sections = {"search": search, "export": {"precision": precision}, "benchmark": {"price_per_hour": price_per_hour, "rounds": rounds},
+                "analyze": {"scorers": [] if scorers == ["none"] else scorers}, "finetune": {}}
+    for name, values in sections.items():
+        for key, value in (("device", device), ("allow_pickle", allow_pickle)):
+            if name != "benchmark":
+                values[key] = value
+        sections[name] = {k: v for k, v in values.items() if v is not None}
+    if max_examples == 0:
+        sections["search"]["max_examples"] = None  # every held-out example
+    overrides = {"model": model, "task": task, "data_dir": str(data_dir) if data_dir else None, "source": source, "train": str(train) if train else None,
+                 "dev": str(dev) if dev else None, "text_column": text_column, "label_column": label_column, "problem": problem, "labels": labels,
+                 "output": str(output) if output else None, **sections}
+    cfg = PipelineConfig.build(config_file, preset, overrides)
+    if overwrite and cfg.output and Path(cfg.output).exists():
+        shutil.rmtree(cfg.output)
+    result = run_pipeline(cfg, from_stage, until_stage, progress=lambda m: console.print(m))
+    out = result.output
+    report = out / "report.md"
+    if "report" in result.ran and report.exists():
+        text = report.read_text()
+        start = text.find("## Original vs optimized")
+        end = text.find("## Cumulative view")
+        if start >= 0:
+            console.print(text[start:end if end > start else None])
+        console.print(f"report: {out / 'report.html'} (and report.md); config: {out / 'config.yaml'}")
+    else:
+        console.print(f"stages done: {', '.join(result.ran + result.skipped) or 'none'}; results in {out}/")
 
 
 @app.command("distill")

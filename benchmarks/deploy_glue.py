@@ -43,7 +43,8 @@ def main() -> None:
     args = ap.parse_args()
     for task in args.tasks:
         base = Path("runs/baselines") / task
-        opt = next((p for p in (Path("runs/optimize") / f"{task}-speed-recovered", Path("runs/optimize") / f"{task}-speed") if (p / "report.json").exists()), None)
+        candidates = [Path("runs/optimize") / f"{task}-{goal}" / sub for goal in ("speed-recovered", "speed") for sub in ("3-search", ".")]
+        opt = next((p for p in candidates if (p / "report.json").exists()), None)
         if not (base / "metrics.json").exists() or opt is None:
             sys.exit(f"{task}: run benchmarks/finetune_baselines.py and benchmarks/optimize_glue.py first")
         out = Path(args.out) / task

@@ -5,7 +5,7 @@ Usage:  python benchmarks/distill_glue.py [--tasks sst2 mrpc] [--data-dir ../sha
 
 For each task, with the fine-tuned baseline (runs/baselines/T) as teacher:
 
-    axformer optimize runs/baselines/T --strategy fastformers --student-layers 3 --heads 8 --ffn 768 --export int8 ...
+    axformer optimize runs/baselines/T --strategy fastformers --student-layers 3 --heads 8 --ffn 768 --precision int8 --until-stage export ...
 
 (distil into 3 of the teacher's 6 layers, keep 8 of 12 heads and 768 of 1536 FFN
 neurons per layer by gradient importance, distil again from the teacher, export
@@ -58,17 +58,24 @@ def main() -> None:
         recipe = out / "fastformers"
         commands = []
         cmd = ["axformer", "optimize", str(teacher), "--strategy", "fastformers", "--student-layers", args.student_layers, "--heads", str(args.heads), "--ffn", str(args.ffn),
-               "--recover-epochs", str(args.epochs), "--recover-max-train-examples", str(args.max_train_examples), "--export", "int8", "--data-dir", args.data_dir, "-o", str(recipe)]
+               "--recover-epochs", str(args.epochs), "--recover-max-train-examples", str(args.max_train_examples), "--precision", "int8", "--until-stage", "export",
+               "--scorer", "none", "--data-dir", args.data_dir, "-o", str(recipe)]
         commands.append(" ".join(cmd))
-        if not (recipe / "recipe.json").exists():
+        legacy = (recipe / "recipe.json").exists()  # a run made before the pipeline: the recipe exported its own int8 stage
+        if not legacy and not (recipe / "4-export" / "export.json").exists():
             run(cmd)
-        rec = json.loads((recipe / "recipe.json").read_text())
+        rec = json.loads((recipe / ("recipe.json" if legacy else "3-search/recipe.json")).read_text())
         stages = {s["stage"]: s for s in rec["stages"]}
+        if not legacy:
+            stages["4-export-int8"] = {"stage": "4-export-int8", "path": str(recipe / "4-export"), "seconds": json.loads((recipe / "times.json").read_text()).get("export")}
+            rec["stages"].append(stages["4-export-int8"])
         models = [str(teacher)] + [s["path"] for name, s in stages.items() if name != "teacher"]
         labels = {str(teacher): "teacher (6 layers, PyTorch)", stages["1-distilled"]["path"]: f"{args.student_layers}-layer student, distilled",
                   stages["3-distilled-again"]["path"]: f"+ pruned to {args.heads} heads / {args.ffn} FFN per layer, distilled again",
                   stages["4-export-int8"]["path"]: "+ int8 export (ONNX Runtime)", stages["2-pruned"]["path"]: "(pruned, before the second distillation)"}
         searched = Path("runs/optimize") / f"{task}-speed-recovered"
+        if (searched / "3-search" / "report.json").exists():
+            searched = searched / "3-search"
         if (searched / "report.json").exists():
             art = out / "search-int8"
             cmd = ["axformer", "export", str(searched), "--precision", "int8", "--data-dir", args.data_dir, "-o", str(art)]

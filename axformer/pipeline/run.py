@@ -1,0 +1,209 @@
+"""``axformer optimize``: from a model to a deployable, benchmarked artifact and a report, in one command.
+
+Stages, each writing its own directory under the output (and skipped when
+that directory is complete, so running the same command again resumes):
+
+    finetune   1-finetuned/   only for a checkpoint not yet fine-tuned for the task
+    analyze    2-analysis/    significance scores and heatmaps on the held-out split
+    search     3-search/      the optimized PyTorch model, search_log.jsonl, report
+    export     4-export/      ONNX artifact (fused; fp32/int8/... whichever is asked, auto: fastest here)
+    benchmark  5-benchmark/   the artifact and the optimized model against the baselines, one run
+    report     report.html, report.md: everything above on one page
+
+``from_stage`` redoes a stage and everything after it; ``until_stage`` stops
+after a stage. The resolved config is written to ``config.yaml``; a later run
+into the same directory with a config that changes an already finished stage
+is refused (use ``from_stage``) rather than mixing results of two configs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from axformer.errors import AxformerError
+from axformer.pipeline.config import STAGES, PipelineConfig
+from axformer.utils.io import read_json, write_json
+
+DIRS = {"finetune": "1-finetuned", "analyze": "2-analysis", "search": "3-search", "export": "4-export", "benchmark": "5-benchmark"}
+MARKERS = {"finetune": "metrics.json", "analyze": "significance.json", "search": "report.json", "export": "export.json", "benchmark": "benchmark.json"}
+SECTION_OF = {"finetune": "finetune", "analyze": "analyze", "search": "search", "export": "export", "benchmark": "benchmark"}
+INPUT_KEYS = ("model", "task", "data_dir", "source", "train", "dev", "text_column", "label_column", "problem", "labels")
+
+
+@dataclass
+class PipelineResult:
+    output: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def default_output(model: str) -> Path:
+    base = Path(model)
+    return base.with_name(base.name + "-axformer")
+
+
+def _task_data(cfg: PipelineConfig):
+    from axformer.tasks.sources import task_data
+
+    if cfg.task is None and cfg.train is None and cfg.dev is None:
+        return None  # the task recorded with the model
+    return task_data(cfg.task, cfg.data_dir, cfg.source, cfg.train, cfg.dev, cfg.text_column, cfg.label_column, cfg.problem, cfg.labels)
+
+
+def needs_finetuning(model: str, data) -> bool:
+    """A checkpoint with no task head (a pre-trained model) is fine-tuned first; one axformer or the user fine-tuned is not."""
+    from transformers import AutoConfig
+
+    from axformer.models.loading import _has_head, is_local
+    from axformer.models.record import ModelRecord
+
+    record = ModelRecord.load(model) if is_local(model) else ModelRecord()
+    if record.task is not None:
+        if data is not None and record.task.get("name") != data.spec.name:
+            raise AxformerError(f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; give its pre-trained checkpoint to fine-tune for {data.spec.name}")
+        return False
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise AxformerError(f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local model directory or a reachable hub id") from None
+    return not _has_head(config)
+
+
+def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) -> None:
+    """Refuse to mix: a finished stage must have been produced by the same inputs and section of the config."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return
+    import yaml
+
+    old = yaml.safe_load(path.read_text()) or {}
+    new = cfg.to_dict()
+    first_redo = STAGES.index(from_stage) if from_stage else len(STAGES)
+    if any(old.get(k) != new.get(k) for k in INPUT_KEYS) and first_redo > 0:
+        changed = [k for k in INPUT_KEYS if old.get(k) != new.get(k)]
+        raise AxformerError(f"output {out} was produced from other inputs ({', '.join(changed)} differ); choose another --output or pass --from-stage finetune")
+    for stage in STAGES[:-1]:
+        if STAGES.index(stage) >= first_redo:
+            break
+        if (out / DIRS[stage]).exists() and old.get(SECTION_OF[stage]) != new.get(SECTION_OF[stage]):
+            raise AxformerError(f"output {out} holds a {stage} stage made with another '{stage}' config; pass --from-stage {stage} to redo it (and what follows) or choose another --output")
+
+
+def run_pipeline(cfg: PipelineConfig, from_stage: str | None = None, until_stage: str | None = None, progress: Callable[[str], None] = print) -> PipelineResult:
+    for name, value in (("--from-stage", from_stage), ("--until-stage", until_stage)):
+        if value is not None and value not in STAGES:
+            raise AxformerError(f"{name} {value!r}; expected one of {', '.join(STAGES)}")
+    if cfg.model is None:
+        raise AxformerError("no model given; expected a model directory (or --demo, or 'model:' in the config file)")
+    if cfg.preset == "demo" and cfg.model == "bundled":
+        from axformer.demo import bundled_model_path
+
+        cfg.model = str(bundled_model_path())
+    out = Path(cfg.output) if cfg.output else default_output(cfg.model)
+    cfg.output = str(out)
+    data = _task_data(cfg)
+    finetune_needed = needs_finetuning(cfg.model, data)
+    if finetune_needed and data is None:
+        raise AxformerError(f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first")
+    _check_consistent(out, cfg, from_stage)
+    out.mkdir(parents=True, exist_ok=True)
+    if from_stage is not None:
+        for stage in STAGES[STAGES.index(from_stage):-1]:
+            shutil.rmtree(out / DIRS[stage], ignore_errors=True)
+    cfg.dump(out / "config.yaml")
+    last = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
+    times = read_json(out / "times.json") if (out / "times.json").exists() else {}
+    result = PipelineResult(out)
+
+    def stage(name: str, fn, wanted: bool = True) -> Path | None:
+        path = out / DIRS[name]
+        if STAGES.index(name) > last or not wanted:
+            return path if (path / MARKERS[name]).exists() else None
+        if (path / MARKERS[name]).exists():
+            result.skipped.append(name)
+            progress(f"[{name}] done already: {path}")
+            return path
+        progress(f"[{name}] running -> {path}")
+        t0 = time.perf_counter()
+        fn(path)
+        times[name] = time.perf_counter() - t0
+        write_json(out / "times.json", times)
+        result.ran.append(name)
+        return path
+
+    model = cfg.model
+    if finetune_needed:
+        from axformer.training.finetune import finetune
+
+        ft = stage("finetune", lambda p: finetune(cfg.model, data, p, cfg.stage_config("finetune")))
+        if ft is None:
+            return result
+        model = str(ft)
+    analysis = stage("analyze", lambda p: _analyze(model, data, cfg, p), wanted=bool(cfg.analyze["scorers"]))
+    searched = stage("search", lambda p: _search(model, data, cfg, p))
+    if searched is None:
+        return result
+    exported = stage("export", lambda p: _export(searched, data, cfg, analysis, p))
+    if exported is not None:
+        stage("benchmark", lambda p: _benchmark([str(searched), str(exported)], model, data, cfg, p))
+    if last == len(STAGES) - 1:
+        from axformer.pipeline.report import write_report
+
+        result.summary = write_report(out, cfg, times, model, finetune_needed)
+        result.ran.append("report")
+    return result
+
+
+def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
+    from axformer.analysis.analyze import analyze
+
+    analyze(model, data, cfg.data_dir, path, cfg.stage_config("analyze"))
+
+
+def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
+    if cfg.search["strategy"] == "fastformers":
+        from axformer.distill import DistillConfig
+        from axformer.distill.recipe import RecipeConfig, fastformers_recipe
+
+        s = cfg.search
+        recipe = RecipeConfig(student_layers=s["student_layers"], heads=s["heads"], ffn=s["ffn"], budget=s["budget"], importance_examples=s["max_examples"], export=None,
+                              distill=DistillConfig(epochs=s["refinetune_epochs"], learning_rate=s["refinetune_lr"], max_train_examples=s["refinetune_max_train_examples"],
+                                                    device=s["device"], allow_pickle=s["allow_pickle"]))
+        if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
+            fastformers_recipe(model, path, recipe, data, cfg.data_dir)
+        write_json(path / "report.json", {"strategy": "fastformers", "task": read_json(path / "recipe.json")["task"], "recipe": read_json(path / "recipe.json")})
+        return
+    from axformer.search.optimize import optimize
+
+    config = cfg.stage_config("search")
+    config.progress = False
+    optimize(model, data, cfg.data_dir, path, config)
+
+
+def _export(model: Path, data, cfg: PipelineConfig, analysis: Path | None, path: Path) -> None:
+    from axformer.export.artifact import export_model
+
+    config = cfg.stage_config("export")
+    if config.significance is None and analysis is not None and "quantization" in cfg.analyze["scorers"]:
+        config.significance = str(analysis / "significance.json")
+    export_model(model, path, config, data, cfg.data_dir)
+
+
+def _benchmark(models: list[str], baseline: str, data, cfg: PipelineConfig, path: Path) -> None:
+    from axformer.benchmark.run import benchmark
+
+    config = cfg.stage_config("benchmark")
+    if config.baseline_model is None:
+        config.baseline_model = baseline
+    if config.chain is None:
+        config.chain = ["PyTorch fp32, padded to max length (out of the box)", "PyTorch fp32, dynamic length", "ONNX Runtime fp32 (fused)",
+                        "ONNX Runtime int8 (dynamic, per-channel)", models[-1]]
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    benchmark(models, tmp, data, cfg.data_dir, config, progress=lambda m: None)
+    tmp.replace(path)

@@ -1,0 +1,126 @@
+"""The end-to-end pipeline: stages, skipping and resuming, config files vs the command line, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from axformer.errors import AxformerError
+from axformer.pipeline.config import PRESETS, PipelineConfig
+from axformer.pipeline.run import needs_finetuning, run_pipeline
+
+LIGHT = {
+    "analyze": {"scorers": ["gradient"]},
+    "search": {"goal": "speed", "max_drop": 3.0, "max_loss_increase": 40.0, "groups": 4, "latency_examples": 8, "attention_modes": []},
+    "export": {"precision": "fp32", "max_drop": 5.0},
+    "benchmark": {"rounds": 1, "lengths": [16], "latency_examples": 8, "throughput_examples": 16, "fixed_requests": 2, "memory": False, "instances": 0},
+}
+
+
+def _cfg(model, out, **extra):
+    import copy
+
+    over = copy.deepcopy(LIGHT)
+    over.update({"model": str(model), "output": str(out), "device": None} | extra)
+    over.pop("device")
+    for section in ("analyze", "search", "export"):
+        over[section]["device"] = "cpu"
+    return PipelineConfig.build(overrides=over)
+
+
+def test_pipeline_runs_every_stage_then_skips_them(tuned_tiny, tmp_path):
+    model, _, _ = tuned_tiny
+    out = tmp_path / "run"
+    result = run_pipeline(_cfg(model, out), progress=lambda m: None)
+    assert result.ran == ["analyze", "search", "export", "benchmark", "report"]
+    for d, f in (("2-analysis", "significance.json"), ("3-search", "report.json"), ("4-export", "model.onnx"), ("5-benchmark", "benchmark.json")):
+        assert (out / d / f).exists()
+    page = (out / "report.html").read_text()
+    assert "Original vs optimized" in page and "data:image/png;base64," in page and "Reproduce" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["latency_speedup"] > 0 and summary["artifact"].endswith("4-export")
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["search"]["goal"] == "speed" and resolved["search"]["slack"] == 1.1  # every field, defaults included
+    again = run_pipeline(_cfg(model, out), progress=lambda m: None)
+    assert again.ran == ["report"] and again.skipped == ["analyze", "search", "export", "benchmark"]
+    # redo from export: the search is kept, export and benchmark run again
+    redo = run_pipeline(_cfg(model, out), from_stage="export", progress=lambda m: None)
+    assert redo.ran == ["export", "benchmark", "report"] and "search" in redo.skipped
+    # a changed search config into the same directory is refused, not mixed with the old results
+    with pytest.raises(AxformerError, match="--from-stage search"):
+        run_pipeline(_cfg(model, out, search={**LIGHT["search"], "max_drop": 1.0, "device": "cpu"}), progress=lambda m: None)
+
+
+def test_failed_stage_resumes_without_redoing_finished_ones(tuned_tiny, tmp_path, monkeypatch):
+    import axformer.export.artifact as artifact
+
+    model, _, _ = tuned_tiny
+    out = tmp_path / "run"
+
+    def broken(*a, **k):
+        raise KeyboardInterrupt
+
+    real = artifact.export_model
+    monkeypatch.setattr(artifact, "export_model", broken)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_cfg(model, out), progress=lambda m: None)
+    assert (out / "3-search" / "report.json").exists() and not (out / "4-export").exists()
+    monkeypatch.setattr(artifact, "export_model", real)
+    result = run_pipeline(_cfg(model, out), progress=lambda m: None)
+    assert result.skipped == ["analyze", "search"] and result.ran == ["export", "benchmark", "report"]
+
+
+def test_config_file_and_command_line_give_the_same_run(tuned_tiny, tmp_path):
+    model, _, _ = tuned_tiny
+    flags = ["--goal", "speed", "--max-drop", "3", "--max-loss-increase", "40", "--groups", "4", "--latency-examples", "8", "--scorer", "gradient",
+             "--attention-layers", "none", "--device", "cpu", "--until-stage", "search"]
+    cli = subprocess.run([sys.executable, "-m", "axformer", "optimize", str(model), *flags, "-o", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    file = tmp_path / "run.yaml"
+    file.write_text(yaml.safe_dump({"model": str(model), "output": str(tmp_path / "file"), "analyze": {"scorers": ["gradient"], "device": "cpu"},
+                                    "search": {"goal": "speed", "max_drop": 3.0, "max_loss_increase": 40.0, "groups": 4, "latency_examples": 8, "attention_layers": [], "device": "cpu"},
+                                    "export": {"device": "cpu"}, "finetune": {"device": "cpu"}}))
+    from_file = subprocess.run([sys.executable, "-m", "axformer", "optimize", "--config", str(file), "--until-stage", "search"], capture_output=True, text=True)
+    assert from_file.returncode == 0, from_file.stderr
+    a = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    b = yaml.safe_load((tmp_path / "file" / "config.yaml").read_text())
+    assert {k: v for k, v in a.items() if k != "output"} == {k: v for k, v in b.items() if k != "output"}
+    ra = json.loads((tmp_path / "cli" / "3-search" / "report.json").read_text())
+    rb = json.loads((tmp_path / "file" / "3-search" / "report.json").read_text())
+    assert ra["removed"] == rb["removed"] and ra["results"]["optimized"]["heldout"] == rb["results"]["optimized"]["heldout"]
+    # the resolved config reproduces the run: nothing is redone
+    again = subprocess.run([sys.executable, "-m", "axformer", "optimize", "--config", str(tmp_path / "file" / "config.yaml"), "--until-stage", "search"], capture_output=True, text=True)
+    assert again.returncode == 0 and "done already" in again.stdout
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path, tuned_tiny):
+    model, _, _ = tuned_tiny
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  goal: speed\n  maxdrop: 1\n")
+    cases = [
+        ["optimize", str(model), "--config", str(bad), "-o", str(tmp_path / "o1")],
+        ["optimize", str(model), "--config", str(tmp_path / "missing.yaml"), "-o", str(tmp_path / "o2")],
+        ["optimize", str(model), "--preset", "fastest", "-o", str(tmp_path / "o3")],
+        ["optimize", str(model), "--until-stage", "deploy", "-o", str(tmp_path / "o4")],
+    ]
+    for args in cases:
+        p = subprocess.run([sys.executable, "-m", "axformer", *args], capture_output=True, text=True)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+    assert "maxdrop" in subprocess.run([sys.executable, "-m", "axformer", *cases[0]], capture_output=True, text=True).stderr
+
+
+def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_path, tiny_bert):
+    for name in PRESETS:
+        PipelineConfig.build(preset=name, overrides={"model": "x"})
+    from transformers import AutoModel
+
+    from tests.conftest import tiny_config
+
+    base = tmp_path / "pretrained"
+    AutoModel.from_config(tiny_config("bert")).save_pretrained(base)
+    assert needs_finetuning(str(base), None) is True
+    assert needs_finetuning(str(tiny_bert), None) is False  # a sequence-classification checkpoint is used as it is
