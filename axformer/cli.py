@@ -509,18 +509,6 @@ def prune_cmd(
     console.print(f"saved to {output} ({note})")
 
 
-@app.command("demo")
-def demo_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/demo"),
-    max_train_examples: Annotated[int, typer.Option(help="Training examples used by the demo.")] = 480,
-    device: DeviceOpt = "auto",
-) -> None:
-    """Run the pipeline offline on the embedded default: bundled all-MiniLM-L6-v2 on BBC News."""
-    from axformer.demo import run_demo
-
-    run_demo(output, max_train_examples=max_train_examples, device=device, print_table=_print_evaluation)
-
-
 def main() -> None:
     debug = "--debug" in sys.argv
     try:

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "task": "bbcnews",
         "finetune": {"epochs": 2.0, "learning_rate": 1e-4, "batch_size": 16, "max_train_examples": 480, "eval_max_examples": 300},
         "analyze": {"scorers": ["gradient", "similarity"], "max_examples": 300},
-        "search": {"goal": "speed", "max_drop": 1.0, "max_examples": 300, "latency_examples": 60, "groups": 6, "attention_modes": []},
+        "search": {"goal": "speed", "max_drop": 1.0, "target_speedup": 2.0, "max_examples": 300, "latency_examples": 60, "groups": 6, "attention_modes": []},
         "export": {"precision": "auto", "max_examples": 300},
         "benchmark": {"rounds": 2, "lengths": [128], "latency_examples": 60, "throughput_examples": 128, "fixed_requests": 10, "memory": False},
     },
