@@ -29,13 +29,14 @@ def _additive(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
     if mask is None:
         return None
     if mask.dtype == torch.bool:
-        return torch.zeros((), dtype=like.dtype, device=like.device).masked_fill(~mask, torch.finfo(like.dtype).min) if mask.dim() == 0 else \
-            torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, torch.finfo(like.dtype).min)
+        return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, torch.finfo(like.dtype).min)
     return mask.to(like.dtype)
 
 
 def scores(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
-    s = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    """Scaled scores plus the mask, in float32 at least: the selection and the softmax must not depend on
+    rounding ties of half-precision inputs (fp16/bf16 models select the same keys as float32 ones)."""
+    s = torch.matmul(query, key.transpose(-1, -2)).float() * scaling
     m = _additive(mask, s)
     return s if m is None else s + m
 
@@ -48,7 +49,7 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _weighted_sum(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(probs.unsqueeze(-2), rows).squeeze(-2)
+    return torch.matmul(probs.to(rows.dtype).unsqueeze(-2), rows).squeeze(-2)
 
 
 def topk_reference(query, key, value, mask, scaling: float, k: int, renormalize: bool = False):
@@ -59,7 +60,7 @@ def topk_reference(query, key, value, mask, scaling: float, k: int, renormalize:
         if renormalize:
             top = top / top.sum(-1, keepdim=True)
         probs = torch.zeros_like(probs).scatter(-1, idx, top)
-    return torch.matmul(probs, value), probs
+    return torch.matmul(probs.to(value.dtype), value), probs
 
 
 def topk_gather(query, key, value, mask, scaling: float, k: int, renormalize: bool = False) -> torch.Tensor:
@@ -81,7 +82,7 @@ def sign_agreement(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | 
     grows with the key's position breaks them towards earlier keys, the same
     way in PyTorch and in ONNX Runtime (whose TopK need not order ties alike).
     """
-    agree = torch.matmul(torch.sign(query), torch.sign(key).transpose(-1, -2))
+    agree = torch.matmul(torch.sign(query), torch.sign(key).transpose(-1, -2)).float()
     n = key.shape[-2]
     agree = agree - torch.arange(n, device=agree.device, dtype=agree.dtype) / (2 * n)
     m = _additive(mask, agree)
@@ -96,7 +97,7 @@ def sign_match_reference(query, key, value, mask, scaling: float, k: int):
         keep = torch.zeros_like(s, dtype=torch.bool).scatter(-1, idx, True)
         s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
     probs = torch.softmax(s, dim=-1)
-    return torch.matmul(probs, value), probs
+    return torch.matmul(probs.to(value.dtype), value), probs
 
 
 def sign_match_gather(query, key, value, mask, scaling: float, k: int) -> torch.Tensor:
@@ -104,7 +105,7 @@ def sign_match_gather(query, key, value, mask, scaling: float, k: int) -> torch.
     agree = sign_agreement(query, key, mask)
     k = min(k, agree.shape[-1])
     idx = agree.topk(k, dim=-1).indices
-    s = torch.matmul(query.unsqueeze(-2), _gather_rows(key, idx).transpose(-1, -2)).squeeze(-2) * scaling
+    s = torch.matmul(query.unsqueeze(-2), _gather_rows(key, idx).transpose(-1, -2)).squeeze(-2).float() * scaling
     m = _additive(mask, s)
     if m is not None:
         s = s + torch.gather(m.expand(*agree.shape), -1, idx)

@@ -210,7 +210,7 @@ def _recover(model, ctx, work: Path, config: OptimizeConfig, state: dict):
     from axformer.models.record import ModelRecord
     from axformer.training.finetune import FinetuneConfig, finetune
 
-    searched = score(ctx.data.spec, ctx.heldout.labels, run_model(load_model(work).eval(), ctx.encoded, ctx.data.spec.is_regression, config.batch_size, ctx.device)).to_dict()
+    searched = score(ctx.data.spec, ctx.heldout.labels, run_model(load_model(work, device=ctx.device).eval(), ctx.encoded, ctx.data.spec.is_regression, config.batch_size, ctx.device)).to_dict()
     common = dict(epochs=config.refinetune_epochs, learning_rate=config.refinetune_lr, batch_size=config.refinetune_batch_size,
                   max_train_examples=config.refinetune_max_train_examples, max_seq_length=ctx.record.max_seq_length, device=config.device)
     t0 = time.perf_counter()
@@ -234,7 +234,7 @@ def _recover(model, ctx, work: Path, config: OptimizeConfig, state: dict):
             record.history = [*record.history, {"stage": "structure-on-pretrained", "base_model": origin, "removed": state["removed"]}]
             record.save(start)
         result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
-    net = load_model(result.output, ctx.data.spec).eval()
+    net = load_model(result.output, ctx.data.spec, device=ctx.device).eval()
     save_model(net, ctx.tokenizer, work)
     ModelRecord.load(result.output).save(work)
     shutil.rmtree(result.output, ignore_errors=True)
@@ -261,7 +261,7 @@ def _typical_length(ctx) -> int:
 def _save_candidate(model, ctx, state: dict, directory: Path, config: OptimizeConfig):
     """Physically apply the state to a fresh copy of the original model and save it (with tokenizer and record)."""
 
-    net = load_model(model, ctx.data.spec, allow_pickle=config.allow_pickle)
+    net = load_model(model, ctx.data.spec, allow_pickle=config.allow_pickle, device=ctx.device)
     prune(net, state["removed"])
     if state["attention"]:
         set_attention(net, {int(k): v for k, v in state["attention"].items()})
