@@ -154,7 +154,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         if (bench_dir / "tradeoff.png").exists():
             plots.append(bench_dir / "tradeoff.png")
         if plots:
-            section("Accuracy / latency trade-off", "Left: every candidate the search evaluated (held-out metric, predicted speed-up). Right: the measured models and baselines (dev metric, measured latency).")
+            section("Accuracy / latency trade-off", "First: every candidate the search evaluated (held-out metric against the speed-up the calibrated cost model predicts). Second: the measured models and the baselines (dev metric against measured latency).")
             body.append("".join(_img(p) for p in plots))
             md.extend([f"![{p.stem}]({p.relative_to(out)})" for p in plots] + [""])
     elif search is not None and search.get("strategy") == "fastformers":
