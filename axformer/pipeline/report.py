@@ -132,8 +132,8 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
                         "artifact": artifact["path"]})
         section("Cumulative view (FastFormers)", "Each step's speed-up over the step before and over the out-of-the-box baseline.")
         add_table(["step", f"dev {main}", "batch-1 latency", "step speed-up", "total speed-up", "batch-32 total gain"],
-                  [[Path(c["step"]).name if "/" in c["step"] else c["step"], _fmt(c["metric"]), f"{c['latency_ms']:.2f} ms", f"{c['step_latency_speedup']:.2f}x",
-                    f"{c['total_latency_speedup']:.2f}x", f"{c['total_throughput_gain']:.2f}x"] for c in bench["cumulative"]])
+                  [[Path(c["step"]).name if "/" in c["step"] else c["step"], _fmt(c["metric"]), _fmt(c.get("latency_ms"), "{:.2f} ms"), _fmt(c.get("step_latency_speedup"), "{:.2f}x"),
+                    _fmt(c.get("total_latency_speedup"), "{:.2f}x"), _fmt(c.get("total_throughput_gain"), "{:.2f}x")] for c in bench["cumulative"]])
         section("All rows of the benchmark")
         add_table(["row", f"dev {main}", "p50", "p95", "throughput", "size", "USD/100M"],
                   [[r["name"], _fmt(r["dev"]["metrics"][main]), _fmt(r["timing"]["latency_p50_ms"], "{:.2f} ms"), _fmt(r["timing"]["latency_p95_ms"], "{:.2f} ms"),
