@@ -33,10 +33,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the embedded default: bundled MiniLM on BBC News, small enough to run end to end in minutes on 2 cores
     "demo": {
         "task": "bbcnews",
-        "finetune": {"epochs": 2.0, "learning_rate": 1e-4, "batch_size": 16, "max_train_examples": 400, "eval_max_examples": 200},
-        "analyze": {"scorers": ["gradient", "similarity"], "max_examples": 200},
-        "search": {"goal": "speed", "max_drop": 1.0, "target_speedup": 2.0, "max_examples": 200, "latency_examples": 30, "groups": 6, "attention_modes": []},
-        "export": {"precision": "auto", "max_examples": 200},
+        "finetune": {"epochs": 2.0, "learning_rate": 1e-4, "batch_size": 16, "max_train_examples": 480, "eval_max_examples": 300},
+        "analyze": {"scorers": ["gradient", "similarity"], "max_examples": 300},
+        "search": {"goal": "speed", "max_drop": 1.0, "target_speedup": 2.0, "max_examples": 300, "latency_examples": 60, "groups": 6, "attention_modes": []},
+        "export": {"precision": "auto", "max_examples": 300},
         "benchmark": {"rounds": 2, "lengths": [], "latency_examples": 40, "throughput_examples": 128, "memory": False, "instances": 0},
     },
 }
