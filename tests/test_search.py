@@ -167,18 +167,18 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
     model, data, (train, dev) = tuned_tiny
     straight = optimize(model, data, None, tmp_path / "straight", OptimizeConfig(goal="accuracy", k=2, groups=4, device="cpu", progress=False, latency_examples=5))
     args = [sys.executable, "-m", "axformer.cli", "optimize", str(model), "--goal", "accuracy", "--train", str(train), "--dev", str(dev), "--text-column", "text", "--task", "toy",
-            "--groups", "4", "--device", "cpu", "-k", "2", "--latency-examples", "5", "-o", str(tmp_path / "killed")]
+            "--groups", "4", "--device", "cpu", "-k", "2", "--latency-examples", "5", "--until-stage", "search", "--scorer", "none", "-o", str(tmp_path / "killed")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "killed.partial" / "search_log.jsonl"
+    log = tmp_path / "killed" / "3-search.partial" / "search_log.jsonl"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert log.exists() and not (tmp_path / "killed").exists()
+    assert log.exists() and not (tmp_path / "killed" / "3-search").exists()
     subprocess.run(args, check=True, env=env, capture_output=True)
-    resumed = json.loads((tmp_path / "killed" / "report.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "3-search" / "report.json").read_text())
     assert resumed["search"]["from_log"] >= 3 and resumed["search"]["resumed"]
     assert (resumed["removed"], resumed["attention"]) == (straight["removed"], straight["attention"])
     assert resumed["results"]["optimized"]["heldout"] == straight["results"]["optimized"]["heldout"]
