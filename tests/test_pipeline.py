@@ -91,7 +91,9 @@ def test_config_file_and_command_line_give_the_same_run(tuned_tiny, tmp_path):
     assert {k: v for k, v in a.items() if k != "output"} == {k: v for k, v in b.items() if k != "output"}
     ra = json.loads((tmp_path / "cli" / "3-search" / "report.json").read_text())
     rb = json.loads((tmp_path / "file" / "3-search" / "report.json").read_text())
-    assert ra["removed"] == rb["removed"] and ra["results"]["optimized"]["heldout"] == rb["results"]["optimized"]["heldout"]
+    assert ra["removed"] == rb["removed"] and ra["attention"] == rb["attention"]
+    ha, hb = ra["results"]["optimized"]["heldout"], rb["results"]["optimized"]["heldout"]
+    assert ha["metrics"] == hb["metrics"] and ha["loss"] == pytest.approx(hb["loss"], rel=1e-5)  # float sums differ in the last bits between processes
     # the resolved config reproduces the run: nothing is redone
     again = subprocess.run([sys.executable, "-m", "axformer", "optimize", "--config", str(tmp_path / "file" / "config.yaml"), "--until-stage", "search"], capture_output=True, text=True)
     assert again.returncode == 0 and "done already" in again.stdout
