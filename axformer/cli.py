@@ -301,8 +301,6 @@ def optimize_cmd(
               "prune_layers": _layer_list(prune_layers, "--prune-layers"), "max_examples": max_examples or None,
               "latency_examples": latency_examples, "refinetune": refinetune, "refinetune_epochs": refinetune_epochs, "refinetune_lr": refinetune_lr,
               "refinetune_max_train_examples": refinetune_max_train_examples, "strategy": strategy, "student_layers": student_layers, "heads": heads, "ffn": ffn, "budget": budget}
-    if goal in ("speed", "size") and max_drop is None and max_rel_drop is None:
-        search["max_drop"] = 1.0
     sections = {"search": search, "export": {"precision": precision}, "benchmark": {"price_per_hour": price_per_hour, "rounds": rounds},
                 "analyze": {"scorers": [] if scorers == ["none"] else scorers}, "finetune": {}}
     for name, values in sections.items():

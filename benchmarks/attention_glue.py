@@ -22,8 +22,6 @@ import copy
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from axformer.export.onnx_export import export_onnx, onnx_logits, onnx_session
 from axformer.models.loading import load_model
 from axformer.surgery.adapters import get_adapter
 from axformer.utils.timing import interleaved_medians
+from _common import run_axformer, searched_dir
 
 LENGTHS = (128, 256, 512)
 
@@ -56,13 +55,9 @@ def accuracy_runs(args) -> list[dict]:
             out = Path(args.out) / f"{task}-{mode}"
             cmd = ["axformer", "optimize", f"runs/baselines/{task}", "--goal", "accuracy", "--attention", mode, "-k", str(args.k), "--prune-layers", "none",
                    "--until-stage", "search", "--scorer", "none", "--data-dir", args.data_dir, "-o", str(out)]
-            report = out / "3-search" / "report.json"
-            if not report.exists() and (out / "report.json").exists():
-                report = out / "report.json"  # a run made before the pipeline existed
-            if not report.exists():
-                print("$", " ".join(cmd), flush=True)
-                subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
-                report = out / "3-search" / "report.json"
+            if not (searched_dir(out) / "report.json").exists():
+                run_axformer(cmd)
+            report = searched_dir(out) / "report.json"
             rows.append({"task": task, "mode": mode, "report": json.loads(report.read_text()), "command": " ".join(cmd)})
     return rows
 

@@ -20,17 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from axformer.benchmark.run import BenchmarkConfig, benchmark
+from axformer.benchmark.run import BASELINE_CHAIN, BenchmarkConfig, benchmark
 from axformer.tasks.sources import load_task
-
-
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
+from _common import run_axformer, searched_dir
 
 
 def main() -> None:
@@ -43,8 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     for task in args.tasks:
         base = Path("runs/baselines") / task
-        candidates = [Path("runs/optimize") / f"{task}-{goal}" / sub for goal in ("speed-recovered", "speed") for sub in ("3-search", ".")]
-        opt = next((p for p in candidates if (p / "report.json").exists()), None)
+        searched = [searched_dir(Path("runs/optimize") / f"{task}-{goal}") for goal in ("speed-recovered", "speed")]
+        opt = next((p for p in searched if (p / "report.json").exists()), None)
         if not (base / "metrics.json").exists() or opt is None:
             sys.exit(f"{task}: run benchmarks/finetune_baselines.py and benchmarks/optimize_glue.py first")
         out = Path(args.out) / task
@@ -55,11 +50,10 @@ def main() -> None:
             cmd = ["axformer", "export", str(opt), "--precision", precision, "--data-dir", args.data_dir, "-o", str(target)]
             commands.append(" ".join(cmd))
             if not (target / "export.json").exists():
-                run(cmd + ["--overwrite"])
+                run_axformer(cmd + ["--overwrite"])
             arts[precision] = str(target)
         models = [str(opt), arts["fp32"], arts["int8"], arts["mixed"]]
-        chain = ["PyTorch fp32, padded to max length (out of the box)", "PyTorch fp32, dynamic length", "ONNX Runtime fp32 (fused)",
-                 "ONNX Runtime int8 (dynamic, per-channel)", arts["int8"]]
+        chain = [*BASELINE_CHAIN, arts["int8"]]
         config = BenchmarkConfig(baseline_model=str(base), fixed_batch=8, rounds=args.rounds, price_per_hour=args.price_per_hour, chain=chain)
         data = load_task(task, args.data_dir)
         chain_opts = " ".join(f"--chain '{c}'" for c in chain)

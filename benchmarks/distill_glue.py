@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,11 +30,7 @@ import transformers
 
 from axformer.benchmark.run import BenchmarkConfig, benchmark
 from axformer.tasks.sources import load_task
-
-
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
+from _common import run_axformer, searched_dir
 
 
 def main() -> None:
@@ -63,7 +58,7 @@ def main() -> None:
         commands.append(" ".join(cmd))
         legacy = (recipe / "recipe.json").exists()  # a run made before the pipeline: the recipe exported its own int8 stage
         if not legacy and not (recipe / "4-export" / "export.json").exists():
-            run(cmd)
+            run_axformer(cmd)
         rec = json.loads((recipe / ("recipe.json" if legacy else "3-search/recipe.json")).read_text())
         stages = {s["stage"]: s for s in rec["stages"]}
         if not legacy:
@@ -73,15 +68,13 @@ def main() -> None:
         labels = {str(teacher): "teacher (6 layers, PyTorch)", stages["1-distilled"]["path"]: f"{args.student_layers}-layer student, distilled",
                   stages["3-distilled-again"]["path"]: f"+ pruned to {args.heads} heads / {args.ffn} FFN per layer, distilled again",
                   stages["4-export-int8"]["path"]: "+ int8 export (ONNX Runtime)", stages["2-pruned"]["path"]: "(pruned, before the second distillation)"}
-        searched = Path("runs/optimize") / f"{task}-speed-recovered"
-        if (searched / "3-search" / "report.json").exists():
-            searched = searched / "3-search"
+        searched = searched_dir(Path("runs/optimize") / f"{task}-speed-recovered")
         if (searched / "report.json").exists():
             art = out / "search-int8"
             cmd = ["axformer", "export", str(searched), "--precision", "int8", "--data-dir", args.data_dir, "-o", str(art)]
             commands.append(" ".join(cmd))
             if not (art / "export.json").exists():
-                run(cmd + ["--overwrite"])
+                run_axformer(cmd + ["--overwrite"])
             models += [str(searched), str(art)]
             labels[str(searched)] = "search: --goal speed --max-drop 1 --recover continue (PyTorch)"
             labels[str(art)] = "search result, int8 export"

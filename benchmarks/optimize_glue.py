@@ -29,18 +29,14 @@ from pathlib import Path
 import torch
 import transformers
 
+from _common import run_axformer, searched_dir
+
 GOALS = {  # label in the table: (run directory suffix, flags)
     "accuracy": ("accuracy", ["--goal", "accuracy"]),
     "speed --max-drop 1": ("speed", ["--goal", "speed", "--max-drop", "1"]),
     "speed --max-drop 1 --refinetune continue": ("speed-recovered", ["--goal", "speed", "--max-drop", "1", "--refinetune", "continue", "--refinetune-max-train-examples", "16000"]),
 }
 ALL_TASKS = ["sst2", "mrpc", "rte", "cola", "stsb"]
-
-
-def search_report(out: Path) -> Path:
-    """The search report of a run: the pipeline's search stage, or the top of a run made before the pipeline existed."""
-    staged = out / "3-search" / "report.json"
-    return staged if staged.exists() or not (out / "report.json").exists() else out / "report.json"
 
 
 def others(entry: dict, main: str) -> str:
@@ -64,10 +60,10 @@ def main() -> None:
         for goal, (suffix, flags) in GOALS.items():
             out = Path(args.out) / f"{task}-{suffix}"
             cmd = ["axformer", "optimize", f"{args.baselines}/{task}", *flags, "--until-stage", "search", "--scorer", "none", "--data-dir", args.data_dir, "-o", str(out)]
-            if task in args.tasks and goal in args.goals and not search_report(out).exists():
-                subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
-            if search_report(out).exists():
-                rows.append((task, goal, json.loads(search_report(out).read_text()), " ".join(cmd)))
+            if task in args.tasks and goal in args.goals and not (searched_dir(out) / "report.json").exists():
+                run_axformer(cmd)
+            if (searched_dir(out) / "report.json").exists():
+                rows.append((task, goal, json.loads((searched_dir(out) / "report.json").read_text()), " ".join(cmd)))
     lines = [
         "# The search on GLUE: baseline, `--goal accuracy`, `--goal speed --max-drop 1`",
         "",

@@ -118,6 +118,9 @@ def test_bad_config_is_one_line_exit_2(tmp_path, tuned_tiny):
 def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_path, tiny_bert):
     for name in PRESETS:
         PipelineConfig.build(preset=name, overrides={"model": "x"})
+    # a relative tolerance given alone is the only tolerance; the absolute default applies when nothing is given
+    assert PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed", "max_rel_drop": 2.0}}).search["max_drop"] is None
+    assert PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed"}}).search["max_drop"] == 1.0
     from transformers import AutoModel
 
     from tests.conftest import tiny_config

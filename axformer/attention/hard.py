@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
@@ -38,19 +37,18 @@ def _approximate_attention(module: nn.Module, query, key, value, attention_mask,
     spec = module.axformer_attention
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     k, mode, kernel = int(spec["k"]), spec.get("mode", "topk"), spec.get("kernel", "reference")
-    if module.training and dropout > 0:
+    p = dropout if module.training else 0.0
+    if p > 0:
         kernel = "reference"  # attention dropout needs the probability matrix
     probs = None
     if mode == "topk" and kernel == "reference":
-        out, probs = kernels.topk_reference(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")))
+        out, probs = kernels.topk_reference(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")), p)
     elif mode == "topk":
         out = kernels.topk_gather(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")))
     elif kernel == "reference":
-        out, probs = kernels.sign_match_reference(query, key, value, attention_mask, scaling, k)
+        out, probs = kernels.sign_match_reference(query, key, value, attention_mask, scaling, k, p)
     else:
         out = kernels.sign_match_gather(query, key, value, attention_mask, scaling, k)
-    if probs is not None and module.training and dropout > 0:
-        out = torch.matmul(nn.functional.dropout(probs, p=dropout, training=True), value)
     return out.transpose(1, 2).contiguous(), probs
 
 

@@ -48,19 +48,25 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, flat).reshape(b, h, nq, k, x.shape[-1])
 
 
+def _dropped(probs: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.nn.functional.dropout(probs, p=p, training=True) if p > 0 else probs
+
+
 def _weighted_sum(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.matmul(probs.to(rows.dtype).unsqueeze(-2), rows).squeeze(-2)
 
 
-def topk_reference(query, key, value, mask, scaling: float, k: int, renormalize: bool = False):
-    """Full softmax, then zero all but each query's K largest probabilities; returns (output, probabilities)."""
+def topk_reference(query, key, value, mask, scaling: float, k: int, renormalize: bool = False, dropout: float = 0.0):
+    """Full softmax, then zero all but each query's K largest probabilities; returns (output, probabilities).
+
+    ``dropout`` (training only) drops attention probabilities before the value product, as transformers' eager kernel does."""
     probs = torch.softmax(scores(query, key, mask, scaling), dim=-1)
     if k < probs.shape[-1]:
         top, idx = probs.topk(k, dim=-1)
         if renormalize:
             top = top / top.sum(-1, keepdim=True)
         probs = torch.zeros_like(probs).scatter(-1, idx, top)
-    return torch.matmul(probs.to(value.dtype), value), probs
+    return torch.matmul(_dropped(probs, dropout).to(value.dtype), value), probs
 
 
 def topk_gather(query, key, value, mask, scaling: float, k: int, renormalize: bool = False) -> torch.Tensor:
@@ -89,7 +95,7 @@ def sign_agreement(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | 
     return agree if m is None else agree + m
 
 
-def sign_match_reference(query, key, value, mask, scaling: float, k: int):
+def sign_match_reference(query, key, value, mask, scaling: float, k: int, dropout: float = 0.0):
     """Exact softmax over the K best sign-matching keys, computed densely (others masked); returns (output, probabilities)."""
     s = scores(query, key, mask, scaling)
     if k < s.shape[-1]:
@@ -97,7 +103,7 @@ def sign_match_reference(query, key, value, mask, scaling: float, k: int):
         keep = torch.zeros_like(s, dtype=torch.bool).scatter(-1, idx, True)
         s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
     probs = torch.softmax(s, dim=-1)
-    return torch.matmul(probs.to(value.dtype), value), probs
+    return torch.matmul(_dropped(probs, dropout).to(value.dtype), value), probs
 
 
 def sign_match_gather(query, key, value, mask, scaling: float, k: int) -> torch.Tensor:

@@ -36,6 +36,11 @@ from axformer.tasks.sources import load_task_from_record
 from axformer.utils.io import write_json
 
 
+PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = ("PyTorch fp32, padded to max length (out of the box)", "PyTorch fp32, dynamic length",
+                                      "ONNX Runtime fp32 (fused)", "ONNX Runtime int8 (dynamic, per-channel)")
+BASELINE_CHAIN = (PADDED, DYNAMIC, ORT_FP32, ORT_INT8)  # FastFormers' cumulative order of the baseline rows
+
+
 @dataclass
 class BenchmarkConfig:
     baselines: bool = True
@@ -166,11 +171,10 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
         base = config.baseline_model or _origin(first) or first
         if is_onnx_artifact(base):
             raise AxformerError(f"baseline model {base} is an exported artifact; expected the unpruned PyTorch model (--baseline-model)")
-        candidates += [Candidate("PyTorch fp32, padded to max length (out of the box)", base, padded=True, baseline=True),
-                       Candidate("PyTorch fp32, dynamic length", base, baseline=True)]
+        candidates += [Candidate(PADDED, base, padded=True, baseline=True), Candidate(DYNAMIC, base, baseline=True)]
         from axformer.export.artifact import ExportConfig, export_model
 
-        for precision, label in (("fp32", "ONNX Runtime fp32 (fused)"), ("int8", "ONNX Runtime int8 (dynamic, per-channel)")):
+        for precision, label in (("fp32", ORT_FP32), ("int8", ORT_INT8)):
             target = output / "baselines" / f"onnx-{precision}"
             if not is_onnx_artifact(target):
                 progress(f"exporting baseline: {label}")

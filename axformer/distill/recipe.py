@@ -31,7 +31,7 @@ from axformer.distill.trainer import distill, teacher_task
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.inference import run_model
-from axformer.models.loading import load_model, load_tokenizer, save_model
+from axformer.models.loading import load_tokenizer, save_model
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import is_onnx_artifact, load_runnable
 from axformer.surgery.prune import apply_structure, count_parameters, current_structure
@@ -93,8 +93,7 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
         engine.close()
     structure = current_structure(ctx.model)
     target = prune_by_importance(structure, imp.heads, imp.neurons, config.heads, config.ffn, config.budget)
-    net = load_model(model, data.spec, allow_pickle=config.distill.allow_pickle)
-    apply_structure(net, target)
+    net = apply_structure(ctx.model.cpu(), target)
     tmp = output.with_name(output.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(net, ctx.tokenizer, tmp)

@@ -61,7 +61,7 @@ def _load_config(model: str, **kwargs: Any) -> PretrainedConfig:
         raise AxformerError(f"config of {model!r} is not usable: {str(exc).splitlines()[0]}") from None
 
 
-def _has_head(config: PretrainedConfig) -> bool:
+def has_task_head(config: PretrainedConfig) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
@@ -111,7 +111,7 @@ def load_model(
         net = surgery_restore.load_pruned(model, config, device)
         _install_approximations(net)
         return net
-    had_head = _has_head(config)
+    had_head = has_task_head(config)
     if task is not None:
         if had_head and not new_head:
             check_head_fits(config, task, model)

@@ -96,6 +96,8 @@ class PipelineConfig:
         self.finetune = _resolved("finetune", FinetuneConfig, self.finetune)
         # the analysis feeds the report (and mixed precision); by default the scores that cost minutes, not the full ablation
         self.analyze = _resolved("analyze", AnalyzeConfig, {"scorers": list(DEFAULT_SCORERS), **self.analyze}, drop=("progress",))
+        if self.search.get("max_rel_drop") is not None and "max_drop" not in self.search:
+            self.search["max_drop"] = None  # a relative tolerance given alone is the only one (max_drop's 1.0 is a default, not a choice)
         recipe = {k: self.search.pop(k) for k in RECIPE_KEYS if k in self.search}
         self.search = _resolved("search", OptimizeConfig, self.search, drop=("progress", "extra")) | {
             "strategy": recipe.get("strategy", "search"), "student_layers": recipe.get("student_layers"), "heads": recipe.get("heads"),
@@ -148,11 +150,8 @@ def _merge(into: dict, new: dict) -> None:
 
 
 def _plain(v):
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
+    """Tuples as lists, so the resolved config is plain YAML and reads back equal."""
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def _resolved(section: str, cls, values: dict, drop: tuple[str, ...] = ()) -> dict:

@@ -11,8 +11,6 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
-
 from axformer.utils.io import read_json, write_json
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d1d1f}
@@ -174,5 +172,5 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
     (out / "report.md").write_text("\n".join(md) + "\n")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     (out / "report.html").write_text(page)
-    write_json(out / "summary.json", {k: (float(v) if isinstance(v, np.floating) else v) for k, v in summary.items()})
+    write_json(out / "summary.json", summary)
     return summary

@@ -30,7 +30,6 @@ from axformer.utils.io import read_json, write_json
 
 DIRS = {"finetune": "1-finetuned", "analyze": "2-analysis", "search": "3-search", "export": "4-export", "benchmark": "5-benchmark"}
 MARKERS = {"finetune": "metrics.json", "analyze": "significance.json", "search": "report.json", "export": "export.json", "benchmark": "benchmark.json"}
-SECTION_OF = {"finetune": "finetune", "analyze": "analyze", "search": "search", "export": "export", "benchmark": "benchmark"}
 INPUT_KEYS = ("model", "task", "data_dir", "source", "train", "dev", "text_column", "label_column", "problem", "labels")
 
 
@@ -59,7 +58,7 @@ def needs_finetuning(model: str, data) -> bool:
     """A checkpoint with no task head (a pre-trained model) is fine-tuned first; one axformer or the user fine-tuned is not."""
     from transformers import AutoConfig
 
-    from axformer.models.loading import _has_head, is_local
+    from axformer.models.loading import has_task_head, is_local
     from axformer.models.record import ModelRecord
 
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
@@ -71,7 +70,7 @@ def needs_finetuning(model: str, data) -> bool:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise AxformerError(f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local model directory or a reachable hub id") from None
-    return not _has_head(config)
+    return not has_task_head(config)
 
 
 def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) -> None:
@@ -90,7 +89,7 @@ def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) ->
     for stage in STAGES[:-1]:
         if STAGES.index(stage) >= first_redo:
             break
-        if (out / DIRS[stage]).exists() and old.get(SECTION_OF[stage]) != new.get(SECTION_OF[stage]):
+        if (out / DIRS[stage]).exists() and old.get(stage) != new.get(stage):
             raise AxformerError(f"output {out} holds a {stage} stage made with another '{stage}' config; pass --from-stage {stage} to redo it (and what follows) or choose another --output")
 
 
@@ -195,14 +194,13 @@ def _export(model: Path, data, cfg: PipelineConfig, analysis: Path | None, path:
 
 
 def _benchmark(models: list[str], baseline: str, data, cfg: PipelineConfig, path: Path) -> None:
-    from axformer.benchmark.run import benchmark
+    from axformer.benchmark.run import BASELINE_CHAIN, benchmark
 
     config = cfg.stage_config("benchmark")
     if config.baseline_model is None:
         config.baseline_model = baseline
     if config.chain is None:
-        config.chain = ["PyTorch fp32, padded to max length (out of the box)", "PyTorch fp32, dynamic length", "ONNX Runtime fp32 (fused)",
-                        "ONNX Runtime int8 (dynamic, per-channel)", models[-1]]
+        config.chain = [*BASELINE_CHAIN, models[-1]]
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     benchmark(models, tmp, data, cfg.data_dir, config, progress=lambda m: None)

@@ -80,6 +80,7 @@ class Objective(Protocol):
     """What a training step minimises. ``extra`` holds its own trainable modules (e.g. projections), checkpointed with the model."""
 
     extra: torch.nn.Module | None
+    temporary_files: tuple[str, ...]  # written in the run directory by prepare(), removed when the run ends
 
     def describe(self) -> dict: ...
 
@@ -92,6 +93,7 @@ class LabelObjective:
     """Fine-tuning: the task's own loss on the gold labels."""
 
     extra = None
+    temporary_files: tuple[str, ...] = ()
 
     def __init__(self, regression: bool):
         self.regression = regression
@@ -251,7 +253,6 @@ def train_model(
                 f.write(json.dumps(entry) + "\n")
         for f in (CHECKPOINT, BEST, RUN_KEY):
             (work / f).unlink(missing_ok=True)
-        objective_files = getattr(objective, "temporary_files", ())
-        for f in objective_files:
+        for f in objective.temporary_files:
             (work / f).unlink(missing_ok=True)
     return FinetuneResult(Path(output), result, step, wall, log)
