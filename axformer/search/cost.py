@@ -76,8 +76,12 @@ def _variants(s: ModelStructure) -> dict[str, ModelStructure]:
 
 
 @torch.inference_mode()
-def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: int = 20, device: str = "cpu", k: int | None = None) -> CostModel:
-    """Measure batch-1 latency of pruned variants at ``seq_len`` tokens and fit the per-component model."""
+def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: int = 20, device: str = "cpu", k: int | None = None,
+                      attention_modes: tuple[str, ...] = ("topk", "sign")) -> CostModel:
+    """Measure batch-1 latency of pruned variants at ``seq_len`` tokens and fit the per-component model.
+
+    With ``k``, approximate attention in ``attention_modes`` is measured too (only the modes the search may try:
+    each costs a model copy and a timing run)."""
     model = model.eval()
     fns, feats = {}, {}
     vocab = int(getattr(model.config, "vocab_size", 1000))
@@ -94,10 +98,10 @@ def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: i
     y = np.array([measured[k] for k in fns])
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     calib = [{"variant": k, "measured_ms": 1e3 * measured[k], "predicted_ms": 1e3 * float(feats[k] @ coef)} for k in fns]
-    return CostModel("latency", [float(c) for c in coef], seq_len, calib, measure_attention(model, structure, batch, k, repeats) if k is not None else None)
+    return CostModel("latency", [float(c) for c in coef], seq_len, calib, measure_attention(model, structure, batch, k, repeats, attention_modes) if k is not None and attention_modes else None)
 
 
-def measure_attention(model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20) -> dict | None:
+def measure_attention(model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20, modes: tuple[str, ...] = ("topk", "sign")) -> dict | None:
     """Batch-1 latency with top-K and sign-matching attention (gather kernels) in every layer against dense, interleaved.
 
     The approximations only pay where selecting K keys costs less than the
@@ -110,13 +114,13 @@ def measure_attention(model, structure: ModelStructure, batch: dict, k: int, rep
         return None
     layers = [l for l in structure.present_layers if structure.layers[l].heads]
     fns = {"dense": lambda: model(**batch)}
-    for mode in ("topk", "sign"):
+    for mode in modes:
         m = copy.deepcopy(model)
         set_attention(m, {l: {"mode": mode, "k": k, "renormalize": mode == "topk", "kernel": "gather"} for l in layers})
         fns[mode] = lambda m=m: m(**batch)
     measured = interleaved_medians(fns, repeats=repeats, rounds=3)
     return {mode: {"dense_ms": 1e3 * measured["dense"], "approx_ms": 1e3 * measured[mode], "k": k,
-                   "saving_ms_per_layer": 1e3 * (measured["dense"] - measured[mode]) / max(len(layers), 1)} for mode in ("topk", "sign")}
+                   "saving_ms_per_layer": 1e3 * (measured["dense"] - measured[mode]) / max(len(layers), 1)} for mode in modes}
 
 
 def parameter_model(model, structure: ModelStructure) -> CostModel:

@@ -154,9 +154,9 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
                 search_info = {"rule": f"axformer (mean loss below the best so far, and more than {config.fraction:.0%} of examples not worse than the unpruned model)", "min_loss": outcome.min_loss,
                                "hard_attention_supported": approx_ok}
             else:
-                cost = _cost_model(ctx, structure, config, work)
-                target = config.target_speedup if config.goal == "speed" else config.target_size
                 modes = tuple(config.attention_modes if config.attention_modes is not None else ["topk", "sign"]) if approx_ok and config.hard_attention else ()
+                cost = _cost_model(ctx, structure, config, work, modes)
+                target = config.target_speedup if config.goal == "speed" else config.target_size
                 cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.guard, config.max_loss_increase, config.groups,
                                              attention_modes=modes, k=config.k)
                 outcome = constraint_search(trials, structure, cost, cfg, progress=False)
@@ -243,13 +243,13 @@ def _recover(model, ctx, work: Path, config: OptimizeConfig, state: dict):
     return net, {"mode": config.refinetune, "heldout_before": searched, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 
 
-def _cost_model(ctx, structure, config: OptimizeConfig, work: Path) -> CostModel:
+def _cost_model(ctx, structure, config: OptimizeConfig, work: Path, attention_modes: tuple[str, ...]) -> CostModel:
     """The calibrated cost model, saved in the work directory: a resumed run must rank candidates exactly as before,
     and latency measurements never repeat exactly."""
     path = work / "cost_model.json"
     if path.exists():
         return CostModel(**read_json(path))
-    cost = calibrate_latency(ctx.model, structure, _typical_length(ctx), device=ctx.device, k=config.k) if config.goal == "speed" else parameter_model(ctx.model, structure)
+    cost = calibrate_latency(ctx.model, structure, _typical_length(ctx), device=ctx.device, k=config.k, attention_modes=attention_modes) if config.goal == "speed" else parameter_model(ctx.model, structure)
     write_json(path, cost.to_dict())
     return cost
 
