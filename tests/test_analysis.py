@@ -290,8 +290,10 @@ def test_analyze_command_writes_report_and_resumes(monkeypatch, capsys, tmp_path
     assert {"ablation", "gradient", "similarity", "quantization"} <= set(sig)
     assert len(sig["ablation"]["rows"]) == L * (3 + TINY["heads"] + 4)
     assert sig["split"]["used"] == 18 and sig["warnings"]  # 15% of 120; not fine-tuned by axformer
-    for f in ("summary.md", "heatmap_heads.png", "heatmap_ffn_groups.png", "blocks.png", "ablation_losses.npz"):
+    for f in ("summary.md", "heatmap_heads.png", "heatmap_ffn_groups.png", "blocks.png", "gradient_heads.png", "gradient_ffn_groups.png", "layer_scores.png", "ablation_losses.npz"):
         assert (out / f).is_file(), f
+    summary = (out / "summary.md").read_text()
+    assert "![gradient_heads.png](gradient_heads.png)" in summary and "![layer_scores.png](layer_scores.png)" in summary
     losses = np.load(out / "ablation_losses.npz")
     assert losses["losses"].shape == (len(sig["ablation"]["rows"]), 18)
     assert not (tmp_path / "analysis.partial").exists()
@@ -349,3 +351,22 @@ def test_analyze_minilm_on_sst2_subset(minilm_sst2, tmp_path):
     assert sig["split"]["used"] == 16 and len(sig["ablation"]["rows"]) == 6 * (3 + 12 + 12)
     assert not sig["warnings"]  # the split is the one recorded at fine-tuning
     assert (tmp_path / "an" / "heatmap_heads.png").stat().st_size > 5000
+
+
+def test_gradient_only_analysis_draws_gradient_maps_with_pruned_cells_blank(tmp_path):
+    """Without an ablation (the pipeline's default scorers) the report still gets heatmaps: from the gradient scores;
+    heads already removed (NaN) are left blank rather than drawn as zero importance."""
+    from axformer.analysis.report import SCORE_FILES, summary_markdown, write_heatmaps
+
+    heads = np.arange(8, dtype=float).reshape(2, 4)
+    heads[1, 2] = np.nan
+    sig = {"gradient": {"heads": heads.tolist(), "groups": [[1.0, 2.0], [3.0, np.nan]], "attn": [1.0, 2.0], "ffn": [0.5, 0.1], "layer": [3.0, 40.0],
+                        "normalized_heads": True},
+           "similarity": {"layer": [0.1, 0.2], "attn": [0.05, 0.1], "ffn": [0.02, 0.3]}}
+    paths = write_heatmaps(sig, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(SCORE_FILES.values())
+    assert all(p.stat().st_size > 5000 for p in paths)
+    sig.update({"model": "m", "task": {"display_name": "T", "main_metric": "accuracy"}, "reference": {"mean_loss": 0.5, "metrics": {"accuracy": 90.0}},
+                "split": {"used": 10, "full_size": 10, "fraction": 0.1, "seed": 0}, "structure": {"layers": [{}, {}]}, "timings": {}})
+    md = summary_markdown(sig)
+    assert all(f"![{f}]({f})" in md for f in SCORE_FILES.values()) and "| L1 |" in md

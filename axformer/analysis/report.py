@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 HEATMAP_FILES = {"heads": "heatmap_heads.png", "groups": "heatmap_ffn_groups.png", "blocks": "blocks.png"}
+SCORE_FILES = {"heads": "gradient_heads.png", "groups": "gradient_ffn_groups.png", "layers": "layer_scores.png"}
 
 
 def ablation_grids(sig: dict) -> dict[str, np.ndarray]:
@@ -25,11 +26,13 @@ def ablation_grids(sig: dict) -> dict[str, np.ndarray]:
     return grids
 
 
-def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_scale: bool) -> None:
-    """Diverging map centred on zero (red: removal hurts, blue: removal helps), every cell annotated.
+def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_scale: bool, signed: bool = True, label: str | None = None) -> None:
+    """One cell per layer and unit, every cell annotated.
 
-    Blocks and layers span orders of magnitude, so they get a symmetric log scale; heads and neuron
-    groups are shown linearly in units of 1e-3 loss so that their (small) differences stay readable.
+    Signed maps (ablation Δ loss) are diverging and centred on zero (red: removal hurts, blue: removal helps);
+    blocks and layers span orders of magnitude, so they get a symmetric log scale, while heads and neuron groups
+    are shown linearly in units of 1e-3 loss so that their small differences stay readable. Unsigned maps
+    (gradient importance) use a sequential scale from zero.
     """
     import matplotlib
 
@@ -42,36 +45,84 @@ def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_s
     finite = grid[np.isfinite(grid)]
     vmax = float(np.abs(finite).max()) if finite.size else 1.0
     vmax = vmax if vmax > 0 else 1.0
-    scale = 1.0 if log_scale else 1e3
-    norm = SymLogNorm(linthresh=max(vmax / 100, 1e-5), vmin=-vmax, vmax=vmax) if log_scale else Normalize(-vmax * scale, vmax * scale)
-    im = ax.imshow(np.ma.masked_invalid(grid * scale), cmap="RdBu_r", norm=norm, aspect="auto")
+    scale = 1e3 if signed and not log_scale else 1.0
+    if not signed:
+        norm, cmap, fmt = Normalize(0.0, vmax), "Reds", (lambda v: f"{v:.2g}")
+    elif log_scale:
+        norm, cmap, fmt = SymLogNorm(linthresh=max(vmax / 100, 1e-5), vmin=-vmax, vmax=vmax), "RdBu_r", (lambda v: f"{v:+.3f}")
+    else:
+        norm, cmap, fmt = Normalize(-vmax * scale, vmax * scale), "RdBu_r", (lambda v: f"{v * scale:+.1f}")
+    im = ax.imshow(np.ma.masked_invalid(grid * scale), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(W), xlabels, fontsize=7)
     ax.set_yticks(range(L), [f"L{i}" for i in range(L)], fontsize=8)
     ax.set_title(title, fontsize=9)
     for (r, c), v in np.ndenumerate(grid):
         if np.isfinite(v):
-            ax.text(c, r, f"{v:+.3f}" if log_scale else f"{v * scale:+.1f}", ha="center", va="center", fontsize=7 if log_scale else 6)
+            ax.text(c, r, fmt(v), ha="center", va="center", fontsize=7 if log_scale else 6)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.ax.tick_params(labelsize=7)
-    cb.set_label("Δ held-out loss when removed" + ("" if log_scale else " (x1e-3)") + "\n(red: matters, blue: removal helps)", fontsize=7)
+    default = "Δ held-out loss when removed" + ("" if log_scale else " (x1e-3)") + "\n(red: matters, blue: removal helps)"
+    cb.set_label(label or default, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _layer_scores_plot(sig: dict, path: Path) -> None:
+    """Per-layer scores side by side: gradient importance of layer/attention/FFN gates and 1 - cosine similarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, sig[name]) for name in ("gradient", "similarity") if sig.get(name)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 2.8), dpi=100, squeeze=False)
+    for ax, (name, scores) in zip(axes[0], panels):
+        L = len(scores["layer"])
+        x = np.arange(L)
+        for j, part in enumerate(("layer", "attn", "ffn")):
+            ax.bar(x + (j - 1) * 0.27, np.nan_to_num(np.asarray(scores[part], dtype=float)), width=0.27, label=part)
+        ax.set_xticks(x, [f"L{i}" for i in range(L)], fontsize=8)
+        ax.set_title("gradient importance |dL/dgate|" if name == "gradient" else "1 - cosine(input, output)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        if name == "gradient":
+            ax.set_yscale("log")  # a last layer's gate gradient can be 10x the others'
+        ax.legend(fontsize=7)
+    fig.suptitle("Per-layer scores (higher: matters more)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def write_heatmaps(sig: dict, directory: Path) -> list[Path]:
-    if "ablation" not in sig:
-        return []
-    grids = ablation_grids(sig)
-    H, G = grids["heads"].shape[1], grids["groups"].shape[1]
+    """Every view the analysis supports: ablation maps (measured removals), gradient maps, per-layer scores."""
     out = []
-    for key, labels, title in (
-        ("heads", [f"h{i}" for i in range(H)], "Removing one attention head"),
-        ("groups", [f"g{i}" for i in range(G)], f"Removing one FFN neuron group (1/{G} of the FFN)"),
-        ("blocks", ["layer", "attn", "ffn"], "Removing a whole layer or block"),
-    ):
-        path = directory / HEATMAP_FILES[key]
-        _heatmap(grids[key], labels, title, path, log_scale=key == "blocks")
+    if "ablation" in sig:
+        grids = ablation_grids(sig)
+        H, G = grids["heads"].shape[1], grids["groups"].shape[1]
+        for key, labels, title in (
+            ("heads", [f"h{i}" for i in range(H)], "Removing one attention head"),
+            ("groups", [f"g{i}" for i in range(G)], f"Removing one FFN neuron group (1/{G} of the FFN)"),
+            ("blocks", ["layer", "attn", "ffn"], "Removing a whole layer or block"),
+        ):
+            path = directory / HEATMAP_FILES[key]
+            _heatmap(grids[key], labels, title, path, log_scale=key == "blocks")
+            out.append(path)
+    grad = sig.get("gradient")
+    if grad:
+        heads, groups = np.asarray(grad["heads"], dtype=float), np.asarray(grad["groups"], dtype=float)
+        norm = ", L2-normalised per layer" if grad.get("normalized_heads") else ""
+        for key, grid, title in (
+            ("heads", heads, f"Gradient importance of each attention head{norm}"),
+            ("groups", groups, f"Gradient importance of each FFN neuron group (1/{groups.shape[1]} of the FFN)"),
+        ):
+            path = directory / SCORE_FILES[key]
+            _heatmap(grid, [f"{'h' if key == 'heads' else 'g'}{i}" for i in range(grid.shape[1])], title, path, log_scale=False, signed=False,
+                     label="sum over held-out batches of |dL/dgate|\n(higher: matters more)")
+            out.append(path)
+    if grad or sig.get("similarity"):
+        path = directory / SCORE_FILES["layers"]
+        _layer_scores_plot(sig, path)
         out.append(path)
     return out
 
@@ -126,7 +177,9 @@ def summary_markdown(sig: dict) -> str:
     grad = sig.get("gradient")
     if sim or grad:
         L = len(sig["structure"]["layers"])
-        lines += ["## Per-layer scores", "", "| layer | 1-cos layer | 1-cos attn | 1-cos ffn | grad attn | grad ffn | grad layer |", "|---|---|---|---|---|---|---|"]
+        lines += ["## Per-layer scores", ""]
+        lines += [f"![{f}]({f})" for key, f in SCORE_FILES.items() if grad or key == "layers"] + [""]
+        lines += ["| layer | 1-cos layer | 1-cos attn | 1-cos ffn | grad attn | grad ffn | grad layer |", "|---|---|---|---|---|---|---|"]
         for i in range(L):
             s = [sim[k][i] if sim else None for k in ("layer", "attn", "ffn")]
             g = [grad[k][i] if grad else None for k in ("attn", "ffn", "layer")]
