@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR
 from axformer.errors import AxformerError
 
 app = typer.Typer(
@@ -276,7 +277,7 @@ def optimize_cmd(
     budget: Annotated[Optional[str], typer.Option("--budget", help="fastformers: uniform (the same count in every layer) or global (the same total, shared by importance).")] = None,
     scorers: Annotated[Optional[list[str]], typer.Option("--scorer", help="Significance scorers of the analysis stage (ablation, gradient, similarity, quantization; give several); 'none' skips the stage.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="Export: fp32, int8, fp16, mixed, or auto (the faster of fp32 and int8 on this machine within the tolerance).")] = None,
-    price_per_hour: Annotated[Optional[float], typer.Option("--price-per-hour", help="Benchmark: machine price in USD per hour, for the cost per 100M requests.")] = None,
+    price_per_hour: Annotated[Optional[float], typer.Option("--price-per-hour", help="Benchmark: machine price in USD per hour, for the cost per 100M requests (default: 0.085, assumed; 0: omit).")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Benchmark: interleaved timing rounds.")] = None,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N], for every stage.")] = None,
@@ -437,7 +438,7 @@ def benchmark_cmd(
     throughput_examples: Annotated[int, typer.Option(help="Dev examples in the batch-32 throughput pass.")] = 512,
     rounds: Annotated[int, typer.Option(help="Interleaved timing rounds after one warm-up round.")] = 3,
     instances: Annotated[Optional[int], typer.Option("--instances", help="Multi-instance workers (default: one per core; 1 skips).")] = None,
-    price_per_hour: Annotated[float, typer.Option("--price-per-hour", help="USD per machine hour for the cost per 100M requests (0: omit).")] = 0.0,
+    price_per_hour: Annotated[float, typer.Option("--price-per-hour", help="USD per machine hour for the cost per 100M requests (default 0.085: AWS c6i.large on demand, assumed; 0: omit).")] = DEFAULT_PRICE_PER_HOUR,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Skip the peak-memory measurement (one process per candidate).")] = False,
     fixed_batch: Annotated[int, typer.Option(help="Batch size of the fixed-length throughput pass.")] = 8,
     chain: Annotated[Optional[list[str]], typer.Option("--chain", help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).")] = None,

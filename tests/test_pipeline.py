@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,12 @@ def test_pipeline_runs_every_stage_then_skips_them(tuned_tiny, tmp_path):
     assert resolved["search"]["goal"] == "speed" and resolved["search"]["slack"] == 1.1  # every field, defaults included
     again = run_pipeline(_cfg(model, out), progress=lambda m: None)
     assert again.ran == ["report"] and again.skipped == ["analyze", "search", "export", "benchmark"]
+    # the same model by another path (a link, another working directory) is the same input; another model is not
+    link = tmp_path / "same-model"
+    link.symlink_to(model, target_is_directory=True)
+    assert run_pipeline(_cfg(link, out), progress=lambda m: None).ran == ["report"]
+    with pytest.raises(AxformerError, match=r"other inputs \(model differ\)"):
+        run_pipeline(_cfg(shutil.copytree(model, tmp_path / "other-model"), out), progress=lambda m: None)
     # redo from export: the search is kept, export and benchmark run again
     redo = run_pipeline(_cfg(model, out), from_stage="export", progress=lambda m: None)
     assert redo.ran == ["export", "benchmark", "report"] and "search" in redo.skipped

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from axformer.benchmark.pricing import price_note
+
 
 def _f(v, fmt: str = "{:.2f}", none: str = "-") -> str:
     return none if v is None else fmt.format(v)
@@ -27,7 +29,7 @@ def markdown(result: dict) -> str:
         + f". torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, onnxruntime {env['onnxruntime']}, Python {env['python']}.",
         f"All rows measured in the same run; speed-ups are against the first row. Batch-1 latency over {result['config']['latency_examples']} dev requests x "
         f"{result['config']['rounds']} interleaved rounds; throughput at batch 32 on {result['config']['throughput_examples']} dev examples (median of rounds)."
-        + (f" Cost: USD {result['config']['price_per_hour']:.3f} per machine hour, at the best measured throughput." if cost else ""),
+        + (f" Cost: USD {result['config']['price_per_hour']:.3f} per machine hour{price_note(result['config']['price_per_hour'])}, at the best measured throughput." if cost else ""),
         "",
         "What was measured: the dev metric of every row on the whole dev set; batch-1 latency per request (p50/p95) on real dev texts, "
         "each padded only to its own length except the 'padded' baseline (padded to the maximum length, as a pipeline does out of the box); "

@@ -9,7 +9,8 @@ machine; ratios are against the out-of-the-box baseline.
 Cost per 100M requests follows FastFormers: the hours a machine needs to serve
 10^8 requests at the measured throughput, times its hourly price. It uses the
 best throughput the candidate reached (one process at batch 32, or several
-single-threaded instances), and says which.
+single-threaded instances), and says which; the default price is an
+assumption (see ``axformer.benchmark.pricing``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from axformer.models.record import ModelRecord
 from axformer.runtime.backends import ONNX_FILE, is_onnx_artifact, load_runnable, max_input_length, position_limit
 from axformer.tasks.data import TaskData
 from axformer.tasks.sources import load_task_from_record
+from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.utils.io import write_json
 
 
@@ -53,7 +55,7 @@ class BenchmarkConfig:
     rounds: int = 3
     warmup: int = 1
     instances: int | None = None  # multi-instance workers (default: one per core; 0 or 1: skip)
-    price_per_hour: float = 0.0  # USD per machine hour; 0: cost column omitted
+    price_per_hour: float = DEFAULT_PRICE_PER_HOUR  # USD per machine hour (assumed unless given); 0: cost column omitted
     memory: bool = True
     seed: int = 0
     chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
@@ -243,7 +245,7 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
         best = max([(r.timing["throughput_per_s"], "batch 32, one process")] + ([(r.multi_instance["throughput_per_s"], f"batch 32, {r.multi_instance['instances']} instances")] if r.multi_instance else []))
         r.cost_basis = best[1]
         if config.price_per_hour > 0:
-            r.usd_per_100m = config.price_per_hour * 1e8 / (best[0] * 3600.0)
+            r.usd_per_100m = usd_per_100m(best[0], config.price_per_hour)
     by_path = {c.path: c.name for c in candidates}
     chain = [by_path.get(n, n) for n in config.chain] if config.chain else None
     result = {

@@ -11,6 +11,7 @@ import html
 import json
 from pathlib import Path
 
+from axformer.benchmark.pricing import price_note
 from axformer.utils.io import read_json, write_json
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d1d1f}
@@ -121,7 +122,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
             ["parameters"] + [_fmt(c["parameters"] / 1e6 if c["parameters"] else None, "{:.2f} M") for c in cols] + ["-"],
         ]
         if price:
-            table.append([f"USD per 100M requests (at {price}/h)"] + [_fmt(c["usd_per_100m"]) for c in cols] + [f"{original['usd_per_100m'] / artifact['usd_per_100m']:.1f}x cheaper" if artifact["usd_per_100m"] else "-"])
+            table.append([f"USD per 100M requests (at {price}/h{price_note(price)})"] + [_fmt(c["usd_per_100m"]) for c in cols] + [f"{original['usd_per_100m'] / artifact['usd_per_100m']:.1f}x cheaper" if artifact["usd_per_100m"] else "-"])
         section("Original vs optimized", f"Measured in one benchmark run on this machine ({bench['environment']['cpu']}, {bench['environment']['cores']} cores), "
                 f"medians of {bench['config']['rounds']} interleaved rounds.")
         add_table(headers, table)

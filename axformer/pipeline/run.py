@@ -18,6 +18,7 @@ is refused (use ``from_stage``) rather than mixing results of two configs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from axformer.utils.io import read_json, write_json
 DIRS = {"finetune": "1-finetuned", "analyze": "2-analysis", "search": "3-search", "export": "4-export", "benchmark": "5-benchmark"}
 MARKERS = {"finetune": "metrics.json", "analyze": "significance.json", "search": "report.json", "export": "export.json", "benchmark": "benchmark.json"}
 INPUT_KEYS = ("model", "task", "data_dir", "source", "train", "dev", "text_column", "label_column", "problem", "labels")
+PATH_KEYS = ("model", "data_dir", "train", "dev")
 
 
 @dataclass
@@ -73,6 +75,15 @@ def needs_finetuning(model: str, data) -> bool:
     return not has_task_head(config)
 
 
+def _same_input(key: str, old, new) -> bool:
+    """Paths are the same input when they name the same file (``../shared/data`` from one directory, an absolute path from another)."""
+    if old == new:
+        return True
+    if key in PATH_KEYS and isinstance(old, str) and isinstance(new, str) and Path(old).exists():
+        return os.path.realpath(old) == os.path.realpath(new)
+    return False
+
+
 def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) -> None:
     """Refuse to mix: a finished stage must have been produced by the same inputs and section of the config."""
     path = out / "config.yaml"
@@ -83,8 +94,8 @@ def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) ->
     old = yaml.safe_load(path.read_text()) or {}
     new = cfg.to_dict()
     first_redo = STAGES.index(from_stage) if from_stage else len(STAGES)
-    if any(old.get(k) != new.get(k) for k in INPUT_KEYS) and first_redo > 0:
-        changed = [k for k in INPUT_KEYS if old.get(k) != new.get(k)]
+    changed = [k for k in INPUT_KEYS if not _same_input(k, old.get(k), new.get(k))]
+    if changed and first_redo > 0:
         raise AxformerError(f"output {out} was produced from other inputs ({', '.join(changed)} differ); choose another --output or pass --from-stage finetune")
     for stage in STAGES[:-1]:
         if STAGES.index(stage) >= first_redo:
