@@ -136,3 +136,11 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
     AutoModel.from_config(tiny_config("bert")).save_pretrained(base)
     assert needs_finetuning(str(base), None) is True
     assert needs_finetuning(str(tiny_bert), None) is False  # a sequence-classification checkpoint is used as it is
+
+
+def test_reports_name_the_bundled_model_by_its_name(minilm_dir, tmp_path):
+    """The bundled checkpoint's directory is just 'model': a report titled 'model on BBC News' tells a reader nothing."""
+    from axformer.demo import model_display_name
+
+    assert model_display_name(str(minilm_dir)) == "all-MiniLM-L6-v2 (bundled)"
+    assert model_display_name(str(tmp_path / "runs" / "sst2")) == "sst2"

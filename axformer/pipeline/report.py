@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from axformer.benchmark.pricing import price_note
+from axformer.demo import model_display_name
 from axformer.utils.io import read_json, write_json
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d1d1f}
@@ -87,7 +88,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
     bench = read_json(bench_dir / "benchmark.json") if (bench_dir / "benchmark.json").exists() else None
     task = (search or {}).get("task") or (bench or {}).get("task") or {}
     main = task.get("main_metric", "metric")
-    title = f"axformer: {Path(cfg.model).name} on {task.get('display_name', task.get('name', cfg.task))}"
+    title = f"axformer: {model_display_name(cfg.model)} on {task.get('display_name', task.get('name', cfg.task))}"
     goal = cfg.search["goal"] if cfg.search["strategy"] == "search" else "FastFormers recipe"
     stages = ", ".join(f"{s} ({times[s] / 60:.1f} min)" for s in ("finetune", "analyze", "search", "export", "benchmark") if s in times)
     why = {"accuracy": "AxFormer's accuracy-driven search: keep only the changes that lower the held-out loss and make most examples no worse.",

@@ -281,8 +281,11 @@ def _dir_size(path: Path) -> int:
 
 
 @torch.inference_mode()
-def _latency(models: dict, enc, n_single: int, device) -> dict[str, dict[str, float]]:
-    """Batch-1 latency over dev texts (each padded to its own length) and batch-32 per-example time, interleaved."""
+def measure_latency(models: dict, enc, n_single: int, device, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Batch-1 latency over dev texts (each padded to its own length) and batch-32 per-example time, interleaved.
+
+    Every model of ``models`` is timed in the same rounds, so their ratios hold even when the machine is shared;
+    absolute figures do not (two processes on two cores make each call several times slower, unevenly)."""
     single = [collate(enc, np.array([i]), device, with_labels=False) for i in range(min(n_single, len(enc)))]
     big = [collate(enc, idx, device, with_labels=False) for idx in sorted_batches(enc.lengths, 32)[:4]]
     n_big = sum(len(b["input_ids"]) for b in big)
@@ -294,8 +297,8 @@ def _latency(models: dict, enc, n_single: int, device) -> dict[str, dict[str, fl
 
         return fn
 
-    b1 = interleaved_medians({k: loop(m, single) for k, m in models.items()}, repeats=1, rounds=5, warmup=1)
-    b32 = interleaved_medians({k: loop(m, big) for k, m in models.items()}, repeats=1, rounds=5, warmup=1)
+    b1 = interleaved_medians({k: loop(m, single) for k, m in models.items()}, repeats=1, rounds=rounds, warmup=1)
+    b32 = interleaved_medians({k: loop(m, big) for k, m in models.items()}, repeats=1, rounds=rounds, warmup=1)
     return {k: {"batch1_ms": 1e3 * b1[k] / max(len(single), 1), "batch32_ms_per_example": 1e3 * b32[k] / max(n_big, 1)} for k in models}
 
 
@@ -315,7 +318,7 @@ def _report(model, ctx, optimized, state, config, trials: Trials, search_info, s
     results["original"]["size_bytes"] = (_dir_size(Path(model)) or None) if is_local(model) else None
     results["optimized"]["size_bytes"] = _dir_size(work)
     dev_split = next(iter(ctx.data.dev.values()))
-    lat = _latency({"original": original, "optimized": optimized}, encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length), config.latency_examples, ctx.device)
+    lat = measure_latency({"original": original, "optimized": optimized}, encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length), config.latency_examples, ctx.device)
     for k in lat:
         results[k]["latency"] = lat[k]
     accepted = [d for d in trials.decisions if d.accepted]
