@@ -47,7 +47,7 @@ def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_s
     vmax = vmax if vmax > 0 else 1.0
     scale = 1e3 if signed and not log_scale else 1.0
     if not signed:
-        norm, cmap, fmt = Normalize(0.0, vmax), "Reds", (lambda v: f"{v:.2g}")
+        norm, cmap, fmt = Normalize(0.0, vmax), "Reds", (lambda v: f"{v:.0f}" if v >= 10 else f"{v:.2g}")
     elif log_scale:
         norm, cmap, fmt = SymLogNorm(linthresh=max(vmax / 100, 1e-5), vmin=-vmax, vmax=vmax), "RdBu_r", (lambda v: f"{v:+.3f}")
     else:

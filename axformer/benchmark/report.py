@@ -108,24 +108,36 @@ def cumulative_markdown(result: dict) -> list[str]:
 
 
 def plot(result: dict, path: str | Path) -> Path:
-    """Dev metric against batch-1 latency: one point per candidate, baselines hollow."""
+    """Dev metric against batch-1 latency: one point per row, baselines hollow, named in a legend.
+
+    A legend rather than labels at the points: baselines of equal accuracy sit on one line and their labels
+    would overlap. Latency on a log axis: rows span an order of magnitude (padded PyTorch to int8 ONNX)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     main = result["task"]["main_metric"]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for r in result["rows"]:
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    markers = "osD^vP*Xh<>"
+    for i, r in enumerate(result["rows"]):
         x, y = r["timing"]["latency_p50_ms"], r["dev"]["metrics"].get(main)
         if x is None or y is None:
             continue
-        ax.scatter([x], [y], s=60, facecolors="none" if r["baseline"] else "C1", edgecolors="C0" if r["baseline"] else "C1", zorder=3)
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.set_xlabel("batch-1 latency on dev texts, p50 (ms)")
+        color = f"C{i % 10}"
+        ax.scatter([x], [y], s=70, marker=markers[i % len(markers)], facecolors="none" if r["baseline"] else color, edgecolors=color, linewidths=1.5,
+                   zorder=3, label=f"{r['name']}{' (baseline)' if r['baseline'] else ''}: {y:.2f}, {x:.2f} ms")
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("batch-1 latency on dev texts, p50 (ms, log scale)")
     ax.set_ylabel(f"dev {main}")
     ax.set_title(f"{result['task']['name']}: accuracy vs latency (hollow: baselines)")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
