@@ -67,7 +67,10 @@ def accuracy_runs(args) -> list[dict]:
 
 @torch.inference_mode()
 def forced_all_layers(args) -> dict:
-    """Held-out and dev main metric with each approximation in every layer: what the search protects against."""
+    """Held-out and dev main metric with each approximation in every layer (what the search protects against), and the
+    token counts of both splits: K at or above an input's length is dense attention for it."""
+    import numpy as np
+
     from axformer.analysis.context import load_context
     from axformer.data.batching import encode
     from axformer.evaluation import score
@@ -88,20 +91,9 @@ def forced_all_layers(args) -> dict:
             rows[mode] = {split: score(spec, enc_labels, run_model(m, enc, spec.is_regression, 64, "cpu")).metrics[spec.main_metric]
                           for split, enc, enc_labels in (("heldout", ctx.encoded, ctx.heldout.labels), (dev_name, dev_enc, dev.labels))}
             print(task, mode, rows[mode], flush=True)
-        result[task] = {"dev_split": dev_name, "main_metric": spec.main_metric, "rows": rows}
+        lengths = {name: {"median": float(np.median(n)), "longer_than_k": float((n > args.k).mean())} for name, n in (("heldout", ctx.encoded.lengths), ("dev", dev_enc.lengths))}
+        result[task] = {"dev_split": dev_name, "main_metric": spec.main_metric, "rows": rows, "lengths": lengths}
     return result
-
-
-def input_lengths(task: str, data_dir: str, k: int) -> dict:
-    """Token counts of the held-out split the search decides on and of dev: K at or above a length is dense attention."""
-    import numpy as np
-
-    from axformer.analysis.context import load_context
-    from axformer.data.batching import encode
-
-    ctx = load_context(f"runs/baselines/{task}", None, data_dir, 2000, 0, "cpu", False)
-    dev = encode(ctx.tokenizer, next(iter(ctx.data.dev.values())), ctx.record.max_seq_length).lengths
-    return {name: (float(np.median(n)), float((n > k).mean())) for name, n in (("heldout", ctx.encoded.lengths), ("dev", dev))}
 
 
 def _variants(model, k: int) -> dict:
@@ -191,9 +183,9 @@ def main() -> None:
                   "|---|---|---|---|---|---|---|"]
         for task, f in forced.items():
             cell = {mode: f"{v['heldout']:.2f} / {v[f['dev_split']]:.2f}" for mode, v in f["rows"].items()}
-            n = input_lengths(task, args.data_dir, args.k)
-            lines.append(f"| {task} | {f['main_metric']} | {cell['dense']} | {cell['topk']} | {cell['sign']} | {n['heldout'][0]:.0f} / {n['dev'][0]:.0f} | "
-                         f"{100 * n['heldout'][1]:.0f}% / {100 * n['dev'][1]:.0f}% |")
+            n = f["lengths"]
+            lines.append(f"| {task} | {f['main_metric']} | {cell['dense']} | {cell['topk']} | {cell['sign']} | {n['heldout']['median']:.0f} / {n['dev']['median']:.0f} | "
+                         f"{100 * n['heldout']['longer_than_k']:.0f}% / {100 * n['dev']['longer_than_k']:.0f}% |")
         lines += ["", f"Only inputs longer than K are approximated at all: at K={args.k}, most of SST-2's held-out phrases (the training split the search "
                   "decides on) are attended densely, so its decisions there say little about its longer dev sentences."]
     for engine, title in (("pytorch", "PyTorch"), ("onnxruntime", "ONNX Runtime")):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from axformer.benchmark.measure import Candidate, pad_to, peak_memory_mib, prepare, synthetic, time_candidates
+from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.data.batching import encode
 from axformer.errors import AxformerError
 from axformer.evaluation import score
@@ -34,7 +35,6 @@ from axformer.models.record import ModelRecord
 from axformer.runtime.backends import ONNX_FILE, is_onnx_artifact, load_runnable, max_input_length, position_limit
 from axformer.tasks.data import TaskData
 from axformer.tasks.sources import load_task_from_record
-from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.utils.io import write_json
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from axformer.attention.hard import MODES, set_attention, supports_approximate_attention
 from axformer.surgery.prune import apply_structure, count_parameters
 from axformer.surgery.structure import ModelStructure
 from axformer.utils.timing import interleaved_medians
@@ -77,7 +78,7 @@ def _variants(s: ModelStructure) -> dict[str, ModelStructure]:
 
 @torch.inference_mode()
 def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: int = 20, device: str = "cpu", k: int | None = None,
-                      attention_modes: tuple[str, ...] = ("topk", "sign")) -> CostModel:
+                      attention_modes: tuple[str, ...] = MODES) -> CostModel:
     """Measure batch-1 latency of pruned variants at ``seq_len`` tokens and fit the per-component model.
 
     With ``k``, approximate attention in ``attention_modes`` is measured too (only the modes the search may try:
@@ -101,15 +102,13 @@ def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: i
     return CostModel("latency", [float(c) for c in coef], seq_len, calib, measure_attention(model, structure, batch, k, repeats, attention_modes) if k is not None and attention_modes else None)
 
 
-def measure_attention(model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20, modes: tuple[str, ...] = ("topk", "sign")) -> dict | None:
+def measure_attention(model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20, modes: tuple[str, ...] = MODES) -> dict | None:
     """Batch-1 latency with top-K and sign-matching attention (gather kernels) in every layer against dense, interleaved.
 
     The approximations only pay where selecting K keys costs less than the
     dense attention it replaces; the search tries them for speed only where
     this measurement says they are faster.
     """
-    from axformer.attention.hard import set_attention, supports_approximate_attention
-
     if not supports_approximate_attention(model):
         return None
     layers = [l for l in structure.present_layers if structure.layers[l].heads]

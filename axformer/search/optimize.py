@@ -26,7 +26,7 @@ import torch
 
 from axformer.analysis.context import load_context
 from axformer.analysis.engine import EvaluationEngine
-from axformer.attention.hard import set_attention, supports_approximate_attention
+from axformer.attention.hard import MODES, set_attention, supports_approximate_attention
 from axformer.data.batching import collate, encode, sorted_batches
 from axformer.errors import AxformerError
 from axformer.evaluation import score
@@ -96,7 +96,7 @@ class OptimizeConfig:
             raise AxformerError(f"--slack {self.slack}; expected a value of at least 1")
         if self.k < 1:
             raise AxformerError(f"-k {self.k}; expected a positive number of attended keys")
-        if any(m not in ("topk", "sign") for m in self.attention_modes or []):
+        if any(m not in MODES for m in self.attention_modes or []):
             raise AxformerError(f"--attention {self.attention_modes}; expected topk and/or sign")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
@@ -154,7 +154,7 @@ def optimize(model: str | os.PathLike, data: TaskData | None = None, data_dir=No
                 search_info = {"rule": f"axformer (mean loss below the best so far, and more than {config.fraction:.0%} of examples not worse than the unpruned model)", "min_loss": outcome.min_loss,
                                "hard_attention_supported": approx_ok}
             else:
-                modes = tuple(config.attention_modes if config.attention_modes is not None else ["topk", "sign"]) if approx_ok and config.hard_attention else ()
+                modes = tuple(config.attention_modes if config.attention_modes is not None else MODES) if approx_ok and config.hard_attention else ()
                 cost = _cost_model(ctx, structure, config, work, modes)
                 target = config.target_speedup if config.goal == "speed" else config.target_size
                 cfg = ConstraintSearchConfig(config.goal, config.max_drop, config.max_rel_drop, target, config.guard, config.max_loss_increase, config.groups,
