@@ -3,16 +3,16 @@
 The Python API mirrors the CLI: every subcommand is one of these functions.
 """
 
+from axformer.distill import DistillConfig
+from axformer.distill.recipe import RecipeConfig, fastformers_recipe
 from axformer.errors import AxformerError
 from axformer.evaluation import Evaluation, evaluate
 from axformer.models.loading import load_model, load_tokenizer, save_model
+from axformer.search.optimize import OptimizeConfig, optimize
 from axformer.tasks.data import Split, TaskData
 from axformer.tasks.sources import load_custom, load_task
 from axformer.tasks.spec import TaskSpec, get_task
 from axformer.training.finetune import FinetuneConfig, FinetuneResult, finetune
-from axformer.distill import DistillConfig
-from axformer.distill.recipe import RecipeConfig, fastformers_recipe
-from axformer.search.optimize import OptimizeConfig, optimize
 
 __version__ = "0.1.0"
 

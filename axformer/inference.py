@@ -33,7 +33,14 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, regression: boo
 
 
 @torch.inference_mode()
-def run_model(model, enc: Encoded, regression: bool, batch_size: int = 64, device: torch.device | str = "cpu", progress: str | None = None) -> Outputs:
+def run_model(
+    model,
+    enc: Encoded,
+    regression: bool,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: str | None = None,
+) -> Outputs:
     model.eval()
     n = len(enc)
     logits = None

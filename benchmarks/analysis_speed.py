@@ -45,9 +45,19 @@ def main() -> None:
     data = load_task("sst2", args.data_dir)
     work = Path(args.work)
     runs = {}
-    for name, cache, scorers in (("engine", True, ("ablation", "gradient", "similarity", "quantization")), ("naive", False, ("ablation",))):
+    for name, cache, scorers in (
+        ("engine", True, ("ablation", "gradient", "similarity", "quantization")),
+        ("naive", False, ("ablation",)),
+    ):
         t = time.perf_counter()
-        sig = analyze(args.model, data, None, work / name, AnalyzeConfig(scorers=scorers, max_examples=args.examples, prefix_cache=cache, device="cpu"), overwrite=True)
+        sig = analyze(
+            args.model,
+            data,
+            None,
+            work / name,
+            AnalyzeConfig(scorers=scorers, max_examples=args.examples, prefix_cache=cache, device="cpu"),
+            overwrite=True,
+        )
         runs[name] = (sig, time.perf_counter() - t, np.load(work / name / "ablation_losses.npz"))
         print(name, f"ablation {sig['ablation']['seconds']:.1f} s")
     (se, te, le), (sn, _, ln) = runs["engine"], runs["naive"]
@@ -58,23 +68,32 @@ def main() -> None:
     lines = [
         "# Significance analysis: cost of the full ablation table",
         "",
-        f"Command: `python benchmarks/analysis_speed.py` on {platform.machine()} with {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
+        f"Command: `python benchmarks/analysis_speed.py` on {platform.machine()} with "
+        f"{os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}.",
-        f"Model: {args.model} (all-MiniLM-L6-v2 fine-tuned on SST-2). Split: {se['split']['used']} of the {se['split']['full_size']} held-out training "
-        f"examples (stratified, seed {se['config']['sample_seed']}); batches of {se['config']['batch_size']} sorted by length, padded to the longest member.",
+        f"Model: {args.model} (all-MiniLM-L6-v2 fine-tuned on SST-2). Split: {se['split']['used']} of "
+        f"the {se['split']['full_size']} held-out training "
+        f"examples (stratified, seed {se['config']['sample_seed']}); batches of "
+        f"{se['config']['batch_size']} sorted by length, padded to the longest member.",
         "",
         "| way | single removals | ablation wall time | per removal | speed-up |",
         "|---|---|---|---|---|",
-        f"| naive: full forward pass per removal | {n_rows} | {an:.0f} s ({an / 60:.1f} min) | {an / n_rows:.2f} s | 1.00x |",
-        f"| axformer engine (prefix cache) | {n_rows} | {ae:.0f} s ({ae / 60:.1f} min) | {ae / n_rows:.2f} s | {an / ae:.2f}x |",
+        f"| naive: full forward pass per removal | {n_rows} | {an:.0f} s ({an / 60:.1f} min) | "
+        f"{an / n_rows:.2f} s | 1.00x |",
+        f"| axformer engine (prefix cache) | {n_rows} | {ae:.0f} s ({ae / 60:.1f} min) | "
+        f"{ae / n_rows:.2f} s | {an / ae:.2f}x |",
         "",
         f"Largest per-example loss difference between the two tables: {diff:.2e} (identical decisions).",
         "",
-        f"The whole `axformer analyze` run with every scorer took {te:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in se["timings"].items()) + ".",
-        "The expected saving of the prefix cache on a 6-layer model is 6 / 3.5 = 1.71x (a removal in layer i re-runs 6 - i layers); "
+        f"The whole `axformer analyze` run with every scorer took {te:.0f} s: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in se["timings"].items())
+        + ".",
+        "The expected saving of the prefix cache on a 6-layer model is 6 / 3.5 = 1.71x (a removal in "
+        "layer i re-runs 6 - i layers); "
         "the machine is shared, so both timings move by up to 30% between runs.",
         "",
-        f"Unchanged model on these examples: held-out loss {se['reference']['mean_loss']:.4f}, accuracy {se['reference']['metrics']['accuracy']:.2f}. "
+        f"Unchanged model on these examples: held-out loss {se['reference']['mean_loss']:.4f}, "
+        f"accuracy {se['reference']['metrics']['accuracy']:.2f}. "
         f"Summary and heatmaps: [docs/analysis/sst2/summary.md](../../docs/analysis/sst2/summary.md).",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")

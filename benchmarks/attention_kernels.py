@@ -30,15 +30,21 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=30)
     args = ap.parse_args()
     dev = args.device
-    print("torch", torch.__version__, torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads")
+    print(
+        "torch",
+        torch.__version__,
+        torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads",
+    )
     for b in args.batches:
         for n in args.lengths:
             q, k, v = (torch.randn(b, 12, n, 32, device=dev) for _ in range(3))
             mask = torch.zeros(b, 1, 1, n, device=dev)
-            fns = {"dense SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask),
-                   "top-K reference": lambda: kernels.topk_reference(q, k, v, mask, 32**-0.5, args.k, True),
-                   "top-K gather": lambda: kernels.topk_gather(q, k, v, mask, 32**-0.5, args.k, True),
-                   "sign gather": lambda: kernels.sign_match_gather(q, k, v, mask, 32**-0.5, args.k)}
+            fns = {
+                "dense SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask),
+                "top-K reference": lambda: kernels.topk_reference(q, k, v, mask, 32**-0.5, args.k, True),
+                "top-K gather": lambda: kernels.topk_gather(q, k, v, mask, 32**-0.5, args.k, True),
+                "sign gather": lambda: kernels.sign_match_gather(q, k, v, mask, 32**-0.5, args.k),
+            }
             m = interleaved_medians(fns, repeats=20 if dev.startswith("cuda") else 3, rounds=3)
             print(f"batch {b} n {n}: " + ", ".join(f"{name} {1e3 * t:.3f} ms" for name, t in m.items()), flush=True)
 

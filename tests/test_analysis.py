@@ -1,4 +1,6 @@
-"""Significance analysis: the engine is exact, early stopping changes no decision, every scorer equals a naive computation."""
+"""Significance analysis: the engine is exact, early stopping changes no decision, every scorer equals a naive
+computation.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +51,16 @@ def test_engine_equals_full_forward(tiny_arch_dir, prefix_cache):
     enc = random_encoded()
     engine = EvaluationEngine(model, enc, SPEC, batch_size=16, prefix_cache=prefix_cache)
     rng = random.Random(1)
-    candidates = [[], ["L0"], ["L2.attn.head1"], ["L1.ffn"], ["L1"], ["L2"], random_components(rng), random_components(rng)]
+    candidates = [
+        [],
+        ["L0"],
+        ["L2.attn.head1"],
+        ["L1.ffn"],
+        ["L1"],
+        ["L2"],
+        random_components(rng),
+        random_components(rng),
+    ]
     for cand in candidates:
         got = engine.evaluate(cand)
         ref = naive(model, enc, cand)
@@ -67,7 +78,12 @@ def test_prefix_cache_runs_fewer_layers_and_follows_the_base(tiny_bert):
     cached.evaluate(["L2.attn.head0"])
     assert cached.layer_runs - before == batches  # only the top layer ran
     # a new base below the cached layers invalidates them; results stay exact
-    for base, cand in ((["L0.ffn"], ["L1.attn.head2"]), (["L0.ffn", "L2.ffn.group3of12"], ["L1"]), ([], ["L2.attn"]), (["L1"], ["L0.attn.head3"])):
+    for base, cand in (
+        (["L0.ffn"], ["L1.attn.head2"]),
+        (["L0.ffn", "L2.ffn.group3of12"], ["L1"]),
+        ([], ["L2.attn"]),
+        (["L1"], ["L0.attn.head3"]),
+    ):
         cached.set_base(base)
         got = cached.evaluate(cand)
         np.testing.assert_allclose(got.losses, naive(model, enc, base + cand).losses, rtol=0, atol=1e-6)
@@ -173,7 +189,13 @@ def test_ablation_rows_equal_naive(tiny_arch_dir):
 def _gate_loss(model, enc, kind, layer, index, value):
     """Summed loss of one batch holding every example, with one gate set to ``value`` (finite differences)."""
     with SoftMask(model) as mask, torch.no_grad():
-        gates = {"head": mask.head_gates, "neuron": mask.neuron_gates, "attn": mask.attn_gates, "ffn": mask.ffn_gates, "layer": mask.layer_gates}[kind]
+        gates = {
+            "head": mask.head_gates,
+            "neuron": mask.neuron_gates,
+            "attn": mask.attn_gates,
+            "ffn": mask.ffn_gates,
+            "layer": mask.layer_gates,
+        }[kind]
         g = gates[layer]
         if g.ndim:
             g[index] = value
@@ -198,7 +220,9 @@ def test_gradient_importance_equals_finite_differences(tiny_arch_dir):
         ("ffn", 1, None, imp.ffn[1]),
         ("layer", 0, None, imp.layer[0]),
     ):
-        fd = abs(_gate_loss(model, enc, kind, layer, index, 1 + eps) - _gate_loss(model, enc, kind, layer, index, 1 - eps)) / (2 * eps)
+        fd = abs(
+            _gate_loss(model, enc, kind, layer, index, 1 + eps) - _gate_loss(model, enc, kind, layer, index, 1 - eps)
+        ) / (2 * eps)
         assert got == pytest.approx(fd, rel=0.03, abs=2e-3), (kind, layer, index)
     assert imp.groups[0].sum() == pytest.approx(np.nansum(imp.neurons[0]))
     engine.close()
@@ -226,7 +250,10 @@ def test_layer_similarity_equals_hidden_states(tiny_bert):
 
     batch = collate(enc, np.arange(len(enc)), with_labels=False)
     attn_out = {}
-    handles = [layer.attention.register_forward_hook(lambda m, a, o, i=i: attn_out.__setitem__(i, o[0])) for i, layer in enumerate(model.bert.encoder.layer)]
+    handles = [
+        layer.attention.register_forward_hook(lambda m, a, o, i=i: attn_out.__setitem__(i, o[0]))
+        for i, layer in enumerate(model.bert.encoder.layer)
+    ]
     with torch.no_grad():
         hs = model(**batch, output_hidden_states=True).hidden_states
     for h in handles:
@@ -277,7 +304,25 @@ def test_quant_sensitivity_equals_naive_and_restores_weights(tiny_arch_dir):
 
 
 def _analyze_args(model, out, train, dev, *extra):
-    return ["analyze", model, "-o", out, "--train", train, "--dev", dev, "--text-column", "text", "--label-column", "label", "--device", "cpu", "--groups", "4", *extra]
+    return [
+        "analyze",
+        model,
+        "-o",
+        out,
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--text-column",
+        "text",
+        "--label-column",
+        "label",
+        "--device",
+        "cpu",
+        "--groups",
+        "4",
+        *extra,
+    ]
 
 
 def test_analyze_command_writes_report_and_resumes(monkeypatch, capsys, tmp_path):
@@ -290,7 +335,16 @@ def test_analyze_command_writes_report_and_resumes(monkeypatch, capsys, tmp_path
     assert {"ablation", "gradient", "similarity", "quantization"} <= set(sig)
     assert len(sig["ablation"]["rows"]) == L * (3 + TINY["heads"] + 4)
     assert sig["split"]["used"] == 18 and sig["warnings"]  # 15% of 120; not fine-tuned by axformer
-    for f in ("summary.md", "heatmap_heads.png", "heatmap_ffn_groups.png", "blocks.png", "gradient_heads.png", "gradient_ffn_groups.png", "layer_scores.png", "ablation_losses.npz"):
+    for f in (
+        "summary.md",
+        "heatmap_heads.png",
+        "heatmap_ffn_groups.png",
+        "blocks.png",
+        "gradient_heads.png",
+        "gradient_ffn_groups.png",
+        "layer_scores.png",
+        "ablation_losses.npz",
+    ):
         assert (out / f).is_file(), f
     summary = (out / "summary.md").read_text()
     assert "![gradient_heads.png](gradient_heads.png)" in summary and "![layer_scores.png](layer_scores.png)" in summary
@@ -338,7 +392,9 @@ def test_analyze_command_writes_report_and_resumes(monkeypatch, capsys, tmp_path
 def test_analyze_bad_scorer(monkeypatch, capsys, tiny_bert, tmp_path):
     train, dev = write_sentiment_files(tmp_path / "data")
     out = tmp_path / "a"
-    code, _, err = run_cli(monkeypatch, capsys, *_analyze_args(tiny_bert, out, train, dev, "--scorers", "ablation,magic"))
+    code, _, err = run_cli(
+        monkeypatch, capsys, *_analyze_args(tiny_bert, out, train, dev, "--scorers", "ablation,magic")
+    )
     assert_clean_failure(code, err, out, r"unknown scorer 'magic'")
 
 
@@ -347,7 +403,13 @@ def test_analyze_minilm_on_sst2_subset(minilm_sst2, tmp_path):
     from axformer.analysis.analyze import AnalyzeConfig, analyze
 
     tuned, _, data = minilm_sst2
-    sig = analyze(tuned, data, None, tmp_path / "an", AnalyzeConfig(scorers=("ablation", "similarity"), max_examples=16, device="cpu", progress=False))
+    sig = analyze(
+        tuned,
+        data,
+        None,
+        tmp_path / "an",
+        AnalyzeConfig(scorers=("ablation", "similarity"), max_examples=16, device="cpu", progress=False),
+    )
     assert sig["split"]["used"] == 16 and len(sig["ablation"]["rows"]) == 6 * (3 + 12 + 12)
     assert not sig["warnings"]  # the split is the one recorded at fine-tuning
     assert (tmp_path / "an" / "heatmap_heads.png").stat().st_size > 5000
@@ -360,13 +422,29 @@ def test_gradient_only_analysis_draws_gradient_maps_with_pruned_cells_blank(tmp_
 
     heads = np.arange(8, dtype=float).reshape(2, 4)
     heads[1, 2] = np.nan
-    sig = {"gradient": {"heads": heads.tolist(), "groups": [[1.0, 2.0], [3.0, np.nan]], "attn": [1.0, 2.0], "ffn": [0.5, 0.1], "layer": [3.0, 40.0],
-                        "normalized_heads": True},
-           "similarity": {"layer": [0.1, 0.2], "attn": [0.05, 0.1], "ffn": [0.02, 0.3]}}
+    sig = {
+        "gradient": {
+            "heads": heads.tolist(),
+            "groups": [[1.0, 2.0], [3.0, np.nan]],
+            "attn": [1.0, 2.0],
+            "ffn": [0.5, 0.1],
+            "layer": [3.0, 40.0],
+            "normalized_heads": True,
+        },
+        "similarity": {"layer": [0.1, 0.2], "attn": [0.05, 0.1], "ffn": [0.02, 0.3]},
+    }
     paths = write_heatmaps(sig, tmp_path)
     assert sorted(p.name for p in paths) == sorted(SCORE_FILES.values())
     assert all(p.stat().st_size > 5000 for p in paths)
-    sig.update({"model": "m", "task": {"display_name": "T", "main_metric": "accuracy"}, "reference": {"mean_loss": 0.5, "metrics": {"accuracy": 90.0}},
-                "split": {"used": 10, "full_size": 10, "fraction": 0.1, "seed": 0}, "structure": {"layers": [{}, {}]}, "timings": {}})
+    sig.update(
+        {
+            "model": "m",
+            "task": {"display_name": "T", "main_metric": "accuracy"},
+            "reference": {"mean_loss": 0.5, "metrics": {"accuracy": 90.0}},
+            "split": {"used": 10, "full_size": 10, "fraction": 0.1, "seed": 0},
+            "structure": {"layers": [{}, {}]},
+            "timings": {},
+        }
+    )
     md = summary_markdown(sig)
     assert all(f"![{f}]({f})" in md for f in SCORE_FILES.values()) and "| L1 |" in md

@@ -1,4 +1,6 @@
-"""Approximate attention kernels: exactness where they must be exact, reference = gather, padding, models that save, reload and export."""
+"""Approximate attention kernels: exactness where they must be exact, reference = gather, padding, models that save,
+reload and export.
+"""
 
 from __future__ import annotations
 
@@ -43,13 +45,20 @@ def test_sign_gather_equals_reference(k):
 def test_k_at_least_length_is_dense_attention():
     q, key, v, mask, sc = _inputs(2)
     dense = _dense(q, key, v, mask, sc)
-    for out in (kernels.topk_reference(q, key, v, mask, sc, 12)[0], kernels.topk_gather(q, key, v, mask, sc, 12), kernels.topk_gather(q, key, v, mask, sc, 12, True),
-                kernels.sign_match_reference(q, key, v, mask, sc, 30)[0], kernels.sign_match_gather(q, key, v, mask, sc, 12)):
+    for out in (
+        kernels.topk_reference(q, key, v, mask, sc, 12)[0],
+        kernels.topk_gather(q, key, v, mask, sc, 12),
+        kernels.topk_gather(q, key, v, mask, sc, 12, True),
+        kernels.sign_match_reference(q, key, v, mask, sc, 30)[0],
+        kernels.sign_match_gather(q, key, v, mask, sc, 12),
+    ):
         torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-5)
 
 
 def test_padding_keys_are_never_attended():
-    """With K at least the number of real tokens, the padded example equals dense attention over its real tokens only."""
+    """With K at least the number of real tokens, the padded example equals dense attention over its real tokens
+    only.
+    """
     q, key, v, mask, sc = _inputs(3)
     real = _dense(q[1:, :, :, :], key[1:, :, :7], v[1:, :, :7], None, sc)
     for out in (kernels.topk_gather(q, key, v, mask, sc, 7, True), kernels.sign_match_gather(q, key, v, mask, sc, 9)):
@@ -87,7 +96,10 @@ def test_model_with_approximate_layers_reloads_and_exports(tmp_path, mode):
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     with torch.no_grad():
         dense = model(**batch, output_hidden_states=True).hidden_states[1]
-    settings = {0: {"mode": mode, "k": 4, "renormalize": True, "kernel": "gather"}, 2: {"mode": mode, "k": 6, "renormalize": False, "kernel": "gather"}}
+    settings = {
+        0: {"mode": mode, "k": 4, "renormalize": True, "kernel": "gather"},
+        2: {"mode": mode, "k": 6, "renormalize": False, "kernel": "gather"},
+    }
     set_attention(model, settings)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
@@ -95,7 +107,9 @@ def test_model_with_approximate_layers_reloads_and_exports(tmp_path, mode):
     assert not torch.allclose(out.hidden_states[1], dense, atol=1e-3)  # the approximation changes layer 0's computation
     set_attention(model, {layer: {**s, "kernel": "reference"} for layer, s in settings.items()})
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, approx, atol=1e-5, rtol=1e-4)  # gather = reference, in the model
+        torch.testing.assert_close(
+            model(**batch).logits, approx, atol=1e-5, rtol=1e-4
+        )  # gather = reference, in the model
     set_attention(model, settings)
     save_model(model, load_tokenizer(path), tmp_path / "saved")
     reloaded = load_model(tmp_path / "saved").eval()

@@ -41,7 +41,23 @@ def assert_clean_failure(code, err, out_dir, pattern):
 
 
 def _finetune_args(model, out, train, dev, *extra):
-    return ["finetune", model, "-o", out, "--train", train, "--dev", dev, "--text-column", "text", "--label-column", "label", "--device", "cpu", *extra]
+    return [
+        "finetune",
+        model,
+        "-o",
+        out,
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--text-column",
+        "text",
+        "--label-column",
+        "label",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_missing_data_file(monkeypatch, capsys, tiny_bert, files, tmp_path):
@@ -52,7 +68,22 @@ def test_missing_data_file(monkeypatch, capsys, tiny_bert, files, tmp_path):
 
 def test_missing_column(monkeypatch, capsys, tiny_bert, files, tmp_path):
     out = tmp_path / "out"
-    code, _, err = run_cli(monkeypatch, capsys, "finetune", tiny_bert, "-o", out, "--train", files[0], "--dev", files[1], "--text-column", "review", "--device", "cpu")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "finetune",
+        tiny_bert,
+        "-o",
+        out,
+        "--train",
+        files[0],
+        "--dev",
+        files[1],
+        "--text-column",
+        "review",
+        "--device",
+        "cpu",
+    )
     assert_clean_failure(code, err, out, r"train.csv has no column 'review'; its columns are text, label")
 
 
@@ -97,13 +128,17 @@ def test_evaluate_without_task(monkeypatch, capsys, tiny_bert, tmp_path):
 
 
 def test_debug_shows_traceback(monkeypatch, capsys, tiny_bert, tmp_path):
-    code, _, err = run_cli(monkeypatch, capsys, "--debug", "finetune", tiny_bert, "-o", tmp_path / "o", "--task", "nope")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "--debug", "finetune", tiny_bert, "-o", tmp_path / "o", "--task", "nope"
+    )
     assert code == 2 and "Traceback" in err
 
 
 def test_finetune_and_evaluate_happy_path(monkeypatch, capsys, tiny_bert, files, tmp_path):
     out = tmp_path / "out"
-    code, stdout, err = run_cli(monkeypatch, capsys, *_finetune_args(tiny_bert, out, *files, "--epochs", "1", "--max-seq-length", "32"))
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, *_finetune_args(tiny_bert, out, *files, "--epochs", "1", "--max-seq-length", "32")
+    )
     assert code == 0, err
     assert "heldout" in stdout and "dev" in stdout and (out / "model.safetensors").is_file()
     code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", out, "--device", "cpu")
@@ -116,9 +151,13 @@ def test_prune_command(monkeypatch, capsys, tiny_bert, tmp_path):
     from axformer.surgery.prune import current_structure
 
     out = tmp_path / "pruned"
-    code, stdout, err = run_cli(monkeypatch, capsys, "prune", tiny_bert, "-o", out, "-r", "L0.attn.head1,L1.ffn", "-r", "L2")
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "prune", tiny_bert, "-o", out, "-r", "L0.attn.head1,L1.ffn", "-r", "L2"
+    )
     assert code == 0, err
     s = current_structure(load_model(out))
     assert s.layers[2] is None and s.layers[1].neurons == [] and 1 not in s.layers[0].heads
     code, _, err = run_cli(monkeypatch, capsys, "prune", tiny_bert, "-o", tmp_path / "bad", "-r", "L0.attn.group1of3")
-    assert_clean_failure(code, err, tmp_path / "bad", r"component 'L0.attn.group1of3': group is not part of the attn block")
+    assert_clean_failure(
+        code, err, tmp_path / "bad", r"component 'L0.attn.group1of3': group is not part of the attn block"
+    )

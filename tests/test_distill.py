@@ -1,4 +1,6 @@
-"""Distillation: losses against direct computations, derived students, and training that moves the student to the teacher."""
+"""Distillation: losses against direct computations, derived students, and training that moves the student to the
+teacher.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ def test_soft_cross_entropy_is_tempered_cross_entropy_times_t_squared():
         expected += -sum(math.exp(b / T) / zt * math.log(math.exp(a / T) / zs) for a, b in zip(row_s, row_t))
     assert soft_cross_entropy(s, t, T).item() == pytest.approx(expected / 2 * T * T, rel=1e-6)
     # a regression head matches the teacher's prediction by squared error
-    assert soft_cross_entropy(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [0.0]])).item() == pytest.approx((1 + 9) / 2)
+    assert soft_cross_entropy(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [0.0]])).item() == pytest.approx(
+        (1 + 9) / 2
+    )
 
 
 def test_hidden_mse_ignores_padding():
@@ -79,7 +83,11 @@ def test_derived_student_computes_the_teachers_layers(tmp_path):
 
     def keep(i):
         def hook(module, args, kwargs, output):
-            captured[i] = (args[0] if args else kwargs["hidden_states"], output[0] if isinstance(output, tuple) else output)
+            captured[i] = (
+                args[0] if args else kwargs["hidden_states"],
+                output[0] if isinstance(output, tuple) else output,
+            )
+
         return hook
 
     handles = [t_layers[i].register_forward_hook(keep(i), with_kwargs=True) for i in range(3)]
@@ -95,12 +103,15 @@ def test_derived_student_computes_the_teachers_layers(tmp_path):
             if args:
                 return (captured[teacher_layer][0], *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": captured[teacher_layer][0]}
+
         return pre
 
     outputs = {}
     for j, orig in enumerate([0, 2]):
         pre = s_layers[j].register_forward_pre_hook(feed(orig), with_kwargs=True)
-        post = s_layers[j].register_forward_hook(lambda m, a, k, o, j=j: outputs.__setitem__(j, o[0] if isinstance(o, tuple) else o), with_kwargs=True)
+        post = s_layers[j].register_forward_hook(
+            lambda m, a, k, o, j=j: outputs.__setitem__(j, o[0] if isinstance(o, tuple) else o), with_kwargs=True
+        )
         with torch.no_grad():
             student(**batch)
         pre.remove()
@@ -146,7 +157,9 @@ def test_distillation_moves_a_derived_student_to_its_teacher(tuned_tiny, tmp_pat
     save_model(derive_student(load_model(teacher), [0]), load_tokenizer(teacher), start)
     ModelRecord.load(teacher).save(start)
     before = _teacher_gap(start, teacher, data)
-    cfg = DistillConfig(epochs=3, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None)
+    cfg = DistillConfig(
+        epochs=3, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None
+    )
     res = distill(teacher, tmp_path / "student", student_layers="1", data=data, config=cfg)
     after = _teacher_gap(res.output, teacher, data)
     assert after < before
@@ -160,18 +173,38 @@ def test_distillation_moves_a_derived_student_to_its_teacher(tuned_tiny, tmp_pat
 
 def test_hidden_and_attention_losses_train_a_narrower_student(tuned_tiny, tmp_path):
     """A student of another width (a learned projection) and fewer heads, with every loss term on."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
     from axformer.distill import DistillConfig, distill
     from tests.conftest import tiny_tokenizer
-    from transformers import AutoModelForSequenceClassification, BertConfig
 
     teacher, data, _ = tuned_tiny
     torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=200, hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24, max_position_embeddings=64, num_labels=2,
-                     id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    cfg = BertConfig(
+        vocab_size=200,
+        hidden_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "neg", 1: "pos"},
+        label2id={"neg": 0, "pos": 1},
+    )
     sdir = tmp_path / "narrow"
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(sdir)
     tiny_tokenizer(sdir).save_pretrained(sdir)
-    dcfg = DistillConfig(epochs=2, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None, hard_weight=0.5, hidden_weight=1.0, attention_weight=1.0)
+    dcfg = DistillConfig(
+        epochs=2,
+        learning_rate=3e-3,
+        batch_size=16,
+        max_seq_length=32,
+        device="cpu",
+        eval_max_examples=None,
+        hard_weight=0.5,
+        hidden_weight=1.0,
+        attention_weight=1.0,
+    )
     res = distill(teacher, tmp_path / "out", student=sdir, data=data, config=dcfg)
     terms = [e["train_terms"] for e in res.log]
     assert set(terms[0]) == {"soft", "hard", "hidden", "attention"}
@@ -183,8 +216,9 @@ def test_hidden_and_attention_losses_train_a_narrower_student(tuned_tiny, tmp_pa
 
 
 def test_student_with_another_vocabulary_is_refused(tuned_tiny, tmp_path):
-    from axformer.distill import distill
     from transformers import BertTokenizerFast
+
+    from axformer.distill import distill
 
     teacher, data, _ = tuned_tiny
     sdir = make_tiny_model_dir(tmp_path / "other", "bert", labels=["neg", "pos"])
@@ -202,16 +236,31 @@ def test_fastformers_recipe_runs_every_stage_and_resumes(tuned_tiny, tmp_path):
     from axformer.utils.io import read_json
 
     teacher, data, _ = tuned_tiny
-    cfg = RecipeConfig(student_layers="2", heads=2, ffn=24, export="fp32",
-                       distill=DistillConfig(epochs=1, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None))
+    cfg = RecipeConfig(
+        student_layers="2",
+        heads=2,
+        ffn=24,
+        export="fp32",
+        distill=DistillConfig(
+            epochs=1, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None
+        ),
+    )
     out = tmp_path / "ff"
     report = fastformers_recipe(teacher, out, cfg, data)
-    assert [s["stage"] for s in report["stages"]] == ["teacher", "1-distilled", "2-pruned", "3-distilled-again", "4-export-fp32"]
+    assert [s["stage"] for s in report["stages"]] == [
+        "teacher",
+        "1-distilled",
+        "2-pruned",
+        "3-distilled-again",
+        "4-export-fp32",
+    ]
     final = load_model(out)  # the final PyTorch model reloads from the top of the output directory
     st = current_structure(final)
     assert [(len(l.heads), len(l.neurons)) for l in st.layers if l is not None] == [(2, 24), (2, 24)]
     assert report["stages"][1]["parameters"] > report["stages"][3]["parameters"] == report["stages"][2]["parameters"]
-    assert (out / "stages" / "4-export-fp32" / "model.onnx").exists() and "| 3-distilled-again |" in (out / "recipe.md").read_text()
+    assert (out / "stages" / "4-export-fp32" / "model.onnx").exists() and "| 3-distilled-again |" in (
+        out / "recipe.md"
+    ).read_text()
     # the pruned stage kept the heads with the highest (normalised) gradient importance
     imp = np.array(read_json(out / "stages" / "2-pruned" / "importance.json")["heads"], dtype=float)
     for layer in st.present_layers:
@@ -236,8 +285,24 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path):
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
-    report = optimize(model, data, None, tmp_path / "rec", OptimizeConfig(goal="speed", max_drop=3.0, max_loss_increase=40.0, groups=4, device="cpu", progress=False,
-                                                                        latency_examples=10, refinetune="distill", refinetune_epochs=1, refinetune_lr=3e-3))
+    report = optimize(
+        model,
+        data,
+        None,
+        tmp_path / "rec",
+        OptimizeConfig(
+            goal="speed",
+            max_drop=3.0,
+            max_loss_increase=40.0,
+            groups=4,
+            device="cpu",
+            progress=False,
+            latency_examples=10,
+            refinetune="distill",
+            refinetune_epochs=1,
+            refinetune_lr=3e-3,
+        ),
+    )
     assert report["recovery"]["mode"] == "distill" and "heldout_before" in report["recovery"]
     history = ModelRecord.load(tmp_path / "rec").history
     assert [h["stage"] for h in history[-2:]] == ["optimize", "distill"] and history[-1]["teacher"] == str(model)
@@ -263,14 +328,24 @@ def test_cli_distill_bad_input(tmp_path, tuned_tiny):
 
 
 def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_path, monkeypatch):
-    """Killed mid-training, the same call resumes from the checkpoint (student, projection, teacher cache) to the same weights."""
+    """Killed mid-training, the same call resumes from the checkpoint (student, projection, teacher cache) to the same
+    weights.
+    """
     from safetensors.torch import load_file
 
     import axformer.distill.objective as obj
     from axformer.distill import DistillConfig, distill
 
     teacher, data, _ = tuned_tiny
-    cfg = dict(epochs=2, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None, checkpoint_every=5)
+    cfg = {
+        "epochs": 2,
+        "learning_rate": 3e-3,
+        "batch_size": 16,
+        "max_seq_length": 32,
+        "device": "cpu",
+        "eval_max_examples": None,
+        "checkpoint_every": 5,
+    }
     ref = distill(teacher, tmp_path / "ref", student_layers="1", data=data, config=DistillConfig(**cfg))
     real = obj.soft_cross_entropy
     calls = {"n": 0}
@@ -287,7 +362,10 @@ def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_pa
     assert (tmp_path / "run.partial" / "teacher_logits.npy").exists() and not (tmp_path / "run").exists()
     monkeypatch.setattr(obj, "soft_cross_entropy", real)
     resumed = distill(teacher, tmp_path / "run", student_layers="1", data=data, config=DistillConfig(**cfg))
-    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "run" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "ref" / "model.safetensors")),
+        load_file(str(tmp_path / "run" / "model.safetensors")),
+    )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     assert resumed.evaluation.splits["dev"].metrics == ref.evaluation.splits["dev"].metrics

@@ -62,8 +62,17 @@ def test_export_fails_loudly_beyond_max_drop(tiny_task, tmp_path, monkeypatch):
     # a tiny fine-tuned model is needed for a metric that can drop: label = the word good/bad
     from axformer.training.finetune import FinetuneConfig, finetune
 
-    tuned = finetune(model, data, tmp_path / "tuned", FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None)).output
-    with pytest.raises(AxformerError, match="loses .* points of held-out accuracy .* more than --max-drop 1.0; nothing written"):
+    tuned = finetune(
+        model,
+        data,
+        tmp_path / "tuned",
+        FinetuneConfig(
+            epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu", eval_max_examples=None
+        ),
+    ).output
+    with pytest.raises(
+        AxformerError, match="loses .* points of held-out accuracy .* more than --max-drop 1.0; nothing written"
+    ):
         export_model(tuned, tmp_path / "bad", ExportConfig(precision="int8", device="cpu"), data)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
 
@@ -74,14 +83,18 @@ def test_int8_and_mixed_exports_run_and_stay_close(tiny_task, tmp_path):
     g = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
     assert any(n.op_type in ("QAttention", "MatMulInteger", "DynamicQuantizeMatMul") for n in g.node)
     assert r8["validation"]["onnx"]["num_examples"] > 0
-    rm = export_model(model, tmp_path / "mixed", ExportConfig(precision="mixed", device="cpu", max_drop=100, int4_block_size=16), data)
+    rm = export_model(
+        model, tmp_path / "mixed", ExportConfig(precision="mixed", device="cpu", max_drop=100, int4_block_size=16), data
+    )
     # with an unbounded tolerance every MatMul goes to int4 (a tiny random model has 3 layers x 3 MatMuls)
     assert sum(1 for v in rm["mixed"]["components"].values() if v == "int4") == 9
     assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph.node)
     # fp16 (meant for CUDA) keeps fp32 inputs/outputs, holds fp16 weights, and is validated like the others
     r16 = export_model(model, tmp_path / "fp16", ExportConfig(precision="fp16", device="cpu"), data)
     g16 = onnx.load(str(tmp_path / "fp16" / "model.onnx")).graph
-    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g16.initializer) and abs(r16["validation"]["drop"]) <= 1.0
+    assert (
+        any(i.data_type == onnx.TensorProto.FLOAT16 for i in g16.initializer) and abs(r16["validation"]["drop"]) <= 1.0
+    )
 
 
 def test_auto_precision_picks_the_measured_faster_artifact(tiny_task, tmp_path):
@@ -99,7 +112,9 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
     from axformer.export.precision import plan_mixed_precision
     from axformer.export.quantize import WeightNode
 
-    nodes = [WeightNode(f"mm{i}", "MatMul", f"w{i}", (4, 4), f"L{i}.ffn.up") for i in range(6)] + [WeightNode("att", "Attention", "wa", (4, 12), "L0.attn.qkv")]
+    nodes = [WeightNode(f"mm{i}", "MatMul", f"w{i}", (4, 4), f"L{i}.ffn.up") for i in range(6)] + [
+        WeightNode("att", "Attention", "wa", (4, 12), "L0.attn.qkv")
+    ]
     sens4 = {f"L{i}.ffn.up@int4": float(6 - i) for i in range(6)}  # mm5 least sensitive
     plans = []
 
@@ -113,12 +128,19 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
     orig = precision.apply_plan
     precision.apply_plan = fake_apply
     try:
+
         def score(_path):
             p = plans[-1]
             return 90.0 - sum(v == "int4" for v in p.values())
 
-        result = plan_mixed_precision(tmp_path / "f.onnx", nodes, lambda bits, comps: sens4, score, threshold=87.0, work=tmp_path)
-        assert sorted(n for n, v in result.plan.items() if v == "int4") == ["mm3", "mm4", "mm5"]  # the 3 least sensitive
+        result = plan_mixed_precision(
+            tmp_path / "f.onnx", nodes, lambda bits, comps: sens4, score, threshold=87.0, work=tmp_path
+        )
+        assert sorted(n for n, v in result.plan.items() if v == "int4") == [
+            "mm3",
+            "mm4",
+            "mm5",
+        ]  # the 3 least sensitive
         assert result.plan["att"] == "int8" and result.metric == 87.0
         # int8 alone fails: the most int8-sensitive matrices return to fp32 first
         sens8 = {**{f"L{i}.ffn.up@int8": float(i) for i in range(6)}, **{f"L0.attn.{k}@int8": 0.0 for k in "qkv"}}
@@ -128,7 +150,14 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
             p = plans[-1]
             return 80.0 + 2 * sum(v == "fp32" for v in p.values()) - sum(v == "int4" for v in p.values())
 
-        result = plan_mixed_precision(tmp_path / "f.onnx", nodes, lambda bits, comps: sens8 if bits == 8 else sens4, score8, threshold=84.0, work=tmp_path)
+        result = plan_mixed_precision(
+            tmp_path / "f.onnx",
+            nodes,
+            lambda bits, comps: sens8 if bits == 8 else sens4,
+            score8,
+            threshold=84.0,
+            work=tmp_path,
+        )
         # 1 fp32 matrix gives 82, 2 give 84: the two most int8-sensitive; then any int4 would cost a point
         assert sorted(n for n, v in result.plan.items() if v == "fp32") == ["mm4", "mm5"]
         assert "int4" not in result.plan.values() and result.metric == 84.0
@@ -156,9 +185,37 @@ def test_predictor_gives_the_same_predictions_in_every_mode(tiny_task, tmp_path)
 def test_export_cli_bad_input(monkeypatch, capsys, tiny_task, tmp_path):
     model, _, (train, dev) = tiny_task
     out = tmp_path / "out"
-    code, _, err = run_cli(monkeypatch, capsys, "export", model, "-o", out, "--precision", "int3", "--train", train, "--dev", dev, "--text-column", "text")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "export",
+        model,
+        "-o",
+        out,
+        "--precision",
+        "int3",
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--text-column",
+        "text",
+    )
     assert_clean_failure(code, err, out, r"--precision 'int3'; expected one of fp32, int8, fp16, mixed")
-    code, _, err = run_cli(monkeypatch, capsys, "export", tmp_path / "nope", "-o", out, "--train", train, "--dev", dev, "--text-column", "text")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "export",
+        tmp_path / "nope",
+        "-o",
+        out,
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--text-column",
+        "text",
+    )
     assert_clean_failure(code, err, out, r"nope does not exist")
 
 
@@ -172,16 +229,29 @@ def test_int8_minilm_keeps_sst2_heldout_accuracy(minilm_sst2, tmp_path):
 
 
 def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path):
-    """A small but complete run: four baselines plus an int8 artifact, every column filled; the unpruned model itself is not a second row."""
+    """A small but complete run: four baselines plus an int8 artifact, every column filled; the unpruned model itself
+    is not a second row.
+    """
     from axformer.benchmark.run import BenchmarkConfig, benchmark
 
     model, data, _ = tiny_task
     art = tmp_path / "int8"
     export_model(model, art, ExportConfig(precision="int8", device="cpu", max_drop=100), data)
-    cfg = BenchmarkConfig(lengths=(16, 32), latency_examples=5, throughput_examples=40, fixed_requests=3, fixed_batch=4, rounds=2, instances=2, price_per_hour=1.0)
+    cfg = BenchmarkConfig(
+        lengths=(16, 32),
+        latency_examples=5,
+        throughput_examples=40,
+        fixed_requests=3,
+        fixed_batch=4,
+        rounds=2,
+        instances=2,
+        price_per_hour=1.0,
+    )
     result = benchmark([str(model), str(art)], tmp_path / "bench", data, None, cfg, progress=lambda m: None)
     rows = {r["name"]: r for r in result["rows"]}
-    assert [r["baseline"] for r in result["rows"]] == [True] * 4 + [False]  # the model given is the dynamic-length baseline
+    assert [r["baseline"] for r in result["rows"]] == [True] * 4 + [
+        False
+    ]  # the model given is the dynamic-length baseline
     for r in result["rows"]:
         assert r["timing"]["latency_p50_ms"] > 0 and r["timing"]["latency_p95_ms"] >= r["timing"]["latency_p50_ms"]
         assert set(r["fixed"]) == {"16", "32"} and r["size_bytes"] > 0 and r["parameters"] > 0
@@ -195,7 +265,11 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
     best = max(r["timing"]["throughput_per_s"], r["multi_instance"]["throughput_per_s"])
     assert abs(r["usd_per_100m"] - 1.0 * 1e8 / (best * 3600)) < 1e-6
     md = (tmp_path / "bench" / "benchmark.md").read_text()
-    assert "ONNX Runtime int8" in md and "onnxruntime" in md and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
+    assert (
+        "ONNX Runtime int8" in md
+        and "onnxruntime" in md
+        and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
+    )
     assert len(rows) == len(result["rows"])  # row names are unique
 
 
@@ -207,7 +281,11 @@ def test_peak_memory_is_the_child_s_own(tiny_task):
 
     model, _, _ = tiny_task
     ballast = torch.ones(400_000_000, dtype=torch.float32)  # 1.5 GiB resident in this process
-    batch = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long), "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.ones(2, 8, dtype=torch.long),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 8, dtype=torch.long),
+    }
     peak = peak_memory_mib(str(model), batch)
     assert 10 < peak < 1400, peak
     del ballast

@@ -16,7 +16,15 @@ from axformer.tasks.sources import load_custom
 from axformer.training.finetune import FinetuneConfig, finetune
 from tests.conftest import write_sentiment_files
 
-CFG = dict(epochs=4, learning_rate=3e-3, batch_size=16, eval_every=3, checkpoint_every=2, device="cpu", max_seq_length=32)
+CFG = {
+    "epochs": 4,
+    "learning_rate": 3e-3,
+    "batch_size": 16,
+    "eval_every": 3,
+    "checkpoint_every": 2,
+    "device": "cpu",
+    "max_seq_length": 32,
+}
 
 
 @pytest.fixture
@@ -29,7 +37,15 @@ def test_finetune_learns_and_saves_everything(tiny_bert, sentiment, tmp_path):
     out = tmp_path / "out"
     res = finetune(tiny_bert, sentiment, out, FinetuneConfig(**CFG))
     assert not (tmp_path / "out.partial").exists()
-    for f in ("model.safetensors", "config.json", "tokenizer.json", "axformer.json", "metrics.json", "train_log.jsonl", "predictions_dev.jsonl"):
+    for f in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "axformer.json",
+        "metrics.json",
+        "train_log.jsonl",
+        "predictions_dev.jsonl",
+    ):
         assert (out / f).is_file(), f
     for f in ("checkpoint.pt", "best.safetensors", "run.json"):
         assert not (out / f).exists()
@@ -79,7 +95,10 @@ def test_interrupted_run_resumes_to_identical_result(tiny_bert, sentiment, tmp_p
     assert (tmp_path / "run.partial" / "checkpoint.pt").exists() and not (tmp_path / "run").exists()
     monkeypatch.setattr(ft, "per_example_loss", real)
     resumed = finetune(tiny_bert, sentiment, tmp_path / "run", FinetuneConfig(**CFG))
-    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "run" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "ref" / "model.safetensors")),
+        load_file(str(tmp_path / "run" / "model.safetensors")),
+    )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     assert resumed.evaluation.splits["dev"].metrics == ref.evaluation.splits["dev"].metrics
@@ -87,7 +106,10 @@ def test_interrupted_run_resumes_to_identical_result(tiny_bert, sentiment, tmp_p
 
 def test_regression_task(tiny_bert, tmp_path):
     train, dev = tmp_path / "t.csv", tmp_path / "d.csv"
-    rows = lambda n: "".join(f"{'good ' * (i % 4)}movie,{float(i % 4)}\n" for i in range(n))
+
+    def rows(n):
+        return "".join(f"{'good ' * (i % 4)}movie,{float(i % 4)}\n" for i in range(n))
+
     train.write_text("text,score\n" + rows(80))
     dev.write_text("text,score\n" + rows(20))
     data = load_custom(train, dev, ("text",), "score", problem="regression")

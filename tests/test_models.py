@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -34,7 +33,9 @@ def test_new_head_on_request(tmp_path):
 
 def test_label_name_mismatch_is_an_error(tmp_path):
     d = make_tiny_model_dir(tmp_path / "m", labels=["spam", "ham"])
-    with pytest.raises(AxformerError, match=r"predicts labels \['spam', 'ham'\] but task SST-2 has labels \['negative', 'positive'\]"):
+    with pytest.raises(
+        AxformerError, match=r"predicts labels \['spam', 'ham'\] but task SST-2 has labels \['negative', 'positive'\]"
+    ):
         load_model(d, SST2)
 
 

@@ -16,9 +16,24 @@ from axformer.pipeline.run import needs_finetuning, run_pipeline
 
 LIGHT = {
     "analyze": {"scorers": ["gradient"]},
-    "search": {"goal": "speed", "max_drop": 3.0, "max_loss_increase": 40.0, "groups": 4, "latency_examples": 8, "attention_modes": []},
+    "search": {
+        "goal": "speed",
+        "max_drop": 3.0,
+        "max_loss_increase": 40.0,
+        "groups": 4,
+        "latency_examples": 8,
+        "attention_modes": [],
+    },
     "export": {"precision": "fp32", "max_drop": 5.0},
-    "benchmark": {"rounds": 1, "lengths": [16], "latency_examples": 8, "throughput_examples": 16, "fixed_requests": 2, "memory": False, "instances": 0},
+    "benchmark": {
+        "rounds": 1,
+        "lengths": [16],
+        "latency_examples": 8,
+        "throughput_examples": 16,
+        "fixed_requests": 2,
+        "memory": False,
+        "instances": 0,
+    },
 }
 
 
@@ -38,14 +53,21 @@ def test_pipeline_runs_every_stage_then_skips_them(tuned_tiny, tmp_path):
     out = tmp_path / "run"
     result = run_pipeline(_cfg(model, out), progress=lambda m: None)
     assert result.ran == ["analyze", "search", "export", "benchmark", "report"]
-    for d, f in (("2-analysis", "significance.json"), ("3-search", "report.json"), ("4-export", "model.onnx"), ("5-benchmark", "benchmark.json")):
+    for d, f in (
+        ("2-analysis", "significance.json"),
+        ("3-search", "report.json"),
+        ("4-export", "model.onnx"),
+        ("5-benchmark", "benchmark.json"),
+    ):
         assert (out / d / f).exists()
     page = (out / "report.html").read_text()
     assert "Original vs optimized" in page and "data:image/png;base64," in page and "Reproduce" in page
     summary = json.loads((out / "summary.json").read_text())
     assert summary["latency_speedup"] > 0 and summary["artifact"].endswith("4-export")
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["search"]["goal"] == "speed" and resolved["search"]["slack"] == 1.1  # every field, defaults included
+    assert (
+        resolved["search"]["goal"] == "speed" and resolved["search"]["slack"] == 1.1
+    )  # every field, defaults included
     again = run_pipeline(_cfg(model, out), progress=lambda m: None)
     assert again.ran == ["report"] and again.skipped == ["analyze", "search", "export", "benchmark"]
     # the same model by another path (a link, another working directory) is the same input; another model is not
@@ -59,7 +81,9 @@ def test_pipeline_runs_every_stage_then_skips_them(tuned_tiny, tmp_path):
     assert redo.ran == ["export", "benchmark", "report"] and "search" in redo.skipped
     # a changed search config into the same directory is refused, not mixed with the old results
     with pytest.raises(AxformerError, match="--from-stage search"):
-        run_pipeline(_cfg(model, out, search={**LIGHT["search"], "max_drop": 1.0, "device": "cpu"}), progress=lambda m: None)
+        run_pipeline(
+            _cfg(model, out, search={**LIGHT["search"], "max_drop": 1.0, "device": "cpu"}), progress=lambda m: None
+        )
 
 
 def test_failed_stage_resumes_without_redoing_finished_ones(tuned_tiny, tmp_path, monkeypatch):
@@ -85,15 +109,58 @@ def test_config_file_and_command_line_give_the_same_run(tuned_tiny, tmp_path):
     """The size goal: its cost model counts parameters. (The speed goal calibrates latency in each run, and two
     measurements on a shared machine can rank candidates differently, so two speed runs need not agree.)"""
     model, _, _ = tuned_tiny
-    flags = ["--goal", "size", "--max-drop", "3", "--max-loss-increase", "40", "--groups", "4", "--latency-examples", "8", "--scorer", "gradient",
-             "--attention-layers", "none", "--device", "cpu", "--until-stage", "search"]
-    cli = subprocess.run([sys.executable, "-m", "axformer", "optimize", str(model), *flags, "-o", str(tmp_path / "cli")], capture_output=True, text=True)
+    flags = [
+        "--goal",
+        "size",
+        "--max-drop",
+        "3",
+        "--max-loss-increase",
+        "40",
+        "--groups",
+        "4",
+        "--latency-examples",
+        "8",
+        "--scorer",
+        "gradient",
+        "--attention-layers",
+        "none",
+        "--device",
+        "cpu",
+        "--until-stage",
+        "search",
+    ]
+    cli = subprocess.run(
+        [sys.executable, "-m", "axformer", "optimize", str(model), *flags, "-o", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 0, cli.stderr
     file = tmp_path / "run.yaml"
-    file.write_text(yaml.safe_dump({"model": str(model), "output": str(tmp_path / "file"), "analyze": {"scorers": ["gradient"], "device": "cpu"},
-                                    "search": {"goal": "size", "max_drop": 3.0, "max_loss_increase": 40.0, "groups": 4, "latency_examples": 8, "attention_layers": [], "device": "cpu"},
-                                    "export": {"device": "cpu"}, "finetune": {"device": "cpu"}}))
-    from_file = subprocess.run([sys.executable, "-m", "axformer", "optimize", "--config", str(file), "--until-stage", "search"], capture_output=True, text=True)
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(model),
+                "output": str(tmp_path / "file"),
+                "analyze": {"scorers": ["gradient"], "device": "cpu"},
+                "search": {
+                    "goal": "size",
+                    "max_drop": 3.0,
+                    "max_loss_increase": 40.0,
+                    "groups": 4,
+                    "latency_examples": 8,
+                    "attention_layers": [],
+                    "device": "cpu",
+                },
+                "export": {"device": "cpu"},
+                "finetune": {"device": "cpu"},
+            }
+        )
+    )
+    from_file = subprocess.run(
+        [sys.executable, "-m", "axformer", "optimize", "--config", str(file), "--until-stage", "search"],
+        capture_output=True,
+        text=True,
+    )
     assert from_file.returncode == 0, from_file.stderr
     a = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
     b = yaml.safe_load((tmp_path / "file" / "config.yaml").read_text())
@@ -102,9 +169,24 @@ def test_config_file_and_command_line_give_the_same_run(tuned_tiny, tmp_path):
     rb = json.loads((tmp_path / "file" / "3-search" / "report.json").read_text())
     assert ra["removed"] and ra["removed"] == rb["removed"] and ra["attention"] == rb["attention"]
     ha, hb = ra["results"]["optimized"]["heldout"], rb["results"]["optimized"]["heldout"]
-    assert ha["metrics"] == hb["metrics"] and ha["loss"] == pytest.approx(hb["loss"], rel=1e-5)  # float sums differ in the last bits between processes
+    assert ha["metrics"] == hb["metrics"] and ha["loss"] == pytest.approx(
+        hb["loss"], rel=1e-5
+    )  # float sums differ in the last bits between processes
     # the resolved config reproduces the run: nothing is redone
-    again = subprocess.run([sys.executable, "-m", "axformer", "optimize", "--config", str(tmp_path / "file" / "config.yaml"), "--until-stage", "search"], capture_output=True, text=True)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "axformer",
+            "optimize",
+            "--config",
+            str(tmp_path / "file" / "config.yaml"),
+            "--until-stage",
+            "search",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and "done already" in again.stdout
 
 
@@ -121,14 +203,22 @@ def test_bad_config_is_one_line_exit_2(tmp_path, tuned_tiny):
     for args in cases:
         p = subprocess.run([sys.executable, "-m", "axformer", *args], capture_output=True, text=True)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
-    assert "maxdrop" in subprocess.run([sys.executable, "-m", "axformer", *cases[0]], capture_output=True, text=True).stderr
+    assert (
+        "maxdrop"
+        in subprocess.run([sys.executable, "-m", "axformer", *cases[0]], capture_output=True, text=True).stderr
+    )
 
 
 def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_path, tiny_bert):
     for name in PRESETS:
         PipelineConfig.build(preset=name, overrides={"model": "x"})
     # a relative tolerance given alone is the only tolerance; the absolute default applies when nothing is given
-    assert PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed", "max_rel_drop": 2.0}}).search["max_drop"] is None
+    assert (
+        PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed", "max_rel_drop": 2.0}}).search[
+            "max_drop"
+        ]
+        is None
+    )
     assert PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed"}}).search["max_drop"] == 1.0
     from transformers import AutoModel
 
@@ -141,7 +231,9 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
 
 
 def test_reports_name_the_bundled_model_by_its_name(minilm_dir, tmp_path):
-    """The bundled checkpoint's directory is just 'model': a report titled 'model on BBC News' tells a reader nothing."""
+    """The bundled checkpoint's directory is just 'model': a report titled 'model on BBC News' tells a reader
+    nothing.
+    """
     from axformer.demo import model_display_name
 
     assert model_display_name(str(minilm_dir)) == "all-MiniLM-L6-v2 (bundled)"

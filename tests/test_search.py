@@ -29,10 +29,20 @@ SCRIPT = {  # candidate -> per-example held-out losses (anything else: [2, 2, 2,
     "L0.attn.head0": [0.8, 0.8, 0.8, 0.9],  # accepted (.825)
 }
 EXPECTED_ORDER = [
-    "L0.attn.top30", "L1.attn.top30", "L2.attn.top30",
-    "L2.ffn", "L2.ffn.group0of3", "L2.ffn.group1of3", "L2.ffn.group2of3", "L2.attn",
-    "L1.ffn", "L1.attn",
-    "L0.ffn", "L0.attn", "L0.attn.head0", "L0.attn.head1",
+    "L0.attn.top30",
+    "L1.attn.top30",
+    "L2.attn.top30",
+    "L2.ffn",
+    "L2.ffn.group0of3",
+    "L2.ffn.group1of3",
+    "L2.ffn.group2of3",
+    "L2.attn",
+    "L1.ffn",
+    "L1.attn",
+    "L0.ffn",
+    "L0.attn",
+    "L0.attn.head0",
+    "L0.attn.head1",
 ]
 
 
@@ -45,7 +55,17 @@ class ScriptedEngine:
 
     @staticmethod
     def _result(removed, changes, losses):
-        return CandidateResult(tuple(removed), tuple(changes), np.asarray(losses, dtype=np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 0.0})
+        return CandidateResult(
+            tuple(removed),
+            tuple(changes),
+            np.asarray(losses, dtype=np.float32),
+            np.zeros((4, 2), np.float32),
+            True,
+            4,
+            0,
+            0.0,
+            {"accuracy": 0.0},
+        )
 
     def evaluate(self, removed=(), changes=(), stop=None, desc=None):
         name = "+".join([*removed, *(c.key for c in changes)])
@@ -82,7 +102,9 @@ def test_accuracy_mode_resumes_from_its_log_without_re_evaluating(tmp_path):
     log.write_text("\n".join(lines[:6]) + "\n" + lines[6][: len(lines[6]) // 2])
     engine, trials, again = _search(log)
     assert engine.evaluated == EXPECTED_ORDER[6:]
-    assert [json.loads(l)["candidate"] for l in log.read_text().splitlines()] == EXPECTED_ORDER  # appended rows start on their own line
+    assert [
+        json.loads(l)["candidate"] for l in log.read_text().splitlines()
+    ] == EXPECTED_ORDER  # appended rows start on their own line
     assert (again.removed, again.attention, again.min_loss) == (full.removed, full.attention, full.min_loss)
     engine, _, third = _search(log)  # complete log: nothing is evaluated
     assert engine.evaluated == [] and third.removed == full.removed
@@ -92,7 +114,19 @@ def test_log_of_another_run_is_refused(tmp_path):
     from axformer.errors import AxformerError
 
     log = tmp_path / "search_log.jsonl"
-    log.write_text(json.dumps({"trial": 0, "stage": "hard_attention", "candidate": "L5.ffn", "accepted": False, "mean_loss": 1.0, "complete": True}) + "\n")
+    log.write_text(
+        json.dumps(
+            {
+                "trial": 0,
+                "stage": "hard_attention",
+                "candidate": "L5.ffn",
+                "accepted": False,
+                "mean_loss": 1.0,
+                "complete": True,
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(AxformerError, match="does not belong to this run"):
         _search(log)
 
@@ -101,7 +135,21 @@ def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
-    report = optimize(model, data, None, tmp_path / "speed", OptimizeConfig(goal="speed", max_drop=3.0, max_loss_increase=40.0, groups=4, device="cpu", progress=False, latency_examples=10))
+    report = optimize(
+        model,
+        data,
+        None,
+        tmp_path / "speed",
+        OptimizeConfig(
+            goal="speed",
+            max_drop=3.0,
+            max_loss_increase=40.0,
+            groups=4,
+            device="cpu",
+            progress=False,
+            latency_examples=10,
+        ),
+    )
     threshold, max_loss = report["search"]["threshold"], report["search"]["max_loss"]
     assert max_loss is not None and "loss" in report["search"]["rule"]
     rows = [json.loads(l) for l in (tmp_path / "speed" / "search_log.jsonl").read_text().splitlines()]
@@ -157,7 +205,9 @@ def test_ctrl_c_saves_the_best_so_far_and_the_rerun_resumes(tuned_tiny, tmp_path
     again = optimize(model, data, None, tmp_path / "resumed", cfg)
     assert again["search"]["from_log"] == 5
     # the search time counts the replayed trials' logged evaluation time, not only this invocation's
-    assert again["search"]["seconds"] >= again["search"]["seconds_this_run"] + sum(r["seconds"] for r in logged[:5]) - 1e-9
+    assert (
+        again["search"]["seconds"] >= again["search"]["seconds_this_run"] + sum(r["seconds"] for r in logged[:5]) - 1e-9
+    )
     assert (again["removed"], again["attention"]) == (straight["removed"], straight["attention"])
 
 
@@ -165,9 +215,44 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, (train, dev) = tuned_tiny
-    straight = optimize(model, data, None, tmp_path / "straight", OptimizeConfig(goal="accuracy", k=2, groups=4, device="cpu", progress=False, latency_examples=5))
-    args = [sys.executable, "-m", "axformer.cli", "optimize", str(model), "--goal", "accuracy", "--train", str(train), "--dev", str(dev), "--text-column", "text", "--task", "toy",
-            "--groups", "4", "--device", "cpu", "-k", "2", "--latency-examples", "5", "--until-stage", "search", "--scorer", "none", "-o", str(tmp_path / "killed")]
+    straight = optimize(
+        model,
+        data,
+        None,
+        tmp_path / "straight",
+        OptimizeConfig(goal="accuracy", k=2, groups=4, device="cpu", progress=False, latency_examples=5),
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "axformer.cli",
+        "optimize",
+        str(model),
+        "--goal",
+        "accuracy",
+        "--train",
+        str(train),
+        "--dev",
+        str(dev),
+        "--text-column",
+        "text",
+        "--task",
+        "toy",
+        "--groups",
+        "4",
+        "--device",
+        "cpu",
+        "-k",
+        "2",
+        "--latency-examples",
+        "5",
+        "--until-stage",
+        "search",
+        "--scorer",
+        "none",
+        "-o",
+        str(tmp_path / "killed"),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "killed" / "3-search.partial" / "search_log.jsonl"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,7 +276,17 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
     from axformer.surgery.prune import current_structure
 
     model, data, _ = tuned_tiny
-    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5, refinetune="continue", refinetune_epochs=1, refinetune_lr=1e-3)
+    cfg = OptimizeConfig(
+        goal="size",
+        max_drop=3.0,
+        groups=4,
+        device="cpu",
+        progress=False,
+        latency_examples=5,
+        refinetune="continue",
+        refinetune_epochs=1,
+        refinetune_lr=1e-3,
+    )
     report = optimize(model, data, None, tmp_path / "rec", cfg)
     rec = report["recovery"]
     assert rec["mode"] == "continue" and "accuracy" in rec["heldout_before"]["metrics"]
@@ -229,9 +324,22 @@ def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(t
         return real(start, *a, **k)
 
     monkeypatch.setattr(ft, "finetune", spy)
-    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5, refinetune="pretrained", refinetune_epochs=1, refinetune_lr=1e-3)
+    cfg = OptimizeConfig(
+        goal="size",
+        max_drop=3.0,
+        groups=4,
+        device="cpu",
+        progress=False,
+        latency_examples=5,
+        refinetune="pretrained",
+        refinetune_epochs=1,
+        refinetune_lr=1e-3,
+    )
     report = optimize(model, data, None, tmp_path / "pre", cfg)
-    assert report["recovery"]["mode"] == "pretrained" and "pre-trained checkpoint" in (tmp_path / "pre" / "report.md").read_text()
+    assert (
+        report["recovery"]["mode"] == "pretrained"
+        and "pre-trained checkpoint" in (tmp_path / "pre" / "report.md").read_text()
+    )
     # fine-tuning started from the pre-trained encoder weights, cut to the found structure
     expected = load_model(origin)
     prune(expected, report["removed"])
@@ -242,7 +350,11 @@ def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(t
         if "classifier" not in name:
             assert torch.equal(first[name], p), name
     assert current_structure(load_model(tmp_path / "pre")).to_dict() == current_structure(expected).to_dict()
-    assert [h["stage"] for h in ModelRecord.load(tmp_path / "pre").history][-3:] == ["optimize", "structure-on-pretrained", "finetune"]
+    assert [h["stage"] for h in ModelRecord.load(tmp_path / "pre").history][-3:] == [
+        "optimize",
+        "structure-on-pretrained",
+        "finetune",
+    ]
     # a model with no recorded pre-trained origin is refused before any search
     with pytest.raises(AxformerError, match="records no pre-trained checkpoint"):
         optimize(origin, data, None, tmp_path / "no", cfg)
@@ -250,7 +362,9 @@ def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(t
 
 
 def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_path, monkeypatch):
-    """Latency measurements never repeat exactly, so a resumed speed search must reuse the calibration it ranked with."""
+    """Latency measurements never repeat exactly, so a resumed speed search must reuse the calibration it ranked
+    with.
+    """
     from axformer.errors import AxformerError
     from axformer.search.optimize import OptimizeConfig, optimize
 
@@ -269,7 +383,9 @@ def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_p
 def test_sign_matching_is_tried_where_top_k_is_rejected():
     """With both modes, a layer tries sign-matching attention only after its top-K trial is rejected."""
     engine = ScriptedEngine()
-    SCRIPT_SIGN = {"L0.attn.sign30": [0.95, 0.95, 0.95, 1.0]}  # accepted (mean .9625); L1.attn.top30 (.95) then passes too
+    SCRIPT_SIGN = {
+        "L0.attn.sign30": [0.95, 0.95, 0.95, 1.0]
+    }  # accepted (mean .9625); L1.attn.top30 (.95) then passes too
     real = ScriptedEngine.evaluate
 
     def evaluate(self, removed=(), changes=(), stop=None, desc=None):
@@ -283,7 +399,13 @@ def test_sign_matching_is_tried_where_top_k_is_rejected():
     trials = Trials(engine, None, "accuracy")
     structure = ModelStructure.full(3, 2, 4, 24, 8)
     out = accuracy_search(trials, structure, AccuracySearchConfig(groups=3, attention_modes=("topk", "sign")))
-    assert engine.evaluated[:5] == ["L0.attn.top30", "L0.attn.sign30", "L1.attn.top30", "L2.attn.top30", "L2.attn.sign30"]
+    assert engine.evaluated[:5] == [
+        "L0.attn.top30",
+        "L0.attn.sign30",
+        "L1.attn.top30",
+        "L2.attn.top30",
+        "L2.attn.sign30",
+    ]
     assert out.attention[0]["mode"] == "sign" and out.attention[1]["mode"] == "topk"
 
 
@@ -302,27 +424,54 @@ def test_speed_search_tries_approximate_attention_only_where_measured_faster(sav
             self.evaluated.append(name)
             # pruning anything is refused (metric 0), approximate attention keeps the metric
             ok = bool(changes)
-            return CandidateResult(tuple(removed), tuple(changes), np.ones(4, np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 100.0 if ok else 0.0})
+            return CandidateResult(
+                tuple(removed),
+                tuple(changes),
+                np.ones(4, np.float32),
+                np.zeros((4, 2), np.float32),
+                True,
+                4,
+                0,
+                0.0,
+                {"accuracy": 100.0 if ok else 0.0},
+            )
 
     engine = Tolerant()
-    engine.reference = CandidateResult((), (), np.ones(4, np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 100.0})
+    engine.reference = CandidateResult(
+        (), (), np.ones(4, np.float32), np.zeros((4, 2), np.float32), True, 4, 0, 0.0, {"accuracy": 100.0}
+    )
     import axformer.search.constraint as cs
 
     structure = ModelStructure.full(2, 2, 4, 6, 8)
-    attention = {m: {"dense_ms": 10.0, "approx_ms": 10.0 - 2 * saving_ms, "k": 30, "saving_ms_per_layer": saving_ms} for m in ("topk", "sign")}
-    cost = CostModel("latency", [1e-3, 1e-3, 1e-4, 1e-5], 128, [{"variant": "unchanged", "measured_ms": 3.0}], attention)
+    attention = {
+        m: {"dense_ms": 10.0, "approx_ms": 10.0 - 2 * saving_ms, "k": 30, "saving_ms_per_layer": saving_ms}
+        for m in ("topk", "sign")
+    }
+    cost = CostModel(
+        "latency", [1e-3, 1e-3, 1e-4, 1e-5], 128, [{"variant": "unchanged", "measured_ms": 3.0}], attention
+    )
     fake_importance = type("I", (), {})()
     original = cs.gradient_importance
     cs.gradient_importance = lambda *a, **k: fake_importance
     cs._significance = lambda imp, name, structure, groups: 1.0
     try:
         trials = Trials(engine, None, "accuracy")
-        out = constraint_search(trials, structure, cost, ConstraintSearchConfig(attention_modes=("topk", "sign"), groups=2))
+        out = constraint_search(
+            trials, structure, cost, ConstraintSearchConfig(attention_modes=("topk", "sign"), groups=2)
+        )
     finally:
         cs.gradient_importance = original
     tried = [n for n in engine.evaluated if ".attn.top" in n or ".attn.sign" in n]
     if saving_ms < 0:
-        assert tried == [] and out.attention == {} and len(out.attention_notes) == 2 and "slower than dense" in out.attention_notes[0]
+        assert (
+            tried == []
+            and out.attention == {}
+            and len(out.attention_notes) == 2
+            and "slower than dense" in out.attention_notes[0]
+        )
     else:
-        assert tried == ["L1.attn.top30r", "L0.attn.top30r"]  # top-K accepted in both layers: sign has nothing left to try
+        assert tried == [
+            "L1.attn.top30r",
+            "L0.attn.top30r",
+        ]  # top-K accepted in both layers: sign has nothing left to try
         assert set(out.attention) == {0, 1} and out.attention[0]["kernel"] == "gather" and out.predicted_ratio > 1

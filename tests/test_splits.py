@@ -23,7 +23,7 @@ def test_deterministic_stratified_and_disjoint():
     assert make_heldout_split(data.train, 0.15, 8).heldout_indices != r1.heldout_indices
     train, held = apply_split(data, r1)
     assert len(held) == 30 and len(train) == 170
-    assert not {t for t in train.texts} & {t for t in held.texts}
+    assert not set(train.texts) & set(held.texts)
     assert held.labels.mean() == pytest.approx(data.train.labels.mean(), abs=0.02)
     assert r1.stratified
 

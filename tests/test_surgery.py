@@ -75,7 +75,9 @@ def expected_parameters(arch: str, full_count: int, structure: ModelStructure) -
         return attn + ffn + 4 * HID
 
     total = full_count - sum(layer_params(i, H, F) for i in range(L))
-    return total + sum(layer_params(i, len(l.heads), len(l.neurons)) for i, l in enumerate(structure.layers) if l is not None)
+    return total + sum(
+        layer_params(i, len(l.heads), len(l.neurons)) for i, l in enumerate(structure.layers) if l is not None
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -202,7 +204,9 @@ def test_out_of_range_components(tiny_bert):
 
 
 def test_unsupported_architecture():
-    with pytest.raises(AxformerError, match=r"architecture 'gpt2' is not supported .*supported: bert, .*distilbert.*mpnet"):
+    with pytest.raises(
+        AxformerError, match=r"architecture 'gpt2' is not supported .*supported: bert, .*distilbert.*mpnet"
+    ):
         get_adapter("gpt2")
 
 
@@ -211,7 +215,9 @@ def test_structure_flops_and_stock_rules():
     full = s.flops_per_token(128)
     assert full == 2 * 6 * (4 * 384 * 384 + 2 * 128 * 384 + 2 * 384 * 1536)
     half_ffn = s.removed([f"L{l}.ffn.group{g}of12" for l in range(6) for g in range(6)])
-    assert half_ffn.is_stock() and half_ffn.flops_per_token(128) == full - 2 * 6 * (2 * 384 * 768)  # up and down projections
+    assert half_ffn.is_stock() and half_ffn.flops_per_token(128) == full - 2 * 6 * (
+        2 * 384 * 768
+    )  # up and down projections
     assert not s.removed(["L0.attn.head0"]).is_stock()
     assert ModelStructure.from_dict(half_ffn.to_dict()).to_dict() == half_ffn.to_dict()
 

@@ -12,7 +12,13 @@ from axformer.tasks.sources import load_custom, load_task
 from axformer.tasks.spec import get_task
 from tests.conftest import write_sentiment_files
 
-OFFICIAL_COUNTS = {"sst2": (67349, 872), "mrpc": (3668, 408), "rte": (2490, 277), "cola": (8551, 1043), "stsb": (5749, 1500)}
+OFFICIAL_COUNTS = {
+    "sst2": (67349, 872),
+    "mrpc": (3668, 408),
+    "rte": (2490, 277),
+    "cola": (8551, 1043),
+    "stsb": (5749, 1500),
+}
 
 
 @pytest.mark.real_data
@@ -25,7 +31,7 @@ def test_real_glue_row_counts(glue_dir, task):
     spec = data.spec
     assert all(len(t) == spec.num_text_fields for t in data.train.texts[:100])
     if spec.is_regression:
-        assert data.train.labels.dtype == np.float32 and 0 <= data.train.labels.min() and data.train.labels.max() <= 5
+        assert data.train.labels.dtype == np.float32 and data.train.labels.min() >= 0 and data.train.labels.max() <= 5
     else:
         assert set(np.unique(data.train.labels)) == set(range(spec.num_labels))
 
@@ -50,10 +56,18 @@ def _write(path, text):
 
 def test_other_glue_layouts(tmp_path):
     g = tmp_path / "glue"
-    _write(g / "QQP/train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1\t1\t2\tHow?\tWhy?\t0\n2\t3\t4\tA \"q\tB\t1\n")
+    _write(
+        g / "QQP/train.tsv",
+        'id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1\t1\t2\tHow?\tWhy?\t0\n2\t3\t4\tA "q\tB\t1\n',
+    )
     _write(g / "QQP/dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n3\t5\t6\tX\tY\t1\n")
-    mnli_head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
-    row = lambda i, lab: f"{i}\t0\t0\tfiction\t()\t()\t()\t()\tPremise {i}\tHypothesis {i}\t{lab}\t{lab}\n"
+    mnli_columns = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse"]
+    mnli_columns += ["sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+    mnli_head = "\t".join(mnli_columns) + "\n"
+
+    def row(i, lab):
+        return f"{i}\t0\t0\tfiction\t()\t()\t()\t()\tPremise {i}\tHypothesis {i}\t{lab}\t{lab}\n"
+
     _write(g / "MNLI/train.tsv", mnli_head + row(0, "neutral") + row(1, "contradiction") + row(2, "entailment"))
     _write(g / "MNLI/dev_matched.tsv", mnli_head + row(3, "entailment"))
     _write(g / "MNLI/dev_mismatched.tsv", mnli_head + row(4, "contradiction") + row(5, "neutral"))
@@ -74,10 +88,29 @@ def test_other_glue_layouts(tmp_path):
 
 def test_superglue_layouts(tmp_path):
     s = tmp_path / "superglue"
-    lines = lambda recs: "".join(json.dumps(r) + "\n" for r in recs)
-    _write(s / "BoolQ/train.jsonl", lines([{"question": "is it?", "passage": "It is.", "label": True, "idx": 0}, {"question": "q", "passage": "p", "label": False, "idx": 1}]))
+
+    def lines(recs):
+        return "".join(json.dumps(r) + "\n" for r in recs)
+
+    _write(
+        s / "BoolQ/train.jsonl",
+        lines(
+            [
+                {"question": "is it?", "passage": "It is.", "label": True, "idx": 0},
+                {"question": "q", "passage": "p", "label": False, "idx": 1},
+            ]
+        ),
+    )
     _write(s / "BoolQ/val.jsonl", lines([{"question": "q", "passage": "p", "label": True, "idx": 0}]))
-    _write(s / "CB/train.jsonl", lines([{"premise": "P", "hypothesis": "H", "label": l, "idx": i} for i, l in enumerate(["neutral", "contradiction", "entailment"])]))
+    _write(
+        s / "CB/train.jsonl",
+        lines(
+            [
+                {"premise": "P", "hypothesis": "H", "label": l, "idx": i}
+                for i, l in enumerate(["neutral", "contradiction", "entailment"])
+            ]
+        ),
+    )
     _write(s / "CB/val.jsonl", lines([{"premise": "P", "hypothesis": "H", "label": "entailment", "idx": 0}]))
     _write(s / "RTE/train.jsonl", lines([{"premise": "P", "hypothesis": "H", "label": "not_entailment", "idx": 0}]))
     _write(s / "RTE/val.jsonl", lines([{"premise": "P", "hypothesis": "H", "label": "entailment", "idx": 0}]))
@@ -136,7 +169,10 @@ def test_missing_column(tmp_path):
 def test_label_outside_label_set(tmp_path):
     train, dev = write_sentiment_files(tmp_path)
     dev.write_text(dev.read_text() + "something odd,neutral\n")
-    with pytest.raises(AxformerError, match=r"dev.csv:34: label 'neutral' is not in the label set of custom \(expected one of neg, pos\)"):
+    with pytest.raises(
+        AxformerError,
+        match=r"dev.csv:34: label 'neutral' is not in the label set of custom \(expected one of neg, pos\)",
+    ):
         load_custom(train, dev, ("text",), "label")
 
 
@@ -166,5 +202,7 @@ def test_hub_offline_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("AXFORMER_DATA_DIR", raising=False)
-    with pytest.raises(AxformerError, match=r"could not load nyu-mll/glue/sst2 split train from the Hugging Face hub .*pass --data-dir"):
+    with pytest.raises(
+        AxformerError, match=r"could not load nyu-mll/glue/sst2 split train from the Hugging Face hub .*pass --data-dir"
+    ):
         load_task("sst2", source="hub")

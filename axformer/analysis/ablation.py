@@ -9,8 +9,8 @@ unpruned model's.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -45,7 +45,11 @@ def ablation_candidates(structure: ModelStructure, groups: int = 12) -> list[str
         if layer.neurons:
             names.append(f"L{i}.ffn")
             present = set(layer.neurons)
-            names += [f"L{i}.ffn.group{g}of{groups}" for g in range(groups) if present & set(neuron_group_range(g, groups, structure.ffn_dim))]
+            names += [
+                f"L{i}.ffn.group{g}of{groups}"
+                for g in range(groups)
+                if present & set(neuron_group_range(g, groups, structure.ffn_dim))
+            ]
         if layer.heads:
             names.append(f"L{i}.attn")
             names += [f"L{i}.attn.head{h}" for h in layer.heads]

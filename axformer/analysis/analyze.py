@@ -27,7 +27,15 @@ from axformer.analysis.similarity import layer_similarity
 from axformer.errors import AxformerError
 from axformer.models.loading import is_local
 from axformer.tasks.data import TaskData
-from axformer.utils.io import append_jsonl, atomic_output_dir, claim_work_dir, read_json, read_jsonl, run_key, write_json
+from axformer.utils.io import (
+    append_jsonl,
+    atomic_output_dir,
+    claim_work_dir,
+    read_json,
+    read_jsonl,
+    run_key,
+    write_json,
+)
 
 SCORERS = ("ablation", "gradient", "similarity", "quantization")
 SIGNIFICANCE_FILE = "significance.json"
@@ -76,39 +84,82 @@ def analyze(
     config = config or AnalyzeConfig()
     config.validate()
     output = Path(output) if output is not None else default_output(model)
-    ctx = load_context(model, data, data_dir, config.max_examples, config.sample_seed, config.device, config.allow_pickle)
+    ctx = load_context(
+        model, data, data_dir, config.max_examples, config.sample_seed, config.device, config.allow_pickle
+    )
     spec = ctx.data.spec
     torch.manual_seed(0)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    engine = EvaluationEngine(ctx.model, ctx.encoded, spec, config.batch_size, ctx.device, prefix_cache=config.prefix_cache)
+    engine = EvaluationEngine(
+        ctx.model, ctx.encoded, spec, config.batch_size, ctx.device, prefix_cache=config.prefix_cache
+    )
     timings["reference pass and cache"] = time.perf_counter() - t0
     ref = engine.reference
     sig: dict = {
         "model": str(model),
-        "task": {"name": spec.name, "display_name": spec.display_name, "metrics": list(spec.metrics), "main_metric": spec.main_metric},
+        "task": {
+            "name": spec.name,
+            "display_name": spec.display_name,
+            "metrics": list(spec.metrics),
+            "main_metric": spec.main_metric,
+        },
         "split": ctx.describe_split(),
         "structure": engine.structure.to_dict(),
         "config": asdict(config),
         "reference": {"mean_loss": ref.mean_loss, "metrics": ref.metrics},
         "warnings": ctx.warnings,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": ctx.device, "machine": platform.machine(), "cpus": os.cpu_count()},
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": ctx.device,
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
     }
-    key = run_key({"model": str(Path(model).resolve()) if is_local(model) else str(model), "split": sig["split"], "task": spec.name, "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "device", "scorers")}})
+    key = run_key(
+        {
+            "model": str(Path(model).resolve()) if is_local(model) else str(model),
+            "split": sig["split"],
+            "task": spec.name,
+            "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "device", "scorers")},
+        }
+    )
     with atomic_output_dir(output, overwrite=overwrite) as work:
         resumed = claim_work_dir(work, key)
         if "ablation" in config.scorers:
             t = time.perf_counter()
             log = work / "ablation.jsonl"
-            done = {r["row"]["component"]: (AblationRow(**r["row"]), np.asarray(r["losses"], dtype=np.float32)) for r in read_jsonl(log, repair=True)}
+            done = {
+                r["row"]["component"]: (AblationRow(**r["row"]), np.asarray(r["losses"], dtype=np.float32))
+                for r in read_jsonl(log, repair=True)
+            }
             comps = ablation_candidates(engine.structure, config.groups)
-            rows = run_ablation(engine, comps, done, on_row=lambda row, losses: append_jsonl(log, {"row": row.to_dict(), "losses": losses.tolist()}), progress=config.progress)
-            sig["ablation"] = {"rows": [rows[c][0].to_dict() for c in comps], "seconds": time.perf_counter() - t, "resumed_rows": len(done), "passes_layers_run": engine.layer_runs}
-            np.savez_compressed(work / LOSSES_FILE, components=np.asarray(comps), losses=np.stack([rows[c][1] for c in comps]), reference=ref.losses)
+            rows = run_ablation(
+                engine,
+                comps,
+                done,
+                on_row=lambda row, losses: append_jsonl(log, {"row": row.to_dict(), "losses": losses.tolist()}),
+                progress=config.progress,
+            )
+            sig["ablation"] = {
+                "rows": [rows[c][0].to_dict() for c in comps],
+                "seconds": time.perf_counter() - t,
+                "resumed_rows": len(done),
+                "passes_layers_run": engine.layer_runs,
+            }
+            np.savez_compressed(
+                work / LOSSES_FILE,
+                components=np.asarray(comps),
+                losses=np.stack([rows[c][1] for c in comps]),
+                reference=ref.losses,
+            )
             timings["ablation"] = time.perf_counter() - t
         if "gradient" in config.scorers:
             t = time.perf_counter()
-            sig["gradient"] = gradient_importance(engine, config.groups, config.normalize_heads, config.progress).to_dict()
+            sig["gradient"] = gradient_importance(
+                engine, config.groups, config.normalize_heads, config.progress
+            ).to_dict()
             timings["gradient"] = time.perf_counter() - t
         if "similarity" in config.scorers:
             t = time.perf_counter()
@@ -118,8 +169,19 @@ def analyze(
             t = time.perf_counter()
             log = work / "quantization.jsonl"
             done_q = {f"{r['name']}@int{r['bits']}": QuantRow(**r) for r in read_jsonl(log, repair=True)}
-            qrows = run_quant_sensitivity(engine, config.quant_bits, config.int4_block_size, done_q, on_row=lambda row: append_jsonl(log, row.to_dict()), progress=config.progress)
-            sig["quantization"] = {"rows": [r.to_dict() for r in qrows.values()], "seconds": time.perf_counter() - t, "int4_block_size": config.int4_block_size}
+            qrows = run_quant_sensitivity(
+                engine,
+                config.quant_bits,
+                config.int4_block_size,
+                done_q,
+                on_row=lambda row: append_jsonl(log, row.to_dict()),
+                progress=config.progress,
+            )
+            sig["quantization"] = {
+                "rows": [r.to_dict() for r in qrows.values()],
+                "seconds": time.perf_counter() - t,
+                "int4_block_size": config.int4_block_size,
+            }
             timings["quantization"] = time.perf_counter() - t
         sig["timings"] = timings
         sig["resumed"] = resumed

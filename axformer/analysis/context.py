@@ -66,14 +66,32 @@ def load_context(
     warnings: list[str] = []
     split = record.split
     if split is not None and record.task is not None and record.task.get("name") != data.spec.name:
-        raise AxformerError(f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; use that task (or leave --task out to use the one recorded with the model)")
+        raise AxformerError(
+            f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; use "
+            "that task (or leave --task out to use the one recorded with the model)"
+        )
     if split is None:
         split = make_heldout_split(data.train)
-        warnings.append("the model was not fine-tuned by axformer, so its training may have seen the held-out examples; decisions may be optimistic")
+        warnings.append(
+            "the model was not fine-tuned by axformer, so its training may have seen the held-out "
+            "examples; decisions may be optimistic"
+        )
         log.warning(warnings[-1])
     _, heldout = apply_split(data, split)
     heldout, positions = subsample(heldout, max_examples, seed)
     dev = resolve_device(device)
     net = load_model(model, data.spec, allow_pickle=allow_pickle, device=dev).eval()
     tok = load_tokenizer(model)
-    return TaskContext(model, net, tok, record, data, split, heldout, positions, encode(tok, heldout, record.max_seq_length), str(dev), warnings)
+    return TaskContext(
+        model,
+        net,
+        tok,
+        record,
+        data,
+        split,
+        heldout,
+        positions,
+        encode(tok, heldout, record.max_seq_length),
+        str(dev),
+        warnings,
+    )

@@ -25,9 +25,10 @@ full forward pass of the same masked model.
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import ContextManager, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ class Change(Protocol):
     layer: int  # original layer index
     key: str  # stable name, used in logs and to compare states
 
-    def applied(self, model: PreTrainedModel, adapter: Adapter) -> ContextManager: ...
+    def applied(self, model: PreTrainedModel, adapter: Adapter) -> AbstractContextManager: ...
 
 
 @dataclass
@@ -172,7 +173,9 @@ class EvaluationEngine:
         """Make ``removed`` + ``changes`` the state every candidate builds on (the search's accepted model)."""
         removed, changes = tuple(removed), tuple(changes)
         changed_keys = {c.key for c in changes} ^ {c.key for c in self.base_changes}
-        touched = self._layers_touched(set(removed) ^ set(self.base_removed), changed_keys, (*changes, *self.base_changes))
+        touched = self._layers_touched(
+            set(removed) ^ set(self.base_removed), changed_keys, (*changes, *self.base_changes)
+        )
         self._base_stack.close()
         self._base_stack = ExitStack()
         for c in changes:
@@ -199,7 +202,13 @@ class EvaluationEngine:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, removed: Sequence[str] = (), changes: Sequence[Change] = (), stop: EarlyStop | None = None, desc: str | None = None) -> CandidateResult:
+    def evaluate(
+        self,
+        removed: Sequence[str] = (),
+        changes: Sequence[Change] = (),
+        stop: EarlyStop | None = None,
+        desc: str | None = None,
+    ) -> CandidateResult:
         """Losses and logits of the base model with ``removed`` switched off and ``changes`` applied on top."""
         removed, changes = tuple(removed), tuple(changes)
         t0 = time.perf_counter()
@@ -224,13 +233,28 @@ class EvaluationEngine:
                 logits[idx] = out.float().cpu().numpy()
                 losses[idx] = per_example_loss(out, self._labels[b], self.regression).cpu().numpy()
                 done[idx] = True
-                if stop is not None and b + 1 < len(self.batches) and stop.hopeless(PartialResult(done, losses, logits)):
+                if (
+                    stop is not None
+                    and b + 1 < len(self.batches)
+                    and stop.hopeless(PartialResult(done, losses, logits))
+                ):
                     complete = False
                     break
             self.mask.set(self.base_removed)
-        result = CandidateResult(removed, tuple(c.key for c in changes), losses, logits if logits is not None else np.zeros((self.n, 1), np.float32), complete, int(done.sum()), start, time.perf_counter() - t0)
+        result = CandidateResult(
+            removed,
+            tuple(c.key for c in changes),
+            losses,
+            logits if logits is not None else np.zeros((self.n, 1), np.float32),
+            complete,
+            int(done.sum()),
+            start,
+            time.perf_counter() - t0,
+        )
         if complete:
-            result.metrics = compute_metrics(self.spec.metrics, self.encoded.labels, result.predictions(self.regression))
+            result.metrics = compute_metrics(
+                self.spec.metrics, self.encoded.labels, result.predictions(self.regression)
+            )
         self.passes += 1
         return result
 
@@ -262,7 +286,11 @@ class EvaluationEngine:
                 for j in range(start):
                     layers[j] = _Skip(originals[j], self._templates[j], self.adapter)
                 cached = self._cache[start][b]
-                handles.append(originals[start].register_forward_pre_hook(lambda m, a, k: _with_hidden(a, k, cached), with_kwargs=True))
+                handles.append(
+                    originals[start].register_forward_pre_hook(
+                        lambda m, a, k: _with_hidden(a, k, cached), with_kwargs=True
+                    )
+                )
             for p in record:
                 handles.append(originals[p].register_forward_pre_hook(self._recorder(p, b), with_kwargs=True))
             if need_templates:

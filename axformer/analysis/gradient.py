@@ -39,12 +39,20 @@ class GradientImportance:
 
     def to_dict(self) -> dict:
         def clean(a):
-            return [None if isinstance(v, float) and np.isnan(v) else v for v in a.tolist()] if a.ndim == 1 else [clean(r) for r in a]
+            return (
+                [None if isinstance(v, float) and np.isnan(v) else v for v in a.tolist()]
+                if a.ndim == 1
+                else [clean(r) for r in a]
+            )
 
-        return {k: clean(getattr(self, k)) for k in ("heads", "groups", "attn", "ffn", "layer")} | {"normalized_heads": self.normalized_heads}
+        return {k: clean(getattr(self, k)) for k in ("heads", "groups", "attn", "ffn", "layer")} | {
+            "normalized_heads": self.normalized_heads
+        }
 
 
-def gradient_importance(engine: EvaluationEngine, groups: int = 12, normalize_heads: bool = False, progress: bool = True) -> GradientImportance:
+def gradient_importance(
+    engine: EvaluationEngine, groups: int = 12, normalize_heads: bool = False, progress: bool = True
+) -> GradientImportance:
     """Gradient scores of every present head, neuron, block and layer of the engine's base model."""
     model, st = engine.model, engine.structure
     L = st.num_layers

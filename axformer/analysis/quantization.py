@@ -11,9 +11,9 @@ from that layer up. Weights are restored exactly afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -107,11 +107,25 @@ def run_quant_sensitivity(
     out = dict(done or {})
     ref = engine.reference
     main = engine.spec.main_metric
-    todo = [FakeQuant(layer, name, path, b, block_size if b < 8 else None) for layer, name, path in encoder_linears(engine) for b in bits]
+    todo = [
+        FakeQuant(layer, name, path, b, block_size if b < 8 else None)
+        for layer, name, path in encoder_linears(engine)
+        for b in bits
+    ]
     todo = [c for c in todo if c.key not in out]
     for change in tqdm(todo, desc="quantization sensitivity", disable=not progress):
         r = engine.evaluate(changes=[change])
-        row = QuantRow(change.name, change.module_path, change.layer, change.bits, r.mean_loss, r.mean_loss - ref.mean_loss, r.metrics[main], r.metrics[main] - ref.metrics[main], r.seconds)
+        row = QuantRow(
+            change.name,
+            change.module_path,
+            change.layer,
+            change.bits,
+            r.mean_loss,
+            r.mean_loss - ref.mean_loss,
+            r.metrics[main],
+            r.metrics[main] - ref.metrics[main],
+            r.seconds,
+        )
         out[change.key] = row
         if on_row is not None:
             on_row(row)

@@ -11,7 +11,9 @@ SCORE_FILES = {"heads": "gradient_heads.png", "groups": "gradient_ffn_groups.png
 
 
 def ablation_grids(sig: dict) -> dict[str, np.ndarray]:
-    """Δ held-out loss of each single removal, as (layers x heads), (layers x groups) and (layers x [layer, attn, ffn])."""
+    """Δ held-out loss of each single removal, as (layers x heads), (layers x groups) and (layers x [layer, attn,
+    ffn]).
+    """
     st = sig["structure"]
     L, H, G = len(st["layers"]), st["num_heads"], sig["config"]["groups"]
     grids = {"heads": np.full((L, H), np.nan), "groups": np.full((L, G), np.nan), "blocks": np.full((L, 3), np.nan)}
@@ -26,7 +28,15 @@ def ablation_grids(sig: dict) -> dict[str, np.ndarray]:
     return grids
 
 
-def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_scale: bool, signed: bool = True, label: str | None = None) -> None:
+def _heatmap(
+    grid: np.ndarray,
+    xlabels: list[str],
+    title: str,
+    path: Path,
+    log_scale: bool,
+    signed: bool = True,
+    label: str | None = None,
+) -> None:
     """One cell per layer and unit, every cell annotated.
 
     Signed maps (ablation Δ loss) are diverging and centred on zero (red: removal hurts, blue: removal helps);
@@ -49,7 +59,11 @@ def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_s
     if not signed:
         norm, cmap, fmt = Normalize(0.0, vmax), "Reds", (lambda v: f"{v:.0f}" if v >= 10 else f"{v:.2g}")
     elif log_scale:
-        norm, cmap, fmt = SymLogNorm(linthresh=max(vmax / 100, 1e-5), vmin=-vmax, vmax=vmax), "RdBu_r", (lambda v: f"{v:+.3f}")
+        norm, cmap, fmt = (
+            SymLogNorm(linthresh=max(vmax / 100, 1e-5), vmin=-vmax, vmax=vmax),
+            "RdBu_r",
+            (lambda v: f"{v:+.3f}"),
+        )
     else:
         norm, cmap, fmt = Normalize(-vmax * scale, vmax * scale), "RdBu_r", (lambda v: f"{v * scale:+.1f}")
     im = ax.imshow(np.ma.masked_invalid(grid * scale), cmap=cmap, norm=norm, aspect="auto")
@@ -61,7 +75,9 @@ def _heatmap(grid: np.ndarray, xlabels: list[str], title: str, path: Path, log_s
             ax.text(c, r, fmt(v), ha="center", va="center", fontsize=7 if log_scale else 6)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.ax.tick_params(labelsize=7)
-    default = "Δ held-out loss when removed" + ("" if log_scale else " (x1e-3)") + "\n(red: matters, blue: removal helps)"
+    default = (
+        "Δ held-out loss when removed" + ("" if log_scale else " (x1e-3)") + "\n(red: matters, blue: removal helps)"
+    )
     cb.set_label(label or default, fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -83,7 +99,9 @@ def _layer_scores_plot(sig: dict, path: Path) -> None:
         for j, part in enumerate(("layer", "attn", "ffn")):
             ax.bar(x + (j - 1) * 0.27, np.nan_to_num(np.asarray(scores[part], dtype=float)), width=0.27, label=part)
         ax.set_xticks(x, [f"L{i}" for i in range(L)], fontsize=8)
-        ax.set_title("gradient importance |dL/dgate|" if name == "gradient" else "1 - cosine(input, output)", fontsize=9)
+        ax.set_title(
+            "gradient importance |dL/dgate|" if name == "gradient" else "1 - cosine(input, output)", fontsize=9
+        )
         ax.tick_params(labelsize=7)
         if name == "gradient":
             ax.set_yscale("log")  # a last layer's gate gradient can be 10x the others'
@@ -117,8 +135,15 @@ def write_heatmaps(sig: dict, directory: Path) -> list[Path]:
             ("groups", groups, f"Gradient importance of each FFN neuron group (1/{groups.shape[1]} of the FFN)"),
         ):
             path = directory / SCORE_FILES[key]
-            _heatmap(grid, [f"{'h' if key == 'heads' else 'g'}{i}" for i in range(grid.shape[1])], title, path, log_scale=False, signed=False,
-                     label="sum over held-out batches of |dL/dgate|\n(higher: matters more)")
+            _heatmap(
+                grid,
+                [f"{'h' if key == 'heads' else 'g'}{i}" for i in range(grid.shape[1])],
+                title,
+                path,
+                log_scale=False,
+                signed=False,
+                label="sum over held-out batches of |dL/dgate|\n(higher: matters more)",
+            )
             out.append(path)
     if grad or sig.get("similarity"):
         path = directory / SCORE_FILES["layers"]
@@ -152,7 +177,7 @@ def summary_markdown(sig: dict) -> str:
             f"## Ablation ({len(rows)} single removals, {abl['seconds']:.0f} s)",
             "",
             "Δ loss > 0: the component matters; Δ loss < 0: removing it lowers the held-out loss. "
-            "\"not worse\" is the fraction of examples whose loss does not rise (AxFormer accepts a removal only if it "
+            '"not worse" is the fraction of examples whose loss does not rise (AxFormer accepts a removal only if it '
             "lowers the mean loss and this fraction exceeds 0.5).",
             "",
         ]
@@ -161,13 +186,22 @@ def summary_markdown(sig: dict) -> str:
         lines.append("")
         helps = sorted((r for r in rows if r["delta_loss"] < 0), key=lambda r: r["delta_loss"])
         top = sorted(rows, key=lambda r: -r["delta_loss"])[:10]
-        lines += ["### Most significant (largest loss increase when removed)", "", f"| component | Δ loss | Δ {main} | not worse |", "|---|---|---|---|"]
-        lines += [f"| {r['component']} | {r['delta_loss']:+.4f} | {r['delta_metric']:+.2f} | {r['not_worse_fraction']:.2f} |" for r in top]
+        lines += [
+            "### Most significant (largest loss increase when removed)",
+            "",
+            f"| component | Δ loss | Δ {main} | not worse |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['component']} | {r['delta_loss']:+.4f} | {r['delta_metric']:+.2f} | {r['not_worse_fraction']:.2f} |"
+            for r in top
+        ]
         lines += ["", f"### Removals that lower the held-out loss ({len(helps)})", ""]
         if helps:
             lines += [f"| component | Δ loss | Δ {main} | not worse | AxFormer would accept |", "|---|---|---|---|---|"]
             lines += [
-                f"| {r['component']} | {r['delta_loss']:+.4f} | {r['delta_metric']:+.2f} | {r['not_worse_fraction']:.2f} | {'yes' if r['not_worse_fraction'] > 0.5 else 'no'} |"
+                f"| {r['component']} | {r['delta_loss']:+.4f} | {r['delta_metric']:+.2f} | "
+                f"{r['not_worse_fraction']:.2f} | {'yes' if r['not_worse_fraction'] > 0.5 else 'no'} |"
                 for r in helps[:15]
             ]
         else:
@@ -179,16 +213,30 @@ def summary_markdown(sig: dict) -> str:
         L = len(sig["structure"]["layers"])
         lines += ["## Per-layer scores", ""]
         lines += [f"![{f}]({f})" for key, f in SCORE_FILES.items() if grad or key == "layers"] + [""]
-        lines += ["| layer | 1-cos layer | 1-cos attn | 1-cos ffn | grad attn | grad ffn | grad layer |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| layer | 1-cos layer | 1-cos attn | 1-cos ffn | grad attn | grad ffn | grad layer |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for i in range(L):
             s = [sim[k][i] if sim else None for k in ("layer", "attn", "ffn")]
             g = [grad[k][i] if grad else None for k in ("attn", "ffn", "layer")]
-            lines.append(f"| L{i} | " + " | ".join(_fmt(v, ".4f") for v in s) + " | " + " | ".join(_fmt(v, ".3g") for v in g) + " |")
+            lines.append(
+                f"| L{i} | "
+                + " | ".join(_fmt(v, ".4f") for v in s)
+                + " | "
+                + " | ".join(_fmt(v, ".3g") for v in g)
+                + " |"
+            )
         lines.append("")
     q = sig.get("quantization")
     if q:
         rows = sorted(q["rows"], key=lambda r: (-r["bits"], -r["delta_loss"]))
-        lines += [f"## Quantization sensitivity ({q['seconds']:.0f} s)", "", f"| weight | bits | Δ loss | Δ {main} |", "|---|---|---|---|"]
+        lines += [
+            f"## Quantization sensitivity ({q['seconds']:.0f} s)",
+            "",
+            f"| weight | bits | Δ loss | Δ {main} |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {r['name']} | {r['bits']} | {r['delta_loss']:+.5f} | {r['delta_metric']:+.2f} |" for r in rows]
         lines.append("")
     t = sig["timings"]

@@ -53,7 +53,7 @@ def layer_similarity(engine: EvaluationEngine) -> LayerSimilarity:
         handles.append(a.between_blocks(module).register_forward_pre_hook(pre(orig, "mid"), with_kwargs=True))
         handles.append(module.register_forward_hook(post(orig)))
     try:
-        for b, batch in enumerate(engine._inputs):
+        for _b, batch in enumerate(engine._inputs):
             captured.clear()
             model(**batch)
             keep = batch["attention_mask"].bool()

@@ -18,9 +18,9 @@ DeBERTa-v2) do not support it yet and are refused clearly.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
@@ -33,7 +33,9 @@ IMPLEMENTATION = "axformer_approximate"
 CONFIG_KEY = "axformer_attention"
 
 
-def _approximate_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+def _approximate_attention(
+    module: nn.Module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs
+):
     spec = module.axformer_attention
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     k, mode, kernel = int(spec["k"]), spec.get("mode", "topk"), spec.get("kernel", "reference")
@@ -42,7 +44,9 @@ def _approximate_attention(module: nn.Module, query, key, value, attention_mask,
         kernel = "reference"  # attention dropout needs the probability matrix
     probs = None
     if mode == "topk" and kernel == "reference":
-        out, probs = kernels.topk_reference(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")), p)
+        out, probs = kernels.topk_reference(
+            query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")), p
+        )
     elif mode == "topk":
         out = kernels.topk_gather(query, key, value, attention_mask, scaling, k, bool(spec.get("renormalize")))
     elif kernel == "reference":
@@ -77,13 +81,17 @@ class HardAttention:
 
     def __post_init__(self):
         if self.mode not in MODES or self.kernel not in KERNELS:
-            raise AxformerError(f"approximate attention {self.mode}/{self.kernel}; expected a mode in {MODES} and a kernel in {KERNELS}")
+            raise AxformerError(
+                f"approximate attention {self.mode}/{self.kernel}; expected a mode in {MODES} and a kernel in {KERNELS}"
+            )
         if self.k < 1:
             raise AxformerError(f"approximate attention with k={self.k}; expected a positive number of keys")
 
     @property
     def key(self) -> str:
-        return f"L{self.layer}.attn.{'top' if self.mode == 'topk' else 'sign'}{self.k}" + ("r" if self.renormalize and self.mode == "topk" else "")
+        return f"L{self.layer}.attn.{'top' if self.mode == 'topk' else 'sign'}{self.k}" + (
+            "r" if self.renormalize and self.mode == "topk" else ""
+        )
 
     def spec(self) -> dict:
         spec = {"mode": self.mode, "k": self.k, "renormalize": self.renormalize}
@@ -108,7 +116,10 @@ def _module(model: PreTrainedModel, adapter: Adapter, layer: int) -> nn.Module:
         raise AxformerError(f"layer L{layer} is not in the model (removed); cannot approximate its attention")
     module = adapter.attention_kernel(adapter.layers(model)[present.index(layer)])
     if module is None:
-        raise AxformerError(f"approximate attention is not supported for {adapter.family} models (their attention does not use transformers' attention interface)")
+        raise AxformerError(
+            f"approximate attention is not supported for {adapter.family} models (their attention "
+            "does not use transformers' attention interface)"
+        )
     return module
 
 

@@ -29,7 +29,9 @@ def _additive(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
     if mask is None:
         return None
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, torch.finfo(like.dtype).min)
+        return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(
+            ~mask, torch.finfo(like.dtype).min
+        )
     return mask.to(like.dtype)
 
 
@@ -59,7 +61,8 @@ def _weighted_sum(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def topk_reference(query, key, value, mask, scaling: float, k: int, renormalize: bool = False, dropout: float = 0.0):
     """Full softmax, then zero all but each query's K largest probabilities; returns (output, probabilities).
 
-    ``dropout`` (training only) drops attention probabilities before the value product, as transformers' eager kernel does."""
+    ``dropout`` (training only) drops attention probabilities before the value product, as transformers' eager kernel
+    does."""
     probs = torch.softmax(scores(query, key, mask, scaling), dim=-1)
     if k < probs.shape[-1]:
         top, idx = probs.topk(k, dim=-1)
@@ -74,10 +77,8 @@ def topk_gather(query, key, value, mask, scaling: float, k: int, renormalize: bo
     s = scores(query, key, mask, scaling)
     k = min(k, s.shape[-1])
     top, idx = s.topk(k, dim=-1)
-    if renormalize:
-        probs = torch.softmax(top, dim=-1)
-    else:  # the full softmax's values at the kept keys
-        probs = torch.exp(top - torch.logsumexp(s, dim=-1, keepdim=True))
+    # renormalised over the kept keys, or the full softmax's values at the kept keys
+    probs = torch.softmax(top, dim=-1) if renormalize else torch.exp(top - torch.logsumexp(s, dim=-1, keepdim=True))
     return _weighted_sum(probs, _gather_rows(value, idx))
 
 
@@ -96,7 +97,9 @@ def sign_agreement(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | 
 
 
 def sign_match_reference(query, key, value, mask, scaling: float, k: int, dropout: float = 0.0):
-    """Exact softmax over the K best sign-matching keys, computed densely (others masked); returns (output, probabilities)."""
+    """Exact softmax over the K best sign-matching keys, computed densely (others masked); returns (output,
+    probabilities).
+    """
     s = scores(query, key, mask, scaling)
     if k < s.shape[-1]:
         idx = sign_agreement(query, key, mask).topk(k, dim=-1).indices

@@ -67,15 +67,28 @@ def synthetic(length: int, n: int, vocab: int, pad_id: int, seed: int = 0) -> En
     return Encoded(ids, [np.zeros(length, np.int64) for _ in range(n)], np.zeros(n, np.int64), pad_id)
 
 
-def prepare(enc: Encoded, batch_size: int, padded_to: int | None, pad_id: int, n: int | None = None) -> list[dict[str, torch.Tensor]]:
+def prepare(
+    enc: Encoded, batch_size: int, padded_to: int | None, pad_id: int, n: int | None = None
+) -> list[dict[str, torch.Tensor]]:
     idx = np.arange(len(enc)) if n is None else np.arange(min(n, len(enc)))
     sub = enc.subset(idx)
-    batches = [collate(sub, b, "cpu", with_labels=False) for b in (sorted_batches(sub.lengths, batch_size) if batch_size > 1 else [np.array([i]) for i in range(len(sub))])]
+    batches = [
+        collate(sub, b, "cpu", with_labels=False)
+        for b in (
+            sorted_batches(sub.lengths, batch_size) if batch_size > 1 else [np.array([i]) for i in range(len(sub))]
+        )
+    ]
     return [pad_to(b, padded_to, pad_id) for b in batches] if padded_to else batches
 
 
 @torch.inference_mode()
-def time_candidates(models: dict[str, object], single: dict[str, list[dict]], big: dict[str, list[dict]], rounds: int = 5, warmup: int = 1) -> dict[str, Timing]:
+def time_candidates(
+    models: dict[str, object],
+    single: dict[str, list[dict]],
+    big: dict[str, list[dict]],
+    rounds: int = 5,
+    warmup: int = 1,
+) -> dict[str, Timing]:
     """Interleaved rounds: batch-1 requests one by one (latency), then the batch-32 pass (throughput)."""
     out = {k: Timing() for k in models}
     for r in range(warmup + rounds):
@@ -100,9 +113,10 @@ def _high_water_kib() -> int:
     """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec, so a child
     started by a large parent would report the parent's peak."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -16,4 +16,8 @@ def usd_per_100m(throughput_per_s: float, price_per_hour: float) -> float:
 
 
 def price_note(price_per_hour: float) -> str:
-    return ", assumed: AWS c6i.large on demand; --price-per-hour sets yours" if price_per_hour == DEFAULT_PRICE_PER_HOUR else ""
+    return (
+        ", assumed: AWS c6i.large on demand; --price-per-hour sets yours"
+        if price_per_hour == DEFAULT_PRICE_PER_HOUR
+        else ""
+    )

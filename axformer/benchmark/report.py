@@ -18,23 +18,50 @@ def markdown(result: dict) -> str:
     ref_lat, ref_thr = ref["timing"]["latency_p50_ms"], ref["timing"]["throughput_per_s"]
     env = result["environment"]
     cost = result["config"]["price_per_hour"] > 0
-    lengths = [k for k in rows[0]["fixed"]]
-    head = ["model", f"dev {main}", "batch-1 p50 ms", "p95 ms", "batch-1 speed-up", "batch-32 ex/s", "throughput gain", "multi-instance ex/s",
-            *[f"{L} tok p50 ms" for L in lengths], "peak MiB", "size MiB", "params", "FLOPs/token @128"] + (["USD / 100M req."] if cost else [])
+    lengths = list(rows[0]["fixed"])
+    head = [
+        "model",
+        f"dev {main}",
+        "batch-1 p50 ms",
+        "p95 ms",
+        "batch-1 speed-up",
+        "batch-32 ex/s",
+        "throughput gain",
+        "multi-instance ex/s",
+        *[f"{L} tok p50 ms" for L in lengths],
+        "peak MiB",
+        "size MiB",
+        "params",
+        "FLOPs/token @128",
+    ] + (["USD / 100M req."] if cost else [])
     lines = [
-        f"# Benchmark: {result['task']['name']} ({result['task']['dev_examples']} {result['task']['dev_split']} examples)",
+        f"# Benchmark: {result['task']['name']} ({result['task']['dev_examples']} "
+        f"{result['task']['dev_split']} examples)",
         "",
-        f"Hardware: {env['machine']}, {env['cpu'] or 'unknown CPU'} ({env['cores']} cores; {env['cpu_flags'] or 'no AVX flags read'})"
+        f"Hardware: {env['machine']}, {env['cpu'] or 'unknown CPU'} ({env['cores']} cores; "
+        f"{env['cpu_flags'] or 'no AVX flags read'})"
         + (f", GPU {env['cuda']}" if env.get("cuda") else ", no GPU")
-        + f". torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, onnxruntime {env['onnxruntime']}, Python {env['python']}.",
-        f"All rows measured in the same run; speed-ups are against the first row. Batch-1 latency over {result['config']['latency_examples']} dev requests x "
-        f"{result['config']['rounds']} interleaved rounds; throughput at batch 32 on {result['config']['throughput_examples']} dev examples (median of rounds)."
-        + (f" Cost: USD {result['config']['price_per_hour']:.3f} per machine hour{price_note(result['config']['price_per_hour'])}, at the best measured throughput." if cost else ""),
+        + f". torch {env['torch']} ({env['torch_threads']} threads), transformers "
+        f"{env['transformers']}, onnxruntime {env['onnxruntime']}, Python {env['python']}.",
+        "All rows measured in the same run; speed-ups are against the first row. Batch-1 latency "
+        f"over {result['config']['latency_examples']} dev requests x "
+        f"{result['config']['rounds']} interleaved rounds; throughput at batch 32 on "
+        f"{result['config']['throughput_examples']} dev examples (median of rounds)."
+        + (
+            f" Cost: USD {result['config']['price_per_hour']:.3f} per machine "
+            f"hour{price_note(result['config']['price_per_hour'])}, at the best measured throughput."
+            if cost
+            else ""
+        ),
         "",
-        "What was measured: the dev metric of every row on the whole dev set; batch-1 latency per request (p50/p95) on real dev texts, "
-        "each padded only to its own length except the 'padded' baseline (padded to the maximum length, as a pipeline does out of the box); "
-        "batch-32 throughput on dev texts (batches of similar length); batch-1 latency at fixed lengths on synthetic token ids; multi-instance "
-        "throughput with one single-threaded worker process per core, each pinned to its core; peak resident memory of a fresh process that "
+        "What was measured: the dev metric of every row on the whole dev set; batch-1 latency per "
+        "request (p50/p95) on real dev texts, "
+        "each padded only to its own length except the 'padded' baseline (padded to the maximum "
+        "length, as a pipeline does out of the box); "
+        "batch-32 throughput on dev texts (batches of similar length); batch-1 latency at fixed "
+        "lengths on synthetic token ids; multi-instance "
+        "throughput with one single-threaded worker process per core, each pinned to its core; peak "
+        "resident memory of a fresh process that "
         "loads the model and runs the widest batch; size of the weights on disk.",
         "",
         "| " + " | ".join(head) + " |",
@@ -45,7 +72,8 @@ def markdown(result: dict) -> str:
         cells = [
             r["name"] + (" (baseline)" if r["baseline"] else ""),
             _f(r["dev"]["metrics"].get(main)),
-            _f(t["latency_p50_ms"]), _f(t["latency_p95_ms"]),
+            _f(t["latency_p50_ms"]),
+            _f(t["latency_p95_ms"]),
             _f(ref_lat / t["latency_p50_ms"] if t["latency_p50_ms"] else None, "{:.2f}x"),
             _f(t["throughput_per_s"], "{:.1f}"),
             _f(t["throughput_per_s"] / ref_thr if ref_thr else None, "{:.2f}x"),
@@ -57,11 +85,27 @@ def markdown(result: dict) -> str:
             _f(r["flops_per_token"] / 1e6 if r["flops_per_token"] else None, "{:.1f} M"),
         ]
         if cost:
-            cells.append(_f(r["usd_per_100m"], "{:.2f}") + (f" ({r['cost_basis']})" if r["usd_per_100m"] is not None else ""))
+            cells.append(
+                _f(r["usd_per_100m"], "{:.2f}") + (f" ({r['cost_basis']})" if r["usd_per_100m"] is not None else "")
+            )
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Fixed-length throughput (examples/s at batch " + str(result["config"]["fixed_batch"]) + "): "
-              + "; ".join(f"{r['name']}: " + ", ".join(f"{L} tok {_f(r['fixed'][L]['throughput_per_s'], '{:.1f}')}" for L in r["fixed"]) for r in rows), ""]
-    lines += ["Parameters and FLOPs of an ONNX artifact are those of the PyTorch model it was exported from (quantization changes bytes, not counts).", ""]
+    lines += [
+        "",
+        "Fixed-length throughput (examples/s at batch "
+        + str(result["config"]["fixed_batch"])
+        + "): "
+        + "; ".join(
+            f"{r['name']}: "
+            + ", ".join(f"{L} tok {_f(r['fixed'][L]['throughput_per_s'], '{:.1f}')}" for L in r["fixed"])
+            for r in rows
+        ),
+        "",
+    ]
+    lines += [
+        "Parameters and FLOPs of an ONNX artifact are those of the PyTorch model it was exported "
+        "from (quantization changes bytes, not counts).",
+        "",
+    ]
     lines += cumulative_markdown(result)
     return "\n".join(lines)
 
@@ -80,17 +124,33 @@ def cumulative(result: dict) -> list[dict]:
     for n in names:
         r = rows[n]
         lat, thr = r["timing"]["latency_p50_ms"], r["timing"]["throughput_per_s"]
-        steps.append({"step": n, "metric": r["dev"]["metrics"].get(main), "latency_ms": lat, "throughput_per_s": thr,
-                      "step_latency_speedup": prev["timing"]["latency_p50_ms"] / lat if prev else 1.0,
-                      "step_throughput_gain": thr / prev["timing"]["throughput_per_s"] if prev else 1.0,
-                      "total_latency_speedup": first["timing"]["latency_p50_ms"] / lat, "total_throughput_gain": thr / first["timing"]["throughput_per_s"]})
+        steps.append(
+            {
+                "step": n,
+                "metric": r["dev"]["metrics"].get(main),
+                "latency_ms": lat,
+                "throughput_per_s": thr,
+                "step_latency_speedup": prev["timing"]["latency_p50_ms"] / lat if prev else 1.0,
+                "step_throughput_gain": thr / prev["timing"]["throughput_per_s"] if prev else 1.0,
+                "total_latency_speedup": first["timing"]["latency_p50_ms"] / lat,
+                "total_throughput_gain": thr / first["timing"]["throughput_per_s"],
+            }
+        )
         prev = r
     if prev is not None and prev.get("multi_instance"):
         mi = prev["multi_instance"]
-        steps.append({"step": f"+ multi-instance ({mi['instances']} x {mi['threads_per_instance']} thread)", "metric": prev["dev"]["metrics"].get(main),
-                      "latency_ms": None, "throughput_per_s": mi["throughput_per_s"], "step_latency_speedup": None,
-                      "step_throughput_gain": mi["throughput_per_s"] / prev["timing"]["throughput_per_s"], "total_latency_speedup": None,
-                      "total_throughput_gain": mi["throughput_per_s"] / first["timing"]["throughput_per_s"]})
+        steps.append(
+            {
+                "step": f"+ multi-instance ({mi['instances']} x {mi['threads_per_instance']} thread)",
+                "metric": prev["dev"]["metrics"].get(main),
+                "latency_ms": None,
+                "throughput_per_s": mi["throughput_per_s"],
+                "step_latency_speedup": None,
+                "step_throughput_gain": mi["throughput_per_s"] / prev["timing"]["throughput_per_s"],
+                "total_latency_speedup": None,
+                "total_throughput_gain": mi["throughput_per_s"] / first["timing"]["throughput_per_s"],
+            }
+        )
     return steps
 
 
@@ -99,11 +159,20 @@ def cumulative_markdown(result: dict) -> list[str]:
     if len(steps) < 2:
         return []
     main = result["task"]["main_metric"]
-    lines = ["## Cumulative view (FastFormers style)", "", "Each step adds one optimization to the previous row; throughput at batch 32, latency at batch 1.", "",
-             f"| step | dev {main} | batch-1 step speed-up | batch-1 total | batch-32 step gain | batch-32 total |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## Cumulative view (FastFormers style)",
+        "",
+        "Each step adds one optimization to the previous row; throughput at batch 32, latency at batch 1.",
+        "",
+        f"| step | dev {main} | batch-1 step speed-up | batch-1 total | batch-32 step gain | batch-32 total |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in steps:
-        lines.append(f"| {s['step']} | {_f(s['metric'])} | {_f(s['step_latency_speedup'], '{:.2f}x')} | {_f(s['total_latency_speedup'], '{:.2f}x')} | "
-                     f"{_f(s['step_throughput_gain'], '{:.2f}x')} | {_f(s['total_throughput_gain'], '{:.2f}x')} |")
+        lines.append(
+            f"| {s['step']} | {_f(s['metric'])} | {_f(s['step_latency_speedup'], '{:.2f}x')} | "
+            f"{_f(s['total_latency_speedup'], '{:.2f}x')} | "
+            f"{_f(s['step_throughput_gain'], '{:.2f}x')} | {_f(s['total_throughput_gain'], '{:.2f}x')} |"
+        )
     return lines + [""]
 
 
@@ -126,8 +195,17 @@ def plot(result: dict, path: str | Path) -> Path:
         if x is None or y is None:
             continue
         color = f"C{i % 10}"
-        ax.scatter([x], [y], s=70, marker=markers[i % len(markers)], facecolors="none" if r["baseline"] else color, edgecolors=color, linewidths=1.5,
-                   zorder=3, label=f"{r['name']}{' (baseline)' if r['baseline'] else ''}: {y:.2f}, {x:.2f} ms")
+        ax.scatter(
+            [x],
+            [y],
+            s=70,
+            marker=markers[i % len(markers)],
+            facecolors="none" if r["baseline"] else color,
+            edgecolors=color,
+            linewidths=1.5,
+            zorder=3,
+            label=f"{r['name']}{' (baseline)' if r['baseline'] else ''}: {y:.2f}, {x:.2f} ms",
+        )
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)

@@ -15,6 +15,7 @@ assumption (see ``axformer.benchmark.pricing``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -37,16 +38,21 @@ from axformer.tasks.data import TaskData
 from axformer.tasks.sources import load_task_from_record
 from axformer.utils.io import write_json
 
-
-PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = ("PyTorch fp32, padded to max length (out of the box)", "PyTorch fp32, dynamic length",
-                                      "ONNX Runtime fp32 (fused)", "ONNX Runtime int8 (dynamic, per-channel)")
+PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
+    "PyTorch fp32, padded to max length (out of the box)",
+    "PyTorch fp32, dynamic length",
+    "ONNX Runtime fp32 (fused)",
+    "ONNX Runtime int8 (dynamic, per-channel)",
+)
 BASELINE_CHAIN = (PADDED, DYNAMIC, ORT_FP32, ORT_INT8)  # FastFormers' cumulative order of the baseline rows
 
 
 @dataclass
 class BenchmarkConfig:
     baselines: bool = True
-    baseline_model: str | None = None  # the unpruned model; default: the first model's recorded origin, else the first model
+    baseline_model: str | None = (
+        None  # the unpruned model; default: the first model's recorded origin, else the first model
+    )
     lengths: tuple[int, ...] = (64, 128, 512)
     latency_examples: int = 200  # dev requests timed one by one per round
     throughput_examples: int = 512  # dev examples in the batch-32 pass
@@ -55,7 +61,9 @@ class BenchmarkConfig:
     rounds: int = 3
     warmup: int = 1
     instances: int | None = None  # multi-instance workers (default: one per core; 0 or 1: skip)
-    price_per_hour: float = DEFAULT_PRICE_PER_HOUR  # USD per machine hour (assumed unless given); 0: cost column omitted
+    price_per_hour: float = (
+        DEFAULT_PRICE_PER_HOUR  # USD per machine hour (assumed unless given); 0: cost column omitted
+    )
     memory: bool = True
     seed: int = 0
     chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
@@ -133,7 +141,7 @@ class _Padded:
     def __init__(self, model, length: int, pad_id: int) -> None:
         self.model, self.length, self.pad_id = model, length, pad_id
 
-    def eval(self) -> "_Padded":
+    def eval(self) -> _Padded:
         return self
 
     def __call__(self, **batch):
@@ -146,8 +154,17 @@ def _dev_outputs(model, enc, regression: bool) -> Outputs:
     return run_model(model, enc, regression, 32, "cpu")
 
 
-def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | None = None, data_dir=None, config: BenchmarkConfig | None = None, progress=print) -> dict:
-    """Benchmark ``models`` (model directories or exported artifacts) and the baselines; writes benchmark.{json,md} and a plot."""
+def benchmark(
+    models: list[str],
+    output: str | os.PathLike,
+    data: TaskData | None = None,
+    data_dir=None,
+    config: BenchmarkConfig | None = None,
+    progress=print,
+) -> dict:
+    """Benchmark ``models`` (model directories or exported artifacts) and the baselines; writes benchmark.{json,md} and
+    a plot.
+    """
     config = config or BenchmarkConfig()
     config.validate()
     if not models:
@@ -166,13 +183,17 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
     spec = data.spec
     dev_name, dev_split = next(iter(data.dev.items()))
     if not len(dev_split) or (not spec.is_regression and dev_split.labels.min() < 0):
-        raise AxformerError(f"the {dev_name} split of {spec.name} has no labels; the benchmark needs a labelled dev set")
+        raise AxformerError(
+            f"the {dev_name} split of {spec.name} has no labels; the benchmark needs a labelled dev set"
+        )
     t0 = time.perf_counter()
     candidates: list[Candidate] = []
     if config.baselines:
         base = config.baseline_model or _origin(first) or first
         if is_onnx_artifact(base):
-            raise AxformerError(f"baseline model {base} is an exported artifact; expected the unpruned PyTorch model (--baseline-model)")
+            raise AxformerError(
+                f"baseline model {base} is an exported artifact; expected the unpruned PyTorch model (--baseline-model)"
+            )
         candidates += [Candidate(PADDED, base, padded=True, baseline=True), Candidate(DYNAMIC, base, baseline=True)]
         from axformer.export.artifact import ExportConfig, export_model
 
@@ -180,11 +201,23 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
             target = output / "baselines" / f"onnx-{precision}"
             if not is_onnx_artifact(target):
                 progress(f"exporting baseline: {label}")
-                export_model(base, target, ExportConfig(precision=precision, max_drop=config.max_drop_for_baseline_exports, max_examples=500), data, data_dir, overwrite=True)
+                export_model(
+                    base,
+                    target,
+                    ExportConfig(precision=precision, max_drop=config.max_drop_for_baseline_exports, max_examples=500),
+                    data,
+                    data_dir,
+                    overwrite=True,
+                )
             candidates.append(Candidate(label, str(target), baseline=True))
-    same_as_baseline = {str(Path(c.path).resolve()) for c in candidates if not c.padded and not is_onnx_artifact(c.path)}
-    candidates += [Candidate(Path(m).name if Path(m).name not in {c.name for c in candidates} else m, m) for m in models
-                   if str(Path(m).resolve()) not in same_as_baseline]  # the unpruned model itself is the dynamic-length baseline
+    same_as_baseline = {
+        str(Path(c.path).resolve()) for c in candidates if not c.padded and not is_onnx_artifact(c.path)
+    }
+    candidates += [
+        Candidate(Path(m).name if Path(m).name not in {c.name for c in candidates} else m, m)
+        for m in models
+        if str(Path(m).resolve()) not in same_as_baseline
+    ]  # the unpruned model itself is the dynamic-length baseline
     tok = load_tokenizer(candidates[0].path)
     max_len = max_input_length(candidates[0].path)
     enc = encode(tok, dev_split, max_len)
@@ -194,12 +227,18 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
     lat_enc = enc.subset(lat_idx)
     thr_enc = enc.subset(rng.permutation(len(enc))[: config.throughput_examples])
     loaded = {c.name: load_runnable(c.path, device="cpu") for c in candidates}
-    rows = {c.name: Row(c.name, c.path, "onnx" if is_onnx_artifact(c.path) else "pytorch", c.padded, c.baseline) for c in candidates}
+    rows = {
+        c.name: Row(c.name, c.path, "onnx" if is_onnx_artifact(c.path) else "pytorch", c.padded, c.baseline)
+        for c in candidates
+    }
     progress(f"dev metric of {len(candidates)} candidates on {len(enc)} {dev_name} examples")
     for c in candidates:
         model = _Padded(loaded[c.name], max_len, pad_id) if c.padded else loaded[c.name]
         rows[c.name].dev = score(spec, dev_split.labels, _dev_outputs(model, enc, spec.is_regression)).to_dict()
-    progress(f"timing on dev texts: {len(lat_enc)} requests at batch 1 and {len(thr_enc)} at batch 32, {config.rounds} interleaved rounds")
+    progress(
+        f"timing on dev texts: {len(lat_enc)} requests at batch 1 and {len(thr_enc)} at batch 32, "
+        f"{config.rounds} interleaved rounds"
+    )
     single = {c.name: prepare(lat_enc, 1, max_len if c.padded else None, pad_id) for c in candidates}
     big = {c.name: prepare(thr_enc, 32, max_len if c.padded else None, pad_id) for c in candidates}
     for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
@@ -217,7 +256,13 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
         progress(f"timing at a fixed {length} tokens")
         for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
             rows[name].fixed[str(length)] = t.summary()
-    instances = config.instances if config.instances is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    instances = (
+        config.instances
+        if config.instances is not None
+        else len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1)
+    )
     if instances and instances > 1:
         from axformer.runtime.predictor import Predictor
 
@@ -233,16 +278,29 @@ def benchmark(models: list[str], output: str | os.PathLike, data: TaskData | Non
                     t1 = time.perf_counter()
                     p.run_batches(batches)
                     rates.append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - t1))
-            rows[c.name].multi_instance = {"instances": instances, "threads_per_instance": 1, "throughput_per_s": float(np.median(rates))}
+            rows[c.name].multi_instance = {
+                "instances": instances,
+                "threads_per_instance": 1,
+                "throughput_per_s": float(np.median(rates)),
+            }
     if config.memory:
         widest = prepare(thr_enc, 32, None, pad_id)[0]
         for c in candidates:
-            rows[c.name].peak_memory_mib = peak_memory_mib(c.path, pad_to(widest, max_len, pad_id) if c.padded else widest)
+            rows[c.name].peak_memory_mib = peak_memory_mib(
+                c.path, pad_to(widest, max_len, pad_id) if c.padded else widest
+            )
     for c in candidates:
         r = rows[c.name]
         r.size_bytes = _size(c.path)
         r.parameters, r.flops_per_token = _params_flops(c.path)
-        best = max([(r.timing["throughput_per_s"], "batch 32, one process")] + ([(r.multi_instance["throughput_per_s"], f"batch 32, {r.multi_instance['instances']} instances")] if r.multi_instance else []))
+        best = max(
+            [(r.timing["throughput_per_s"], "batch 32, one process")]
+            + (
+                [(r.multi_instance["throughput_per_s"], f"batch 32, {r.multi_instance['instances']} instances")]
+                if r.multi_instance
+                else []
+            )
+        )
         r.cost_basis = best[1]
         if config.price_per_hour > 0:
             r.usd_per_100m = usd_per_100m(best[0], config.price_per_hour)
@@ -271,16 +329,30 @@ def environment() -> dict:
     import transformers
 
     cpu = ""
-    try:
-        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        cpu = next(
+            (
+                l.split(":", 1)[1].strip()
+                for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")
+            ),
+            "",
+        )
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
         flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in text)
     except OSError:
         pass
-    return {"machine": platform.machine(), "cpu": cpu, "cpu_flags": flags, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -32,7 +32,7 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
-    def subset(self, indices) -> "Encoded":
+    def subset(self, indices) -> Encoded:
         idx = np.asarray(indices, dtype=np.int64)
         return Encoded(
             [self.input_ids[i] for i in idx],
@@ -67,7 +67,9 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_factor: int = 50) -> list[np.ndarray]:
+def grouped_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_factor: int = 50
+) -> list[np.ndarray]:
     """Training batches: shuffle, sort within mega-batches by length, shuffle the batches.
 
     Keeps most of the randomness of plain shuffling while padding little.
@@ -83,7 +85,9 @@ def grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
     return [batches[i] for i in order]
 
 
-def collate(enc: Encoded, indices: np.ndarray, device: torch.device | str = "cpu", with_labels: bool = True) -> dict[str, torch.Tensor]:
+def collate(
+    enc: Encoded, indices: np.ndarray, device: torch.device | str = "cpu", with_labels: bool = True
+) -> dict[str, torch.Tensor]:
     """Pad the examples at ``indices`` to the longest among them."""
     rows = [enc.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Cross-entropy of the student's tempered distribution against the teacher's, times T^2 (Hinton et al.).
 
     The T^2 factor keeps the gradient's scale independent of the temperature, so

@@ -46,11 +46,15 @@ class DistillConfig(FinetuneConfig):
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}
         if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise AxformerError(f"distillation loss weights {weights}; expected non-negative weights, at least one positive")
+            raise AxformerError(
+                f"distillation loss weights {weights}; expected non-negative weights, at least one positive"
+            )
 
 
 class DistillObjective:
-    def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig, regression: bool, layer_map: list[int]):
+    def __init__(
+        self, teacher: nn.Module, student: nn.Module, config: DistillConfig, regression: bool, layer_map: list[int]
+    ):
         self.teacher = teacher.eval().requires_grad_(False)
         self.config = config
         self.regression = regression
@@ -59,7 +63,11 @@ class DistillObjective:
         self.temporary_files = (TEACHER_CACHE,)
         ws, wt = _width(student), _width(teacher)
         # a learned projection per matched hidden state when the widths differ (TinyBERT); none otherwise
-        self.extra = nn.ModuleList(nn.Linear(ws, wt) for _ in layer_map).to(next(student.parameters()).device) if config.hidden_weight > 0 and ws != wt else None
+        self.extra = (
+            nn.ModuleList(nn.Linear(ws, wt) for _ in layer_map).to(next(student.parameters()).device)
+            if config.hidden_weight > 0 and ws != wt
+            else None
+        )
         if config.attention_weight > 0:
             for m in (teacher, student):
                 m.set_attn_implementation("eager")  # attention maps are only returned by the eager kernels
@@ -70,8 +78,16 @@ class DistillObjective:
 
     def describe(self) -> dict:
         c = self.config
-        return {"objective": "distill", "temperature": c.temperature, "soft": c.soft_weight, "hard": c.hard_weight, "hidden": c.hidden_weight,
-                "attention": c.attention_weight, "layer_map": self.layer_map, "projection": self.extra is not None}
+        return {
+            "objective": "distill",
+            "temperature": c.temperature,
+            "soft": c.soft_weight,
+            "hard": c.hard_weight,
+            "hidden": c.hidden_weight,
+            "attention": c.attention_weight,
+            "layer_map": self.layer_map,
+            "projection": self.extra is not None,
+        }
 
     def prepare(self, work: Path, enc_train: Encoded, device: torch.device) -> None:
         if self.needs_states or not self.config.cache_teacher:
@@ -80,7 +96,9 @@ class DistillObjective:
         if path.exists():
             logits = np.load(path)
         else:
-            logits = run_model(self.teacher, enc_train, self.regression, self.config.eval_batch_size, device, progress="teacher logits").logits
+            logits = run_model(
+                self.teacher, enc_train, self.regression, self.config.eval_batch_size, device, progress="teacher logits"
+            ).logits
             np.save(path.with_suffix(".tmp.npy"), logits)
             path.with_suffix(".tmp.npy").replace(path)
         self.cache = torch.from_numpy(logits).to(device)
@@ -103,18 +121,31 @@ class DistillObjective:
             terms["hard"] = per_example_loss(out.logits, labels, self.regression).mean()
         mask = batch["attention_mask"]
         if want_h:
-            states = [(self.extra[j](out.hidden_states[j]) if self.extra is not None else out.hidden_states[j], t_out.hidden_states[tj]) for j, tj in enumerate(self.layer_map)]
+            states = [
+                (
+                    self.extra[j](out.hidden_states[j]) if self.extra is not None else out.hidden_states[j],
+                    t_out.hidden_states[tj],
+                )
+                for j, tj in enumerate(self.layer_map)
+            ]
             terms["hidden"] = torch.stack([hidden_mse(s, t, mask) for s, t in states]).mean()
         if want_a:
             pairs = [(out.attentions[i], t_out.attentions[tj - 1]) for i, tj in enumerate(self.layer_map[1:])]
-            pairs = [(s, t) for s, t in pairs if s is not None and t is not None]  # layers whose attention block was removed have no map
+            pairs = [
+                (s, t) for s, t in pairs if s is not None and t is not None
+            ]  # layers whose attention block was removed have no map
             if pairs:
                 terms["attention"] = torch.stack([attention_mse(s, t, mask) for s, t in pairs]).mean()
-        weights = {"soft": c.soft_weight, "hard": c.hard_weight, "hidden": c.hidden_weight, "attention": c.attention_weight}
+        weights = {
+            "soft": c.soft_weight,
+            "hard": c.hard_weight,
+            "hidden": c.hidden_weight,
+            "attention": c.attention_weight,
+        }
         total = sum(weights[k] * v for k, v in terms.items())
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _width(model: nn.Module) -> int:
     cfg = model.config
-    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "dim"))
+    return int(getattr(cfg, "hidden_size", None) or cfg.dim)

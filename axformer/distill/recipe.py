@@ -42,7 +42,9 @@ from axformer.utils.io import read_json, write_json
 
 @dataclass
 class RecipeConfig:
-    student_layers: str | None = None  # first distil into these teacher layers ("3" or "0,2,5"); None: prune the model itself
+    student_layers: str | None = (
+        None  # first distil into these teacher layers ("3" or "0,2,5"); None: prune the model itself
+    )
     heads: int | None = None  # heads kept per layer (uniform) or on average (global)
     ffn: int | None = None  # FFN neurons kept per layer (uniform) or on average (global)
     budget: str = "uniform"
@@ -53,7 +55,9 @@ class RecipeConfig:
 
     def validate(self) -> None:
         if self.heads is None and self.ffn is None and self.student_layers is None:
-            raise AxformerError("the fastformers recipe needs something to shrink: --student-layers, --heads and/or --ffn")
+            raise AxformerError(
+                "the fastformers recipe needs something to shrink: --student-layers, --heads and/or --ffn"
+            )
         if self.budget not in BUDGETS:
             raise AxformerError(f"--budget {self.budget!r}; expected one of {', '.join(BUDGETS)}")
         if self.export is not None:
@@ -73,7 +77,11 @@ def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> di
     entry = {"stage": kind, "path": str(path), "seconds": seconds}
     for name, split in {"heldout": heldout, **data.dev}.items():
         if len(split) and (data.spec.is_regression or split.labels.min() >= 0):
-            entry[name] = score(data.spec, split.labels, run_model(net, encode(tok, split, record.max_seq_length), data.spec.is_regression)).to_dict()
+            entry[name] = score(
+                data.spec,
+                split.labels,
+                run_model(net, encode(tok, split, record.max_seq_length), data.spec.is_regression),
+            ).to_dict()
     onnx = is_onnx_artifact(path)
     entry["size_bytes"] = sum(f.stat().st_size for f in Path(path).glob("*.onnx" if onnx else "*.safetensors"))
     if not onnx:
@@ -85,7 +93,9 @@ def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> di
 
 
 def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig) -> None:
-    ctx = load_context(model, data, None, config.importance_examples, 0, config.distill.device, config.distill.allow_pickle)
+    ctx = load_context(
+        model, data, None, config.importance_examples, 0, config.distill.device, config.distill.allow_pickle
+    )
     engine = EvaluationEngine(ctx.model, ctx.encoded, data.spec, config.distill.eval_batch_size, ctx.device)
     try:
         imp = gradient_importance(engine, normalize_heads=True, progress=True)
@@ -98,23 +108,44 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(net, ctx.tokenizer, tmp)
     record = ModelRecord.load(model)
-    record.history = [*record.history, {"stage": "prune", "strategy": "fastformers", "heads": config.heads, "ffn": config.ffn, "budget": config.budget,
-                                        "importance": "gradient (|dL/dgate|, heads L2-normalised per layer), held-out split", "structure": target.summary()}]
+    record.history = [
+        *record.history,
+        {
+            "stage": "prune",
+            "strategy": "fastformers",
+            "heads": config.heads,
+            "ffn": config.ffn,
+            "budget": config.budget,
+            "importance": "gradient (|dL/dgate|, heads L2-normalised per layer), held-out split",
+            "structure": target.summary(),
+        },
+    ]
     record.save(tmp)
     write_json(tmp / "importance.json", imp.to_dict())
     tmp.replace(output)
 
 
-def fastformers_recipe(model: str | os.PathLike, output: str | os.PathLike, config: RecipeConfig | None = None, data: TaskData | None = None,
-                       data_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
-    """Run (or resume) the recipe; the final PyTorch model is saved in ``output`` and the stages under ``output/stages``."""
+def fastformers_recipe(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    config: RecipeConfig | None = None,
+    data: TaskData | None = None,
+    data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Run (or resume) the recipe; the final PyTorch model is saved in ``output`` and the stages under
+    ``output/stages``.
+    """
     config = config or RecipeConfig()
     config.validate()
     model = str(model)
     output = Path(output)
     data = teacher_task(model, data, data_dir)
     if (output / "recipe.json").exists() and not overwrite:
-        raise AxformerError(f"output directory {output} already holds a finished recipe; pass --overwrite to replace it or choose another --output")
+        raise AxformerError(
+            f"output directory {output} already holds a finished recipe; pass --overwrite to replace "
+            "it or choose another --output"
+        )
     if overwrite:
         shutil.rmtree(output, ignore_errors=True)
     stages_dir = output / "stages"
@@ -133,27 +164,51 @@ def fastformers_recipe(model: str | os.PathLike, output: str | os.PathLike, conf
     current = Path(model)
     done: list[tuple[str, Path]] = [("teacher", current)]
     if config.student_layers is not None:
-        current = run("1-distilled", lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=config.distill))
+        current = run(
+            "1-distilled",
+            lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=config.distill),
+        )
         done.append(("1-distilled", current))
     if config.heads is not None or config.ffn is not None:
         pruned = run("2-pruned", lambda p: _prune_stage(current, data, p, config))
         done.append(("2-pruned", pruned))
-        current = run("3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=config.distill))
+        current = run(
+            "3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=config.distill)
+        )
         done.append(("3-distilled-again", current))
     final_torch = current
     if config.export is not None:
         from axformer.export.artifact import ExportConfig, export_model
 
-        exported = run(f"4-export-{config.export}", lambda p: export_model(final_torch, p, ExportConfig(precision=config.export, max_drop=config.export_max_drop, device=config.distill.device,
-                                                                                                      allow_pickle=config.distill.allow_pickle), data=data))
+        exported = run(
+            f"4-export-{config.export}",
+            lambda p: export_model(
+                final_torch,
+                p,
+                ExportConfig(
+                    precision=config.export,
+                    max_drop=config.export_max_drop,
+                    device=config.distill.device,
+                    allow_pickle=config.distill.allow_pickle,
+                ),
+                data=data,
+            ),
+        )
         done.append((f"4-export-{config.export}", exported))
     stages = [_summary(path, data, times.get(name), name) for name, path in done]
     # the final PyTorch model, reloadable with one call, at the top of the output directory
     for f in final_torch.iterdir():
         if f.is_file():
             shutil.copy2(f, output / f.name)
-    report = {"model": model, "task": {"name": data.spec.name, "display_name": data.spec.display_name, "main_metric": data.spec.main_metric},
-              "strategy": "fastformers", "config": asdict(config), "stages": stages, "final": str(final_torch), "deploy": str(done[-1][1])}
+    report = {
+        "model": model,
+        "task": {"name": data.spec.name, "display_name": data.spec.display_name, "main_metric": data.spec.main_metric},
+        "strategy": "fastformers",
+        "config": asdict(config),
+        "stages": stages,
+        "final": str(final_torch),
+        "deploy": str(done[-1][1]),
+    }
     write_json(output / "recipe.json", report)
     (output / "recipe.md").write_text(recipe_markdown(report))
     return report
@@ -161,14 +216,38 @@ def fastformers_recipe(model: str | os.PathLike, output: str | os.PathLike, conf
 
 def recipe_markdown(r: dict) -> str:
     main = r["task"]["main_metric"]
-    devs = [k for k in r["stages"][0] if k not in ("stage", "path", "seconds", "heldout", "size_bytes", "parameters", "flops_per_token", "structure")]
-    head = "| stage | held-out " + main + " | " + " | ".join(f"{d} {main}" for d in devs) + " | parameters | size | stage time |"
-    lines = [f"# FastFormers recipe: {r['model']} on {r['task']['display_name']}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    devs = [
+        k
+        for k in r["stages"][0]
+        if k not in ("stage", "path", "seconds", "heldout", "size_bytes", "parameters", "flops_per_token", "structure")
+    ]
+    head = (
+        "| stage | held-out "
+        + main
+        + " | "
+        + " | ".join(f"{d} {main}" for d in devs)
+        + " | parameters | size | stage time |"
+    )
+    lines = [
+        f"# FastFormers recipe: {r['model']} on {r['task']['display_name']}",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
     for s in r["stages"]:
-        cells = [s["stage"], f"{s['heldout']['metrics'][main]:.2f}", *(f"{s[d]['metrics'][main]:.2f}" if d in s else "-" for d in devs),
-                 f"{s['parameters'] / 1e6:.2f} M" if "parameters" in s else "-", f"{s['size_bytes'] / 2**20:.1f} MiB",
-                 "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min"]
+        cells = [
+            s["stage"],
+            f"{s['heldout']['metrics'][main]:.2f}",
+            *(f"{s[d]['metrics'][main]:.2f}" if d in s else "-" for d in devs),
+            f"{s['parameters'] / 1e6:.2f} M" if "parameters" in s else "-",
+            f"{s['size_bytes'] / 2**20:.1f} MiB",
+            "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Stage time: wall time of the stage on this machine (distillation includes the teacher's logits, computed once). "
-              "Latency: `axformer benchmark` on the stages' directories measures them against the teacher in one run."]
+    lines += [
+        "",
+        "Stage time: wall time of the stage on this machine (distillation includes the teacher's "
+        "logits, computed once). "
+        "Latency: `axformer benchmark` on the stages' directories measures them against the teacher in one run.",
+    ]
     return "\n".join(lines) + "\n"

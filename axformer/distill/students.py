@@ -30,17 +30,23 @@ def parse_layers(spec: str | list[int], present: list[int]) -> list[int]:
             try:
                 count = int(text)
             except ValueError:
-                raise AxformerError(f"--student-layers {spec!r}; expected a layer count (e.g. 3) or layer indices (e.g. 0,2,4)") from None
+                raise AxformerError(
+                    f"--student-layers {spec!r}; expected a layer count (e.g. 3) or layer indices (e.g. 0,2,4)"
+                ) from None
             if not 1 <= count <= len(present):
                 raise AxformerError(f"--student-layers {count}; the teacher has {len(present)} layers")
             return [present[i] for i in np.unique(np.round(np.linspace(0, len(present) - 1, count)).astype(int))]
         try:
             chosen = [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise AxformerError(f"--student-layers {spec!r}; expected comma-separated layer indices such as 0,2,4") from None
+            raise AxformerError(
+                f"--student-layers {spec!r}; expected comma-separated layer indices such as 0,2,4"
+            ) from None
     missing = sorted(set(chosen) - set(present))
     if missing or not chosen:
-        raise AxformerError(f"--student-layers {spec!r}: layer(s) {missing or chosen} are not in the teacher (it has {present})")
+        raise AxformerError(
+            f"--student-layers {spec!r}: layer(s) {missing or chosen} are not in the teacher (it has {present})"
+        )
     return sorted(set(chosen))
 
 
@@ -56,8 +62,16 @@ def _top(indices: list[int], scores: np.ndarray, count: int) -> list[int]:
     return sorted(order[:count])
 
 
-def prune_by_importance(structure: ModelStructure, head_scores: np.ndarray, neuron_scores: np.ndarray, heads: int | None, ffn: int | None, budget: str = "uniform") -> ModelStructure:
-    """The structure that keeps ``heads`` heads and ``ffn`` FFN neurons per layer (``uniform``), or as many in total (``global``).
+def prune_by_importance(
+    structure: ModelStructure,
+    head_scores: np.ndarray,
+    neuron_scores: np.ndarray,
+    heads: int | None,
+    ffn: int | None,
+    budget: str = "uniform",
+) -> ModelStructure:
+    """The structure that keeps ``heads`` heads and ``ffn`` FFN neurons per layer (``uniform``), or as many in total
+    (``global``).
 
     Scores are indexed by original layer and original head/neuron (NaN where absent).
     """
@@ -91,7 +105,9 @@ def prune_by_importance(structure: ModelStructure, head_scores: np.ndarray, neur
     return new
 
 
-def derive_student(teacher: PreTrainedModel, layers: list[int] | None = None, target: ModelStructure | None = None) -> PreTrainedModel:
+def derive_student(
+    teacher: PreTrainedModel, layers: list[int] | None = None, target: ModelStructure | None = None
+) -> PreTrainedModel:
     """Reduce ``teacher`` (in place; pass a copy) to the given layers and/or structure."""
     structure = current_structure(teacher)
     if target is None:
@@ -104,7 +120,8 @@ def derive_student(teacher: PreTrainedModel, layers: list[int] | None = None, ta
 
 
 def layer_map(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
-    """For each of the student's hidden states (0 = embeddings, i = after its i-th layer), the teacher's hidden state it should match.
+    """For each of the student's hidden states (0 = embeddings, i = after its i-th layer), the teacher's hidden state
+    it should match.
 
     A student derived from the teacher matches the layers it kept; any other
     student is mapped uniformly (its last layer onto the teacher's last).
@@ -115,4 +132,3 @@ def layer_map(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
         return [0] + [position[orig] for orig in s.present_layers]
     ls, lt = len(s.present_layers), len(t.present_layers)
     return [0] + [max(1, round(j * lt / ls)) for j in range(1, ls + 1)]
-

@@ -38,12 +38,20 @@ def teacher_task(teacher: str, data: TaskData | None, data_dir) -> TaskData:
 
 def _records_split(model: str, data: TaskData) -> bool:
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
-    return record.split is not None and bool(record.task) and record.task.get("name") == data.spec.name and record.split.train_fingerprint == data.train.fingerprint()
+    return (
+        record.split is not None
+        and bool(record.task)
+        and record.task.get("name") == data.spec.name
+        and record.split.train_fingerprint == data.train.fingerprint()
+    )
 
 
 def _same_vocabulary(teacher_tok, student_tok, student: str) -> None:
     if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise AxformerError(f"student {student} has a different vocabulary from the teacher's; expected a student that shares the teacher's tokenizer")
+        raise AxformerError(
+            f"student {student} has a different vocabulary from the teacher's; expected a student "
+            "that shares the teacher's tokenizer"
+        )
 
 
 def distill(
@@ -69,11 +77,19 @@ def distill(
     data = teacher_task(teacher, data, data_dir)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    # the split recorded with the teacher (or, for a teacher axformer did not train, with the student the search derived from it)
-    source = teacher if _records_split(teacher, data) or student is None or not _records_split(str(student), data) else str(student)
+    # the split recorded with the teacher (or, for a teacher axformer did not train, with the student the search
+    # derived from it)
+    source = (
+        teacher
+        if _records_split(teacher, data) or student is None or not _records_split(str(student), data)
+        else str(student)
+    )
     prior, split, train_part, heldout = training_split(source, data, config)
     if split is not prior.split:
-        raise AxformerError(f"teacher {teacher} records no held-out split for {data.spec.name}; distil from a teacher fine-tuned by axformer on this task")
+        raise AxformerError(
+            f"teacher {teacher} records no held-out split for {data.spec.name}; distil from a teacher "
+            "fine-tuned by axformer on this task"
+        )
     t_net = load_model(teacher, data.spec, allow_pickle=config.allow_pickle, device=device).eval()
     tokenizer = load_tokenizer(teacher)
     if student is not None:
@@ -91,7 +107,34 @@ def distill(
         net = derive_student(net, layers)
     mapping = layer_map(net, t_net)
     objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
-    stage = {"stage": "distill", "base_model": origin, "teacher": teacher, "student_layers": layers, "structure": current_structure(net).summary()}
-    key = {"teacher": teacher, "student": origin, "layers": layers, "structure": current_structure(net).to_dict(), "task": data.spec.name,
-           "train": data.train.fingerprint()}
-    return train_model(net, tokenizer, data, split, train_part, heldout, Path(output), config, objective, stage, prior, key, device, overwrite)
+    stage = {
+        "stage": "distill",
+        "base_model": origin,
+        "teacher": teacher,
+        "student_layers": layers,
+        "structure": current_structure(net).summary(),
+    }
+    key = {
+        "teacher": teacher,
+        "student": origin,
+        "layers": layers,
+        "structure": current_structure(net).to_dict(),
+        "task": data.spec.name,
+        "train": data.train.fingerprint(),
+    }
+    return train_model(
+        net,
+        tokenizer,
+        data,
+        split,
+        train_part,
+        heldout,
+        Path(output),
+        config,
+        objective,
+        stage,
+        prior,
+        key,
+        device,
+        overwrite,
+    )

@@ -60,11 +60,16 @@ class ExportConfig:
         if self.max_drop < 0:
             raise AxformerError(f"--max-drop {self.max_drop}; expected a non-negative number of points")
         if self.significance is not None and not Path(self.significance).is_file():
-            raise AxformerError(f"--significance {self.significance} does not exist; expected the significance.json written by axformer analyze")
+            raise AxformerError(
+                f"--significance {self.significance} does not exist; expected the significance.json "
+                "written by axformer analyze"
+            )
 
 
 class _Sensitivity:
-    """Quantization sensitivity per matrix: from the analysis's significance.json, or measured on demand (only what is asked)."""
+    """Quantization sensitivity per matrix: from the analysis's significance.json, or measured on demand (only what is
+    asked).
+    """
 
     def __init__(self, ctx, config: ExportConfig) -> None:
         self.ctx, self.config = ctx, config
@@ -73,7 +78,9 @@ class _Sensitivity:
         if config.significance is not None:
             rows = read_json(config.significance).get("quantization", {}).get("rows", [])
             if not rows:
-                raise AxformerError(f"{config.significance} has no quantization rows; run axformer analyze with the quantization scorer")
+                raise AxformerError(
+                    f"{config.significance} has no quantization rows; run axformer analyze with the quantization scorer"
+                )
             self.rows = {f"{r['name']}@int{r['bits']}": float(r["delta_loss"]) for r in rows}
 
     def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
@@ -87,7 +94,11 @@ class _Sensitivity:
                 ref = engine.reference.mean_loss
                 for layer, name, path in encoder_linears(engine):
                     if name in todo:
-                        r = engine.evaluate(changes=[FakeQuant(layer, name, path, bits, self.config.int4_block_size if bits < 8 else None)])
+                        r = engine.evaluate(
+                            changes=[
+                                FakeQuant(layer, name, path, bits, self.config.int4_block_size if bits < 8 else None)
+                            ]
+                        )
                         self.rows[f"{name}@int{bits}"] = r.mean_loss - ref
                         self.measured += 1
             finally:
@@ -95,7 +106,9 @@ class _Sensitivity:
         return self.rows
 
 
-def _fastest(ctx, artifacts: dict[str, Path], evaluate, threshold: float, device: str, requests: int = 100) -> tuple[Path, dict]:
+def _fastest(
+    ctx, artifacts: dict[str, Path], evaluate, threshold: float, device: str, requests: int = 100
+) -> tuple[Path, dict]:
     """Of the artifacts within the tolerance, the one with the lowest batch-1 latency on held-out texts, measured here.
 
     int8 is not always faster than fp32 (CPUs without VNNI, small matrices), so this is measured, never assumed.
@@ -116,7 +129,11 @@ def _fastest(ctx, artifacts: dict[str, Path], evaluate, threshold: float, device
     for name, t in time_candidates(passing, single, big, rounds=3, warmup=1).items():
         report[name].update(t.summary())
     chosen = min(passing, key=lambda k: report[k]["latency_p50_ms"])
-    return artifacts[chosen], {"candidates": report, "chosen": chosen, "rule": "lowest batch-1 p50 latency on held-out texts among artifacts within --max-drop"}
+    return artifacts[chosen], {
+        "candidates": report,
+        "chosen": chosen,
+        "rule": "lowest batch-1 p50 latency on held-out texts among artifacts within --max-drop",
+    }
 
 
 def _linear_weights(model) -> dict[str, np.ndarray]:
@@ -136,13 +153,21 @@ def _linear_weights(model) -> dict[str, np.ndarray]:
     return out
 
 
-def export_model(model: str | os.PathLike, output: str | os.PathLike, config: ExportConfig | None = None, data: TaskData | None = None,
-                 data_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+def export_model(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    config: ExportConfig | None = None,
+    data: TaskData | None = None,
+    data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Export, optimise, quantise and validate ``model``; returns the export report (also in ``export.json``)."""
     config = config or ExportConfig()
     config.validate()
     if Path(output).exists() and not overwrite:
-        raise AxformerError(f"output directory {output} already exists; pass --overwrite to replace it or choose another --output")
+        raise AxformerError(
+            f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
+        )
     t0 = time.perf_counter()
     ctx = load_context(model, data, data_dir, config.max_examples, 0, config.device, config.allow_pickle)
     spec = ctx.data.spec
@@ -152,7 +177,11 @@ def export_model(model: str | os.PathLike, output: str | os.PathLike, config: Ex
     onnx_device = "cuda" if str(ctx.device).startswith("cuda") else "cpu"
 
     def evaluate(path: Path):
-        return score(spec, ctx.heldout.labels, run_model(OnnxModel(path, device=onnx_device), ctx.encoded, spec.is_regression, 64, "cpu"))
+        return score(
+            spec,
+            ctx.heldout.labels,
+            run_model(OnnxModel(path, device=onnx_device), ctx.encoded, spec.is_regression, 64, "cpu"),
+        )
 
     with tempfile.TemporaryDirectory(prefix="axformer-export-") as tmp:
         tmp = Path(tmp)
@@ -160,31 +189,67 @@ def export_model(model: str | os.PathLike, output: str | os.PathLike, config: Ex
         info: dict = {"precision": config.precision, "fusion": None}
         current = raw
         if config.fusion:
-            fused = fuse(raw, tmp / "fused.onnx", net.config.model_type, net.config.hidden_size, net.config.num_attention_heads)
+            fused = fuse(
+                raw, tmp / "fused.onnx", net.config.model_type, net.config.hidden_size, net.config.num_attention_heads
+            )
             info["fusion"] = {"fused_operators": fused.fused, "pinned_head_counts": fused.pinned_reshapes}
             current = fused.path
         fp32_path = current
         if config.precision == "int8":
-            current = quantize_int8(current, tmp / "int8.onnx", config.per_channel, config.int8_op_types, config.exclude_nodes)
+            current = quantize_int8(
+                current, tmp / "int8.onnx", config.per_channel, config.int8_op_types, config.exclude_nodes
+            )
         elif config.precision == "fp16":
             current = convert_fp16(current, tmp / "fp16.onnx")
         elif config.precision == "auto":
-            current, info["auto"] = _fastest(ctx, {"fp32": current, "int8": quantize_int8(current, tmp / "int8.onnx", config.per_channel, config.int8_op_types, config.exclude_nodes)},
-                                             evaluate, reference.metrics[spec.main_metric] - config.max_drop, onnx_device)
+            current, info["auto"] = _fastest(
+                ctx,
+                {
+                    "fp32": current,
+                    "int8": quantize_int8(
+                        current, tmp / "int8.onnx", config.per_channel, config.int8_op_types, config.exclude_nodes
+                    ),
+                },
+                evaluate,
+                reference.metrics[spec.main_metric] - config.max_drop,
+                onnx_device,
+            )
             info["precision"] = info["auto"]["chosen"]
         elif config.precision == "mixed":
             nodes = name_weight_nodes(onnx.load(str(current)), _linear_weights(net))
             nodes = [n for n in nodes if n.node not in set(config.exclude_nodes)]
             sens = _Sensitivity(ctx, config)
-            mixed = plan_mixed_precision(current, nodes, sens, lambda p: evaluate(p).metrics[spec.main_metric], threshold, tmp, config.int4_block_size)
-            info["mixed"] = {**mixed.to_dict(), "sensitivities_measured": sens.measured, "sensitivity_source": config.significance or "measured"}
+            mixed = plan_mixed_precision(
+                current,
+                nodes,
+                sens,
+                lambda p: evaluate(p).metrics[spec.main_metric],
+                threshold,
+                tmp,
+                config.int4_block_size,
+            )
+            info["mixed"] = {
+                **mixed.to_dict(),
+                "sensitivities_measured": sens.measured,
+                "sensitivity_source": config.significance or "measured",
+            }
             current = apply_plan(fp32_path, tmp / "mixed.onnx", mixed.plan, config.int4_block_size)
         result = evaluate(current)
         drop = reference.metrics[spec.main_metric] - result.metrics[spec.main_metric]
-        info["validation"] = {"split": ctx.describe_split(), "pytorch": reference.to_dict(), "onnx": result.to_dict(), "drop": drop, "max_drop": config.max_drop}
+        info["validation"] = {
+            "split": ctx.describe_split(),
+            "pytorch": reference.to_dict(),
+            "onnx": result.to_dict(),
+            "drop": drop,
+            "max_drop": config.max_drop,
+        }
         if drop > config.max_drop:
-            raise AxformerError(f"the {config.precision} artifact loses {drop:.2f} points of held-out {spec.main_metric} "
-                                f"({result.metrics[spec.main_metric]:.2f} vs {reference.metrics[spec.main_metric]:.2f} in PyTorch), more than --max-drop {config.max_drop}; nothing written")
+            raise AxformerError(
+                f"the {config.precision} artifact loses {drop:.2f} points of held-out {spec.main_metric} "
+                f"({result.metrics[spec.main_metric]:.2f} vs "
+                f"{reference.metrics[spec.main_metric]:.2f} in PyTorch), more than --max-drop "
+                f"{config.max_drop}; nothing written"
+            )
         with atomic_output_dir(output, overwrite=overwrite, keep_partial=False) as work:
             os.replace(current, work / ONNX_FILE)
             net.config.save_pretrained(work)
@@ -193,9 +258,20 @@ def export_model(model: str | os.PathLike, output: str | os.PathLike, config: Ex
             if record.task is None:
                 record.task = {**spec.to_dict(), "source": ctx.data.source}
             record.split = ctx.split
-            record.history = [*record.history, {"stage": "export", "base_model": str(model), "precision": info["precision"]}]
+            record.history = [
+                *record.history,
+                {"stage": "export", "base_model": str(model), "precision": info["precision"]},
+            ]
             record.save(work)
-            report = {"model": str(model), "output": str(output), "task": spec.name, "config": asdict(config), **info,
-                      "size_bytes": (work / ONNX_FILE).stat().st_size, "seconds": time.perf_counter() - t0, "warnings": ctx.warnings}
+            report = {
+                "model": str(model),
+                "output": str(output),
+                "task": spec.name,
+                "config": asdict(config),
+                **info,
+                "size_bytes": (work / ONNX_FILE).stat().st_size,
+                "seconds": time.perf_counter() - t0,
+                "warnings": ctx.warnings,
+            }
             write_json(work / "export.json", report)
     return report

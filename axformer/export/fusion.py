@@ -23,7 +23,14 @@ import onnx
 from onnx import numpy_helper
 
 # families whose exported graph matches ORT's BERT fusion patterns (others still get the generic fusions)
-FUSION_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "electra": "bert", "distilbert": "bert"}
+FUSION_MODEL_TYPE = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "electra": "bert",
+    "distilbert": "bert",
+}
 
 
 @dataclass
@@ -68,7 +75,9 @@ def _projection_width(producers: dict, inits: dict, name: str) -> int | None:
 
 
 def pin_head_counts(model: onnx.ModelProto) -> int:
-    """Replace the ``-1`` head dimension of every per-head Reshape that follows a linear projection; returns how many."""
+    """Replace the ``-1`` head dimension of every per-head Reshape that follows a linear projection; returns how
+    many.
+    """
     graph = model.graph
     producers = _producer_map(graph)
     inits = {i.name: i for i in graph.initializer}
@@ -87,13 +96,17 @@ def pin_head_counts(model: onnx.ModelProto) -> int:
         if width is None or width % int(head_dim[0]):
             continue
         name = f"axformer_heads_{pinned}"
-        graph.initializer.append(numpy_helper.from_array(np.array([width // int(head_dim[0])], dtype=heads.dtype), name))
+        graph.initializer.append(
+            numpy_helper.from_array(np.array([width // int(head_dim[0])], dtype=heads.dtype), name)
+        )
         concat.input[2] = name
         pinned += 1
     return pinned
 
 
-def fuse(source: str | os.PathLike, target: str | os.PathLike, model_type: str, hidden_size: int, num_heads: int) -> FusionResult:
+def fuse(
+    source: str | os.PathLike, target: str | os.PathLike, model_type: str, hidden_size: int, num_heads: int
+) -> FusionResult:
     """Pin per-layer head counts, run ORT's transformer optimizer, and save the fused graph."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -102,7 +115,9 @@ def fuse(source: str | os.PathLike, target: str | os.PathLike, model_type: str, 
     model = onnx.load(str(source))
     pinned = pin_head_counts(model)
     with quiet_onnxruntime():
-        opt = optimize_model(model, model_type=FUSION_MODEL_TYPE.get(model_type, "bert"), num_heads=num_heads, hidden_size=hidden_size)
+        opt = optimize_model(
+            model, model_type=FUSION_MODEL_TYPE.get(model_type, "bert"), num_heads=num_heads, hidden_size=hidden_size
+        )
     target = Path(target)
     opt.save_model_to_file(str(target))
     return FusionResult(target, {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}, pinned)

@@ -74,7 +74,9 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
             )
         except Exception as exc:
             tmp.unlink(missing_ok=True)
-            raise AxformerError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise AxformerError(
+                f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
         finally:
             model.train(was_training)
             if impl == "sdpa":

@@ -16,9 +16,9 @@ simulation:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from axformer.export.quantize import WeightNode, apply_plan
 

@@ -23,7 +23,9 @@ DEFAULT_INT8_OPS = ("MatMul", "Attention")
 
 @contextmanager
 def quiet_onnxruntime():
-    """ORT's tools log advice meant for their own developers (pre-processing hints, unused initializers) on the root logger."""
+    """ORT's tools log advice meant for their own developers (pre-processing hints, unused initializers) on the root
+    logger.
+    """
     import onnxruntime as ort
 
     root = logging.getLogger()
@@ -88,28 +90,49 @@ def name_weight_nodes(model: onnx.ModelProto, linears: dict[str, np.ndarray]) ->
     return named
 
 
-def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, per_channel: bool = True, op_types: tuple[str, ...] = DEFAULT_INT8_OPS,
-                  exclude: list[str] | None = None, include: list[str] | None = None) -> Path:
-    """Dynamic int8 quantization (weights per output channel when ``per_channel``), activations quantised at run time."""
+def quantize_int8(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    per_channel: bool = True,
+    op_types: tuple[str, ...] = DEFAULT_INT8_OPS,
+    exclude: list[str] | None = None,
+    include: list[str] | None = None,
+) -> Path:
+    """Dynamic int8 quantization (weights per output channel when ``per_channel``), activations quantised at run
+    time.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # a fused graph has ops whose output types the quantizer cannot infer; telling it the default tensor type
     # is float is what lets it go on instead of stopping with "unable to find data type"
     with quiet_onnxruntime():
-        quantize_dynamic(str(source), str(target), op_types_to_quantize=list(op_types), per_channel=per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude or None, nodes_to_quantize=include or None,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=list(op_types),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude or None,
+            nodes_to_quantize=include or None,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+        )
     return Path(target)
 
 
-def quantize_int4(source: str | os.PathLike, target: str | os.PathLike, nodes: list[str] | None = None, block_size: int = 32) -> Path:
+def quantize_int4(
+    source: str | os.PathLike, target: str | os.PathLike, nodes: list[str] | None = None, block_size: int = 32
+) -> Path:
     """Weight-only block-wise 4-bit quantization (ONNX Runtime's MatMulNBits) of MatMul nodes (all, or ``nodes``)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("MatMul",))
     model = onnx.load(str(source))
     # the default quantizer ignores nodes_to_include (onnxruntime 1.32), so the selection is made by exclusion
-    exclude = None if nodes is None else [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+    exclude = (
+        None
+        if nodes is None
+        else [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+    )
     q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
     with quiet_onnxruntime():
         q.process()
@@ -127,8 +150,12 @@ def convert_fp16(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     return Path(target)
 
 
-def apply_plan(source: str | os.PathLike, target: str | os.PathLike, plan: dict[str, str], block_size: int = 32) -> Path:
-    """Write ``source`` with each weight node in its planned precision (node name -> fp32/int8/int4; unnamed nodes int8)."""
+def apply_plan(
+    source: str | os.PathLike, target: str | os.PathLike, plan: dict[str, str], block_size: int = 32
+) -> Path:
+    """Write ``source`` with each weight node in its planned precision (node name -> fp32/int8/int4; unnamed nodes
+    int8).
+    """
     target = Path(target)
     tmp = target.with_name(target.stem + ".int4-stage.onnx")
     int4 = [n for n, p in plan.items() if p == "int4"]

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.utils import logging as hf_logging
 
 from axformer.errors import AxformerError
@@ -41,7 +47,8 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
         if allow_pickle:
             return
         raise AxformerError(
-            f"model directory {path} has only pickle weights (pytorch_model.bin), which can run arbitrary code when loaded; "
+            f"model directory {path} has only pickle weights (pytorch_model.bin), which can run "
+            "arbitrary code when loaded; "
             "convert them to safetensors or pass --allow-pickle if you trust the source"
         )
     raise AxformerError(f"model directory {path} has no weights; expected model.safetensors")
@@ -56,7 +63,10 @@ def _load_config(model: str, **kwargs: Any) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(model, **kwargs)
     except OSError as exc:
-        raise AxformerError(f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local model directory or a reachable hub id") from None
+        raise AxformerError(
+            f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local "
+            "model directory or a reachable hub id"
+        ) from None
     except ValueError as exc:
         raise AxformerError(f"config of {model!r} is not usable: {str(exc).splitlines()[0]}") from None
 
@@ -128,13 +138,21 @@ def load_model(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AxformerError(f"cannot load the weights of {model}: {first}") from None
     except Exception as exc:  # safetensors raises its own error types on corrupt files
-        raise AxformerError(f"cannot load the weights of {model} (corrupt checkpoint?): {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise AxformerError(
+            f"cannot load the weights of {model} (corrupt checkpoint?): {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     missing = set(info.get("missing_keys", ()))
     encoder_missing = [k for k in missing if not _is_head_key(k)]
     if encoder_missing:
-        raise AxformerError(f"checkpoint {model} lacks {len(encoder_missing)} encoder weights (e.g. {sorted(encoder_missing)[0]}); it does not match its config.json")
+        raise AxformerError(
+            f"checkpoint {model} lacks {len(encoder_missing)} encoder weights (e.g. "
+            f"{sorted(encoder_missing)[0]}); it does not match its config.json"
+        )
     if missing and had_head and not new_head:
-        raise AxformerError(f"checkpoint {model} declares a classification head but its weights lack it ({sorted(missing)[0]}); pass --new-head to train a new one")
+        raise AxformerError(
+            f"checkpoint {model} declares a classification head but its weights lack it "
+            f"({sorted(missing)[0]}); pass --new-head to train a new one"
+        )
     if missing:
         log.info("no classification head in %s: a new %d-output head was initialised", model, config.num_labels)
     _install_approximations(net)
@@ -159,19 +177,26 @@ def check_head_fits(config: PretrainedConfig, spec: TaskSpec, where: str) -> Non
     """Refuse a checkpoint whose head cannot serve ``spec`` (size or label names)."""
     if config.num_labels != spec.num_labels:
         raise AxformerError(
-            f"model {where} has a {config.num_labels}-output head but task {spec.display_name} needs {spec.num_labels}; "
+            f"model {where} has a {config.num_labels}-output head but task {spec.display_name} needs "
+            f"{spec.num_labels}; "
             "pass --new-head to replace the head (fine-tuning only)"
         )
     names = _label_names(config)
     if names is not None and not spec.is_regression and names != list(spec.label_names):
-        raise AxformerError(f"model {where} predicts labels {names} but task {spec.display_name} has labels {list(spec.label_names)}")
+        raise AxformerError(
+            f"model {where} predicts labels {names} but task {spec.display_name} has labels {list(spec.label_names)}"
+        )
 
 
 def load_tokenizer(model: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(str(model))
     except (OSError, ValueError, TypeError) as exc:
-        raise AxformerError(f"cannot load a tokenizer from {model} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); expected tokenizer files beside the weights") from None
+        raise AxformerError(
+            f"cannot load a tokenizer from {model} "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); expected tokenizer "
+            "files beside the weights"
+        ) from None
 
 
 def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) -> None:

@@ -37,9 +37,12 @@ class ModelRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelRecord":
+    def from_dict(cls, d: dict[str, Any]) -> ModelRecord:
         if d.get("format_version", 0) > FORMAT_VERSION:
-            raise AxformerError(f"{RECORD_FILE} has format version {d['format_version']}; this axformer reads up to {FORMAT_VERSION}: upgrade axformer")
+            raise AxformerError(
+                f"{RECORD_FILE} has format version {d['format_version']}; this axformer reads up to "
+                f"{FORMAT_VERSION}: upgrade axformer"
+            )
         return cls(
             task=d.get("task"),
             split=SplitRecord.from_dict(d["split"]) if d.get("split") else None,
@@ -51,7 +54,7 @@ class ModelRecord:
         write_json(Path(directory) / RECORD_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ModelRecord":
+    def load(cls, directory: str | Path) -> ModelRecord:
         """The record of a model directory, or an empty one for a model axformer has not seen."""
         path = Path(directory) / RECORD_FILE
         if not path.is_file():

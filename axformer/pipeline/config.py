@@ -28,16 +28,43 @@ RECIPE_KEYS = ("strategy", "student_layers", "heads", "ffn", "budget")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "most-accurate": {"search": {"goal": "accuracy"}},
-    "fastest-within-1": {"search": {"goal": "speed", "max_drop": 1.0, "refinetune": "continue"}, "export": {"precision": "auto"}},
-    "smallest-within-1": {"search": {"goal": "size", "max_drop": 1.0, "refinetune": "continue"}, "export": {"precision": "int8"}},
+    "fastest-within-1": {
+        "search": {"goal": "speed", "max_drop": 1.0, "refinetune": "continue"},
+        "export": {"precision": "auto"},
+    },
+    "smallest-within-1": {
+        "search": {"goal": "size", "max_drop": 1.0, "refinetune": "continue"},
+        "export": {"precision": "int8"},
+    },
     # the embedded default: bundled MiniLM on BBC News, small enough to run end to end in minutes on 2 cores
     "demo": {
         "task": "bbcnews",
-        "finetune": {"epochs": 2.0, "learning_rate": 1e-4, "batch_size": 16, "max_train_examples": 480, "eval_max_examples": 300},
+        "finetune": {
+            "epochs": 2.0,
+            "learning_rate": 1e-4,
+            "batch_size": 16,
+            "max_train_examples": 480,
+            "eval_max_examples": 300,
+        },
         "analyze": {"scorers": ["gradient", "similarity"], "max_examples": 300},
-        "search": {"goal": "speed", "max_drop": 1.0, "target_speedup": 2.0, "max_examples": 300, "latency_examples": 60, "groups": 6, "attention_modes": []},
+        "search": {
+            "goal": "speed",
+            "max_drop": 1.0,
+            "target_speedup": 2.0,
+            "max_examples": 300,
+            "latency_examples": 60,
+            "groups": 6,
+            "attention_modes": [],
+        },
         "export": {"precision": "auto", "max_examples": 300},
-        "benchmark": {"rounds": 2, "lengths": [], "latency_examples": 40, "throughput_examples": 128, "memory": False, "instances": 0},
+        "benchmark": {
+            "rounds": 2,
+            "lengths": [],
+            "latency_examples": 40,
+            "throughput_examples": 128,
+            "memory": False,
+            "instances": 0,
+        },
     },
 }
 
@@ -65,8 +92,12 @@ class PipelineConfig:
     # ------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, file: str | os.PathLike | None = None, preset: str | None = None, overrides: dict | None = None) -> "PipelineConfig":
-        """defaults <- preset <- file <- overrides (the command line); every stage section resolved to its full config."""
+    def build(
+        cls, file: str | os.PathLike | None = None, preset: str | None = None, overrides: dict | None = None
+    ) -> PipelineConfig:
+        """defaults <- preset <- file <- overrides (the command line); every stage section resolved to its full
+        config.
+        """
         merged: dict[str, Any] = {}
         from_file = load_file(file) if file is not None else {}
         name = preset or (overrides or {}).get("preset") or from_file.get("preset")
@@ -80,7 +111,9 @@ class PipelineConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(merged) - known)
         if unknown:
-            raise AxformerError(f"unknown config key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+            raise AxformerError(
+                f"unknown config key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+            )
         cfg = cls(**merged)
         cfg.resolve()
         return cfg
@@ -94,20 +127,35 @@ class PipelineConfig:
         from axformer.training.finetune import FinetuneConfig
 
         self.finetune = _resolved("finetune", FinetuneConfig, self.finetune)
-        # the analysis feeds the report (and mixed precision); by default the scores that cost minutes, not the full ablation
-        self.analyze = _resolved("analyze", AnalyzeConfig, {"scorers": list(DEFAULT_SCORERS), **self.analyze}, drop=("progress",))
+        # the analysis feeds the report (and mixed precision); by default the scores that cost minutes, not the full
+        # ablation
+        self.analyze = _resolved(
+            "analyze", AnalyzeConfig, {"scorers": list(DEFAULT_SCORERS), **self.analyze}, drop=("progress",)
+        )
         if self.search.get("max_rel_drop") is not None and "max_drop" not in self.search:
-            self.search["max_drop"] = None  # a relative tolerance given alone is the only one (max_drop's 1.0 is a default, not a choice)
+            self.search["max_drop"] = (
+                None  # a relative tolerance given alone is the only one (max_drop's 1.0 is a default, not a choice)
+            )
         recipe = {k: self.search.pop(k) for k in RECIPE_KEYS if k in self.search}
         self.search = _resolved("search", OptimizeConfig, self.search, drop=("progress", "extra")) | {
-            "strategy": recipe.get("strategy", "search"), "student_layers": recipe.get("student_layers"), "heads": recipe.get("heads"),
-            "ffn": recipe.get("ffn"), "budget": recipe.get("budget", "uniform")}
+            "strategy": recipe.get("strategy", "search"),
+            "student_layers": recipe.get("student_layers"),
+            "heads": recipe.get("heads"),
+            "ffn": recipe.get("ffn"),
+            "budget": recipe.get("budget", "uniform"),
+        }
         if self.search["strategy"] not in ("search", "fastformers"):
             raise AxformerError(f"search.strategy {self.search['strategy']!r}; expected search or fastformers")
         if self.search["strategy"] == "fastformers":
             from axformer.distill.recipe import RecipeConfig
 
-            RecipeConfig(student_layers=self.search["student_layers"], heads=self.search["heads"], ffn=self.search["ffn"], budget=self.search["budget"], export=None).validate()
+            RecipeConfig(
+                student_layers=self.search["student_layers"],
+                heads=self.search["heads"],
+                ffn=self.search["ffn"],
+                budget=self.search["budget"],
+                export=None,
+            ).validate()
         self.export = _resolved("export", ExportConfig, self.export)
         self.benchmark = _resolved("benchmark", BenchmarkConfig, self.benchmark)
         if self.benchmark.get("lengths") is not None:
@@ -125,7 +173,13 @@ class PipelineConfig:
         if stage == "finetune":
             return FinetuneConfig(**self.finetune)
         if stage == "analyze":
-            return AnalyzeConfig(**{**self.analyze, "scorers": tuple(self.analyze["scorers"]), "quant_bits": tuple(self.analyze["quant_bits"])})
+            return AnalyzeConfig(
+                **{
+                    **self.analyze,
+                    "scorers": tuple(self.analyze["scorers"]),
+                    "quant_bits": tuple(self.analyze["quant_bits"]),
+                }
+            )
         if stage == "search":
             return OptimizeConfig(**{k: v for k, v in self.search.items() if k not in RECIPE_KEYS})
         if stage == "export":
@@ -160,7 +214,9 @@ def _resolved(section: str, cls, values: dict, drop: tuple[str, ...] = ()) -> di
     names = [f.name for f in fields(cls) if f.name not in drop]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise AxformerError(f"unknown key(s) {', '.join(unknown)} in config section {section!r}; expected some of {', '.join(names)}")
+        raise AxformerError(
+            f"unknown key(s) {', '.join(unknown)} in config section {section!r}; expected some of {', '.join(names)}"
+        )
     try:
         obj = cls(**values)
     except TypeError as exc:
@@ -178,7 +234,10 @@ def load_file(path: str | os.PathLike) -> dict:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise AxformerError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {str(exc).splitlines()[0]}") from None
+        raise AxformerError(
+            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

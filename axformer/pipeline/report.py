@@ -15,21 +15,29 @@ from axformer.benchmark.pricing import price_note
 from axformer.demo import model_display_name
 from axformer.utils.io import read_json, write_json
 
-STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d1d1f}
+STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em
+auto;padding:0 1em;color:#1d1d1f}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid
+#eee;margin:.5em 0}
 code,pre{background:#f6f6f6;padding:2px 4px}.good{color:#107c10}.bad{color:#a4262c}.note{color:#555;font-size:13px}"""
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> tuple[str, str]:
     md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
-    h = "<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in headers) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    h = (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(x)}</th>" for x in headers)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )
     return "\n".join(md), h
 
 
 def _img(path: Path) -> str:
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
 def _fmt(v, spec="{:.2f}") -> str:
@@ -90,14 +98,25 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
     main = task.get("main_metric", "metric")
     title = f"axformer: {model_display_name(cfg.model)} on {task.get('display_name', task.get('name', cfg.task))}"
     goal = cfg.search["goal"] if cfg.search["strategy"] == "search" else "FastFormers recipe"
-    stages = ", ".join(f"{s} ({times[s] / 60:.1f} min)" for s in ("finetune", "analyze", "search", "export", "benchmark") if s in times)
-    why = {"accuracy": "AxFormer's accuracy-driven search: keep only the changes that lower the held-out loss and make most examples no worse.",
-           "speed": f"the fastest model whose held-out metrics stay within {cfg.search['max_drop']} points of the original (latency measured on this machine).",
-           "size": f"the smallest model whose held-out metrics stay within {cfg.search['max_drop']} points of the original."}.get(goal, "distil, prune, distil again.")
+    stages = ", ".join(
+        f"{s} ({times[s] / 60:.1f} min)" for s in ("finetune", "analyze", "search", "export", "benchmark") if s in times
+    )
+    why = {
+        "accuracy": "AxFormer's accuracy-driven search: keep only the changes that lower the held-out loss and "
+        "make most examples no worse.",
+        "speed": f"the fastest model whose held-out metrics stay within {cfg.search['max_drop']} points of the "
+        "original (latency measured on this machine).",
+        "size": f"the smallest model whose held-out metrics stay within {cfg.search['max_drop']} points of "
+        "the original.",
+    }.get(goal, "distil, prune, distil again.")
     md += [f"# {title}", ""]
     body.append(f"<h1>{html.escape(title)}</h1>")
-    section("What was done and why", f"Goal: {goal}: {why} Stages: {'fine-tuned first (the checkpoint had no task head); ' if finetuned else ''}{stages}. "
-            f"Decisions used the held-out part of the training data only; the dev set only reports.")
+    section(
+        "What was done and why",
+        f"Goal: {goal}: {why} Stages: "
+        f"{'fine-tuned first (the checkpoint had no task head); ' if finetuned else ''}{stages}. "
+        f"Decisions used the held-out part of the training data only; the dev set only reports.",
+    )
     summary: dict = {"output": str(out), "task": task.get("name"), "goal": goal}
     if bench is not None:
         rows = bench["rows"]
@@ -105,45 +124,113 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         artifact = rows[-1]
         torch_opt = next((r for r in rows if not r["baseline"] and r["kind"] == "pytorch"), None)
         price = bench["config"].get("price_per_hour") or 0
-        headers = ["", "original (PyTorch)"] + (["optimized (PyTorch)"] if torch_opt else []) + ["optimized (deployed artifact)", "artifact vs original"]
+        headers = (
+            ["", "original (PyTorch)"]
+            + (["optimized (PyTorch)"] if torch_opt else [])
+            + ["optimized (deployed artifact)", "artifact vs original"]
+        )
         cols = [original] + ([torch_opt] if torch_opt else []) + [artifact]
         lat = [c["timing"]["latency_p50_ms"] for c in cols]
         thr = [c["timing"]["throughput_per_s"] for c in cols]
         table = []
         for metric in original["dev"]["metrics"]:
-            table.append([f"dev {metric}"] + [_fmt(c["dev"]["metrics"].get(metric)) for c in cols] + [f"{artifact['dev']['metrics'][metric] - original['dev']['metrics'][metric]:+.2f}"])
+            table.append(
+                [f"dev {metric}"]
+                + [_fmt(c["dev"]["metrics"].get(metric)) for c in cols]
+                + [f"{artifact['dev']['metrics'][metric] - original['dev']['metrics'][metric]:+.2f}"]
+            )
         if search is not None and "results" in search:
-            o, p = search["results"]["original"]["heldout"]["metrics"], search["results"]["optimized"]["heldout"]["metrics"]
+            o, p = (
+                search["results"]["original"]["heldout"]["metrics"],
+                search["results"]["optimized"]["heldout"]["metrics"],
+            )
             for metric in o:
-                table.append([f"held-out {metric}", _fmt(o[metric])] + ([_fmt(p[metric])] if torch_opt else []) + ["-", f"{p[metric] - o[metric]:+.2f} (PyTorch)"])
+                table.append(
+                    [f"held-out {metric}", _fmt(o[metric])]
+                    + ([_fmt(p[metric])] if torch_opt else [])
+                    + ["-", f"{p[metric] - o[metric]:+.2f} (PyTorch)"]
+                )
         table += [
             ["latency, batch 1, dev texts (p50)"] + [f"{v:.2f} ms" for v in lat] + [f"{lat[0] / lat[-1]:.2f}x faster"],
             ["throughput, batch 32"] + [f"{v:.0f}/s" for v in thr] + [f"{thr[-1] / thr[0]:.2f}x"],
-            ["size"] + [_fmt(c["size_bytes"] / 2**20, "{:.1f} MiB") if c["size_bytes"] else "-" for c in cols] + [f"{original['size_bytes'] / artifact['size_bytes']:.2f}x smaller" if artifact["size_bytes"] else "-"],
-            ["parameters"] + [_fmt(c["parameters"] / 1e6 if c["parameters"] else None, "{:.2f} M") for c in cols] + ["-"],
+            ["size"]
+            + [_fmt(c["size_bytes"] / 2**20, "{:.1f} MiB") if c["size_bytes"] else "-" for c in cols]
+            + [f"{original['size_bytes'] / artifact['size_bytes']:.2f}x smaller" if artifact["size_bytes"] else "-"],
+            ["parameters"]
+            + [_fmt(c["parameters"] / 1e6 if c["parameters"] else None, "{:.2f} M") for c in cols]
+            + ["-"],
         ]
         if price:
-            table.append([f"USD per 100M requests (at {price}/h{price_note(price)})"] + [_fmt(c["usd_per_100m"]) for c in cols] + [f"{original['usd_per_100m'] / artifact['usd_per_100m']:.1f}x cheaper" if artifact["usd_per_100m"] else "-"])
-        section("Original vs optimized", f"Measured in one benchmark run on this machine ({bench['environment']['cpu']}, {bench['environment']['cores']} cores), "
-                f"medians of {bench['config']['rounds']} interleaved rounds.")
+            table.append(
+                [f"USD per 100M requests (at {price}/h{price_note(price)})"]
+                + [_fmt(c["usd_per_100m"]) for c in cols]
+                + [
+                    f"{original['usd_per_100m'] / artifact['usd_per_100m']:.1f}x cheaper"
+                    if artifact["usd_per_100m"]
+                    else "-"
+                ]
+            )
+        section(
+            "Original vs optimized",
+            f"Measured in one benchmark run on this machine ({bench['environment']['cpu']}, "
+            f"{bench['environment']['cores']} cores), "
+            f"medians of {bench['config']['rounds']} interleaved rounds.",
+        )
         add_table(headers, table)
-        summary.update({"dev_original": original["dev"]["metrics"][main], "dev_optimized": artifact["dev"]["metrics"][main], "latency_speedup": lat[0] / lat[-1],
-                        "throughput_gain": thr[-1] / thr[0], "size_reduction": original["size_bytes"] / artifact["size_bytes"] if artifact["size_bytes"] else None,
-                        "artifact": artifact["path"]})
-        section("Cumulative view (FastFormers)", "Each step's speed-up over the step before and over the out-of-the-box baseline.")
-        add_table(["step", f"dev {main}", "batch-1 latency", "step speed-up", "total speed-up", "batch-32 total gain"],
-                  [[Path(c["step"]).name if "/" in c["step"] else c["step"], _fmt(c["metric"]), _fmt(c.get("latency_ms"), "{:.2f} ms"), _fmt(c.get("step_latency_speedup"), "{:.2f}x"),
-                    _fmt(c.get("total_latency_speedup"), "{:.2f}x"), _fmt(c.get("total_throughput_gain"), "{:.2f}x")] for c in bench["cumulative"]])
+        summary.update(
+            {
+                "dev_original": original["dev"]["metrics"][main],
+                "dev_optimized": artifact["dev"]["metrics"][main],
+                "latency_speedup": lat[0] / lat[-1],
+                "throughput_gain": thr[-1] / thr[0],
+                "size_reduction": original["size_bytes"] / artifact["size_bytes"] if artifact["size_bytes"] else None,
+                "artifact": artifact["path"],
+            }
+        )
+        section(
+            "Cumulative view (FastFormers)",
+            "Each step's speed-up over the step before and over the out-of-the-box baseline.",
+        )
+        add_table(
+            ["step", f"dev {main}", "batch-1 latency", "step speed-up", "total speed-up", "batch-32 total gain"],
+            [
+                [
+                    Path(c["step"]).name if "/" in c["step"] else c["step"],
+                    _fmt(c["metric"]),
+                    _fmt(c.get("latency_ms"), "{:.2f} ms"),
+                    _fmt(c.get("step_latency_speedup"), "{:.2f}x"),
+                    _fmt(c.get("total_latency_speedup"), "{:.2f}x"),
+                    _fmt(c.get("total_throughput_gain"), "{:.2f}x"),
+                ]
+                for c in bench["cumulative"]
+            ],
+        )
         section("All rows of the benchmark")
-        add_table(["row", f"dev {main}", "p50", "p95", "throughput", "size", "USD/100M"],
-                  [[r["name"], _fmt(r["dev"]["metrics"][main]), _fmt(r["timing"]["latency_p50_ms"], "{:.2f} ms"), _fmt(r["timing"]["latency_p95_ms"], "{:.2f} ms"),
-                    _fmt(r["timing"]["throughput_per_s"], "{:.0f}/s"), _fmt(r["size_bytes"] / 2**20 if r["size_bytes"] else None, "{:.1f} MiB"), _fmt(r["usd_per_100m"])] for r in rows])
+        add_table(
+            ["row", f"dev {main}", "p50", "p95", "throughput", "size", "USD/100M"],
+            [
+                [
+                    r["name"],
+                    _fmt(r["dev"]["metrics"][main]),
+                    _fmt(r["timing"]["latency_p50_ms"], "{:.2f} ms"),
+                    _fmt(r["timing"]["latency_p95_ms"], "{:.2f} ms"),
+                    _fmt(r["timing"]["throughput_per_s"], "{:.0f}/s"),
+                    _fmt(r["size_bytes"] / 2**20 if r["size_bytes"] else None, "{:.1f} MiB"),
+                    _fmt(r["usd_per_100m"]),
+                ]
+                for r in rows
+            ],
+        )
     if search is not None and "results" in search:
         s = search["search"]
-        section("The search", f"Rule: {s.get('rule', '')}. {s['trials']} trials ({s['accepted']} accepted) in {s['seconds'] / 60:.1f} min. "
-                f"Removed ({len(search['removed'])}): {', '.join(search['removed']) or 'nothing'}. "
-                f"Approximate attention: {', '.join('L' + k for k in search['attention']) or 'no layer'}."
-                + "".join(f" {n}." for n in s.get("attention_notes", [])))
+        section(
+            "The search",
+            f"Rule: {s.get('rule', '')}. {s['trials']} trials ({s['accepted']} accepted) in "
+            f"{s['seconds'] / 60:.1f} min. "
+            f"Removed ({len(search['removed'])}): {', '.join(search['removed']) or 'nothing'}. "
+            f"Approximate attention: {', '.join('L' + k for k in search['attention']) or 'no layer'}."
+            + "".join(f" {n}." for n in s.get("attention_notes", [])),
+        )
         plots = []
         log_path = search_dir / "search_log.jsonl"
         if log_path.exists():
@@ -154,17 +241,35 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         if (bench_dir / "tradeoff.png").exists():
             plots.append(bench_dir / "tradeoff.png")
         if plots:
-            section("Accuracy / latency trade-off", "First: every candidate the search evaluated (held-out metric against the speed-up the calibrated cost model predicts). Second: the measured models and the baselines (dev metric against measured latency).")
+            section(
+                "Accuracy / latency trade-off",
+                "First: every candidate the search evaluated (held-out metric against the speed-up "
+                "the calibrated cost model predicts). Second: the measured models and the baselines "
+                "(dev metric against measured latency).",
+            )
             body.append("".join(_img(p) for p in plots))
             md.extend([f"![{p.stem}]({p.relative_to(out)})" for p in plots] + [""])
     elif search is not None and search.get("strategy") == "fastformers":
         section("FastFormers recipe")
         stages_rows = search["recipe"]["stages"]
-        add_table(["stage", f"held-out {main}", "parameters", "stage time"], [[s["stage"], _fmt(s["heldout"]["metrics"][main]), _fmt(s.get("parameters", 0) / 1e6, "{:.2f} M"),
-                                                                              _fmt((s["seconds"] or 0) / 60, "{:.1f} min")] for s in stages_rows])
+        add_table(
+            ["stage", f"held-out {main}", "parameters", "stage time"],
+            [
+                [
+                    s["stage"],
+                    _fmt(s["heldout"]["metrics"][main]),
+                    _fmt(s.get("parameters", 0) / 1e6, "{:.2f} M"),
+                    _fmt((s["seconds"] or 0) / 60, "{:.1f} min"),
+                ]
+                for s in stages_rows
+            ],
+        )
     heatmaps = sorted(analysis_dir.glob("*.png")) if analysis_dir.exists() else []
     if heatmaps:
-        section("Significance (held-out split)", "What each component is worth to this task: the analysis the search ranks its candidates by.")
+        section(
+            "Significance (held-out split)",
+            "What each component is worth to this task: the analysis the search ranks its candidates by.",
+        )
         body.append("".join(_img(p) for p in heatmaps))
         md.extend([f"![{p.stem}]({p.relative_to(out)})" for p in heatmaps] + [""])
     if bench is not None:
@@ -172,7 +277,8 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         section("Hardware and versions", ", ".join(f"{k} {v}" for k, v in env.items() if v is not None) + ".")
     section("Reproduce", f"axformer optimize --config {out / 'config.yaml'}")
     (out / "report.md").write_text("\n".join(md) + "\n")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
     (out / "report.html").write_text(page)
     write_json(out / "summary.json", summary)
     return summary

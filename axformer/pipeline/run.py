@@ -21,16 +21,28 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from axformer.errors import AxformerError
 from axformer.pipeline.config import STAGES, PipelineConfig
 from axformer.utils.io import read_json, write_json
 
-DIRS = {"finetune": "1-finetuned", "analyze": "2-analysis", "search": "3-search", "export": "4-export", "benchmark": "5-benchmark"}
-MARKERS = {"finetune": "metrics.json", "analyze": "significance.json", "search": "report.json", "export": "export.json", "benchmark": "benchmark.json"}
+DIRS = {
+    "finetune": "1-finetuned",
+    "analyze": "2-analysis",
+    "search": "3-search",
+    "export": "4-export",
+    "benchmark": "5-benchmark",
+}
+MARKERS = {
+    "finetune": "metrics.json",
+    "analyze": "significance.json",
+    "search": "report.json",
+    "export": "export.json",
+    "benchmark": "benchmark.json",
+}
 INPUT_KEYS = ("model", "task", "data_dir", "source", "train", "dev", "text_column", "label_column", "problem", "labels")
 PATH_KEYS = ("model", "data_dir", "train", "dev")
 
@@ -53,11 +65,23 @@ def _task_data(cfg: PipelineConfig):
 
     if cfg.task is None and cfg.train is None and cfg.dev is None:
         return None  # the task recorded with the model
-    return task_data(cfg.task, cfg.data_dir, cfg.source, cfg.train, cfg.dev, cfg.text_column, cfg.label_column, cfg.problem, cfg.labels)
+    return task_data(
+        cfg.task,
+        cfg.data_dir,
+        cfg.source,
+        cfg.train,
+        cfg.dev,
+        cfg.text_column,
+        cfg.label_column,
+        cfg.problem,
+        cfg.labels,
+    )
 
 
 def needs_finetuning(model: str, data) -> bool:
-    """A checkpoint with no task head (a pre-trained model) is fine-tuned first; one axformer or the user fine-tuned is not."""
+    """A checkpoint with no task head (a pre-trained model) is fine-tuned first; one axformer or the user fine-tuned is
+    not.
+    """
     from transformers import AutoConfig
 
     from axformer.models.loading import has_task_head, is_local
@@ -66,17 +90,25 @@ def needs_finetuning(model: str, data) -> bool:
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
     if record.task is not None:
         if data is not None and record.task.get("name") != data.spec.name:
-            raise AxformerError(f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; give its pre-trained checkpoint to fine-tune for {data.spec.name}")
+            raise AxformerError(
+                f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; "
+                f"give its pre-trained checkpoint to fine-tune for {data.spec.name}"
+            )
         return False
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise AxformerError(f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local model directory or a reachable hub id") from None
+        raise AxformerError(
+            f"cannot load the config of {model!r} ({str(exc).splitlines()[0]}); expected a local "
+            "model directory or a reachable hub id"
+        ) from None
     return not has_task_head(config)
 
 
 def _same_input(key: str, old, new) -> bool:
-    """Paths are the same input when they name the same file (``../shared/data`` from one directory, an absolute path from another)."""
+    """Paths are the same input when they name the same file (``../shared/data`` from one directory, an absolute path
+    from another).
+    """
     if old == new:
         return True
     if key in PATH_KEYS and isinstance(old, str) and isinstance(new, str) and Path(old).exists():
@@ -96,15 +128,26 @@ def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) ->
     first_redo = STAGES.index(from_stage) if from_stage else len(STAGES)
     changed = [k for k in INPUT_KEYS if not _same_input(k, old.get(k), new.get(k))]
     if changed and first_redo > 0:
-        raise AxformerError(f"output {out} was produced from other inputs ({', '.join(changed)} differ); choose another --output or pass --from-stage finetune")
+        raise AxformerError(
+            f"output {out} was produced from other inputs ({', '.join(changed)} differ); choose "
+            "another --output or pass --from-stage finetune"
+        )
     for stage in STAGES[:-1]:
         if STAGES.index(stage) >= first_redo:
             break
         if (out / DIRS[stage]).exists() and old.get(stage) != new.get(stage):
-            raise AxformerError(f"output {out} holds a {stage} stage made with another '{stage}' config; pass --from-stage {stage} to redo it (and what follows) or choose another --output")
+            raise AxformerError(
+                f"output {out} holds a {stage} stage made with another '{stage}' config; pass "
+                f"--from-stage {stage} to redo it (and what follows) or choose another --output"
+            )
 
 
-def run_pipeline(cfg: PipelineConfig, from_stage: str | None = None, until_stage: str | None = None, progress: Callable[[str], None] = print) -> PipelineResult:
+def run_pipeline(
+    cfg: PipelineConfig,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> PipelineResult:
     for name, value in (("--from-stage", from_stage), ("--until-stage", until_stage)):
         if value is not None and value not in STAGES:
             raise AxformerError(f"{name} {value!r}; expected one of {', '.join(STAGES)}")
@@ -119,11 +162,13 @@ def run_pipeline(cfg: PipelineConfig, from_stage: str | None = None, until_stage
     data = _task_data(cfg)
     finetune_needed = needs_finetuning(cfg.model, data)
     if finetune_needed and data is None:
-        raise AxformerError(f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first")
+        raise AxformerError(
+            f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first"
+        )
     _check_consistent(out, cfg, from_stage)
     out.mkdir(parents=True, exist_ok=True)
     if from_stage is not None:
-        for stage in STAGES[STAGES.index(from_stage):-1]:
+        for stage in STAGES[STAGES.index(from_stage) : -1]:
             shutil.rmtree(out / DIRS[stage], ignore_errors=True)
     cfg.dump(out / "config.yaml")
     last = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
@@ -181,12 +226,31 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
         from axformer.distill.recipe import RecipeConfig, fastformers_recipe
 
         s = cfg.search
-        recipe = RecipeConfig(student_layers=s["student_layers"], heads=s["heads"], ffn=s["ffn"], budget=s["budget"], importance_examples=s["max_examples"], export=None,
-                              distill=DistillConfig(epochs=s["refinetune_epochs"], learning_rate=s["refinetune_lr"], max_train_examples=s["refinetune_max_train_examples"],
-                                                    device=s["device"], allow_pickle=s["allow_pickle"]))
+        recipe = RecipeConfig(
+            student_layers=s["student_layers"],
+            heads=s["heads"],
+            ffn=s["ffn"],
+            budget=s["budget"],
+            importance_examples=s["max_examples"],
+            export=None,
+            distill=DistillConfig(
+                epochs=s["refinetune_epochs"],
+                learning_rate=s["refinetune_lr"],
+                max_train_examples=s["refinetune_max_train_examples"],
+                device=s["device"],
+                allow_pickle=s["allow_pickle"],
+            ),
+        )
         if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
             fastformers_recipe(model, path, recipe, data, cfg.data_dir)
-        write_json(path / "report.json", {"strategy": "fastformers", "task": read_json(path / "recipe.json")["task"], "recipe": read_json(path / "recipe.json")})
+        write_json(
+            path / "report.json",
+            {
+                "strategy": "fastformers",
+                "task": read_json(path / "recipe.json")["task"],
+                "recipe": read_json(path / "recipe.json"),
+            },
+        )
         return
     from axformer.search.optimize import optimize
 

@@ -60,19 +60,23 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
         except Exception as exc:
-            raise AxformerError(f"cannot load ONNX model {path} (corrupt or not ONNX?): {str(exc).splitlines()[0][:200]}") from None
+            raise AxformerError(
+                f"cannot load ONNX model {path} (corrupt or not ONNX?): {str(exc).splitlines()[0][:200]}"
+            ) from None
         self.path = path
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.training = False
 
-    def eval(self) -> "OnnxModel":
+    def eval(self) -> OnnxModel:
         return self
 
-    def to(self, *_args, **_kwargs) -> "OnnxModel":
+    def to(self, *_args, **_kwargs) -> OnnxModel:
         return self
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names})[0]
+        return self.session.run(
+            ["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names}
+        )[0]
 
     def __call__(self, **batch) -> SimpleNamespace:
         feed = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
@@ -97,7 +101,13 @@ def max_input_length(path: str | os.PathLike) -> int:
     return recorded if limit is None else min(recorded, limit)
 
 
-def load_runnable(path: str | os.PathLike, task=None, device: str | torch.device = "cpu", threads: int | None = None, allow_pickle: bool = False):
+def load_runnable(
+    path: str | os.PathLike,
+    task=None,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    allow_pickle: bool = False,
+):
     """A directory with ``model.onnx`` runs in ONNX Runtime; anything else loads as a PyTorch model."""
     if is_onnx_artifact(path):
         return OnnxModel(path, threads, device)

@@ -14,10 +14,11 @@ Predictions are the same in every mode (tested).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,9 +42,17 @@ def _as_split(texts: Texts) -> Split:
 
 def core_sets(instances: int, cores: list[int] | None = None) -> list[list[int]]:
     """Split the usable cores into ``instances`` disjoint sets (each instance gets at least one)."""
-    cores = cores if cores is not None else sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = (
+        cores
+        if cores is not None
+        else sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
+    )
     if instances > len(cores):
-        raise AxformerError(f"--instances {instances}; this machine offers {len(cores)} cores (at most one instance per core)")
+        raise AxformerError(
+            f"--instances {instances}; this machine offers {len(cores)} cores (at most one instance per core)"
+        )
     per = len(cores) // instances
     return [cores[i * per : (i + 1) * per] for i in range(instances)]
 
@@ -60,13 +69,22 @@ def _worker(path: str, cores: list[int], device: str, jobs, results) -> None:
             if job is None:
                 break
             key, batch = job
-            results.put(("done", key, model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()))
+            results.put(
+                ("done", key, model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
+            )
 
 
 class Predictor:
     """Logits for raw texts from a model directory (PyTorch) or an exported artifact (``model.onnx``)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None, instances: int = 1, cores: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        threads: int | None = None,
+        instances: int = 1,
+        cores: list[int] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.device = device
         self.record = ModelRecord.load(path)
@@ -93,7 +111,10 @@ class Predictor:
         return encode(self.tokenizer, _as_split(texts), self.max_length)
 
     def batches(self, enc: Encoded, batch_size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        return [(idx, {k: v.numpy() for k, v in collate(enc, idx, "cpu", with_labels=False).items()}) for idx in sorted_batches(enc.lengths, batch_size)]
+        return [
+            (idx, {k: v.numpy() for k, v in collate(enc, idx, "cpu", with_labels=False).items()})
+            for idx in sorted_batches(enc.lengths, batch_size)
+        ]
 
     def predict_encoded(self, enc: Encoded, batch_size: int = 32) -> np.ndarray:
         parts = self.batches(enc, batch_size)
@@ -114,7 +135,10 @@ class Predictor:
         """Run already padded batches; with several instances they are spread over the workers."""
         if not self._pool:
             dev = self.device
-            return [self.model(**{k: torch.from_numpy(v).to(dev) for k, v in b.items()}).logits.float().cpu().numpy() for b in batches]
+            return [
+                self.model(**{k: torch.from_numpy(v).to(dev) for k, v in b.items()}).logits.float().cpu().numpy()
+                for b in batches
+            ]
         for i, b in enumerate(batches):
             self._jobs.put((i, b))
         out: list[np.ndarray | None] = [None] * len(batches)
@@ -148,14 +172,12 @@ class Predictor:
                 p.terminate()
         self._pool = []
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -30,7 +30,9 @@ class AccuracySearchConfig:
     hard_attention: bool = True
     k: int = 30
     renormalize: bool = False
-    attention_modes: tuple[str, ...] = ("topk",)  # tried in this order per layer: "topk" (AxFormer), "sign" (sign-matching)
+    attention_modes: tuple[str, ...] = (
+        "topk",
+    )  # tried in this order per layer: "topk" (AxFormer), "sign" (sign-matching)
     slack: float = 1.1
     fraction: float = 0.5
     groups: int = 12
@@ -46,7 +48,9 @@ class _DescendOrAccept:
     slack: float
 
     def hopeless(self, partial: PartialResult) -> bool:
-        below_slack_possible = float(partial.losses[partial.done].sum()) / len(partial.losses) < self.slack * self.rule.min_loss
+        below_slack_possible = (
+            float(partial.losses[partial.done].sum()) / len(partial.losses) < self.slack * self.rule.min_loss
+        )
         return self.rule.hopeless(partial) and not below_slack_possible
 
 
@@ -57,7 +61,9 @@ class SearchOutcome:
     min_loss: float = 0.0
 
 
-def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, hard_attention_supported: bool = True) -> SearchOutcome:
+def accuracy_search(
+    trials: Trials, structure, config: AccuracySearchConfig, hard_attention_supported: bool = True
+) -> SearchOutcome:
     ref = trials.engine.reference
     rule = AxFormerAcceptance(ref.losses, ref.mean_loss, config.fraction)
     out = SearchOutcome()
@@ -73,7 +79,9 @@ def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, har
                 continue
             for mode in config.attention_modes:
                 change = HardAttention(layer, config.k, config.renormalize, mode)
-                d = trials.run("hard_attention" if mode == "topk" else "sign_attention", changes=[change], rule=rule, stop=rule)
+                d = trials.run(
+                    "hard_attention" if mode == "topk" else "sign_attention", changes=[change], rule=rule, stop=rule
+                )
                 if d.accepted:
                     accept(d, changes=[change])
                     out.attention[layer] = change.spec()
@@ -83,7 +91,10 @@ def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, har
         ls = structure.layers[layer]
         if ls is None:
             continue
-        for block, units in (("ffn", _groups(structure, layer, config.groups)), ("attn", [f"L{layer}.attn.head{h}" for h in ls.heads])):
+        for block, units in (
+            ("ffn", _groups(structure, layer, config.groups)),
+            ("attn", [f"L{layer}.attn.head{h}" for h in ls.heads]),
+        ):
             if (block == "ffn" and not ls.neurons) or (block == "attn" and not ls.heads):
                 continue
             name = f"L{layer}.{block}"
@@ -105,4 +116,8 @@ def accuracy_search(trials: Trials, structure, config: AccuracySearchConfig, har
 
 def _groups(structure, layer: int, groups: int) -> list[str]:
     present = set(structure.layers[layer].neurons)
-    return [f"L{layer}.ffn.group{g}of{groups}" for g in range(groups) if present & set(neuron_group_range(g, groups, structure.ffn_dim))]
+    return [
+        f"L{layer}.ffn.group{g}of{groups}"
+        for g in range(groups)
+        if present & set(neuron_group_range(g, groups, structure.ffn_dim))
+    ]

@@ -37,12 +37,16 @@ class ConstraintSearchConfig:
     goal: str = "speed"  # speed or size
     max_drop: float | None = 1.0  # points of the main metric
     max_rel_drop: float | None = None  # percent of the main metric
-    target: float | None = None  # speed-up (speed) or size reduction factor (size); None: as far as the tolerance allows
+    target: float | None = (
+        None  # speed-up (speed) or size reduction factor (size); None: as far as the tolerance allows
+    )
     guard: str = "all"  # "all": the tolerance holds for every metric of the task; "main": for the main metric only
     max_loss_increase: float | None = None  # percent over the unpruned model's mean held-out loss; None: no loss bound
     groups: int = 12
     rerank_every: int = 8
-    attention_modes: tuple[str, ...] = ()  # speed: approximate attention tried per layer after pruning, where measured faster
+    attention_modes: tuple[
+        str, ...
+    ] = ()  # speed: approximate attention tried per layer after pruning, where measured faster
     k: int = 30
 
 
@@ -82,7 +86,11 @@ def _units(structure: ModelStructure, kind: str, groups: int) -> list[str]:
             out += [f"L{i}.attn.head{h}" for h in ls.heads]
         elif kind == "group":
             present = set(ls.neurons)
-            out += [f"L{i}.ffn.group{g}of{groups}" for g in range(groups) if present & set(neuron_group_range(g, groups, structure.ffn_dim))]
+            out += [
+                f"L{i}.ffn.group{g}of{groups}"
+                for g in range(groups)
+                if present & set(neuron_group_range(g, groups, structure.ffn_dim))
+            ]
     return out
 
 
@@ -100,7 +108,9 @@ def _significance(imp, name: str, structure: ModelStructure, groups: int) -> flo
     return float(0.0 if np.isnan(v) else v)
 
 
-def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel, config: ConstraintSearchConfig, progress: bool = False) -> ConstraintOutcome:
+def constraint_search(
+    trials: Trials, structure: ModelStructure, cost: CostModel, config: ConstraintSearchConfig, progress: bool = False
+) -> ConstraintOutcome:
     engine = trials.engine
     ref = engine.reference
     main = engine.spec.main_metric
@@ -134,10 +144,18 @@ def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel
             if not names:
                 break
             saved = {n: cost.predict(current) - cost.predict(current.removed([n])) for n in names}
-            ranked = sorted(names, key=lambda n: (_significance(imp, n, structure, config.groups) / max(saved[n], 1e-12), n))
+            ranked = sorted(
+                names, key=lambda n: (_significance(imp, n, structure, config.groups) / max(saved[n], 1e-12), n)
+            )
             name = ranked[0]
             tried.add(name)
-            d = trials.run(f"constraint_{'_'.join(kinds)}", removed=[name], rule=rule, stop=rule, extra={"predicted_ratio_if_accepted": ratio(current.removed([name]))})
+            d = trials.run(
+                f"constraint_{'_'.join(kinds)}",
+                removed=[name],
+                rule=rule,
+                stop=rule,
+                extra={"predicted_ratio_if_accepted": ratio(current.removed([name]))},
+            )
             if d.accepted:
                 trials.accept([name])
                 current = current.removed([name])
@@ -150,8 +168,19 @@ def constraint_search(trials: Trials, structure: ModelStructure, cost: CostModel
     return out
 
 
-def _approximate_attention_phase(trials: Trials, current: ModelStructure, cost: CostModel, config: ConstraintSearchConfig, rule, out: ConstraintOutcome, ratio, met) -> None:
-    """Approximate attention per layer, last layer first, for each mode that the calibration measured faster than dense."""
+def _approximate_attention_phase(
+    trials: Trials,
+    current: ModelStructure,
+    cost: CostModel,
+    config: ConstraintSearchConfig,
+    rule,
+    out: ConstraintOutcome,
+    ratio,
+    met,
+) -> None:
+    """Approximate attention per layer, last layer first, for each mode that the calibration measured faster than
+    dense.
+    """
     from axformer.attention.hard import HardAttention
 
     for mode in config.attention_modes:
@@ -161,14 +190,23 @@ def _approximate_attention_phase(trials: Trials, current: ModelStructure, cost: 
             continue
         saving = cost.attention_saving(mode)
         if saving <= 0:
-            out.attention_notes.append(f"{mode} attention not tried: measured slower than dense at {cost.seq_len} tokens "
-                                       f"({measured['approx_ms']:.2f} ms vs {measured['dense_ms']:.2f} ms with K={measured['k']} in every layer)")
+            out.attention_notes.append(
+                f"{mode} attention not tried: measured slower than dense at {cost.seq_len} tokens "
+                f"({measured['approx_ms']:.2f} ms vs {measured['dense_ms']:.2f} ms with "
+                f"K={measured['k']} in every layer)"
+            )
             continue
         for layer in reversed(current.present_layers):
             if met() or not current.layers[layer].heads or layer in out.attention:
                 continue
             change = HardAttention(layer, config.k, mode == "topk", mode, "gather")
-            d = trials.run(f"constraint_{mode}_attention", changes=[change], rule=rule, stop=rule, extra={"predicted_ratio_if_accepted": ratio(current, saving)})
+            d = trials.run(
+                f"constraint_{mode}_attention",
+                changes=[change],
+                rule=rule,
+                stop=rule,
+                extra={"predicted_ratio_if_accepted": ratio(current, saving)},
+            )
             if d.accepted:
                 trials.accept((), [change])
                 out.attention[layer] = change.spec()

@@ -40,7 +40,8 @@ class CostModel:
     coef: list[float]  # c0, c_layer, c_head, c_neuron
     seq_len: int
     calibration: list[dict]  # variant, measured, predicted
-    # approximate attention in every layer vs dense, measured at seq_len: mode -> dense_ms, approx_ms, saving_ms_per_layer
+    # approximate attention in every layer vs dense, measured at seq_len: mode -> dense_ms, approx_ms,
+    # saving_ms_per_layer
     attention: dict | None = None
 
     def attention_saving(self, mode: str) -> float:
@@ -77,8 +78,15 @@ def _variants(s: ModelStructure) -> dict[str, ModelStructure]:
 
 
 @torch.inference_mode()
-def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: int = 20, device: str = "cpu", k: int | None = None,
-                      attention_modes: tuple[str, ...] = MODES) -> CostModel:
+def calibrate_latency(
+    model,
+    structure: ModelStructure,
+    seq_len: int,
+    repeats: int = 20,
+    device: str = "cpu",
+    k: int | None = None,
+    attention_modes: tuple[str, ...] = MODES,
+) -> CostModel:
     """Measure batch-1 latency of pruned variants at ``seq_len`` tokens and fit the per-component model.
 
     With ``k``, approximate attention in ``attention_modes`` is measured too (only the modes the search may try:
@@ -98,12 +106,25 @@ def calibrate_latency(model, structure: ModelStructure, seq_len: int, repeats: i
     X = np.stack([feats[k] for k in fns])
     y = np.array([measured[k] for k in fns])
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    calib = [{"variant": k, "measured_ms": 1e3 * measured[k], "predicted_ms": 1e3 * float(feats[k] @ coef)} for k in fns]
-    return CostModel("latency", [float(c) for c in coef], seq_len, calib, measure_attention(model, structure, batch, k, repeats, attention_modes) if k is not None and attention_modes else None)
+    calib = [
+        {"variant": k, "measured_ms": 1e3 * measured[k], "predicted_ms": 1e3 * float(feats[k] @ coef)} for k in fns
+    ]
+    return CostModel(
+        "latency",
+        [float(c) for c in coef],
+        seq_len,
+        calib,
+        measure_attention(model, structure, batch, k, repeats, attention_modes)
+        if k is not None and attention_modes
+        else None,
+    )
 
 
-def measure_attention(model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20, modes: tuple[str, ...] = MODES) -> dict | None:
-    """Batch-1 latency with top-K and sign-matching attention (gather kernels) in every layer against dense, interleaved.
+def measure_attention(
+    model, structure: ModelStructure, batch: dict, k: int, repeats: int = 20, modes: tuple[str, ...] = MODES
+) -> dict | None:
+    """Batch-1 latency with top-K and sign-matching attention (gather kernels) in every layer against dense,
+    interleaved.
 
     The approximations only pay where selecting K keys costs less than the
     dense attention it replaces; the search tries them for speed only where
@@ -118,8 +139,15 @@ def measure_attention(model, structure: ModelStructure, batch: dict, k: int, rep
         set_attention(m, {l: {"mode": mode, "k": k, "renormalize": mode == "topk", "kernel": "gather"} for l in layers})
         fns[mode] = lambda m=m: m(**batch)
     measured = interleaved_medians(fns, repeats=repeats, rounds=3)
-    return {mode: {"dense_ms": 1e3 * measured["dense"], "approx_ms": 1e3 * measured[mode], "k": k,
-                   "saving_ms_per_layer": 1e3 * (measured["dense"] - measured[mode]) / max(len(layers), 1)} for mode in modes}
+    return {
+        mode: {
+            "dense_ms": 1e3 * measured["dense"],
+            "approx_ms": 1e3 * measured[mode],
+            "k": k,
+            "saving_ms_per_layer": 1e3 * (measured["dense"] - measured[mode]) / max(len(layers), 1),
+        }
+        for mode in modes
+    }
 
 
 def parameter_model(model, structure: ModelStructure) -> CostModel:
@@ -132,6 +160,3 @@ def parameter_model(model, structure: ModelStructure) -> CostModel:
         counts.append(count_parameters(m))
     coef, *_ = np.linalg.lstsq(np.stack(feats), np.asarray(counts, dtype=float), rcond=None)
     return CostModel("parameters", [float(c) for c in coef], 0, [{"parameters": c} for c in counts])
-
-
-

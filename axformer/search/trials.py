@@ -10,9 +10,9 @@ the first new trial needs it. A log written by a different run is refused.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from axformer.analysis.engine import CandidateResult, Change, EarlyStop
 from axformer.errors import AxformerError
@@ -32,7 +32,9 @@ class Decision:
 
 
 class Trials:
-    def __init__(self, engine, log_path: str | Path | None, main_metric: str, on_accept: Callable[["Trials"], None] | None = None) -> None:
+    def __init__(
+        self, engine, log_path: str | Path | None, main_metric: str, on_accept: Callable[[Trials], None] | None = None
+    ) -> None:
         self.engine = engine
         self.main_metric = main_metric
         self.log_path = Path(log_path) if log_path else None
@@ -61,7 +63,15 @@ class Trials:
             self.engine.set_base(self.removed, self.changes)
             self._base_dirty = False
 
-    def run(self, stage: str, removed: Sequence[str] = (), changes: Sequence[Change] = (), rule=None, stop: EarlyStop | None = None, extra: dict | None = None) -> Decision:
+    def run(
+        self,
+        stage: str,
+        removed: Sequence[str] = (),
+        changes: Sequence[Change] = (),
+        rule=None,
+        stop: EarlyStop | None = None,
+        extra: dict | None = None,
+    ) -> Decision:
         """Evaluate ``removed``/``changes`` on top of the accepted state and decide with ``rule.accepts``."""
         name = "+".join([*removed, *(c.key for c in changes)])
         n = self.count
@@ -69,7 +79,10 @@ class Trials:
         if n < len(self.logged):
             row = self.logged[n]
             if row["candidate"] != name or row["stage"] != stage:
-                raise AxformerError(f"search log {self.log_path} does not belong to this run (trial {n} is {row['candidate']!r}, expected {name!r}); use another --output or --overwrite")
+                raise AxformerError(
+                    f"search log {self.log_path} does not belong to this run (trial {n} is "
+                    f"{row['candidate']!r}, expected {name!r}); use another --output or --overwrite"
+                )
             d = Decision(n, stage, name, row["accepted"], row["mean_loss"], row.get("metric"), row["complete"], True)
             self.decisions.append(d)
             return d
@@ -81,11 +94,24 @@ class Trials:
         d = Decision(n, stage, name, accepted, result.mean_loss, metric, result.complete, False)
         if self.log_path:
             ref = self.engine.reference
-            append_jsonl(self.log_path, {
-                "trial": n, "stage": stage, "candidate": name, "accepted": accepted, "complete": result.complete,
-                "evaluated": result.evaluated, "mean_loss": result.mean_loss, "delta_loss": result.mean_loss - ref.mean_loss,
-                "metric": metric, "metrics": result.metrics, "not_worse_fraction": float((result.losses <= ref.losses).mean()) if result.complete else None,
-                "start_layer": result.start_layer, "seconds": time.perf_counter() - t0, **(extra or {}),
-            })
+            append_jsonl(
+                self.log_path,
+                {
+                    "trial": n,
+                    "stage": stage,
+                    "candidate": name,
+                    "accepted": accepted,
+                    "complete": result.complete,
+                    "evaluated": result.evaluated,
+                    "mean_loss": result.mean_loss,
+                    "delta_loss": result.mean_loss - ref.mean_loss,
+                    "metric": metric,
+                    "metrics": result.metrics,
+                    "not_worse_fraction": float((result.losses <= ref.losses).mean()) if result.complete else None,
+                    "start_layer": result.start_layer,
+                    "seconds": time.perf_counter() - t0,
+                    **(extra or {}),
+                },
+            )
         self.decisions.append(d)
         return d

@@ -52,7 +52,10 @@ def parse(name: str | Component) -> Component:
         return name
     m = _PATTERN.match(name.strip())
     if not m:
-        raise AxformerError(f"cannot parse component name {name!r}; expected e.g. L3, L3.attn, L3.ffn, L3.attn.head5, L3.ffn.group7of12, L3.ffn.neuron123")
+        raise AxformerError(
+            f"cannot parse component name {name!r}; expected e.g. L3, L3.attn, L3.ffn, L3.attn.head5, "
+            "L3.ffn.group7of12, L3.ffn.neuron123"
+        )
     layer, block, sub, idx, groups = m.groups()
     layer = int(layer)
     if block is None:

@@ -11,7 +11,7 @@ what the physically pruned model computes (tested to 1e-5).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from transformers import PreTrainedModel
@@ -32,7 +32,7 @@ class SoftMask:
         self.requires_grad = requires_grad
         self.removed: tuple[Component | str, ...] = ()
         p = next(model.parameters())
-        opts = dict(device=p.device, dtype=p.dtype)
+        opts = {"device": p.device, "dtype": p.dtype}
         self.layer_gates: dict[int, torch.Tensor] = {}
         self.head_gates: dict[int, torch.Tensor] = {}
         self.attn_gates: dict[int, torch.Tensor] = {}
@@ -48,7 +48,9 @@ class SoftMask:
             if att is not None:
                 self.head_gates[orig] = torch.ones(len(ls.heads), **opts)
                 self.attn_gates[orig] = torch.ones((), **opts)
-                self._handles.append(att.o.register_forward_pre_hook(self._input_gate(orig, self.head_gates, self.structure.head_dim)))
+                self._handles.append(
+                    att.o.register_forward_pre_hook(self._input_gate(orig, self.head_gates, self.structure.head_dim))
+                )
                 self._handles.append(att.o.register_forward_hook(self._output_gate(orig, self.attn_gates)))
             ffn = a.ffn(module)
             if ffn is not None:
@@ -96,7 +98,13 @@ class SoftMask:
     # ---------------------------------------------------------------- control
 
     def gates(self) -> list[torch.Tensor]:
-        return [*self.layer_gates.values(), *self.head_gates.values(), *self.attn_gates.values(), *self.neuron_gates.values(), *self.ffn_gates.values()]
+        return [
+            *self.layer_gates.values(),
+            *self.head_gates.values(),
+            *self.attn_gates.values(),
+            *self.neuron_gates.values(),
+            *self.ffn_gates.values(),
+        ]
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -144,7 +152,7 @@ class SoftMask:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> "SoftMask":
+    def __enter__(self) -> SoftMask:
         return self
 
     def __exit__(self, *exc) -> None:

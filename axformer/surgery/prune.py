@@ -9,7 +9,7 @@ in place, so any adapter's modules keep working.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -39,12 +39,19 @@ def _positions(current: list[int], target: list[int]) -> torch.Tensor:
     return torch.tensor([where[v] for v in target], dtype=torch.long)
 
 
-def apply_structure(model: PreTrainedModel, target: ModelStructure, adapter: Adapter | None = None, current: ModelStructure | None = None) -> PreTrainedModel:
+def apply_structure(
+    model: PreTrainedModel,
+    target: ModelStructure,
+    adapter: Adapter | None = None,
+    current: ModelStructure | None = None,
+) -> PreTrainedModel:
     """Physically reduce ``model`` (in place) to ``target``, which must be a sub-structure of its current one."""
     a = adapter or get_adapter(model)
     current = current or current_structure(model, a)
     if target.num_layers != current.num_layers or not target.is_subset_of(current):
-        raise AxformerError("the requested structure keeps parts the model no longer has; prune from the model it was derived from")
+        raise AxformerError(
+            "the requested structure keeps parts the model no longer has; prune from the model it was derived from"
+        )
     a.validate(model, target)
     modules = list(a.layers(model))
     present = current.present_layers
@@ -78,7 +85,9 @@ def apply_structure(model: PreTrainedModel, target: ModelStructure, adapter: Ada
     return model
 
 
-def prune(model: PreTrainedModel, components: Iterable[str | Component], adapter: Adapter | None = None) -> ModelStructure:
+def prune(
+    model: PreTrainedModel, components: Iterable[str | Component], adapter: Adapter | None = None
+) -> ModelStructure:
     """Remove ``components`` (names such as ``L3.attn.head5``) physically; returns the new structure."""
     a = adapter or get_adapter(model)
     target = current_structure(model, a).removed(components)

@@ -52,13 +52,14 @@ def load_config(path: str | Path) -> PretrainedConfig | None:
 
 def mark_if_not_stock(directory: str | Path, config: PretrainedConfig) -> bool:
     """After ``save_pretrained``: rewrite config.json's model_type when stock transformers cannot load it."""
+    from axformer.attention.hard import attention_settings
     from axformer.surgery.adapters import get_adapter
     from axformer.surgery.structure import ModelStructure
 
-    from axformer.attention.hard import attention_settings
-
     approximated = bool(attention_settings(config))  # stock transformers would silently run dense attention
-    if not has_structure(config) or (not approximated and get_adapter(config).is_stock(ModelStructure.from_dict(getattr(config, STRUCTURE_KEY)))):
+    if not has_structure(config) or (
+        not approximated and get_adapter(config).is_stock(ModelStructure.from_dict(getattr(config, STRUCTURE_KEY)))
+    ):
         return False
     cfg_file = Path(directory) / "config.json"
     raw = json.loads(cfg_file.read_text())
@@ -82,7 +83,9 @@ def _state_dict(path: Path, device) -> dict[str, torch.Tensor]:
         try:
             state.update(load_file(str(f), device=str(device)))
         except Exception as exc:  # safetensors raises its own error types on corrupt files
-            raise AxformerError(f"cannot load the weights of {path} (corrupt checkpoint?): {type(exc).__name__}: {str(exc)[:200]}") from None
+            raise AxformerError(
+                f"cannot load the weights of {path} (corrupt checkpoint?): {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
     return state
 
 
@@ -99,7 +102,9 @@ def load_pruned(model: str, config: PretrainedConfig, device) -> torch.nn.Module
     setattr(build, STRUCTURE_KEY, None)
     net = AutoModelForSequenceClassification.from_config(build)
     present = set(target.present_layers)
-    full = ModelStructure.full(target.num_layers, target.num_heads, target.head_dim, target.ffn_dim, target.hidden, target.ffn_matrices)
+    full = ModelStructure.full(
+        target.num_layers, target.num_heads, target.head_dim, target.ffn_dim, target.hidden, target.ffn_matrices
+    )
     full.layers = [l if i in present else None for i, l in enumerate(full.layers)]
     adapter.prepare_rebuilt(net, target)
     apply_structure(net, target, adapter, current=full)
@@ -107,7 +112,10 @@ def load_pruned(model: str, config: PretrainedConfig, device) -> torch.nn.Module
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("axformer_heads")]
     if missing or unexpected:
-        raise AxformerError(f"weights of {model} do not match its saved structure (missing {missing[:3]}, unexpected {list(unexpected)[:3]})")
+        raise AxformerError(
+            f"weights of {model} do not match its saved structure (missing {missing[:3]}, unexpected "
+            f"{list(unexpected)[:3]})"
+        )
     config._attn_implementation = net.config._attn_implementation  # same kernels as a stock load (sdpa)
     net.config = config
     for mod in net.modules():  # every submodule that holds the config should see the saved one

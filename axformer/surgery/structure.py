@@ -9,8 +9,8 @@ saved in the model's config so that the model reloads with one call.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from axformer.errors import AxformerError
 from axformer.surgery.components import Component, neuron_group_range, parse
@@ -55,8 +55,17 @@ class ModelStructure:
     ffn_matrices: int = 2  # weight matrices per FFN neuron: 2, or 3 for gated (GLU) FFNs
 
     @classmethod
-    def full(cls, num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, hidden: int, ffn_matrices: int = 2) -> "ModelStructure":
-        return cls(num_heads, head_dim, ffn_dim, hidden, [LayerStructure(list(range(num_heads)), list(range(ffn_dim))) for _ in range(num_layers)], ffn_matrices)
+    def full(
+        cls, num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, hidden: int, ffn_matrices: int = 2
+    ) -> ModelStructure:
+        return cls(
+            num_heads,
+            head_dim,
+            ffn_dim,
+            hidden,
+            [LayerStructure(list(range(num_heads)), list(range(ffn_dim))) for _ in range(num_layers)],
+            ffn_matrices,
+        )
 
     @property
     def num_layers(self) -> int:
@@ -66,12 +75,19 @@ class ModelStructure:
     def present_layers(self) -> list[int]:
         return [i for i, l in enumerate(self.layers) if l is not None]
 
-    def copy(self) -> "ModelStructure":
-        return ModelStructure(self.num_heads, self.head_dim, self.ffn_dim, self.hidden, [None if l is None else LayerStructure(list(l.heads), list(l.neurons)) for l in self.layers], self.ffn_matrices)
+    def copy(self) -> ModelStructure:
+        return ModelStructure(
+            self.num_heads,
+            self.head_dim,
+            self.ffn_dim,
+            self.hidden,
+            [None if l is None else LayerStructure(list(l.heads), list(l.neurons)) for l in self.layers],
+            self.ffn_matrices,
+        )
 
     # ------------------------------------------------------------ removal
 
-    def removed(self, components: Iterable[str | Component]) -> "ModelStructure":
+    def removed(self, components: Iterable[str | Component]) -> ModelStructure:
         """A new structure with ``components`` removed (already-removed parts are ignored)."""
         new = self.copy()
         for c in map(parse, components):
@@ -101,18 +117,24 @@ class ModelStructure:
                 layer.neurons = [n for n in layer.neurons if n != c.index]
         return new
 
-    def is_subset_of(self, other: "ModelStructure") -> bool:
+    def is_subset_of(self, other: ModelStructure) -> bool:
         for mine, theirs in zip(self.layers, other.layers):
             if mine is None:
                 continue
-            if theirs is None or not set(mine.heads) <= set(theirs.heads) or not set(mine.neurons) <= set(theirs.neurons):
+            if (
+                theirs is None
+                or not set(mine.heads) <= set(theirs.heads)
+                or not set(mine.neurons) <= set(theirs.neurons)
+            ):
                 return False
         return len(self.layers) == len(other.layers)
 
     # ------------------------------------------------------------ queries
 
     def is_stock(self) -> bool:
-        """True when a stock transformers config can express it: whole layers dropped and/or the same FFN width everywhere."""
+        """True when a stock transformers config can express it: whole layers dropped and/or the same FFN width
+        everywhere.
+        """
         present = [l for l in self.layers if l is not None]
         if not present:
             return False
@@ -120,7 +142,9 @@ class ModelStructure:
         return all(len(l.heads) == self.num_heads for l in present) and len(widths) == 1 and 0 not in widths
 
     def is_full(self) -> bool:
-        return all(l is not None and len(l.heads) == self.num_heads and len(l.neurons) == self.ffn_dim for l in self.layers)
+        return all(
+            l is not None and len(l.heads) == self.num_heads and len(l.neurons) == self.ffn_dim for l in self.layers
+        )
 
     def encoder_macs_per_token(self, seq_len: int = 128) -> int:
         """Multiply-accumulates per token of the encoder layers at sequence length ``seq_len``.
@@ -160,10 +184,13 @@ class ModelStructure:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelStructure":
+    def from_dict(cls, d: dict) -> ModelStructure:
         try:
             return cls(
-                d["num_heads"], d["head_dim"], d["ffn_dim"], d["hidden"],
+                d["num_heads"],
+                d["head_dim"],
+                d["ffn_dim"],
+                d["hidden"],
                 [None if l is None else LayerStructure(list(l["heads"]), _expand(l["neurons"])) for l in d["layers"]],
                 d.get("ffn_matrices", 2),
             )

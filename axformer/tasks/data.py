@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "Split":
+    def subset(self, indices: Sequence[int], name: str | None = None) -> Split:
         idx = np.asarray(indices, dtype=np.int64)
         return Split(name or self.name, [self.texts[i] for i in idx], self.labels[idx])
 

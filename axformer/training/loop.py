@@ -77,7 +77,9 @@ class FinetuneResult:
 
 
 class Objective(Protocol):
-    """What a training step minimises. ``extra`` holds its own trainable modules (e.g. projections), checkpointed with the model."""
+    """What a training step minimises. ``extra`` holds its own trainable modules (e.g. projections), checkpointed with
+    the model.
+    """
 
     extra: torch.nn.Module | None
     temporary_files: tuple[str, ...]  # written in the run directory by prepare(), removed when the run ends
@@ -86,7 +88,9 @@ class Objective(Protocol):
 
     def prepare(self, work: Path, enc_train: Encoded, device: torch.device) -> None: ...
 
-    def loss(self, net: torch.nn.Module, batch: dict[str, torch.Tensor], indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(
+        self, net: torch.nn.Module, batch: dict[str, torch.Tensor], indices: np.ndarray
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 class LabelObjective:
@@ -124,7 +128,9 @@ def _optimizer(modules: list[torch.nn.Module], config: FinetuneConfig) -> torch.
 def selection_subset(heldout: Split, config: FinetuneConfig) -> Split:
     """The held-out examples that select the checkpoint (a fixed sample when the split is large)."""
     if config.eval_max_examples is not None and len(heldout) > config.eval_max_examples:
-        return heldout.subset(np.sort(np.random.default_rng(config.seed + 1).permutation(len(heldout))[: config.eval_max_examples]))
+        return heldout.subset(
+            np.sort(np.random.default_rng(config.seed + 1).permutation(len(heldout))[: config.eval_max_examples])
+        )
     return heldout
 
 
@@ -162,7 +168,17 @@ def train_model(
     trainable = [net] + ([objective.extra] if objective.extra is not None else [])
 
     with atomic_output_dir(output, overwrite=overwrite) as work:
-        claim_work_dir(work, run_key({**key, "config": {k: v for k, v in asdict(config).items() if k != "device"}, "objective": objective.describe()}), RUN_KEY)
+        claim_work_dir(
+            work,
+            run_key(
+                {
+                    **key,
+                    "config": {k: v for k, v in asdict(config).items() if k != "device"},
+                    "objective": objective.describe(),
+                }
+            ),
+            RUN_KEY,
+        )
         objective.prepare(work, enc_train, device)
         optimizer = _optimizer(trainable, config)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -183,7 +199,14 @@ def train_model(
             return {"loss": res.loss, spec.main_metric: res.main}
 
         def save_checkpoint() -> None:
-            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "best": best, "log": json.dumps(log)}
+            state = {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "best": best,
+                "log": json.dumps(log),
+            }
             if objective.extra is not None:
                 state["extra"] = objective.extra.state_dict()
             tmp = work / (CHECKPOINT + ".tmp")
@@ -196,7 +219,11 @@ def train_model(
         while step < total_steps:
             epoch = step // steps_per_epoch
             if epoch not in epoch_batches:
-                epoch_batches = {epoch: grouped_batches(lengths, config.batch_size, np.random.default_rng(config.seed * 1000 + epoch))}
+                epoch_batches = {
+                    epoch: grouped_batches(
+                        lengths, config.batch_size, np.random.default_rng(config.seed * 1000 + epoch)
+                    )
+                }
             idx = epoch_batches[epoch][step % steps_per_epoch]
             net.train()
             if objective.extra is not None:
@@ -218,16 +245,29 @@ def train_model(
             evaluated = step % eval_every == 0 or step == total_steps
             if evaluated:
                 ev = evaluate_now()
-                entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": running / seen, "lr": scheduler.get_last_lr()[0], "heldout": ev}
+                entry = {
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 3),
+                    "train_loss": running / seen,
+                    "lr": scheduler.get_last_lr()[0],
+                    "heldout": ev,
+                }
                 if parts:
                     entry["train_terms"] = {k: v / seen for k, v in parts.items()}
                 log.append(entry)
                 running, seen, parts = 0.0, 0, {}
-                better = best is None or ev[spec.main_metric] > best["metric"] or (ev[spec.main_metric] == best["metric"] and ev["loss"] < best["loss"])
+                better = (
+                    best is None
+                    or ev[spec.main_metric] > best["metric"]
+                    or (ev[spec.main_metric] == best["metric"] and ev["loss"] < best["loss"])
+                )
                 if better:
                     best = {"step": step, "metric": ev[spec.main_metric], "loss": ev["loss"]}
                     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(work / BEST))
-                tqdm.write(f"step {step}: held-out {spec.main_metric} {ev[spec.main_metric]:.2f}, loss {ev['loss']:.4f}" + (" (best)" if better else ""))
+                tqdm.write(
+                    f"step {step}: held-out {spec.main_metric} {ev[spec.main_metric]:.2f}, loss {ev['loss']:.4f}"
+                    + (" (best)" if better else "")
+                )
             if evaluated or step % config.checkpoint_every == 0:
                 save_checkpoint()  # also after each evaluation, so best.safetensors never runs ahead of the checkpoint
         bar.close()
@@ -243,9 +283,22 @@ def train_model(
                     f.write(json.dumps(row) + "\n")
         wall = time.perf_counter() - t_start
         save_model(net, tokenizer, work)
-        stage = {**stage, "config": asdict(config), "objective": objective.describe(), "best_step": best["step"], "steps": step,
-                 "num_train_examples": len(train_part), "wall_time_s": round(wall, 1), "device": str(device)}
-        record = ModelRecord(task={**spec.to_dict(), "source": data.source}, split=split, max_seq_length=config.max_seq_length, history=prior.history + [stage])
+        stage = {
+            **stage,
+            "config": asdict(config),
+            "objective": objective.describe(),
+            "best_step": best["step"],
+            "steps": step,
+            "num_train_examples": len(train_part),
+            "wall_time_s": round(wall, 1),
+            "device": str(device),
+        }
+        record = ModelRecord(
+            task={**spec.to_dict(), "source": data.source},
+            split=split,
+            max_seq_length=config.max_seq_length,
+            history=prior.history + [stage],
+        )
         record.save(work)
         write_json(work / "metrics.json", result.to_dict())
         with open(work / "train_log.jsonl", "w") as f:

@@ -12,8 +12,9 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,9 @@ def atomic_output_dir(final: str | os.PathLike, overwrite: bool = False, keep_pa
     """
     final = Path(final)
     if final.exists() and not overwrite:
-        raise AxformerError(f"output directory {final} already exists; pass --overwrite to replace it or choose another --output")
+        raise AxformerError(
+            f"output directory {final} already exists; pass --overwrite to replace it or choose another --output"
+        )
     work = partial_path(final)
     work.mkdir(parents=True, exist_ok=True)
     try:

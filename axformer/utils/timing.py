@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -21,7 +21,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 3, warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 3, warmup: int = 2
+) -> dict[str, float]:
     """Median seconds per call of each function, timed in ``rounds`` interleaved rounds of ``repeats`` calls."""
     for fn in fns.values():
         for _ in range(warmup):

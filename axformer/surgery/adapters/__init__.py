@@ -12,7 +12,13 @@ from axformer.surgery.adapters.distilbert import DistilBertAdapter
 from axformer.surgery.adapters.modernbert import ModernBertAdapter
 from axformer.surgery.adapters.mpnet import MPNetAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (BertLikeAdapter, DebertaV2Adapter, DistilBertAdapter, MPNetAdapter, ModernBertAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    BertLikeAdapter,
+    DebertaV2Adapter,
+    DistilBertAdapter,
+    MPNetAdapter,
+    ModernBertAdapter,
+)
 
 _BY_TYPE = {t: cls for cls in ADAPTERS for t in cls.model_types}
 
@@ -30,7 +36,10 @@ def get_adapter(model_or_config: PreTrainedModel | PretrainedConfig | str) -> Ad
     try:
         return _BY_TYPE[model_type]()
     except KeyError:
-        raise AxformerError(f"architecture {model_type!r} is not supported by axformer's surgery; supported: {', '.join(supported_model_types())}") from None
+        raise AxformerError(
+            f"architecture {model_type!r} is not supported by axformer's surgery; supported: "
+            f"{', '.join(supported_model_types())}"
+        ) from None
 
 
 __all__ = ["Adapter", "AttentionParts", "FFNParts", "get_adapter", "supported_model_types"]

@@ -39,7 +39,9 @@ def slice_linear(linear: nn.Linear, keep: torch.Tensor, dim: int) -> None:
     linear.weight = nn.Parameter(w, requires_grad=linear.weight.requires_grad)
     if dim == 0:
         if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.index_select(0, keep).clone(), requires_grad=linear.bias.requires_grad)
+            linear.bias = nn.Parameter(
+                linear.bias.index_select(0, keep).clone(), requires_grad=linear.bias.requires_grad
+            )
         linear.out_features = w.shape[0]
     else:
         linear.in_features = w.shape[1]

@@ -36,4 +36,7 @@ class DebertaV2Adapter(BertLikeAdapter):
 
     def validate(self, model, target) -> None:
         if getattr(self.encoder(model), "conv", None) is not None and target.layers[0] is None:
-            raise AxformerError("this DeBERTa-v2 model applies a convolution after its first layer; layer L0 cannot be removed as a whole (remove its blocks instead)")
+            raise AxformerError(
+                "this DeBERTa-v2 model applies a convolution after its first layer; layer L0 cannot "
+                "be removed as a whole (remove its blocks instead)"
+            )

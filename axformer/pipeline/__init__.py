@@ -1,0 +1,1 @@
+"""The end-to-end ``axformer optimize`` command: configuration, stages with resume, and the HTML report."""
