@@ -6,6 +6,8 @@ can fix print one line and exit with status 2 (``--debug`` shows the traceback).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
 import traceback
@@ -18,6 +20,7 @@ from rich.table import Table
 
 from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR
 from axformer.errors import AxformerError
+from axformer.tasks.selection import TaskSelection
 
 app = typer.Typer(
     add_completion=False,
@@ -67,10 +70,52 @@ LabelsOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N].")]
 
 
-def _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels):
-    from axformer.tasks.sources import task_data
+_TASK_PARAMS: tuple[tuple[str, object, object], ...] = (
+    ("task", TaskOpt, None),
+    ("data_dir", DataDirOpt, None),
+    ("source", SourceOpt, "auto"),
+    ("train", TrainFileOpt, None),
+    ("dev", DevFileOpt, None),
+    ("text_column", TextColOpt, None),
+    ("label_column", LabelColOpt, "label"),
+    ("problem", ProblemOpt, "classification"),
+    ("labels", LabelsOpt, None),
+)
 
-    return task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+
+def task_options(unset_defaults: bool = False):
+    """Give a command the task options (``--task``, ``--data-dir``, custom files, ...) and hand it one
+    :class:`TaskSelection` as ``selection``, so nine options are declared once, not on every command.
+
+    With ``unset_defaults`` every option defaults to None and the command receives only the options given
+    (a dict), so a config file or preset can supply the rest (``axformer optimize``).
+    """
+
+    def decorate(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "selection"]
+        added = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if unset_defaults else d, annotation=a)
+            for n, a, d in _TASK_PARAMS
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            values = {n: kwargs.pop(n) for n, _, _ in _TASK_PARAMS}
+            for key in ("data_dir", "train", "dev"):
+                values[key] = str(values[key]) if values[key] is not None else None
+            if values["text_column"] is not None:
+                values["text_column"] = tuple(values["text_column"])
+            if unset_defaults:
+                return fn(**kwargs, selection={k: v for k, v in values.items() if v is not None})
+            return fn(**kwargs, selection=TaskSelection(**values))
+
+        params = own + added
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
 
 
 def _print_evaluation(evaluation, title: str) -> None:
@@ -119,18 +164,10 @@ def tasks_cmd() -> None:
 
 
 @app.command("finetune")
+@task_options()
 def finetune_cmd(
     model: Annotated[str, typer.Argument(help="Model directory (or hub id when online).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the fine-tuned model.")],
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
-    labels: LabelsOpt = None,
     epochs: Annotated[float, typer.Option(help="Epochs (fractions allowed).")] = 3.0,
     learning_rate: Annotated[float, typer.Option("--lr", "--learning-rate")] = 5e-5,
     batch_size: int = 32,
@@ -161,6 +198,7 @@ def finetune_cmd(
     ] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+    selection: TaskSelection | None = None,
 ) -> None:
     """Fine-tune a model on a task (conventional baseline), selecting the best checkpoint on the held-out split."""
     from axformer.training.finetune import FinetuneConfig, finetune
@@ -188,7 +226,7 @@ def finetune_cmd(
         device=device,
     )
     config.validate()
-    data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+    data = selection.load()
     result = finetune(model, data, output, config, overwrite=overwrite)
     _print_evaluation(
         result.evaluation,
@@ -198,17 +236,9 @@ def finetune_cmd(
 
 
 @app.command("evaluate")
+@task_options()
 def evaluate_cmd(
     model: Annotated[str, typer.Argument(help="Model directory (or hub id when online).")],
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
-    labels: LabelsOpt = None,
     split: Annotated[
         list[str] | None,
         typer.Option("--split", help="heldout, dev, or a named dev split; repeatable (default: heldout and dev)."),
@@ -225,20 +255,19 @@ def evaluate_cmd(
     batch_size: int = 64,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
+    selection: TaskSelection | None = None,
 ) -> None:
     """Metrics of a model on the held-out split and the dev set, as a table and as JSON."""
     from axformer.evaluation import evaluate
     from axformer.models.loading import is_local
 
-    data = None
-    if task is not None or train is not None:
-        data = _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
+    data = selection.load_if_given()
     if output is None:
         output = Path(model) / "eval" if is_local(model) else Path("eval-" + model.replace("/", "-"))
     result = evaluate(
         model,
         data,
-        data_dir,
+        selection.data_dir,
         tuple(split or ("heldout", "dev")),
         batch_size,
         max_examples,
@@ -251,17 +280,9 @@ def evaluate_cmd(
 
 
 @app.command("analyze")
+@task_options()
 def analyze_cmd(
     model: Annotated[str, typer.Argument(help="Fine-tuned model directory.")],
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
-    labels: LabelsOpt = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -290,6 +311,7 @@ def analyze_cmd(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    selection: TaskSelection | None = None,
 ) -> None:
     """Significance analysis on the held-out split: ablation, gradient importance, layer similarity, quantization
     sensitivity.
@@ -318,12 +340,8 @@ def analyze_cmd(
         raise AxformerError(
             f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
         )
-    data = (
-        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
-        if (task or train)
-        else None
-    )
-    sig = analyze(model, data, data_dir, output, config, overwrite=overwrite)
+    data = selection.load_if_given()
+    sig = analyze(model, data, selection.data_dir, output, config, overwrite=overwrite)
     ref = sig["reference"]
     main = sig["task"]["main_metric"]
     console.print(
@@ -355,6 +373,7 @@ def _layer_list(text: str | None, option: str) -> list[int] | None:
 
 
 @app.command("optimize")
+@task_options(unset_defaults=True)
 def optimize_cmd(
     model: Annotated[
         str | None,
@@ -391,17 +410,6 @@ def optimize_cmd(
         str | None,
         typer.Option("--until-stage", help="Stop after this stage (e.g. search: the optimized PyTorch model only)."),
     ] = None,
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: Annotated[
-        str | None, typer.Option("--source", help="Where benchmark data comes from: auto, local or hub.")
-    ] = None,
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: Annotated[str | None, typer.Option("--label-column", help="Custom task: label column.")] = None,
-    problem: Annotated[str | None, typer.Option("--problem", help="Custom task: classification or regression.")] = None,
-    labels: LabelsOpt = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -566,6 +574,7 @@ def optimize_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the output directory first and run everything again.")
     ] = False,
+    selection: dict | None = None,
 ) -> None:
     """Optimize a model end to end: [fine-tune,] analyze, search, export, benchmark against the baselines, report.
 
@@ -624,15 +633,7 @@ def optimize_cmd(
         sections["search"]["max_examples"] = None  # every held-out example
     overrides = {
         "model": model,
-        "task": task,
-        "data_dir": str(data_dir) if data_dir else None,
-        "source": source,
-        "train": str(train) if train else None,
-        "dev": str(dev) if dev else None,
-        "text_column": text_column,
-        "label_column": label_column,
-        "problem": problem,
-        "labels": labels,
+        **selection,
         "output": str(output) if output else None,
         **sections,
     }
@@ -654,6 +655,7 @@ def optimize_cmd(
 
 
 @app.command("distill")
+@task_options()
 def distill_cmd(
     teacher: Annotated[
         str, typer.Option("--teacher", help="Fine-tuned teacher directory (its task and held-out split are reused).")
@@ -675,15 +677,6 @@ def distill_cmd(
             "teacher (or of --student).",
         ),
     ] = None,
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
-    labels: LabelsOpt = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft cross-entropy.")] = 1.0,
     soft_weight: Annotated[float, typer.Option(help="Weight of the soft cross-entropy to the teacher's logits.")] = 1.0,
     hard_weight: Annotated[float, typer.Option(help="Weight of the task loss on the gold labels.")] = 0.0,
@@ -710,6 +703,7 @@ def distill_cmd(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    selection: TaskSelection | None = None,
 ) -> None:
     """Distil a fine-tuned teacher into a smaller student (task-specific, FastFormers' losses); the held-out split
     selects the checkpoint.
@@ -739,18 +733,14 @@ def distill_cmd(
         cache_teacher=not no_teacher_cache,
     )
     config.validate()
-    data = (
-        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
-        if (task or train)
-        else None
-    )
+    data = selection.load_if_given()
     result = distill(
         teacher,
         output,
         student=student,
         student_layers=student_layers,
         data=data,
-        data_dir=data_dir,
+        data_dir=selection.data_dir,
         config=config,
         overwrite=overwrite,
     )
@@ -759,6 +749,7 @@ def distill_cmd(
 
 
 @app.command("export")
+@task_options()
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model directory (fine-tuned or optimized by axformer).")],
     output: Annotated[
@@ -803,18 +794,10 @@ def export_cmd(
         ),
     ] = 1.0,
     max_examples: Annotated[int, typer.Option(help="Held-out examples for validation (0: all).")] = 2000,
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
-    labels: LabelsOpt = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    selection: TaskSelection | None = None,
 ) -> None:
     """Export to ONNX with graph fusion and int8/fp16/mixed precision, validated on the held-out split."""
     from axformer.export.artifact import ExportConfig, export_model
@@ -833,12 +816,8 @@ def export_cmd(
         allow_pickle=allow_pickle,
     )
     config.validate()
-    data = (
-        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
-        if (task or train)
-        else None
-    )
-    r = export_model(model, output, config, data, data_dir, overwrite=overwrite)
+    data = selection.load_if_given()
+    r = export_model(model, output, config, data, selection.data_dir, overwrite=overwrite)
     v = r["validation"]
     main = v["pytorch"]["main_metric"]
     fused = ", ".join(f"{k} {n}" for k, n in (r["fusion"] or {}).get("fused_operators", {}).items()) or "none"
@@ -858,6 +837,7 @@ def export_cmd(
 
 
 @app.command("benchmark")
+@task_options()
 def benchmark_cmd(
     models: Annotated[
         list[str], typer.Argument(help="Model directories and/or exported artifacts (directories with model.onnx).")
@@ -909,15 +889,7 @@ def benchmark_cmd(
             help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).",
         ),
     ] = None,
-    task: TaskOpt = None,
-    data_dir: DataDirOpt = None,
-    source: SourceOpt = "auto",
-    train: TrainFileOpt = None,
-    dev: DevFileOpt = None,
-    text_column: TextColOpt = None,
-    label_column: LabelColOpt = "label",
-    problem: ProblemOpt = "classification",
-    labels: LabelsOpt = None,
+    selection: TaskSelection | None = None,
 ) -> None:
     """Accuracy, latency, throughput, memory, size and cost of models against the baselines, measured in one run."""
     from axformer.benchmark.run import BenchmarkConfig, benchmark
@@ -942,13 +914,11 @@ def benchmark_cmd(
         chain=list(chain) if chain else None,
     )
     config.validate()
-    data = (
-        _task_data(task, data_dir, source, train, dev, text_column, label_column, problem, labels)
-        if (task or train)
-        else None
-    )
+    data = selection.load_if_given()
     output = output or Path(str(Path(models[0])) + "-benchmark")
-    result = benchmark(models, output, data, data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    result = benchmark(
+        models, output, data, selection.data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]")
+    )
     from axformer.benchmark.report import markdown
 
     console.print(markdown(result))

@@ -40,8 +40,8 @@ from axformer.attention.hard import set_attention
 from axformer.export.fusion import fuse
 from axformer.export.onnx_export import export_onnx, onnx_logits, onnx_session
 from axformer.models.loading import load_model
+from axformer.runtime.timing import interleaved_medians
 from axformer.surgery.adapters import get_adapter
-from axformer.utils.timing import interleaved_medians
 
 LENGTHS = (128, 256, 512)
 
@@ -96,9 +96,9 @@ def forced_all_layers(args) -> dict:
     token counts of both splits: K at or above an input's length is dense attention for it."""
     import numpy as np
 
-    from axformer.analysis.context import load_context
     from axformer.data.batching import encode
     from axformer.evaluation import score
+    from axformer.evaluation.context import load_context
     from axformer.inference import run_model
 
     result = {}

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from axformer.attention import kernels  # noqa: E402
-from axformer.utils.timing import interleaved_medians  # noqa: E402
+from axformer.runtime.timing import interleaved_medians  # noqa: E402
 
 
 def main() -> None:

@@ -54,8 +54,8 @@ def others(entry: dict, main: str) -> str:
 
 def remeasure(models_by_task: dict[str, dict[str, Path]], args) -> dict:
     """Batch-1 and batch-32 latency of the baseline and every finished run of each task, all interleaved in one run."""
-    from axformer.analysis.context import load_context
     from axformer.data.batching import encode
+    from axformer.evaluation.context import load_context
     from axformer.models.loading import load_model
     from axformer.search.optimize import measure_latency
 

@@ -29,9 +29,9 @@ import transformers
 
 from axformer.export.onnx_export import export_onnx, onnx_session
 from axformer.models.loading import load_model
+from axformer.runtime.timing import interleaved_medians
 from axformer.surgery.prune import count_parameters, current_structure, prune
 from axformer.tasks.spec import get_task
-from axformer.utils.timing import interleaved_medians
 
 VARIANTS = {
     "unpruned": [],

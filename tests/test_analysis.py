@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from axformer.analysis.ablation import ablation_candidates, run_ablation
-from axformer.analysis.engine import EvaluationEngine
 from axformer.analysis.gradient import gradient_importance
 from axformer.analysis.quantization import encoder_linears, fake_quantize, run_quant_sensitivity
 from axformer.analysis.similarity import layer_similarity
 from axformer.data.batching import Encoded
+from axformer.evaluation.engine import EvaluationEngine
 from axformer.inference import run_model
 from axformer.models.loading import load_model
 from axformer.search.acceptance import AxFormerAcceptance, MetricTolerance

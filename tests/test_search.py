@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from axformer.analysis.engine import CandidateResult
+from axformer.evaluation.engine import CandidateResult
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.trials import Trials
 from axformer.surgery.structure import ModelStructure

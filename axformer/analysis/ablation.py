@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from axformer.analysis.engine import CandidateResult, EvaluationEngine
+from axformer.evaluation.engine import CandidateResult, EvaluationEngine
 from axformer.surgery.components import neuron_group_range, parse
 from axformer.surgery.structure import ModelStructure
 

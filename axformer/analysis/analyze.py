@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from axformer.analysis.ablation import AblationRow, ablation_candidates, run_ablation
-from axformer.analysis.context import load_context
-from axformer.analysis.engine import EvaluationEngine
 from axformer.analysis.gradient import gradient_importance
 from axformer.analysis.quantization import QuantRow, run_quant_sensitivity
 from axformer.analysis.report import summary_markdown, write_heatmaps
 from axformer.analysis.similarity import layer_similarity
 from axformer.errors import AxformerError
+from axformer.evaluation.context import load_context
+from axformer.evaluation.engine import EvaluationEngine
 from axformer.models.loading import is_local
 from axformer.tasks.data import TaskData
 from axformer.utils.io import (

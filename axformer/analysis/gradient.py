@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from axformer.analysis.engine import EvaluationEngine
+from axformer.evaluation.engine import EvaluationEngine
 from axformer.inference import per_example_loss
 from axformer.surgery.components import neuron_group_range
 from axformer.surgery.masks import SoftMask

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from axformer.analysis.engine import EvaluationEngine
+from axformer.evaluation.engine import EvaluationEngine
 
 
 def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from axformer.analysis.engine import EvaluationEngine
+from axformer.evaluation.engine import EvaluationEngine
 
 
 @dataclass

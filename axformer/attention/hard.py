@@ -28,9 +28,10 @@ from transformers import AttentionInterface, PreTrainedModel
 from axformer.attention import kernels
 from axformer.errors import AxformerError
 from axformer.surgery.adapters import Adapter, get_adapter
+from axformer.surgery.prune import current_structure
+from axformer.surgery.recorded import ATTENTION_KEY, STRUCTURE_KEY, attention_settings
 
 IMPLEMENTATION = "axformer_approximate"
-CONFIG_KEY = "axformer_attention"
 
 
 def _approximate_attention(
@@ -109,8 +110,6 @@ class HardAttention:
 
 
 def _module(model: PreTrainedModel, adapter: Adapter, layer: int) -> nn.Module:
-    from axformer.surgery.prune import current_structure
-
     present = current_structure(model, adapter).present_layers
     if layer not in present:
         raise AxformerError(f"layer L{layer} is not in the model (removed); cannot approximate its attention")
@@ -151,20 +150,13 @@ def supports_approximate_attention(model: PreTrainedModel) -> bool:
 
 def set_attention(model: PreTrainedModel, settings: dict[int, dict]) -> None:
     """Install per-layer approximate attention (``{original layer: spec}``) and record it in the config."""
-    from axformer.surgery.prune import current_structure
-    from axformer.surgery.restore import STRUCTURE_KEY
-
     a = get_adapter(model)
     for layer, spec in settings.items():
         _set(_module(model, a, int(layer)), spec)
     if settings:
-        setattr(model.config, CONFIG_KEY, {str(k): v for k, v in sorted(settings.items())})
+        setattr(model.config, ATTENTION_KEY, {str(k): v for k, v in sorted(settings.items())})
         if getattr(model.config, STRUCTURE_KEY, None) is None:  # saved through the axformer path, so it reloads with it
             setattr(model.config, STRUCTURE_KEY, current_structure(model, a).to_dict())
-
-
-def attention_settings(config) -> dict[int, dict]:
-    return {int(k): v for k, v in (getattr(config, CONFIG_KEY, None) or {}).items()}
 
 
 def install_from_config(model: PreTrainedModel) -> None:

@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from axformer.benchmark.measure import Candidate, pad_to, peak_memory_mib, prepare, synthetic, time_candidates
+from axformer.benchmark.measure import Candidate, peak_memory_mib
 from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.data.batching import encode
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.inference import Outputs
 from axformer.models.loading import load_tokenizer, read_config_json
-from axformer.models.record import ModelRecord
+from axformer.models.record import ModelRecord, task_for
 from axformer.runtime.backends import ONNX_FILE, is_onnx_artifact, load_runnable, max_input_length, position_limit
+from axformer.runtime.timing import pad_to, prepare, synthetic, time_candidates
 from axformer.tasks.data import TaskData
-from axformer.tasks.sources import load_task_from_record
 from axformer.utils.io import write_json
 
 PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
@@ -173,13 +173,8 @@ def benchmark(
         if not Path(m).is_dir():
             raise AxformerError(f"model {m} does not exist; expected a model directory or an exported artifact")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     first = models[0]
-    record = ModelRecord.load(first)
-    if data is None:
-        if record.task is None:
-            raise AxformerError(f"model {first} records no task; pass --task (and --data-dir)")
-        data = load_task_from_record(record.task, data_dir)
+    data = task_for(first, data, data_dir)
     spec = data.spec
     dev_name, dev_split = next(iter(data.dev.items()))
     if not len(dev_split) or (not spec.is_regression and dev_split.labels.min() < 0):

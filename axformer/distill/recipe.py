@@ -21,8 +21,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from axformer.analysis.context import load_context
-from axformer.analysis.engine import EvaluationEngine
 from axformer.analysis.gradient import gradient_importance
 from axformer.data.batching import encode
 from axformer.distill.objective import DistillConfig
@@ -30,6 +28,8 @@ from axformer.distill.students import BUDGETS, prune_by_importance
 from axformer.distill.trainer import distill, teacher_task
 from axformer.errors import AxformerError
 from axformer.evaluation import score
+from axformer.evaluation.context import load_context
+from axformer.evaluation.engine import EvaluationEngine
 from axformer.inference import run_model
 from axformer.models.loading import load_tokenizer, save_model
 from axformer.models.record import ModelRecord

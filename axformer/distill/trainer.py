@@ -18,22 +18,16 @@ from axformer.distill.objective import DistillConfig, DistillObjective
 from axformer.distill.students import derive_student, layer_map, parse_layers
 from axformer.errors import AxformerError
 from axformer.models.loading import is_local, load_model, load_tokenizer
-from axformer.models.record import ModelRecord
+from axformer.models.record import ModelRecord, task_for
 from axformer.surgery.prune import current_structure
 from axformer.tasks.data import TaskData
-from axformer.tasks.sources import load_task_from_record
 from axformer.training.finetune import training_split
 from axformer.training.loop import FinetuneResult, train_model
 from axformer.utils.device import resolve_device
 
 
 def teacher_task(teacher: str, data: TaskData | None, data_dir) -> TaskData:
-    if data is not None:
-        return data
-    record = ModelRecord.load(teacher) if is_local(teacher) else ModelRecord()
-    if record.task is None:
-        raise AxformerError(f"teacher {teacher} records no task; pass --task (and --data-dir)")
-    return load_task_from_record(record.task, data_dir)
+    return task_for(teacher, data, data_dir, role="teacher")
 
 
 def _records_split(model: str, data: TaskData) -> bool:

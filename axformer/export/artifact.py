@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from axformer.analysis.context import load_context
 from axformer.errors import AxformerError
 from axformer.evaluation import score
+from axformer.evaluation.context import load_context
 from axformer.export.fusion import fuse
 from axformer.export.onnx_export import OPSET, export_onnx
 from axformer.export.precision import plan_mixed_precision
@@ -33,6 +33,7 @@ from axformer.export.quantize import apply_plan, convert_fp16, name_weight_nodes
 from axformer.inference import run_model
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import ONNX_FILE, OnnxModel
+from axformer.runtime.timing import prepare, time_candidates
 from axformer.tasks.data import TaskData
 from axformer.utils.io import atomic_output_dir, read_json, write_json
 
@@ -86,8 +87,8 @@ class _Sensitivity:
     def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
         todo = [c for c in components if f"{c}@int{bits}" not in self.rows]
         if todo:
-            from axformer.analysis.engine import EvaluationEngine
             from axformer.analysis.quantization import FakeQuant, encoder_linears
+            from axformer.evaluation.engine import EvaluationEngine
 
             engine = EvaluationEngine(self.ctx.model, self.ctx.encoded, self.ctx.data.spec, 64, self.ctx.device)
             try:
@@ -113,8 +114,6 @@ def _fastest(
 
     int8 is not always faster than fp32 (CPUs without VNNI, small matrices), so this is measured, never assumed.
     """
-    from axformer.benchmark.measure import prepare, time_candidates
-
     report, passing = {}, {}
     for name, path in artifacts.items():
         metric = evaluate(path).metrics[ctx.data.spec.main_metric]

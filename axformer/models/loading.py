@@ -25,7 +25,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from axformer.attention.hard import install_from_config
 from axformer.errors import AxformerError
+from axformer.surgery import restore as surgery_restore
+from axformer.surgery.restore import mark_if_not_stock
 from axformer.tasks.spec import TaskSpec
 
 log = logging.getLogger("axformer")
@@ -112,8 +115,6 @@ def load_model(
             raise AxformerError(f"model directory {path} does not exist")
         _check_local_dir(path, allow_pickle)
         model = str(path)
-    from axformer.surgery import restore as surgery_restore  # late import: surgery builds on this module
-
     config = (surgery_restore.load_config(model) if local else None) or _load_config(model)
     if surgery_restore.has_structure(config):
         if task is not None:
@@ -160,8 +161,6 @@ def load_model(
 
 
 def _install_approximations(net: PreTrainedModel) -> None:
-    from axformer.attention.hard import install_from_config
-
     install_from_config(net)
 
 
@@ -204,8 +203,6 @@ def save_model(model: PreTrainedModel, tokenizer, directory: str | os.PathLike) 
 
     A pruned model's per-layer structure is saved in its config and comes back with :func:`load_model`.
     """
-    from axformer.surgery.restore import mark_if_not_stock
-
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
     mark_if_not_stock(directory, model.config)

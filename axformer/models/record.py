@@ -8,11 +8,14 @@ from the same facts without the user repeating them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from axformer.errors import AxformerError
+from axformer.tasks.data import TaskData
+from axformer.tasks.sources import load_task_from_record
 from axformer.tasks.splits import SplitRecord
 from axformer.utils.io import read_json, write_json
 
@@ -60,3 +63,36 @@ class ModelRecord:
         if not path.is_file():
             return cls()
         return cls.from_dict(read_json(path))
+
+
+def require_model_dir(model: str | os.PathLike, role: str = "model") -> None:
+    """A local path that is not a model directory is named as such, not as a model that "records no task"."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise AxformerError(f"{role} directory {path} does not exist")
+    if not path.is_dir():
+        raise AxformerError(f"{role} {path} is a file; expected a model directory")
+    if not any((path / f).is_file() for f in ("config.json", "model.onnx", RECORD_FILE)):
+        raise AxformerError(
+            f"{path} is not a model directory (no config.json); expected a directory written by axformer "
+            "or by transformers' save_pretrained"
+        )
+
+
+def task_for(
+    model: str | os.PathLike,
+    data: TaskData | None = None,
+    data_dir: str | os.PathLike | None = None,
+    role: str = "model",
+) -> TaskData:
+    """``data`` when the user selected a task, else the task recorded with ``model`` (its data loaded again)."""
+    if data is not None:
+        return data
+    from axformer.models.loading import is_local
+
+    if is_local(model):
+        require_model_dir(model, role)
+    record = ModelRecord.load(model) if is_local(model) else ModelRecord()
+    if record.task is None:
+        raise AxformerError(f"{role} {model} records no task; pass --task (and --data-dir)")
+    return load_task_from_record(record.task, data_dir)

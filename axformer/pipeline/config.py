@@ -20,8 +20,24 @@ from typing import Any
 import yaml
 
 from axformer.errors import AxformerError
+from axformer.tasks.selection import TaskSelection
 
 STAGES = ("finetune", "analyze", "search", "export", "benchmark", "report")
+# each stage's directory under the output, and the file whose presence says the stage finished
+DIRS = {
+    "finetune": "1-finetuned",
+    "analyze": "2-analysis",
+    "search": "3-search",
+    "export": "4-export",
+    "benchmark": "5-benchmark",
+}
+MARKERS = {
+    "finetune": "metrics.json",
+    "analyze": "significance.json",
+    "search": "report.json",
+    "export": "export.json",
+    "benchmark": "benchmark.json",
+}
 SECTIONS = ("finetune", "analyze", "search", "export", "benchmark")
 DEFAULT_SCORERS = ("gradient", "similarity")
 RECIPE_KEYS = ("strategy", "student_layers", "heads", "ffn", "budget")
@@ -160,6 +176,13 @@ class PipelineConfig:
         self.benchmark = _resolved("benchmark", BenchmarkConfig, self.benchmark)
         if self.benchmark.get("lengths") is not None:
             self.benchmark["lengths"] = list(self.benchmark["lengths"])
+
+    def selection(self) -> TaskSelection:
+        """The task options of this config (all unset: the task recorded with the model)."""
+        values = {k: getattr(self, k) for k in TaskSelection.option_names()}
+        if values["text_column"] is not None:
+            values["text_column"] = tuple(values["text_column"])
+        return TaskSelection(**values)
 
     # ------------------------------------------------------------ stage configs
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from axformer.benchmark.pricing import price_note
 from axformer.demo import model_display_name
+from axformer.pipeline.config import DIRS
 from axformer.utils.io import read_json, write_json
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em
@@ -77,8 +78,6 @@ def _candidates_plot(search: dict, log: list[dict], main: str, path: Path) -> Pa
 
 def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> dict:
     """Write report.html and report.md into ``out``; returns the summary (also in summary.json)."""
-    from axformer.pipeline.run import DIRS
-
     md: list[str] = []
     body: list[str] = []
 

@@ -26,24 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from axformer.errors import AxformerError
-from axformer.pipeline.config import STAGES, PipelineConfig
+from axformer.pipeline.config import DIRS, MARKERS, STAGES, PipelineConfig
+from axformer.pipeline.report import write_report
+from axformer.tasks.selection import TaskSelection
 from axformer.utils.io import read_json, write_json
 
-DIRS = {
-    "finetune": "1-finetuned",
-    "analyze": "2-analysis",
-    "search": "3-search",
-    "export": "4-export",
-    "benchmark": "5-benchmark",
-}
-MARKERS = {
-    "finetune": "metrics.json",
-    "analyze": "significance.json",
-    "search": "report.json",
-    "export": "export.json",
-    "benchmark": "benchmark.json",
-}
-INPUT_KEYS = ("model", "task", "data_dir", "source", "train", "dev", "text_column", "label_column", "problem", "labels")
+INPUT_KEYS = ("model", *TaskSelection.option_names())
 PATH_KEYS = ("model", "data_dir", "train", "dev")
 
 
@@ -58,24 +46,6 @@ class PipelineResult:
 def default_output(model: str) -> Path:
     base = Path(model)
     return base.with_name(base.name + "-axformer")
-
-
-def _task_data(cfg: PipelineConfig):
-    from axformer.tasks.sources import task_data
-
-    if cfg.task is None and cfg.train is None and cfg.dev is None:
-        return None  # the task recorded with the model
-    return task_data(
-        cfg.task,
-        cfg.data_dir,
-        cfg.source,
-        cfg.train,
-        cfg.dev,
-        cfg.text_column,
-        cfg.label_column,
-        cfg.problem,
-        cfg.labels,
-    )
 
 
 def needs_finetuning(model: str, data) -> bool:
@@ -159,7 +129,7 @@ def run_pipeline(
         cfg.model = str(bundled_model_path())
     out = Path(cfg.output) if cfg.output else default_output(cfg.model)
     cfg.output = str(out)
-    data = _task_data(cfg)
+    data = cfg.selection().load_if_given()
     finetune_needed = needs_finetuning(cfg.model, data)
     if finetune_needed and data is None:
         raise AxformerError(
@@ -207,8 +177,6 @@ def run_pipeline(
     if exported is not None:
         stage("benchmark", lambda p: _benchmark([str(searched), str(exported)], model, data, cfg, p))
     if last == len(STAGES) - 1:
-        from axformer.pipeline.report import write_report
-
         result.summary = write_report(out, cfg, times, model, finetune_needed)
         result.ran.append("report")
     return result

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from axformer.analysis.engine import CandidateResult, PartialResult
+from axformer.evaluation.engine import CandidateResult, PartialResult
 
 
 @dataclass

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from axformer.analysis.engine import PartialResult
 from axformer.attention.hard import HardAttention
+from axformer.evaluation.engine import PartialResult
 from axformer.search.acceptance import AxFormerAcceptance
 from axformer.search.trials import Trials
 from axformer.surgery.components import neuron_group_range

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from axformer.attention.hard import MODES, set_attention, supports_approximate_attention
+from axformer.runtime.timing import interleaved_medians
 from axformer.surgery.prune import apply_structure, count_parameters
 from axformer.surgery.structure import ModelStructure
-from axformer.utils.timing import interleaved_medians
 
 
 def _features(s: ModelStructure) -> np.ndarray:

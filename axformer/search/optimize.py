@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from axformer.analysis.context import load_context
-from axformer.analysis.engine import EvaluationEngine
 from axformer.attention.hard import MODES, set_attention, supports_approximate_attention
 from axformer.data.batching import collate, encode, sorted_batches
 from axformer.errors import AxformerError
 from axformer.evaluation import score
+from axformer.evaluation.context import load_context
+from axformer.evaluation.engine import EvaluationEngine
 from axformer.inference import run_model
 from axformer.models.loading import is_local, load_model, save_model
+from axformer.runtime.timing import interleaved_medians
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.constraint import ConstraintSearchConfig, constraint_search
 from axformer.search.cost import CostModel, calibrate_latency, parameter_model
@@ -39,7 +40,6 @@ from axformer.search.trials import Trials
 from axformer.surgery.prune import count_parameters, current_structure, prune
 from axformer.tasks.data import TaskData
 from axformer.utils.io import atomic_output_dir, claim_work_dir, read_json, run_key, write_json
-from axformer.utils.timing import interleaved_medians
 
 GOALS = ("accuracy", "speed", "size")
 RECOVERY = ("continue", "pretrained", "distill")

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from axformer.analysis.engine import CandidateResult, Change, EarlyStop
 from axformer.errors import AxformerError
+from axformer.evaluation.engine import CandidateResult, Change, EarlyStop
 from axformer.utils.io import append_jsonl, read_jsonl
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from axformer.errors import AxformerError
 from axformer.surgery.adapters import Adapter, get_adapter
 from axformer.surgery.components import Component
-from axformer.surgery.restore import STRUCTURE_KEY
+from axformer.surgery.recorded import STRUCTURE_KEY
 from axformer.surgery.structure import ModelStructure
 
 

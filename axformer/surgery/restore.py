@@ -20,14 +20,10 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
 
 from axformer.errors import AxformerError
-
-STRUCTURE_KEY = "axformer_structure"
-PRUNED_MODEL_TYPE = "axformer-pruned"
-BASE_TYPE_KEY = "axformer_base_model_type"
-
-
-def has_structure(config: PretrainedConfig) -> bool:
-    return getattr(config, STRUCTURE_KEY, None) is not None
+from axformer.surgery.adapters import get_adapter
+from axformer.surgery.prune import apply_structure
+from axformer.surgery.recorded import BASE_TYPE_KEY, PRUNED_MODEL_TYPE, STRUCTURE_KEY, attention_settings, has_structure
+from axformer.surgery.structure import ModelStructure
 
 
 def load_config(path: str | Path) -> PretrainedConfig | None:
@@ -52,10 +48,6 @@ def load_config(path: str | Path) -> PretrainedConfig | None:
 
 def mark_if_not_stock(directory: str | Path, config: PretrainedConfig) -> bool:
     """After ``save_pretrained``: rewrite config.json's model_type when stock transformers cannot load it."""
-    from axformer.attention.hard import attention_settings
-    from axformer.surgery.adapters import get_adapter
-    from axformer.surgery.structure import ModelStructure
-
     approximated = bool(attention_settings(config))  # stock transformers would silently run dense attention
     if not has_structure(config) or (
         not approximated and get_adapter(config).is_stock(ModelStructure.from_dict(getattr(config, STRUCTURE_KEY)))
@@ -91,10 +83,6 @@ def _state_dict(path: Path, device) -> dict[str, torch.Tensor]:
 
 def load_pruned(model: str, config: PretrainedConfig, device) -> torch.nn.Module:
     """Rebuild a pruned model: stock modules at the original sizes, reduced to the saved structure, then its weights."""
-    from axformer.surgery.adapters import get_adapter
-    from axformer.surgery.prune import apply_structure
-    from axformer.surgery.structure import ModelStructure
-
     target = ModelStructure.from_dict(getattr(config, STRUCTURE_KEY))
     adapter = get_adapter(config)
     build = config.__class__.from_dict(config.to_dict())

@@ -411,35 +411,3 @@ def load_task_from_record(record: dict, data_dir: str | os.PathLike | None = Non
     if kind == "local" and data_dir is None and default_data_dir() is None:
         data_dir = src.get("data_dir")
     return load_task(record["name"], data_dir=data_dir, source="hub" if kind == "hub" and data_dir is None else "auto")
-
-
-def task_data(
-    task: str | None,
-    data_dir=None,
-    source: str = "auto",
-    train=None,
-    dev=None,
-    text_column=None,
-    label_column: str = "label",
-    problem: str = "classification",
-    labels: str | None = None,
-) -> TaskData:
-    """A benchmark task by name, or a custom task from train/dev files: what every command's task options mean."""
-    if train is not None or dev is not None or (task or "").lower() == "custom":
-        if train is None or dev is None:
-            raise AxformerError("a custom task needs both --train and --dev files")
-        if not text_column:
-            raise AxformerError("a custom task needs --text-column (once, or twice for sentence pairs)")
-        names = tuple(s.strip() for s in labels.split(",")) if labels else None
-        return load_custom(
-            train,
-            dev,
-            tuple(text_column),
-            label_column,
-            problem,
-            names,
-            name=task if task and task.lower() != "custom" else "custom",
-        )
-    if task is None:
-        raise AxformerError("missing --task; expected a task name (see 'axformer tasks') or --train/--dev files")
-    return load_task(task, data_dir, source)

@@ -12,11 +12,10 @@ from axformer.data.batching import Encoded, encode
 from axformer.errors import AxformerError
 from axformer.inference import Outputs, run_model
 from axformer.models.loading import is_local, load_tokenizer
-from axformer.models.record import ModelRecord
+from axformer.models.record import ModelRecord, task_for
 from axformer.runtime.backends import load_runnable
 from axformer.tasks.data import Split, TaskData
 from axformer.tasks.metrics import compute_metrics
-from axformer.tasks.sources import load_task_from_record
 from axformer.tasks.spec import TaskSpec
 from axformer.tasks.splits import SplitRecord, apply_split, make_heldout_split
 from axformer.utils.device import resolve_device
@@ -107,10 +106,7 @@ def evaluate(
     The task and held-out split default to the ones recorded with the model.
     """
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
-    if data is None:
-        if record.task is None:
-            raise AxformerError(f"model {model} records no task; pass --task (and --data-dir)")
-        data = load_task_from_record(record.task, data_dir)
+    data = task_for(model, data, data_dir)
     spec = data.spec
     split_record = record.split
     if split_record is None and "heldout" in splits:

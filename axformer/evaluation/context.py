@@ -13,9 +13,8 @@ from transformers import PreTrainedModel
 from axformer.data.batching import Encoded, encode
 from axformer.errors import AxformerError
 from axformer.models.loading import is_local, load_model, load_tokenizer
-from axformer.models.record import ModelRecord
+from axformer.models.record import ModelRecord, task_for
 from axformer.tasks.data import Split, TaskData
-from axformer.tasks.sources import load_task_from_record
 from axformer.tasks.splits import SplitRecord, apply_split, make_heldout_split, subsample
 from axformer.utils.device import resolve_device
 
@@ -59,10 +58,7 @@ def load_context(
     """Load the model and its task, and pick the held-out examples (the split recorded with the model)."""
     model = str(model)
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
-    if data is None:
-        if record.task is None:
-            raise AxformerError(f"model {model} records no task; pass --task (and --data-dir)")
-        data = load_task_from_record(record.task, data_dir)
+    data = task_for(model, data, data_dir)
     warnings: list[str] = []
     split = record.split
     if split is not None and record.task is not None and record.task.get("name") != data.spec.name:

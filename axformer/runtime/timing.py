@@ -1,0 +1,124 @@
+"""Timing models on real or synthetic inputs, in a way that survives a noisy shared machine.
+
+Variants are timed in interleaved rounds (A B C A B C ...) after a warm-up, so
+that a slow spell hits all of them alike; figures are medians (or percentiles
+over every request of every round), and results are reported as ratios against
+a baseline measured in the same run. CUDA work is synchronised before each
+clock read. Used by the export (which artifact is fastest here), the search's
+cost calibration and report, and the benchmark.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from axformer.data.batching import Encoded, collate, sorted_batches
+
+
+def _sync() -> None:
+    """CUDA kernels run asynchronously: a timer must wait for them, or it measures only the launches."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 3, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed in ``rounds`` interleaved rounds of ``repeats`` calls."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                _sync()
+                samples[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+@dataclass
+class Timing:
+    latency_ms: list[float] = field(default_factory=list)  # per request, all rounds
+    throughput: list[float] = field(default_factory=list)  # examples/s per round
+
+    def summary(self) -> dict[str, float | None]:
+        lat = np.asarray(self.latency_ms)
+        return {
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+            "throughput_per_s": float(statistics.median(self.throughput)) if self.throughput else None,
+        }
+
+
+def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a dynamically padded batch to a fixed length (the out-of-the-box baseline)."""
+    width = batch["input_ids"].shape[1]
+    if width >= length:
+        return batch
+    extra = length - width
+    out = {}
+    for k, v in batch.items():
+        fill = pad_id if k == "input_ids" else 0
+        out[k] = torch.cat([v, torch.full((v.shape[0], extra), fill, dtype=v.dtype)], dim=1)
+    return out
+
+
+def synthetic(length: int, n: int, vocab: int, pad_id: int, seed: int = 0) -> Encoded:
+    """``n`` inputs of exactly ``length`` tokens (fixed-length timing; the token values do not affect speed)."""
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(1000 if vocab > 2000 else 5, vocab, size=length).astype(np.int64) for _ in range(n)]
+    return Encoded(ids, [np.zeros(length, np.int64) for _ in range(n)], np.zeros(n, np.int64), pad_id)
+
+
+def prepare(
+    enc: Encoded, batch_size: int, padded_to: int | None, pad_id: int, n: int | None = None
+) -> list[dict[str, torch.Tensor]]:
+    idx = np.arange(len(enc)) if n is None else np.arange(min(n, len(enc)))
+    sub = enc.subset(idx)
+    batches = [
+        collate(sub, b, "cpu", with_labels=False)
+        for b in (
+            sorted_batches(sub.lengths, batch_size) if batch_size > 1 else [np.array([i]) for i in range(len(sub))]
+        )
+    ]
+    return [pad_to(b, padded_to, pad_id) for b in batches] if padded_to else batches
+
+
+@torch.inference_mode()
+def time_candidates(
+    models: dict[str, object],
+    single: dict[str, list[dict]],
+    big: dict[str, list[dict]],
+    rounds: int = 5,
+    warmup: int = 1,
+) -> dict[str, Timing]:
+    """Interleaved rounds: batch-1 requests one by one (latency), then the batch-32 pass (throughput)."""
+    out = {k: Timing() for k in models}
+    for r in range(warmup + rounds):
+        for name, model in models.items():
+            lat = []
+            for b in single[name]:
+                t0 = time.perf_counter()
+                model(**b)
+                _sync()
+                lat.append(1e3 * (time.perf_counter() - t0))
+            n = sum(len(b["input_ids"]) for b in big[name])
+            t0 = time.perf_counter()
+            for b in big[name]:
+                model(**b)
+            _sync()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                out[name].latency_ms += lat
+                out[name].throughput.append(n / dt if dt > 0 else float("inf"))
+    return out
