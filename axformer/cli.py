@@ -104,10 +104,10 @@ def task_options(unset_defaults: bool = False):
             values = {n: kwargs.pop(n) for n, _, _ in _TASK_PARAMS}
             for key in ("data_dir", "train", "dev"):
                 values[key] = str(values[key]) if values[key] is not None else None
+            if unset_defaults:  # plain values for the pipeline's config (written as YAML, compared on resume)
+                return fn(**kwargs, selection={k: v for k, v in values.items() if v is not None})
             if values["text_column"] is not None:
                 values["text_column"] = tuple(values["text_column"])
-            if unset_defaults:
-                return fn(**kwargs, selection={k: v for k, v in values.items() if v is not None})
             return fn(**kwargs, selection=TaskSelection(**values))
 
         params = own + added

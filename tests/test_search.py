@@ -262,7 +262,8 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert log.exists() and not (tmp_path / "killed" / "3-search").exists()
-    subprocess.run(args, check=True, env=env, capture_output=True)
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = json.loads((tmp_path / "killed" / "3-search" / "report.json").read_text())
     assert resumed["search"]["from_log"] >= 3 and resumed["search"]["resumed"]
     assert (resumed["removed"], resumed["attention"]) == (straight["removed"], straight["attention"])

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from axformer.evaluation.engine import CandidateResult, EvaluationEngine
-from axformer.surgery.components import neuron_group_range, parse
+from axformer.surgery.components import block_name, layer_name, parse
 from axformer.surgery.structure import ModelStructure
 
 
@@ -41,18 +41,11 @@ def ablation_candidates(structure: ModelStructure, groups: int = 12) -> list[str
     names: list[str] = []
     for i in reversed(structure.present_layers):
         layer = structure.layers[i]
-        names.append(f"L{i}")
+        names.append(layer_name(i))
         if layer.neurons:
-            names.append(f"L{i}.ffn")
-            present = set(layer.neurons)
-            names += [
-                f"L{i}.ffn.group{g}of{groups}"
-                for g in range(groups)
-                if present & set(neuron_group_range(g, groups, structure.ffn_dim))
-            ]
+            names += [block_name(i, "ffn"), *structure.group_names(i, groups)]
         if layer.heads:
-            names.append(f"L{i}.attn")
-            names += [f"L{i}.attn.head{h}" for h in layer.heads]
+            names += [block_name(i, "attn"), *structure.head_names(i)]
     return names
 
 

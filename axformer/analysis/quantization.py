@@ -63,21 +63,12 @@ class FakeQuant:
 
 
 def encoder_linears(engine: EvaluationEngine) -> list[tuple[int, str, str]]:
-    """(original layer, short name, module path) of every weight matrix in the encoder's layers."""
-    model, a, st = engine.model, engine.adapter, engine.structure
-    paths = {id(m): n for n, m in model.named_modules()}
-    out = []
-    for module, orig in zip(a.layers(model), st.present_layers):
-        att, ffn = a.attention(module), a.ffn(module)
-        if att is not None:
-            if att.q is att.k:
-                out.append((orig, f"L{orig}.attn.qkv", paths[id(att.q)]))
-            else:
-                out += [(orig, f"L{orig}.attn.{k}", paths[id(getattr(att, k))]) for k in ("q", "k", "v")]
-            out.append((orig, f"L{orig}.attn.o", paths[id(att.o)]))
-        if ffn is not None:
-            out += [(orig, f"L{orig}.ffn.up", paths[id(ffn.up)]), (orig, f"L{orig}.ffn.down", paths[id(ffn.down)])]
-    return out
+    """(original layer, matrix name, module path) of every weight matrix in the encoder's layers."""
+    paths = {id(m): n for n, m in engine.model.named_modules()}
+    return [
+        (orig, name, paths[id(linear)])
+        for orig, name, linear in engine.adapter.named_linears(engine.model, engine.structure.present_layers)
+    ]
 
 
 @dataclass

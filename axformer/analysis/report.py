@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from axformer.surgery.components import layer_name
+
 HEATMAP_FILES = {"heads": "heatmap_heads.png", "groups": "heatmap_ffn_groups.png", "blocks": "blocks.png"}
 SCORE_FILES = {"heads": "gradient_heads.png", "groups": "gradient_ffn_groups.png", "layers": "layer_scores.png"}
 
@@ -68,7 +70,7 @@ def _heatmap(
         norm, cmap, fmt = Normalize(-vmax * scale, vmax * scale), "RdBu_r", (lambda v: f"{v * scale:+.1f}")
     im = ax.imshow(np.ma.masked_invalid(grid * scale), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(W), xlabels, fontsize=7)
-    ax.set_yticks(range(L), [f"L{i}" for i in range(L)], fontsize=8)
+    ax.set_yticks(range(L), [layer_name(i) for i in range(L)], fontsize=8)
     ax.set_title(title, fontsize=9)
     for (r, c), v in np.ndenumerate(grid):
         if np.isfinite(v):
@@ -98,7 +100,7 @@ def _layer_scores_plot(sig: dict, path: Path) -> None:
         x = np.arange(L)
         for j, part in enumerate(("layer", "attn", "ffn")):
             ax.bar(x + (j - 1) * 0.27, np.nan_to_num(np.asarray(scores[part], dtype=float)), width=0.27, label=part)
-        ax.set_xticks(x, [f"L{i}" for i in range(L)], fontsize=8)
+        ax.set_xticks(x, [layer_name(i) for i in range(L)], fontsize=8)
         ax.set_title(
             "gradient importance |dL/dgate|" if name == "gradient" else "1 - cosine(input, output)", fontsize=9
         )

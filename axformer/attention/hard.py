@@ -28,6 +28,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from axformer.attention import kernels
 from axformer.errors import AxformerError
 from axformer.surgery.adapters import Adapter, get_adapter
+from axformer.surgery.components import layer_name, part_name
 from axformer.surgery.prune import current_structure
 from axformer.surgery.recorded import ATTENTION_KEY, STRUCTURE_KEY, attention_settings
 
@@ -90,7 +91,7 @@ class HardAttention:
 
     @property
     def key(self) -> str:
-        return f"L{self.layer}.attn.{'top' if self.mode == 'topk' else 'sign'}{self.k}" + (
+        return part_name(self.layer, "attn", f"{'top' if self.mode == 'topk' else 'sign'}{self.k}") + (
             "r" if self.renormalize and self.mode == "topk" else ""
         )
 
@@ -112,7 +113,9 @@ class HardAttention:
 def _module(model: PreTrainedModel, adapter: Adapter, layer: int) -> nn.Module:
     present = current_structure(model, adapter).present_layers
     if layer not in present:
-        raise AxformerError(f"layer L{layer} is not in the model (removed); cannot approximate its attention")
+        raise AxformerError(
+            f"layer {layer_name(layer)} is not in the model (removed); cannot approximate its attention"
+        )
     module = adapter.attention_kernel(adapter.layers(model)[present.index(layer)])
     if module is None:
         raise AxformerError(

@@ -34,6 +34,8 @@ from axformer.inference import run_model
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import ONNX_FILE, OnnxModel
 from axformer.runtime.timing import prepare, time_candidates
+from axformer.surgery.adapters import get_adapter
+from axformer.surgery.prune import current_structure
 from axformer.tasks.data import TaskData
 from axformer.utils.io import atomic_output_dir, read_json, write_json
 
@@ -136,20 +138,11 @@ def _fastest(
 
 
 def _linear_weights(model) -> dict[str, np.ndarray]:
-    from axformer.surgery.adapters import get_adapter
-    from axformer.surgery.prune import current_structure
-
-    adapter, st = get_adapter(model), current_structure(model)
-    out = {}
-    for module, orig in zip(adapter.layers(model), st.present_layers):
-        att, ffn = adapter.attention(module), adapter.ffn(module)
-        if att is not None:
-            for k in ("q", "k", "v", "o"):
-                out[f"L{orig}.attn.{k}"] = getattr(att, k).weight.detach().cpu().numpy()
-        if ffn is not None:
-            out[f"L{orig}.ffn.up"] = ffn.up.weight.detach().cpu().numpy()
-            out[f"L{orig}.ffn.down"] = ffn.down.weight.detach().cpu().numpy()
-    return out
+    adapter = get_adapter(model)
+    return {
+        name: linear.weight.detach().cpu().numpy()
+        for _, name, linear in adapter.named_linears(model, current_structure(model).present_layers)
+    }
 
 
 def export_model(

@@ -22,7 +22,7 @@ from axformer.attention.hard import HardAttention
 from axformer.evaluation.engine import PartialResult
 from axformer.search.acceptance import AxFormerAcceptance
 from axformer.search.trials import Trials
-from axformer.surgery.components import neuron_group_range
+from axformer.surgery.components import block_name
 
 
 @dataclass
@@ -92,12 +92,12 @@ def accuracy_search(
         if ls is None:
             continue
         for block, units in (
-            ("ffn", _groups(structure, layer, config.groups)),
-            ("attn", [f"L{layer}.attn.head{h}" for h in ls.heads]),
+            ("ffn", structure.group_names(layer, config.groups)),
+            ("attn", structure.head_names(layer)),
         ):
             if (block == "ffn" and not ls.neurons) or (block == "attn" and not ls.heads):
                 continue
-            name = f"L{layer}.{block}"
+            name = block_name(layer, block)
             d = trials.run(f"prune_{block}", removed=[name], rule=rule, stop=descend)
             if d.accepted:
                 accept(d, removed=[name])
@@ -112,12 +112,3 @@ def accuracy_search(
                     out.removed.append(unit)
     out.min_loss = rule.min_loss
     return out
-
-
-def _groups(structure, layer: int, groups: int) -> list[str]:
-    present = set(structure.layers[layer].neurons)
-    return [
-        f"L{layer}.ffn.group{g}of{groups}"
-        for g in range(groups)
-        if present & set(neuron_group_range(g, groups, structure.ffn_dim))
-    ]

@@ -26,7 +26,7 @@ from axformer.analysis.gradient import gradient_importance
 from axformer.search.acceptance import MetricTolerance
 from axformer.search.cost import CostModel
 from axformer.search.trials import Trials
-from axformer.surgery.components import neuron_group_range
+from axformer.surgery.components import block_name, layer_name, neuron_group_range, parse
 from axformer.surgery.structure import ModelStructure
 
 PHASES = (("layer",), ("attn", "ffn"), ("head", "group"))
@@ -77,26 +77,19 @@ def _units(structure: ModelStructure, kind: str, groups: int) -> list[str]:
     for i in structure.present_layers:
         ls = structure.layers[i]
         if kind == "layer":
-            out.append(f"L{i}")
+            out.append(layer_name(i))
         elif kind == "attn" and ls.heads:
-            out.append(f"L{i}.attn")
+            out.append(block_name(i, "attn"))
         elif kind == "ffn" and ls.neurons:
-            out.append(f"L{i}.ffn")
+            out.append(block_name(i, "ffn"))
         elif kind == "head":
-            out += [f"L{i}.attn.head{h}" for h in ls.heads]
+            out += structure.head_names(i)
         elif kind == "group":
-            present = set(ls.neurons)
-            out += [
-                f"L{i}.ffn.group{g}of{groups}"
-                for g in range(groups)
-                if present & set(neuron_group_range(g, groups, structure.ffn_dim))
-            ]
+            out += structure.group_names(i, groups)
     return out
 
 
 def _significance(imp, name: str, structure: ModelStructure, groups: int) -> float:
-    from axformer.surgery.components import parse
-
     c = parse(name)
     table = {"layer": imp.layer, "attn": imp.attn, "ffn": imp.ffn}
     if c.kind in table:

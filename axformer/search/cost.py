@@ -23,6 +23,7 @@ import torch
 
 from axformer.attention.hard import MODES, set_attention, supports_approximate_attention
 from axformer.runtime.timing import interleaved_medians
+from axformer.surgery.components import block_name, head_name, layer_name, neuron_name
 from axformer.surgery.prune import apply_structure, count_parameters
 from axformer.surgery.structure import ModelStructure
 
@@ -64,15 +65,15 @@ class CostModel:
 
 def _variants(s: ModelStructure) -> dict[str, ModelStructure]:
     present = s.present_layers
-    half_heads = [f"L{l}.attn.head{h}" for l in present for h in s.layers[l].heads[len(s.layers[l].heads) // 2 :]]
-    half_ffn = [f"L{l}.ffn.neuron{n}" for l in present for n in s.layers[l].neurons[len(s.layers[l].neurons) // 2 :]]
+    half_heads = [head_name(l, h) for l in present for h in s.layers[l].heads[len(s.layers[l].heads) // 2 :]]
+    half_ffn = [neuron_name(l, n) for l in present for n in s.layers[l].neurons[len(s.layers[l].neurons) // 2 :]]
     upper = present[len(present) // 2 :]
     return {
         "unchanged": s,
         "half the heads": s.removed(half_heads),
         "half the FFN": s.removed(half_ffn),
-        "half the layers": s.removed([f"L{l}" for l in upper]),
-        "no attention in half the layers": s.removed([f"L{l}.attn" for l in upper]),
+        "half the layers": s.removed([layer_name(l) for l in upper]),
+        "no attention in half the layers": s.removed([block_name(l, "attn") for l in upper]),
         "quarter heads and FFN": s.removed(half_heads[: len(half_heads) // 2] + half_ffn[len(half_ffn) // 2 :]),
     }
 

@@ -73,6 +73,33 @@ def parse(name: str | Component) -> Component:
     return Component(layer, sub, int(idx))
 
 
+def layer_name(layer: int) -> str:
+    return Component(layer, "layer").name
+
+
+def block_name(layer: int, block: str) -> str:
+    """``block``: "attn" or "ffn"."""
+    return Component(layer, block).name
+
+
+def head_name(layer: int, index: int) -> str:
+    return Component(layer, "head", index).name
+
+
+def group_name(layer: int, index: int, groups: int) -> str:
+    return Component(layer, "group", index, groups).name
+
+
+def neuron_name(layer: int, index: int) -> str:
+    return Component(layer, "neuron", index).name
+
+
+def part_name(layer: int, block: str, part: str) -> str:
+    """A named part of a block that is not a removable component: a weight matrix (``L3.attn.q``, ``L3.attn.qkv``
+    when fused, ``L3.ffn.up``) or a setting (``L3.attn.top30``: approximate attention)."""
+    return f"{block_name(layer, block)}.{part}"
+
+
 def head(layer: int, index: int) -> Component:
     return Component(layer, "head", index)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from axformer.errors import AxformerError
-from axformer.surgery.components import Component, neuron_group_range, parse
+from axformer.surgery.components import Component, group_name, head_name, neuron_group_range, parse
 
 
 @dataclass
@@ -74,6 +74,23 @@ class ModelStructure:
     @property
     def present_layers(self) -> list[int]:
         return [i for i, l in enumerate(self.layers) if l is not None]
+
+    def head_names(self, layer: int) -> list[str]:
+        """The heads of ``layer`` still present, by name."""
+        ls = self.layers[layer]
+        return [] if ls is None else [head_name(layer, h) for h in ls.heads]
+
+    def group_names(self, layer: int, groups: int) -> list[str]:
+        """The FFN neuron groups of ``layer`` (of ``groups`` per layer) that still hold at least one neuron."""
+        ls = self.layers[layer]
+        if ls is None:
+            return []
+        present = set(ls.neurons)
+        return [
+            group_name(layer, g, groups)
+            for g in range(groups)
+            if present & set(neuron_group_range(g, groups, self.ffn_dim))
+        ]
 
     def copy(self) -> ModelStructure:
         return ModelStructure(

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from axformer.surgery.components import part_name
+
 
 @dataclass
 class AttentionParts:
@@ -117,6 +119,25 @@ class Adapter:
 
     def ffn(self, layer: nn.Module) -> FFNParts | None:
         raise NotImplementedError
+
+    def named_linears(self, model: PreTrainedModel, present_layers: list[int]) -> list[tuple[int, str, nn.Linear]]:
+        """(original layer, matrix name, module) of every weight matrix of the encoder's layers, in order.
+
+        A fused QKV projection (ModernBERT) is one matrix, ``L3.attn.qkv``: quantization sensitivity, mixed
+        precision and ONNX node naming all see the same list.
+        """
+        out: list[tuple[int, str, nn.Linear]] = []
+        for module, orig in zip(self.layers(model), present_layers):
+            att, ffn = self.attention(module), self.ffn(module)
+            if att is not None:
+                if att.q is att.k:
+                    out.append((orig, part_name(orig, "attn", "qkv"), att.q))
+                else:
+                    out += [(orig, part_name(orig, "attn", k), getattr(att, k)) for k in ("q", "k", "v")]
+                out.append((orig, part_name(orig, "attn", "o"), att.o))
+            if ffn is not None:
+                out += [(orig, part_name(orig, "ffn", k), getattr(ffn, k)) for k in ("up", "down")]
+        return out
 
     def attention_kernel(self, layer: nn.Module) -> nn.Module | None:
         """The module that calls transformers' attention interface (where approximate attention plugs in),
