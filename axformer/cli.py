@@ -118,6 +118,21 @@ def task_options(unset_defaults: bool = False):
     return decorate
 
 
+def _check_inputs(output: Path | None, models: list[str | None], selection: TaskSelection | None = None) -> None:
+    """Before any data is loaded or anything written: every local model argument is a model directory, and the
+    output would overwrite none of the inputs."""
+    from axformer.models.loading import is_local
+    from axformer.models.record import require_model_dir
+    from axformer.utils.io import refuse_overwriting_inputs
+
+    for m in models:
+        if m is not None and is_local(m):
+            require_model_dir(m)
+    if output is not None:
+        extra = [selection.train, selection.dev, selection.data_dir] if selection is not None else []
+        refuse_overwriting_inputs(output, [*models, *extra])
+
+
 def _print_evaluation(evaluation, title: str) -> None:
     table = Table(title=title)
     table.add_column("split")
@@ -203,6 +218,8 @@ def finetune_cmd(
     """Fine-tune a model on a task (conventional baseline), selecting the best checkpoint on the held-out split."""
     from axformer.training.finetune import FinetuneConfig, finetune
 
+    _check_inputs(output, [model], selection)
+
     if output.exists() and not overwrite:
         raise AxformerError(
             f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
@@ -261,9 +278,10 @@ def evaluate_cmd(
     from axformer.evaluation import evaluate
     from axformer.models.loading import is_local
 
-    data = selection.load_if_given()
     if output is None:
         output = Path(model) / "eval" if is_local(model) else Path("eval-" + model.replace("/", "-"))
+    _check_inputs(output, [model], selection)
+    data = selection.load_if_given()
     result = evaluate(
         model,
         data,
@@ -336,6 +354,7 @@ def analyze_cmd(
     )
     config.validate()
     output = output or default_output(model)
+    _check_inputs(output, [model], selection)
     if output.exists() and not overwrite:
         raise AxformerError(
             f"output directory {output} already exists; pass --overwrite to replace it or choose another --output"
@@ -639,6 +658,7 @@ def optimize_cmd(
     }
     cfg = PipelineConfig.build(config_file, preset, overrides)
     if overwrite and cfg.output and Path(cfg.output).exists():
+        _check_inputs(Path(cfg.output), [cfg.model], cfg.selection())
         shutil.rmtree(cfg.output)
     result = run_pipeline(cfg, from_stage, until_stage, progress=lambda m: console.print(m))
     out = result.output
@@ -709,6 +729,8 @@ def distill_cmd(
     selects the checkpoint.
     """
     from axformer.distill import DistillConfig, distill
+
+    _check_inputs(output, [teacher, student], selection)
 
     if output.exists() and not overwrite:
         raise AxformerError(
@@ -801,6 +823,8 @@ def export_cmd(
 ) -> None:
     """Export to ONNX with graph fusion and int8/fp16/mixed precision, validated on the held-out split."""
     from axformer.export.artifact import ExportConfig, export_model
+
+    _check_inputs(output, [model], selection)
 
     config = ExportConfig(
         precision=precision,
@@ -916,6 +940,7 @@ def benchmark_cmd(
     config.validate()
     data = selection.load_if_given()
     output = output or Path(str(Path(models[0])) + "-benchmark")
+    _check_inputs(output, list(models), selection)
     result = benchmark(
         models, output, data, selection.data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]")
     )
@@ -948,10 +973,17 @@ def prune_cmd(
     from axformer.surgery.prune import count_parameters, current_structure, prune
     from axformer.utils.io import atomic_output_dir
 
+    _check_inputs(output, [model])
     names = [n.strip() for item in remove for n in item.split(",") if n.strip()]
     net = load_model(model, allow_pickle=allow_pickle)
     tok = load_tokenizer(model)
-    before_p, before_f = count_parameters(net), current_structure(net).flops_per_token()
+    before = current_structure(net)
+    if not before.removed(names).present_layers:
+        raise AxformerError(
+            f"removing {', '.join(names)} leaves no encoder layer in {model}; keep at least one layer "
+            "(a model without layers is a bag-of-embeddings classifier, not a pruned encoder)"
+        )
+    before_p, before_f = count_parameters(net), before.flops_per_token()
     structure = prune(net, names)
     with atomic_output_dir(output, overwrite=overwrite, keep_partial=False) as work:
         save_model(net, tok, work)

@@ -57,7 +57,7 @@ def remeasure(models_by_task: dict[str, dict[str, Path]], args) -> dict:
     from axformer.data.batching import encode
     from axformer.evaluation.context import load_context
     from axformer.models.loading import load_model
-    from axformer.search.optimize import measure_latency
+    from axformer.runtime.timing import measure_latency
 
     result = {
         "command": "python benchmarks/optimize_glue.py --remeasure",

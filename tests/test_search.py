@@ -309,22 +309,23 @@ def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(t
     from axformer.errors import AxformerError
     from axformer.models.loading import load_model
     from axformer.models.record import ModelRecord
-    from axformer.search.optimize import OptimizeConfig, optimize, pretrained_origin
+    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.search.recovery import pretrained_origin
     from axformer.surgery.prune import current_structure, prune
 
     model, data, _ = tuned_tiny
     origin = pretrained_origin(ModelRecord.load(model))
     assert origin is not None
     started = []
-    import axformer.training.finetune as ft
+    import axformer.search.recovery as recovery
 
-    real = ft.finetune
+    real = recovery.finetune
 
     def spy(start, *a, **k):
         started.append(load_model(start))
         return real(start, *a, **k)
 
-    monkeypatch.setattr(ft, "finetune", spy)
+    monkeypatch.setattr(recovery, "finetune", spy)
     cfg = OptimizeConfig(
         goal="size",
         max_drop=3.0,

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from axformer.errors import AxformerError
+from axformer.models.loading import is_local
+from axformer.models.record import require_model_dir
 from axformer.pipeline.config import DIRS, MARKERS, STAGES, PipelineConfig
 from axformer.pipeline.report import write_report
 from axformer.tasks.selection import TaskSelection
-from axformer.utils.io import read_json, write_json
+from axformer.utils.io import read_json, refuse_overwriting_inputs, write_json
 
 INPUT_KEYS = ("model", *TaskSelection.option_names())
 PATH_KEYS = ("model", "data_dir", "train", "dev")
@@ -129,6 +131,9 @@ def run_pipeline(
         cfg.model = str(bundled_model_path())
     out = Path(cfg.output) if cfg.output else default_output(cfg.model)
     cfg.output = str(out)
+    if is_local(cfg.model):
+        require_model_dir(cfg.model)
+    refuse_overwriting_inputs(out, [cfg.model, cfg.train, cfg.dev, cfg.data_dir])
     data = cfg.selection().load_if_given()
     finetune_needed = needs_finetuning(cfg.model, data)
     if finetune_needed and data is None:
@@ -223,7 +228,6 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     from axformer.search.optimize import optimize
 
     config = cfg.stage_config("search")
-    config.progress = False
     optimize(model, data, cfg.data_dir, path, config)
 
 

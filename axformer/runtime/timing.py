@@ -122,3 +122,28 @@ def time_candidates(
                 out[name].latency_ms += lat
                 out[name].throughput.append(n / dt if dt > 0 else float("inf"))
     return out
+
+
+@torch.inference_mode()
+def measure_latency(models: dict, enc, n_single: int, device, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Batch-1 latency over dev texts (each padded to its own length) and batch-32 per-example time, interleaved.
+
+    Every model of ``models`` is timed in the same rounds, so their ratios hold even when the machine is shared;
+    absolute figures do not (two processes on two cores make each call several times slower, unevenly)."""
+    single = [collate(enc, np.array([i]), device, with_labels=False) for i in range(min(n_single, len(enc)))]
+    big = [collate(enc, idx, device, with_labels=False) for idx in sorted_batches(enc.lengths, 32)[:4]]
+    n_big = sum(len(b["input_ids"]) for b in big)
+
+    def loop(m, batches):
+        def fn():
+            for b in batches:
+                m(**b)
+
+        return fn
+
+    b1 = interleaved_medians({k: loop(m, single) for k, m in models.items()}, repeats=1, rounds=rounds, warmup=1)
+    b32 = interleaved_medians({k: loop(m, big) for k, m in models.items()}, repeats=1, rounds=rounds, warmup=1)
+    return {
+        k: {"batch1_ms": 1e3 * b1[k] / max(len(single), 1), "batch32_ms_per_example": 1e3 * b32[k] / max(n_big, 1)}
+        for k in models
+    }

@@ -112,3 +112,14 @@ def accuracy_search(
                     out.removed.append(unit)
     out.min_loss = rule.min_loss
     return out
+
+
+def trial_bound(structure, config: AccuracySearchConfig, hard_attention_supported: bool = True) -> int:
+    """The most trials this search can make (each block, then each of its units, once; each attention mode once)."""
+    attention_layers = config.attention_layers if config.attention_layers is not None else structure.present_layers
+    n = len(attention_layers) * len(config.attention_modes) if config.hard_attention and hard_attention_supported else 0
+    layers = config.prune_layers if config.prune_layers is not None else structure.present_layers
+    for layer in layers:
+        if structure.layers[layer] is not None:
+            n += 2 + len(structure.group_names(layer, config.groups)) + len(structure.head_names(layer))
+    return n

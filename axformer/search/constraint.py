@@ -203,3 +203,10 @@ def _approximate_attention_phase(
             if d.accepted:
                 trials.accept((), [change])
                 out.attention[layer] = change.spec()
+
+
+def trial_bound(structure: ModelStructure, config: ConstraintSearchConfig) -> int:
+    """The most trials this search can make: every unit of every phase once, then each attention mode per layer."""
+    units = sum(len(_units(structure, kind, config.groups)) for kinds in PHASES for kind in kinds)
+    attention = len(structure.present_layers) * len(config.attention_modes) if config.goal == "speed" else 0
+    return units + attention

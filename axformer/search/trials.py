@@ -32,6 +32,31 @@ class Decision:
 
 
 class Trials:
+    def progress(self, total: int, description: str = "search") -> None:
+        """Show a bar: trials done out of the search's upper bound (so its ETA is an upper bound too), with the
+        accepted count and the best main metric so far."""
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc=description, unit="trial", dynamic_ncols=True)
+        self._best: float | None = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _tick(self, d: Decision) -> None:
+        if self._bar is None:
+            return
+        if d.accepted and d.metric is not None:
+            self._best = d.metric if self._best is None else d.metric
+        accepted = sum(x.accepted for x in self.decisions)
+        best = f"{self._best:.2f}" if self._best is not None else "-"
+        self._bar.set_postfix_str(
+            f"accepted {accepted}, {self.main_metric} of the accepted model {best}", refresh=False
+        )
+        self._bar.update(1)
+
     def __init__(
         self, engine, log_path: str | Path | None, main_metric: str, on_accept: Callable[[Trials], None] | None = None
     ) -> None:
@@ -45,6 +70,7 @@ class Trials:
         self._base_dirty = False
         self.decisions: list[Decision] = []
         self.on_accept = on_accept
+        self._bar = None
 
     def accept(self, removed: Sequence[str] = (), changes: Sequence[Change] = ()) -> None:
         self.removed += list(removed)
@@ -85,6 +111,7 @@ class Trials:
                 )
             d = Decision(n, stage, name, row["accepted"], row["mean_loss"], row.get("metric"), row["complete"], True)
             self.decisions.append(d)
+            self._tick(d)
             return d
         self.sync_base()
         t0 = time.perf_counter()
@@ -114,4 +141,5 @@ class Trials:
                 },
             )
         self.decisions.append(d)
+        self._tick(d)
         return d

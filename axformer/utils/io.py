@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +125,16 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
         tmp.write_text("".join(json.dumps(r, default=_default) + "\n" for r in rows))
         tmp.replace(path)
     return rows
+
+
+def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """No command may write its output over one of its inputs: not onto an input, and not onto a directory
+    that holds one (replacing it would delete the input). Writing *inside* an input directory
+    (``MODEL/eval``) is fine."""
+    out = Path(output).expanduser().resolve()
+    for given in inputs:
+        if given is None or not Path(given).expanduser().exists():
+            continue
+        src = Path(given).expanduser().resolve()
+        if out == src or out in src.parents:
+            raise AxformerError(f"output {output} would overwrite the input {given}; choose another --output")

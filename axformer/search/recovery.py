@@ -1,0 +1,103 @@
+"""Recovery after the search: train the found structure again, so what pruning cost is won back.
+
+``continue`` fine-tunes from the searched weights. ``pretrained`` is AxFormer's
+variant: the same components removed from the *pre-trained* checkpoint the
+model was fine-tuned from (a new task head), then fine-tuned. ``distill`` is
+FastFormers': the searched model learns the original model's outputs (soft
+cross-entropy). All keep the recorded held-out split, which selects the
+checkpoint; the dev set only reports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from axformer.attention.hard import set_attention
+from axformer.distill import DistillConfig, distill
+from axformer.errors import AxformerError
+from axformer.evaluation import score
+from axformer.inference import run_model
+from axformer.models.loading import load_model, save_model
+from axformer.models.record import ModelRecord
+from axformer.surgery.prune import prune
+from axformer.training.finetune import FinetuneConfig, finetune
+
+
+def pretrained_origin(record) -> str | None:
+    """The pre-trained checkpoint the model was first fine-tuned from, as its axformer.json records it."""
+    return next(
+        (h.get("base_model") for h in record.history if h.get("stage") == "finetune" and h.get("base_model")), None
+    )
+
+
+def recover(model, ctx, work: Path, config, state: dict):
+    """Train the found structure again; the recovered model replaces the searched one in ``work``.
+
+    ``continue`` fine-tunes from the searched weights. ``pretrained`` is
+    AxFormer's variant: the same components removed from the *pre-trained*
+    checkpoint the model was fine-tuned from (a new task head), then
+    fine-tuned. ``distill`` is FastFormers': the searched model learns the
+    original model's outputs (soft cross-entropy). All keep the recorded
+    held-out split, which selects the checkpoint.
+    """
+    searched = score(
+        ctx.data.spec,
+        ctx.heldout.labels,
+        run_model(
+            load_model(work, device=ctx.device).eval(),
+            ctx.encoded,
+            ctx.data.spec.is_regression,
+            config.batch_size,
+            ctx.device,
+        ),
+    ).to_dict()
+    common = {
+        "epochs": config.refinetune_epochs,
+        "learning_rate": config.refinetune_lr,
+        "batch_size": config.refinetune_batch_size,
+        "max_train_examples": config.refinetune_max_train_examples,
+        "max_seq_length": ctx.record.max_seq_length,
+        "device": config.device,
+    }
+    t0 = time.perf_counter()
+    start = work
+    if config.refinetune == "distill":
+        cfg = DistillConfig(**common)
+        result = distill(model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True)
+    else:
+        cfg = FinetuneConfig(**common)
+        if config.refinetune == "pretrained":
+            origin = pretrained_origin(ctx.record)
+            if origin is None:
+                raise AxformerError(
+                    f"--recover pretrained: {ctx.model_path} records no pre-trained checkpoint it was "
+                    "fine-tuned from; use --recover continue or distill"
+                )
+            net = load_model(origin, ctx.data.spec, new_head=True, allow_pickle=config.allow_pickle)
+            prune(net, state["removed"])
+            if state["attention"]:
+                set_attention(net, {int(k): v for k, v in state["attention"].items()})
+            start = work / "pretrained-structure"
+            save_model(net, ctx.tokenizer, start)
+            record = ModelRecord.load(work)  # the searched model's record: task, split, and the optimize stage
+            record.history = [
+                *record.history,
+                {"stage": "structure-on-pretrained", "base_model": origin, "removed": state["removed"]},
+            ]
+            record.save(start)
+        result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
+    net = load_model(result.output, ctx.data.spec, device=ctx.device).eval()
+    save_model(net, ctx.tokenizer, work)
+    ModelRecord.load(result.output).save(work)
+    shutil.rmtree(result.output, ignore_errors=True)
+    if start != work:
+        shutil.rmtree(start, ignore_errors=True)
+    return net, {
+        "mode": config.refinetune,
+        "heldout_before": searched,
+        "seconds": time.perf_counter() - t0,
+        "config": asdict(cfg),
+    }

@@ -1,0 +1,197 @@
+"""The search's report: original vs optimized on the held-out split and the dev set(s), structure, size,
+FLOPs and latency measured in one run, as ``report.json`` and ``report.md``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from axformer.data.batching import encode
+from axformer.evaluation import score
+from axformer.inference import run_model
+from axformer.models.loading import is_local
+from axformer.runtime.timing import measure_latency
+from axformer.search.trials import Trials
+from axformer.surgery.components import layer_name
+from axformer.surgery.prune import count_parameters, current_structure
+
+
+def weights_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def build_report(
+    model,
+    ctx,
+    optimized,
+    state,
+    config,
+    trials: Trials,
+    search_info,
+    search_seconds,
+    total_seconds,
+    resumed,
+    work: Path,
+) -> dict:
+    spec = ctx.data.spec
+    original = ctx.model
+    original.eval()
+    results = {}
+    for name, net in (("original", original), ("optimized", optimized)):
+        entry = {
+            "heldout": score(
+                spec, ctx.heldout.labels, run_model(net, ctx.encoded, spec.is_regression, config.batch_size, ctx.device)
+            ).to_dict()
+        }
+        for dev_name, dev_split in ctx.data.dev.items():
+            if len(dev_split) and (spec.is_regression or dev_split.labels.min() >= 0):
+                entry[dev_name] = score(
+                    spec,
+                    dev_split.labels,
+                    run_model(
+                        net,
+                        encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length),
+                        spec.is_regression,
+                        config.batch_size,
+                        ctx.device,
+                    ),
+                ).to_dict()
+        s = current_structure(net)
+        entry.update(
+            {"parameters": count_parameters(net), "flops_per_token": s.flops_per_token(128), "structure": s.summary()}
+        )
+        results[name] = entry
+    results["original"]["size_bytes"] = (weights_size(Path(model)) or None) if is_local(model) else None
+    results["optimized"]["size_bytes"] = weights_size(work)
+    dev_split = next(iter(ctx.data.dev.values()))
+    lat = measure_latency(
+        {"original": original, "optimized": optimized},
+        encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length),
+        config.latency_examples,
+        ctx.device,
+    )
+    for k in lat:
+        results[k]["latency"] = lat[k]
+    accepted = [d for d in trials.decisions if d.accepted]
+    return {
+        "model": str(model),
+        "task": {"name": spec.name, "display_name": spec.display_name, "main_metric": spec.main_metric},
+        "goal": config.goal,
+        "config": asdict(config),
+        "split": ctx.describe_split(),
+        "removed": state["removed"],
+        "attention": state["attention"],
+        "search": {
+            **search_info,
+            "trials": trials.count,
+            "accepted": len(accepted),
+            "from_log": sum(d.from_log for d in trials.decisions),
+            # a resumed search's time includes the trials it replayed (their evaluation time, as logged when they ran)
+            "seconds": search_seconds
+            + sum(float(r.get("seconds", 0.0)) for r in trials.logged[: sum(d.from_log for d in trials.decisions)]),
+            "seconds_this_run": search_seconds,
+            "resumed": resumed,
+        },
+        "results": results,
+        "speedup_batch1": lat["original"]["batch1_ms"] / lat["optimized"]["batch1_ms"],
+        "speedup_batch32": lat["original"]["batch32_ms_per_example"] / lat["optimized"]["batch32_ms_per_example"],
+        "total_seconds": total_seconds,
+        "warnings": ctx.warnings,
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": ctx.device,
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }
+
+
+def report_markdown(r: dict) -> str:
+    main = r["task"]["main_metric"]
+    o, p = r["results"]["original"], r["results"]["optimized"]
+    dev_names = [
+        k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency")
+    ]
+
+    def m(entry, split, metric=main):
+        return f"{entry[split]['metrics'][metric]:.2f}" if split in entry else "-"
+
+    def size(b):
+        return "-" if not b else f"{b / 2**20:.1f} MiB"
+
+    flops_ratio = (
+        f"{o['flops_per_token'] / p['flops_per_token']:.2f}x fewer" if p["flops_per_token"] else "no encoder layer left"
+    )
+    lines = [
+        f"# axformer optimize: {r['model']} on {r['task']['display_name']} (goal: {r['goal']})",
+        "",
+        f"Decisions used {r['split']['used']} held-out training examples only; the dev set only "
+        f"reports. Rule: {r['search'].get('rule', '')}.",
+        f"Search: {r['search']['trials']} trials ({r['search']['accepted']} accepted, "
+        f"{r['search']['from_log']} replayed from a resumed log) in {r['search']['seconds']:.0f} s; "
+        f"whole run {r['total_seconds']:.0f} s.",
+        "",
+        "| | original | optimized | ratio |",
+        "|---|---|---|---|",
+        f"| held-out {main} | {m(o, 'heldout')} | {m(p, 'heldout')} | |",
+        f"| held-out loss | {o['heldout']['loss']:.4f} | {p['heldout']['loss']:.4f} | |",
+    ]
+    for d in dev_names:
+        for metric in o[d]["metrics"]:
+            lines.append(f"| {d} {metric} | {m(o, d, metric)} | {m(p, d, metric)} | |")
+    lines += [
+        f"| parameters | {o['parameters'] / 1e6:.2f} M | {p['parameters'] / 1e6:.2f} M | "
+        f"{o['parameters'] / p['parameters']:.2f}x smaller |",
+        f"| size on disk | {size(o['size_bytes'])} | {size(p['size_bytes'])} | |",
+        f"| FLOPs/token (encoder, 128 tokens) | {o['flops_per_token'] / 1e6:.1f} M | "
+        f"{p['flops_per_token'] / 1e6:.1f} M | {flops_ratio} |",
+        f"| latency, batch 1, dev texts | {o['latency']['batch1_ms']:.2f} ms | "
+        f"{p['latency']['batch1_ms']:.2f} ms | {r['speedup_batch1']:.2f}x faster |",
+        f"| time per example, batch 32 | {o['latency']['batch32_ms_per_example']:.2f} ms | "
+        f"{p['latency']['batch32_ms_per_example']:.2f} ms | {r['speedup_batch32']:.2f}x faster |",
+        "",
+        "Latency: PyTorch fp32 on this machine, both models measured in the same run (medians of 5 "
+        "interleaved rounds).",
+        "",
+        f"Removed ({len(r['removed'])}): {', '.join(r['removed']) or 'nothing'}.",
+        "Approximate attention: "
+        + (
+            ", ".join(
+                f"{layer_name(int(k))} ({'top' if v.get('mode', 'topk') == 'topk' else 'sign-matching top'}-{v['k']})"
+                for k, v in r["attention"].items()
+            )
+            or "no layer"
+        )
+        + ".",
+        "",
+        "Per-layer structure (heads/FFN neurons, '-' removed): "
+        + " ".join("-" if l.get("removed") else f"{l['heads']}/{l['ffn']}" for l in p["structure"]),
+    ]
+    if r.get("recovery"):
+        rec = r["recovery"]
+        how = {
+            "continue": "re-fine-tuned from the searched weights",
+            "pretrained": "re-fine-tuned from the pre-trained checkpoint with the found structure (AxFormer)",
+            "distill": "distilled from the original model (FastFormers)",
+        }[rec["mode"]]
+        lines += [
+            "",
+            f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
+            f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model).",
+        ]
+    for note in r["search"].get("attention_notes", []):
+        lines += ["", f"Approximate attention: {note}."]
+    if "cost_model" in r["search"]:
+        lines += [
+            "",
+            f"Predicted {'speed-up' if r['goal'] == 'speed' else 'size reduction'} from the "
+            f"calibrated cost model: {r['search']['predicted_ratio']:.2f}x.",
+        ]
+    for w in r.get("warnings", []):
+        lines += ["", f"> Warning: {w}"]
+    return "\n".join(lines) + "\n"
