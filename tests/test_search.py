@@ -477,3 +477,29 @@ def test_speed_search_tries_approximate_attention_only_where_measured_faster(sav
             "L0.attn.top30r",
         ]  # top-K accepted in both layers: sign has nothing left to try
         assert set(out.attention) == {0, 1} and out.attention[0]["kernel"] == "gather" and out.predicted_ratio > 1
+
+
+def test_the_search_shows_progress_and_its_bound_holds(tuned_tiny, tmp_path, capsys):
+    """The pipeline's search stage used to print nothing for minutes: it shows trials, accepted and the metric."""
+    from axformer.models.loading import load_model
+    from axformer.search.accuracy import AccuracySearchConfig
+    from axformer.search.accuracy import trial_bound as accuracy_bound
+    from axformer.search.constraint import ConstraintSearchConfig
+    from axformer.search.constraint import trial_bound as constraint_bound
+    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.surgery.prune import current_structure
+
+    model, data, _ = tuned_tiny
+    structure = current_structure(load_model(model))
+    for goal in ("accuracy", "speed"):
+        capsys.readouterr()
+        cfg = OptimizeConfig(goal=goal, k=2, groups=4, device="cpu", latency_examples=5, max_loss_increase=40.0)
+        report = optimize(model, data, None, tmp_path / goal, cfg)
+        err = capsys.readouterr().err
+        assert f"search ({goal})" in err and "trial" in err and "accepted" in err, err
+        bound = (
+            accuracy_bound(structure, AccuracySearchConfig(k=2, groups=4))
+            if goal == "accuracy"
+            else constraint_bound(structure, ConstraintSearchConfig(groups=4, attention_modes=("topk", "sign")))
+        )
+        assert 0 < report["search"]["trials"] <= bound
