@@ -195,11 +195,18 @@ def test_predictor_gives_the_same_predictions_in_every_mode(tiny_task, tmp_path)
     export_model(model, tmp_path / "onnx", ExportConfig(precision="fp32", device="cpu"), data)
     texts = [t[0] for t in next(iter(data.dev.values())).texts]
     ref = Predictor(model).predict(texts, batch_size=8)
-    for kwargs in ({}, {"instances": 2}):
-        with Predictor(tmp_path / "onnx", **kwargs) as p:
-            got = p.predict(texts, batch_size=8)
-        np.testing.assert_allclose(got, ref, atol=1e-4)
-        assert (got.argmax(-1) == ref.argmax(-1)).all()
+    by_backend = {}
+    for path in (model, tmp_path / "onnx"):
+        single = Predictor(path).predict(texts, batch_size=8)
+        with Predictor(path, instances=2) as p:  # multi-instance, PyTorch and ONNX Runtime alike
+            multi = p.predict(texts, batch_size=8)
+        np.testing.assert_array_equal(multi, single)  # identical within a backend, whatever the mode
+        by_backend[str(path)] = single
+    onnx_logits = by_backend[str(tmp_path / "onnx")]
+    np.testing.assert_array_equal(by_backend[str(model)], ref)
+    # across backends: the same predictions, logits to float tolerance (other kernels, other summation order)
+    np.testing.assert_allclose(onnx_logits, ref, atol=1e-4)
+    assert (onnx_logits.argmax(-1) == ref.argmax(-1)).all()
     # one long input is truncated the way training truncates, not rejected
     long = " ".join(["good"] * 5000)
     assert Predictor(tmp_path / "onnx").predict([long]).shape == (1, 2)
@@ -276,7 +283,7 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
         False
     ]  # the model given is the dynamic-length baseline
     for r in result["rows"]:
-        assert r["timing"]["latency_p50_ms"] > 0 and r["timing"]["latency_p95_ms"] >= r["timing"]["latency_p50_ms"]
+        assert r["timing"]["latency_p50_ms"] > 0 and r["timing"]["throughput_per_s"] > 0
         assert set(r["fixed"]) == {"16", "32"} and r["size_bytes"] > 0 and r["parameters"] > 0
         assert r["peak_memory_mib"] > 0 and r["usd_per_100m"] > 0
         assert r["padded"] or r["multi_instance"]["throughput_per_s"] > 0

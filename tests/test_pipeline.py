@@ -210,8 +210,15 @@ def test_bad_config_is_one_line_exit_2(tmp_path, tuned_tiny):
 
 
 def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_path, tiny_bert):
-    for name in PRESETS:
-        PipelineConfig.build(preset=name, overrides={"model": "x"})
+    for name, preset in PRESETS.items():
+        cfg = PipelineConfig.build(preset=name, overrides={"model": "x"})
+        assert cfg.preset == name
+        for section, values in preset.items():  # every value the preset sets survives resolution
+            if isinstance(values, dict):
+                resolved = getattr(cfg, section)
+                assert {k: resolved[k] for k in values} == values, (name, section)
+            else:
+                assert getattr(cfg, section) == values
     # a relative tolerance given alone is the only tolerance; the absolute default applies when nothing is given
     assert (
         PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed", "max_rel_drop": 2.0}}).search[

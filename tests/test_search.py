@@ -441,7 +441,7 @@ def test_sign_matching_is_tried_where_top_k_is_rejected():
 
 
 @pytest.mark.parametrize("saving_ms", [-0.5, 0.5])
-def test_speed_search_tries_approximate_attention_only_where_measured_faster(saving_ms):
+def test_speed_search_tries_approximate_attention_only_where_measured_faster(saving_ms, monkeypatch):
     from axformer.search.constraint import ConstraintSearchConfig, constraint_search
     from axformer.search.cost import CostModel
 
@@ -482,16 +482,11 @@ def test_speed_search_tries_approximate_attention_only_where_measured_faster(sav
         "latency", [1e-3, 1e-3, 1e-4, 1e-5], 128, [{"variant": "unchanged", "measured_ms": 3.0}], attention
     )
     fake_importance = type("I", (), {})()
-    original = cs.gradient_importance
-    cs.gradient_importance = lambda *a, **k: fake_importance
-    cs._significance = lambda imp, name, structure, groups: 1.0
-    try:
-        trials = Trials(engine, None, "accuracy")
-        out = constraint_search(
-            trials, structure, cost, ConstraintSearchConfig(attention_modes=("topk", "sign"), groups=2)
-        )
-    finally:
-        cs.gradient_importance = original
+    # patched for this test only (the ranking helpers are module globals every later test uses)
+    monkeypatch.setattr(cs, "gradient_importance", lambda *a, **k: fake_importance)
+    monkeypatch.setattr(cs, "_significance", lambda imp, name, structure, groups: 1.0)
+    trials = Trials(engine, None, "accuracy")
+    out = constraint_search(trials, structure, cost, ConstraintSearchConfig(attention_modes=("topk", "sign"), groups=2))
     tried = [n for n in engine.evaluated if ".attn.top" in n or ".attn.sign" in n]
     if saving_ms < 0:
         assert (

@@ -84,8 +84,10 @@ def expected_parameters(arch: str, full_count: int, structure: ModelStructure) -
 def test_mask_equals_physical_pruning(tiny_arch_dir, seed):
     arch, path = tiny_arch_dir
     model = load_model(path).eval()
+    original = copy.deepcopy(model)
     full = count_parameters(model)
     b = batch(seed)
+    before = logits(model, b)
     removed = random_components(random.Random(seed))
     with SoftMask(model) as mask:
         target = mask.set(removed)
@@ -95,8 +97,13 @@ def test_mask_equals_physical_pruning(tiny_arch_dir, seed):
     assert structure.to_dict() == target.to_dict()
     torch.testing.assert_close(logits(pruned, b), masked, rtol=0, atol=1e-5)
     assert count_parameters(pruned) == expected_parameters(arch, full, structure)
-    # the masks were removed with the context: the original model is untouched
+    # the masks were removed with the context: the model equals its copy taken before masking
     assert count_parameters(model) == full
+    torch.testing.assert_close(logits(model, b), before, rtol=0, atol=0)
+    assert model.state_dict().keys() == original.state_dict().keys()
+    assert all(torch.equal(v, original.state_dict()[k]) for k, v in model.state_dict().items())
+    assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_masks_switch_on_and_off(tiny_bert):
@@ -117,15 +124,21 @@ def test_masks_switch_on_and_off(tiny_bert):
 
 
 def test_block_removal_semantics(tiny_bert):
-    """Removing the attention block leaves a = LN1(x): the block output equals LN1 of its input."""
+    """Removing the attention block leaves a = LN1(x), the FFN block y = LN2(a), with the original LayerNorms."""
     model = load_model(tiny_bert).eval()
+    original = copy.deepcopy(model)
     prune(model, ["L0.attn", "L1.ffn"])
-    layer0 = model.bert.encoder.layer[0]
     x = torch.randn(2, 5, HID)
-    a, _ = layer0.attention(x)
-    torch.testing.assert_close(a, layer0.attention.LayerNorm(x))
-    layer1 = model.bert.encoder.layer[1]
-    torch.testing.assert_close(layer1.output(torch.randn(2, 5, F), x), layer1.output.LayerNorm(x))
+    with torch.no_grad():
+        a, _ = model.bert.encoder.layer[0].attention(x)
+        torch.testing.assert_close(a, original.bert.encoder.layer[0].attention.output.LayerNorm(x))
+        y = model.bert.encoder.layer[1].output(torch.randn(2, 5, F), x)
+        torch.testing.assert_close(y, original.bert.encoder.layer[1].output.LayerNorm(x))
+        # and the rest of each layer is the original's: layer 1's attention is unchanged
+        mask = torch.zeros(2, 1, 1, 5)
+        torch.testing.assert_close(
+            model.bert.encoder.layer[1].attention(x, mask)[0], original.bert.encoder.layer[1].attention(x, mask)[0]
+        )
 
 
 def test_layer_removal_is_identity(tiny_bert):

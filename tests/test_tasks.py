@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -197,12 +199,24 @@ def test_short_row(tmp_path):
         load_task("rte", tmp_path)
 
 
-def test_hub_offline_error(monkeypatch):
+def test_hub_offline_error(tmp_path):
+    """``datasets`` reads the offline switches when it is imported: a fresh process with them set (and an empty
+    cache) is offline on any machine, networked or not."""
+    import subprocess
+    import sys
+
     pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.delenv("AXFORMER_DATA_DIR", raising=False)
-    with pytest.raises(
-        AxformerError, match=r"could not load nyu-mll/glue/sst2 split train from the Hugging Face hub .*pass --data-dir"
-    ):
-        load_task("sst2", source="hub")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("AXFORMER_DATA_DIR", None)
+    code = (
+        "from axformer.errors import AxformerError\n"
+        "from axformer.tasks.sources import load_task\n"
+        "try:\n"
+        "    load_task('sst2', source='hub')\n"
+        "except AxformerError as exc:\n"
+        "    print('ERROR', exc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert re.search(
+        r"^ERROR could not load nyu-mll/glue/sst2 split train from the Hugging Face hub .*pass --data-dir", r.stdout
+    ), r.stdout + r.stderr[-2000:]
