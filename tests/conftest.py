@@ -353,3 +353,14 @@ def tuned_tiny(tmp_path_factory):
         ),
     )
     return res.output, data, (train, dev)
+
+
+@pytest.fixture
+def tiny_task(tmp_path):
+    """An untrained tiny BERT with the toy sentiment task (export, runtime and benchmark tests)."""
+    from axformer.tasks.sources import load_custom
+
+    train, dev = write_sentiment_files(tmp_path / "data", n_train=200, n_dev=40)
+    data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
+    model = make_tiny_model_dir(tmp_path / "model", "bert", labels=["neg", "pos"])
+    return model, data, (train, dev)

@@ -10,17 +10,7 @@ import pytest
 
 from axformer.errors import AxformerError
 from axformer.export.artifact import ExportConfig, export_model
-from axformer.tasks.sources import load_custom
-from tests.conftest import make_tiny_model_dir, write_sentiment_files
 from tests.test_cli import assert_clean_failure, run_cli
-
-
-@pytest.fixture
-def tiny_task(tmp_path):
-    train, dev = write_sentiment_files(tmp_path / "data", n_train=200, n_dev=40)
-    data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
-    model = make_tiny_model_dir(tmp_path / "model", "bert", labels=["neg", "pos"])
-    return model, data, (train, dev)
 
 
 def test_export_writes_the_optimum_layout_and_validates(tiny_task, tmp_path):
@@ -188,30 +178,6 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
         precision.apply_plan = orig
 
 
-def test_predictor_gives_the_same_predictions_in_every_mode(tiny_task, tmp_path):
-    from axformer.runtime import Predictor
-
-    model, data, _ = tiny_task
-    export_model(model, tmp_path / "onnx", ExportConfig(precision="fp32", device="cpu"), data)
-    texts = [t[0] for t in next(iter(data.dev.values())).texts]
-    ref = Predictor(model).predict(texts, batch_size=8)
-    by_backend = {}
-    for path in (model, tmp_path / "onnx"):
-        single = Predictor(path).predict(texts, batch_size=8)
-        with Predictor(path, instances=2) as p:  # multi-instance, PyTorch and ONNX Runtime alike
-            multi = p.predict(texts, batch_size=8)
-        np.testing.assert_array_equal(multi, single)  # identical within a backend, whatever the mode
-        by_backend[str(path)] = single
-    onnx_logits = by_backend[str(tmp_path / "onnx")]
-    np.testing.assert_array_equal(by_backend[str(model)], ref)
-    # across backends: the same predictions, logits to float tolerance (other kernels, other summation order)
-    np.testing.assert_allclose(onnx_logits, ref, atol=1e-4)
-    assert (onnx_logits.argmax(-1) == ref.argmax(-1)).all()
-    # one long input is truncated the way training truncates, not rejected
-    long = " ".join(["good"] * 5000)
-    assert Predictor(tmp_path / "onnx").predict([long]).shape == (1, 2)
-
-
 def test_export_cli_bad_input(monkeypatch, capsys, tiny_task, tmp_path):
     model, _, (train, dev) = tiny_task
     out = tmp_path / "out"
@@ -256,66 +222,3 @@ def test_int8_minilm_keeps_sst2_heldout_accuracy(minilm_sst2, tmp_path):
     assert r["fusion"]["fused_operators"]["Attention"] == 6
     assert abs(r["validation"]["drop"]) <= 1.0
     assert r["size_bytes"] < 0.75 * sum(f.stat().st_size for f in tuned.glob("*.safetensors"))
-
-
-def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path):
-    """A small but complete run: four baselines plus an int8 artifact, every column filled; the unpruned model itself
-    is not a second row.
-    """
-    from axformer.benchmark.run import BenchmarkConfig, benchmark
-
-    model, data, _ = tiny_task
-    art = tmp_path / "int8"
-    export_model(model, art, ExportConfig(precision="int8", device="cpu", max_drop=100), data)
-    cfg = BenchmarkConfig(
-        lengths=(16, 32),
-        latency_examples=5,
-        throughput_examples=40,
-        fixed_requests=3,
-        fixed_batch=4,
-        rounds=2,
-        instances=2,
-        price_per_hour=1.0,
-    )
-    result = benchmark([str(model), str(art)], tmp_path / "bench", data, None, cfg, progress=lambda m: None)
-    rows = {r["name"]: r for r in result["rows"]}
-    assert [r["baseline"] for r in result["rows"]] == [True] * 4 + [
-        False
-    ]  # the model given is the dynamic-length baseline
-    for r in result["rows"]:
-        assert r["timing"]["latency_p50_ms"] > 0 and r["timing"]["throughput_per_s"] > 0
-        assert set(r["fixed"]) == {"16", "32"} and r["size_bytes"] > 0 and r["parameters"] > 0
-        assert r["peak_memory_mib"] > 0 and r["usd_per_100m"] > 0
-        assert r["padded"] or r["multi_instance"]["throughput_per_s"] > 0
-    # the same weights give the same dev metric whether padded, dynamic or in ONNX Runtime fp32
-    metrics = [r["dev"]["metrics"]["accuracy"] for r in result["rows"][:3]]
-    assert max(metrics) - min(metrics) < 1e-6
-    # cost follows FastFormers' formula from the best throughput
-    r = result["rows"][-1]
-    best = max(r["timing"]["throughput_per_s"], r["multi_instance"]["throughput_per_s"])
-    assert abs(r["usd_per_100m"] - 1.0 * 1e8 / (best * 3600)) < 1e-6
-    md = (tmp_path / "bench" / "benchmark.md").read_text()
-    assert (
-        "ONNX Runtime int8" in md
-        and "onnxruntime" in md
-        and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
-    )
-    assert len(rows) == len(result["rows"])  # row names are unique
-
-
-def test_peak_memory_is_the_child_s_own(tiny_task):
-    """A fresh process per candidate: the benchmark's own (large) footprint must not leak into the figure."""
-    import torch
-
-    from axformer.benchmark.measure import peak_memory_mib
-
-    model, _, _ = tiny_task
-    ballast = torch.ones(400_000_000, dtype=torch.float32)  # 1.5 GiB resident in this process
-    batch = {
-        "input_ids": torch.ones(2, 8, dtype=torch.long),
-        "attention_mask": torch.ones(2, 8, dtype=torch.long),
-        "token_type_ids": torch.zeros(2, 8, dtype=torch.long),
-    }
-    peak = peak_memory_mib(str(model), batch)
-    assert 10 < peak < 1400, peak
-    del ballast

@@ -1,0 +1,68 @@
+"""The benchmark: every candidate measured against the baselines in one run; memory measured per process."""
+
+from __future__ import annotations
+
+from axformer.export.artifact import ExportConfig, export_model
+
+
+def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path):
+    """A small but complete run: four baselines plus an int8 artifact, every column filled; the unpruned model itself
+    is not a second row.
+    """
+    from axformer.benchmark.run import BenchmarkConfig, benchmark
+
+    model, data, _ = tiny_task
+    art = tmp_path / "int8"
+    export_model(model, art, ExportConfig(precision="int8", device="cpu", max_drop=100), data)
+    cfg = BenchmarkConfig(
+        lengths=(16, 32),
+        latency_examples=5,
+        throughput_examples=40,
+        fixed_requests=3,
+        fixed_batch=4,
+        rounds=2,
+        instances=2,
+        price_per_hour=1.0,
+    )
+    result = benchmark([str(model), str(art)], tmp_path / "bench", data, None, cfg, progress=lambda m: None)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert [r["baseline"] for r in result["rows"]] == [True] * 4 + [
+        False
+    ]  # the model given is the dynamic-length baseline
+    for r in result["rows"]:
+        assert r["timing"]["latency_p50_ms"] > 0 and r["timing"]["throughput_per_s"] > 0
+        assert set(r["fixed"]) == {"16", "32"} and r["size_bytes"] > 0 and r["parameters"] > 0
+        assert r["peak_memory_mib"] > 0 and r["usd_per_100m"] > 0
+        assert r["padded"] or r["multi_instance"]["throughput_per_s"] > 0
+    # the same weights give the same dev metric whether padded, dynamic or in ONNX Runtime fp32
+    metrics = [r["dev"]["metrics"]["accuracy"] for r in result["rows"][:3]]
+    assert max(metrics) - min(metrics) < 1e-6
+    # cost follows FastFormers' formula from the best throughput
+    r = result["rows"][-1]
+    best = max(r["timing"]["throughput_per_s"], r["multi_instance"]["throughput_per_s"])
+    assert abs(r["usd_per_100m"] - 1.0 * 1e8 / (best * 3600)) < 1e-6
+    md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert (
+        "ONNX Runtime int8" in md
+        and "onnxruntime" in md
+        and (tmp_path / "bench" / "tradeoff.png").stat().st_size > 1000
+    )
+    assert len(rows) == len(result["rows"])  # row names are unique
+
+
+def test_peak_memory_is_the_child_s_own(tiny_task):
+    """A fresh process per candidate: the benchmark's own (large) footprint must not leak into the figure."""
+    import torch
+
+    from axformer.benchmark.measure import peak_memory_mib
+
+    model, _, _ = tiny_task
+    ballast = torch.ones(400_000_000, dtype=torch.float32)  # 1.5 GiB resident in this process
+    batch = {
+        "input_ids": torch.ones(2, 8, dtype=torch.long),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 8, dtype=torch.long),
+    }
+    peak = peak_memory_mib(str(model), batch)
+    assert 10 < peak < 1400, peak
+    del ballast
