@@ -8,8 +8,10 @@ from axformer.distill.recipe import RecipeConfig, fastformers_recipe
 from axformer.errors import AxformerError
 from axformer.evaluation import Evaluation, evaluate
 from axformer.models.loading import load_model, load_tokenizer, save_model
-from axformer.search.optimize import OptimizeConfig, optimize
+from axformer.search.config import AttentionSearch, AxFormerRule, OptimizeConfig, Recovery, Tolerance
+from axformer.search.optimize import optimize
 from axformer.tasks.data import Split, TaskData
+from axformer.tasks.selection import TaskSelection
 from axformer.tasks.sources import load_custom, load_task
 from axformer.tasks.spec import TaskSpec, get_task
 from axformer.training.finetune import FinetuneConfig, FinetuneResult, finetune
@@ -20,6 +22,11 @@ __all__ = [
     "AxformerError",
     "DistillConfig",
     "OptimizeConfig",
+    "Tolerance",
+    "AxFormerRule",
+    "AttentionSearch",
+    "Recovery",
+    "TaskSelection",
     "RecipeConfig",
     "Evaluation",
     "FinetuneConfig",

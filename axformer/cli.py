@@ -378,6 +378,17 @@ def analyze_cmd(
     console.print(f"written to {output}/ (significance.json, summary.md, heatmaps)")
 
 
+def _given(values: dict) -> dict:
+    """The options the user gave (None: not given), at any depth of a config section."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            v = _given(v) or None
+        if v is not None:
+            out[k] = v
+    return out
+
+
 def _layer_list(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
@@ -465,17 +476,14 @@ def optimize_cmd(
             help="speed/size: also keep the mean held-out loss within this percentage of the original's.",
         ),
     ] = None,
-    no_hard_attention: Annotated[
-        bool | None, typer.Option("--no-hard-attention", help="Skip approximate attention.")
-    ] = None,
     k: Annotated[int | None, typer.Option("-k", help="Keys kept per query by approximate attention.")] = None,
     attention: Annotated[
         list[str] | None,
         typer.Option(
             "--attention",
             help="Approximate attention tried per layer: topk (AxFormer's hard attention) and/or sign "
-            "(sign-matching); give twice for both. accuracy: in this order (default topk); speed: "
-            "after pruning, only where measured faster than dense (default both).",
+            "(sign-matching); give twice for both, or 'none' for no approximate attention. accuracy: in this "
+            "order (default topk); speed: after pruning, only where measured faster than dense (default both).",
         ),
     ] = None,
     slack: Annotated[
@@ -507,31 +515,30 @@ def optimize_cmd(
     latency_examples: Annotated[
         int | None, typer.Option(help="Dev texts timed one by one for the batch-1 latency in the search report.")
     ] = None,
-    refinetune: Annotated[
+    recover: Annotated[
         str | None,
         typer.Option(
             "--recover",
-            "--refinetune",
             help="Recovery after the search: 'continue' fine-tunes the found model again from its "
             "weights; 'pretrained' (AxFormer) applies the found structure to the pre-trained "
             "checkpoint and fine-tunes that; 'distill' (FastFormers) distils the original model into "
             "the found one.",
         ),
     ] = None,
-    refinetune_epochs: Annotated[
+    recover_epochs: Annotated[
         float | None,
         typer.Option(
             "--recover-epochs",
-            "--refinetune-epochs",
             help="Epochs of recovery training (and of each distillation of --strategy fastformers).",
         ),
     ] = None,
-    refinetune_lr: Annotated[float | None, typer.Option("--recover-lr", "--refinetune-lr")] = None,
-    refinetune_max_train_examples: Annotated[
+    recover_lr: Annotated[
+        float | None, typer.Option("--recover-lr", help="Learning rate of recovery training.")
+    ] = None,
+    recover_max_train_examples: Annotated[
         int | None,
         typer.Option(
             "--recover-max-train-examples",
-            "--refinetune-max-train-examples",
             help="Train the recovery on a seeded subset of this many examples.",
         ),
     ] = None,
@@ -608,33 +615,33 @@ def optimize_cmd(
         preset = preset or "demo"
         model = model or "bundled"
         output = output or Path("axformer-demo")
+    modes = None if attention is None else [] if [m.lower() for m in attention] == ["none"] else attention
     search = {
         "goal": goal,
-        "max_drop": max_drop,
-        "max_rel_drop": max_rel_drop,
         "target_speedup": target_speedup,
         "target_size": target_size,
-        "guard": guard,
-        "max_loss_increase": max_loss_increase,
-        "hard_attention": None if no_hard_attention is None else not no_hard_attention,
-        "k": k,
-        "attention_modes": attention,
-        "slack": slack,
-        "fraction": fraction,
         "groups": groups,
-        "attention_layers": _layer_list(attention_layers, "--attention-layers"),
-        "prune_layers": _layer_list(prune_layers, "--prune-layers"),
         "max_examples": max_examples or None,
         "latency_examples": latency_examples,
-        "refinetune": refinetune,
-        "refinetune_epochs": refinetune_epochs,
-        "refinetune_lr": refinetune_lr,
-        "refinetune_max_train_examples": refinetune_max_train_examples,
         "strategy": strategy,
         "student_layers": student_layers,
         "heads": heads,
         "ffn": ffn,
         "budget": budget,
+        "tolerance": {
+            "max_drop": max_drop,
+            "max_rel_drop": max_rel_drop,
+            "guard": guard,
+            "max_loss_increase": max_loss_increase,
+        },
+        "axformer": {"slack": slack, "fraction": fraction, "prune_layers": _layer_list(prune_layers, "--prune-layers")},
+        "attention": {"modes": modes, "k": k, "layers": _layer_list(attention_layers, "--attention-layers")},
+        "recovery": {
+            "mode": recover,
+            "epochs": recover_epochs,
+            "learning_rate": recover_lr,
+            "max_train_examples": recover_max_train_examples,
+        },
     }
     sections = {
         "search": search,
@@ -647,7 +654,7 @@ def optimize_cmd(
         for key, value in (("device", device), ("allow_pickle", allow_pickle)):
             if name != "benchmark":
                 values[key] = value
-        sections[name] = {k: v for k, v in values.items() if v is not None}
+        sections[name] = _given(values)
     if max_examples == 0:
         sections["search"]["max_examples"] = None  # every held-out example
     overrides = {

@@ -32,6 +32,7 @@ def main() -> None:
         sys.exit("no CUDA device here")
     from axformer.attention import kernels
     from axformer.distill import DistillConfig, distill
+    from axformer.search.config import Recovery, Tolerance
     from axformer.search.optimize import OptimizeConfig, optimize
     from axformer.tasks.sources import load_custom
     from axformer.training.finetune import FinetuneConfig, finetune
@@ -98,15 +99,12 @@ def main() -> None:
             root / "speed",
             OptimizeConfig(
                 goal="speed",
-                max_drop=3.0,
-                max_loss_increase=40.0,
                 groups=4,
                 device=dev,
                 progress=False,
                 latency_examples=10,
-                refinetune="distill",
-                refinetune_epochs=1,
-                refinetune_lr=3e-3,
+                tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
+                recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3),
             ),
         )
         print(

@@ -40,9 +40,9 @@ from _common import run_axformer, searched_dir
 GOALS = {  # label in the table: (run directory suffix, flags)
     "accuracy": ("accuracy", ["--goal", "accuracy"]),
     "speed --max-drop 1": ("speed", ["--goal", "speed", "--max-drop", "1"]),
-    "speed --max-drop 1 --refinetune continue": (
+    "speed --max-drop 1 --recover continue": (
         "speed-recovered",
-        ["--goal", "speed", "--max-drop", "1", "--refinetune", "continue", "--refinetune-max-train-examples", "16000"],
+        ["--goal", "speed", "--max-drop", "1", "--recover", "continue", "--recover-max-train-examples", "16000"],
     ),
 }
 ALL_TASKS = ["sst2", "mrpc", "rte", "cola", "stsb"]

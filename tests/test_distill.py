@@ -14,6 +14,7 @@ from axformer.distill.losses import attention_mse, hidden_mse, soft_cross_entrop
 from axformer.distill.students import layer_map, parse_layers, prune_by_importance
 from axformer.errors import AxformerError
 from axformer.models.loading import load_model
+from axformer.search.config import Recovery, Tolerance
 from axformer.surgery.adapters import get_adapter
 from axformer.surgery.prune import current_structure
 from axformer.surgery.structure import ModelStructure
@@ -292,15 +293,12 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path):
         tmp_path / "rec",
         OptimizeConfig(
             goal="speed",
-            max_drop=3.0,
-            max_loss_increase=40.0,
             groups=4,
             device="cpu",
             progress=False,
             latency_examples=10,
-            refinetune="distill",
-            refinetune_epochs=1,
-            refinetune_lr=3e-3,
+            tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
+            recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3),
         ),
     )
     assert report["recovery"]["mode"] == "distill" and "heldout_before" in report["recovery"]

@@ -18,11 +18,10 @@ LIGHT = {
     "analyze": {"scorers": ["gradient"]},
     "search": {
         "goal": "speed",
-        "max_drop": 3.0,
-        "max_loss_increase": 40.0,
+        "tolerance": {"max_drop": 3.0, "max_loss_increase": 40.0},
         "groups": 4,
         "latency_examples": 8,
-        "attention_modes": [],
+        "attention": {"modes": []},
     },
     "export": {"precision": "fp32", "max_drop": 5.0},
     "benchmark": {
@@ -66,7 +65,7 @@ def test_pipeline_runs_every_stage_then_skips_them(tuned_tiny, tmp_path):
     assert summary["latency_speedup"] > 0 and summary["artifact"].endswith("4-export")
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert (
-        resolved["search"]["goal"] == "speed" and resolved["search"]["slack"] == 1.1
+        resolved["search"]["goal"] == "speed" and resolved["search"]["axformer"]["slack"] == 1.1
     )  # every field, defaults included
     again = run_pipeline(_cfg(model, out), progress=lambda m: None)
     assert again.ran == ["report"] and again.skipped == ["analyze", "search", "export", "benchmark"]
@@ -142,7 +141,7 @@ def test_config_file_and_command_line_give_the_same_run(tuned_tiny, tmp_path):
                 "model": str(model),
                 "output": str(tmp_path / "file"),
                 "analyze": {"scorers": ["gradient"], "device": "cpu"},
-                "search": {
+                "search": {  # the flat layout of configs written before the search's sub-configs: still read
                     "goal": "size",
                     "max_drop": 3.0,
                     "max_loss_increase": 40.0,
@@ -215,18 +214,14 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
         assert cfg.preset == name
         for section, values in preset.items():  # every value the preset sets survives resolution
             if isinstance(values, dict):
-                resolved = getattr(cfg, section)
-                assert {k: resolved[k] for k in values} == values, (name, section)
+                assert _subset(values, cfg.to_dict()[section]), (name, section)
             else:
                 assert getattr(cfg, section) == values
     # a relative tolerance given alone is the only tolerance; the absolute default applies when nothing is given
-    assert (
-        PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed", "max_rel_drop": 2.0}}).search[
-            "max_drop"
-        ]
-        is None
-    )
-    assert PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed"}}).search["max_drop"] == 1.0
+    relative = {"goal": "speed", "tolerance": {"max_rel_drop": 2.0}}
+    assert PipelineConfig.build(overrides={"model": "x", "search": relative}).search.tolerance.max_drop is None
+    speed = PipelineConfig.build(overrides={"model": "x", "search": {"goal": "speed"}})
+    assert speed.search.tolerance.max_drop == 1.0
     from transformers import AutoModel
 
     from tests.conftest import tiny_config
@@ -235,6 +230,55 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
     AutoModel.from_config(tiny_config("bert")).save_pretrained(base)
     assert needs_finetuning(str(base), None) is True
     assert needs_finetuning(str(tiny_bert), None) is False  # a sequence-classification checkpoint is used as it is
+
+
+def _subset(small, big) -> bool:
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(k in big and _subset(v, big[k]) for k, v in small.items())
+    return small == big
+
+
+def test_old_flat_config_files_still_load_into_the_typed_sections(tmp_path):
+    """A config.yaml written before the search's sub-configs (flat keys, hard_attention, refinetune*) reads into
+    the same typed config as its new spelling."""
+    old = {
+        "model": "x",
+        "search": {
+            "goal": "speed",
+            "max_drop": 2.0,
+            "max_loss_increase": 10.0,
+            "guard": "main",
+            "hard_attention": False,
+            "k": 16,
+            "slack": 1.2,
+            "fraction": 0.6,
+            "prune_layers": [3, 2],
+            "refinetune": "distill",
+            "refinetune_epochs": 2.0,
+            "refinetune_lr": 3e-4,
+            "refinetune_max_train_examples": 500,
+            "extra": {},
+        },
+    }
+    new = {
+        "model": "x",
+        "search": {
+            "goal": "speed",
+            "tolerance": {"max_drop": 2.0, "max_loss_increase": 10.0, "guard": "main"},
+            "attention": {"modes": [], "k": 16},
+            "axformer": {"slack": 1.2, "fraction": 0.6, "prune_layers": [3, 2]},
+            "recovery": {"mode": "distill", "epochs": 2.0, "learning_rate": 3e-4, "max_train_examples": 500},
+        },
+    }
+    file = tmp_path / "config.yaml"
+    file.write_text(yaml.safe_dump(old))
+    from_old = PipelineConfig.build(file)
+    assert from_old.to_dict() == PipelineConfig.build(overrides=new).to_dict()
+    assert from_old.search.recovery.mode == "distill" and from_old.search.attention.modes == []
+    # and the resolved config it writes reads back equal
+    dumped = tmp_path / "resolved.yaml"
+    from_old.dump(dumped)
+    assert PipelineConfig.build(dumped).to_dict() == from_old.to_dict()
 
 
 def test_reports_name_the_bundled_model_by_its_name(minilm_dir, tmp_path):

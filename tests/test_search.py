@@ -13,6 +13,7 @@ import pytest
 
 from axformer.evaluation.engine import CandidateResult
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
+from axformer.search.config import AttentionSearch, Recovery, Tolerance
 from axformer.search.trials import Trials
 from axformer.surgery.structure import ModelStructure
 
@@ -141,12 +142,11 @@ def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
         tmp_path / "speed",
         OptimizeConfig(
             goal="speed",
-            max_drop=3.0,
-            max_loss_increase=40.0,
             groups=4,
             device="cpu",
             progress=False,
             latency_examples=10,
+            tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
         ),
     )
     # the bounds, derived here from the original model on the same held-out examples, not read off the report
@@ -206,7 +206,9 @@ def test_ctrl_c_saves_the_best_so_far_and_the_rerun_resumes(tuned_tiny, tmp_path
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
-    cfg = OptimizeConfig(goal="size", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
+    cfg = OptimizeConfig(
+        goal="size", groups=4, device="cpu", progress=False, latency_examples=5, tolerance=Tolerance(max_drop=3.0)
+    )
     straight = optimize(model, data, None, tmp_path / "straight", cfg)
     restore = _interrupt_trial(monkeypatch, 6)
     with pytest.raises(AxformerError, match="interrupted after"):
@@ -234,7 +236,9 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
         data,
         None,
         tmp_path / "straight",
-        OptimizeConfig(goal="accuracy", k=2, groups=4, device="cpu", progress=False, latency_examples=5),
+        OptimizeConfig(
+            goal="accuracy", groups=4, device="cpu", progress=False, latency_examples=5, attention=AttentionSearch(k=2)
+        ),
     )
     args = [
         sys.executable,
@@ -308,14 +312,12 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
     model, data, _ = tuned_tiny
     cfg = OptimizeConfig(
         goal="size",
-        max_drop=3.0,
         groups=4,
         device="cpu",
         progress=False,
         latency_examples=5,
-        refinetune="continue",
-        refinetune_epochs=1,
-        refinetune_lr=1e-3,
+        tolerance=Tolerance(max_drop=3.0),
+        recovery=Recovery(mode="continue", epochs=1, learning_rate=1e-3),
     )
     report = optimize(model, data, None, tmp_path / "rec", cfg)
     rec = report["recovery"]
@@ -357,14 +359,12 @@ def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(t
     monkeypatch.setattr(recovery, "finetune", spy)
     cfg = OptimizeConfig(
         goal="size",
-        max_drop=3.0,
         groups=4,
         device="cpu",
         progress=False,
         latency_examples=5,
-        refinetune="pretrained",
-        refinetune_epochs=1,
-        refinetune_lr=1e-3,
+        tolerance=Tolerance(max_drop=3.0),
+        recovery=Recovery(mode="pretrained", epochs=1, learning_rate=1e-3),
     )
     report = optimize(model, data, None, tmp_path / "pre", cfg)
     assert (
@@ -400,7 +400,9 @@ def test_speed_goal_resumes_with_its_saved_latency_calibration(tuned_tiny, tmp_p
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
-    cfg = OptimizeConfig(goal="speed", max_drop=3.0, groups=4, device="cpu", progress=False, latency_examples=5)
+    cfg = OptimizeConfig(
+        goal="speed", groups=4, device="cpu", progress=False, latency_examples=5, tolerance=Tolerance(max_drop=3.0)
+    )
     restore = _interrupt_trial(monkeypatch, 5)
     with pytest.raises(AxformerError, match="interrupted after"):
         optimize(model, data, None, tmp_path / "s", cfg)
@@ -517,7 +519,14 @@ def test_the_search_shows_progress_and_its_bound_holds(tuned_tiny, tmp_path, cap
     structure = current_structure(load_model(model))
     for goal in ("accuracy", "speed"):
         capsys.readouterr()
-        cfg = OptimizeConfig(goal=goal, k=2, groups=4, device="cpu", latency_examples=5, max_loss_increase=40.0)
+        cfg = OptimizeConfig(
+            goal=goal,
+            groups=4,
+            device="cpu",
+            latency_examples=5,
+            attention=AttentionSearch(k=2),
+            tolerance=Tolerance(max_loss_increase=40.0),
+        )
         report = optimize(model, data, None, tmp_path / goal, cfg)
         err = capsys.readouterr().err
         assert f"search ({goal})" in err and "trial" in err and "accepted" in err, err

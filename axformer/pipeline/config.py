@@ -1,9 +1,11 @@
 """The pipeline's configuration: one object, from presets, a YAML/TOML file and the command line, in that order.
 
-Each stage has a section whose keys are exactly the fields of that stage's
-library config (``FinetuneConfig``, ``AnalyzeConfig``, ``OptimizeConfig`` plus
-the FastFormers recipe's keys, ``ExportConfig``, ``BenchmarkConfig``), so
-whatever a stage can do can be set from a file. The run writes the *resolved*
+Each stage has a section that *is* that stage's typed library config
+(``FinetuneConfig``, ``AnalyzeConfig``, ``SearchStage`` = ``OptimizeConfig`` with
+its ``tolerance``/``axformer``/``attention``/``recovery`` sub-sections plus the
+FastFormers recipe's keys, ``ExportConfig``, ``BenchmarkConfig``), converted to
+and from YAML/TOML by one function (``axformer.utils.config``), so whatever a
+stage can do can be set from a file, and a setting has one name everywhere. The run writes the *resolved*
 config (every field, defaults included) next to its results; running
 ``axformer optimize --config OUT/config.yaml`` reproduces it.
 """
@@ -13,14 +15,20 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from axformer.analysis.analyze import AnalyzeConfig
+from axformer.benchmark.run import BenchmarkConfig
 from axformer.errors import AxformerError
+from axformer.export.artifact import ExportConfig
+from axformer.search.config import OptimizeConfig, upgrade_flat_keys
 from axformer.tasks.selection import TaskSelection
+from axformer.training.finetune import FinetuneConfig
+from axformer.utils.config import from_mapping, to_mapping
 
 STAGES = ("finetune", "analyze", "search", "export", "benchmark", "report")
 # each stage's directory under the output, and the file whose presence says the stage finished
@@ -38,18 +46,16 @@ MARKERS = {
     "export": "export.json",
     "benchmark": "benchmark.json",
 }
-SECTIONS = ("finetune", "analyze", "search", "export", "benchmark")
 DEFAULT_SCORERS = ("gradient", "similarity")
-RECIPE_KEYS = ("strategy", "student_layers", "heads", "ffn", "budget")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "most-accurate": {"search": {"goal": "accuracy"}},
     "fastest-within-1": {
-        "search": {"goal": "speed", "max_drop": 1.0, "refinetune": "continue"},
+        "search": {"goal": "speed", "tolerance": {"max_drop": 1.0}, "recovery": {"mode": "continue"}},
         "export": {"precision": "auto"},
     },
     "smallest-within-1": {
-        "search": {"goal": "size", "max_drop": 1.0, "refinetune": "continue"},
+        "search": {"goal": "size", "tolerance": {"max_drop": 1.0}, "recovery": {"mode": "continue"}},
         "export": {"precision": "int8"},
     },
     # the embedded default: bundled MiniLM on BBC News, small enough to run end to end in minutes on 2 cores
@@ -65,12 +71,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "analyze": {"scorers": ["gradient", "similarity"], "max_examples": 300},
         "search": {
             "goal": "speed",
-            "max_drop": 1.0,
+            "tolerance": {"max_drop": 1.0},
             "target_speedup": 2.0,
             "max_examples": 300,
             "latency_examples": 60,
             "groups": 6,
-            "attention_modes": [],
+            "attention": {"modes": []},
         },
         "export": {"precision": "auto", "max_examples": 300},
         "benchmark": {
@@ -83,6 +89,60 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+@dataclass
+class SearchStage(OptimizeConfig):
+    """The pipeline's search stage: the search of ``axformer.optimize`` (``strategy: search``, every field of
+    ``OptimizeConfig``) or FastFormers' recipe (``strategy: fastformers`` with its student and pruning sizes)."""
+
+    strategy: str = "search"
+    student_layers: str | None = None
+    heads: int | None = None
+    ffn: int | None = None
+    budget: str = "uniform"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.strategy not in ("search", "fastformers"):
+            raise AxformerError(f"search.strategy {self.strategy!r}; expected search or fastformers")
+        if self.strategy == "fastformers":
+            self.recipe().validate()
+
+    def optimize_config(self) -> OptimizeConfig:
+        return OptimizeConfig(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(OptimizeConfig)})
+
+    def recipe(self):
+        from axformer.distill import DistillConfig
+        from axformer.distill.recipe import RecipeConfig
+
+        r = self.recovery
+        distill = DistillConfig(
+            epochs=r.epochs,
+            learning_rate=r.learning_rate,
+            max_train_examples=r.max_train_examples,
+            device=self.device,
+            allow_pickle=self.allow_pickle,
+        )
+        return RecipeConfig(
+            student_layers=self.student_layers,
+            heads=self.heads,
+            ffn=self.ffn,
+            budget=self.budget,
+            importance_examples=self.max_examples,
+            export=None,
+            distill=distill,
+        )
+
+
+SECTION_TYPES = {
+    "finetune": FinetuneConfig,
+    "analyze": AnalyzeConfig,
+    "search": SearchStage,
+    "export": ExportConfig,
+    "benchmark": BenchmarkConfig,
+}
+NOT_WRITTEN = ("progress",)  # run-time switches, not part of what a config reproduces
 
 
 @dataclass
@@ -99,21 +159,17 @@ class PipelineConfig:
     labels: str | None = None
     output: str | None = None
     preset: str | None = None
-    finetune: dict = field(default_factory=dict)
-    analyze: dict = field(default_factory=dict)
-    search: dict = field(default_factory=dict)
-    export: dict = field(default_factory=dict)
-    benchmark: dict = field(default_factory=dict)
-
-    # ------------------------------------------------------------ building
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    analyze: AnalyzeConfig = field(default_factory=lambda: AnalyzeConfig(scorers=DEFAULT_SCORERS))
+    search: SearchStage = field(default_factory=SearchStage)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     @classmethod
     def build(
         cls, file: str | os.PathLike | None = None, preset: str | None = None, overrides: dict | None = None
     ) -> PipelineConfig:
-        """defaults <- preset <- file <- overrides (the command line); every stage section resolved to its full
-        config.
-        """
+        """defaults <- preset <- file <- overrides (the command line); every section becomes its typed config."""
         merged: dict[str, Any] = {}
         from_file = load_file(file) if file is not None else {}
         name = preset or (overrides or {}).get("preset") or from_file.get("preset")
@@ -122,60 +178,44 @@ class PipelineConfig:
                 raise AxformerError(f"--preset {name!r}; expected one of {', '.join(PRESETS)}")
             _merge(merged, copy.deepcopy(PRESETS[name]))
             merged["preset"] = name
+        if isinstance(from_file.get("search"), dict):  # a config written before the search's sub-configs
+            from_file = {**from_file, "search": upgrade_flat_keys(from_file["search"])}
         _merge(merged, from_file)
         _merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_dict(merged)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PipelineConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(merged) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise AxformerError(
                 f"unknown config key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
             )
-        cfg = cls(**merged)
-        cfg.resolve()
+        values = dict(values)
+        search = values.get("search")
+        if isinstance(search, dict):
+            search = upgrade_flat_keys(search)
+            tolerance = search.get("tolerance")
+            # a relative tolerance given alone is the only one (max_drop's 1.0 is a default, not a choice)
+            if (
+                isinstance(tolerance, dict)
+                and tolerance.get("max_rel_drop") is not None
+                and "max_drop" not in tolerance
+            ):
+                search["tolerance"] = {**tolerance, "max_drop": None}
+            values["search"] = search
+        analyze = values.get("analyze")
+        if isinstance(analyze, dict) and "scorers" not in analyze:
+            # the analysis feeds the report (and mixed precision); by default the scores that cost minutes
+            values["analyze"] = {**analyze, "scorers": list(DEFAULT_SCORERS)}
+        for section, kind in SECTION_TYPES.items():
+            if section in values:
+                values[section] = from_mapping(kind, values[section], section)
+        cfg = cls(**values)
+        for section in SECTION_TYPES:
+            getattr(cfg, section).validate()
         return cfg
-
-    def resolve(self) -> None:
-        """Fill every section with its stage config's full set of fields, validating names and values."""
-        from axformer.analysis.analyze import AnalyzeConfig
-        from axformer.benchmark.run import BenchmarkConfig
-        from axformer.export.artifact import ExportConfig
-        from axformer.search.optimize import OptimizeConfig
-        from axformer.training.finetune import FinetuneConfig
-
-        self.finetune = _resolved("finetune", FinetuneConfig, self.finetune)
-        # the analysis feeds the report (and mixed precision); by default the scores that cost minutes, not the full
-        # ablation
-        self.analyze = _resolved(
-            "analyze", AnalyzeConfig, {"scorers": list(DEFAULT_SCORERS), **self.analyze}, drop=("progress",)
-        )
-        if self.search.get("max_rel_drop") is not None and "max_drop" not in self.search:
-            self.search["max_drop"] = (
-                None  # a relative tolerance given alone is the only one (max_drop's 1.0 is a default, not a choice)
-            )
-        recipe = {k: self.search.pop(k) for k in RECIPE_KEYS if k in self.search}
-        self.search = _resolved("search", OptimizeConfig, self.search, drop=("progress", "extra")) | {
-            "strategy": recipe.get("strategy", "search"),
-            "student_layers": recipe.get("student_layers"),
-            "heads": recipe.get("heads"),
-            "ffn": recipe.get("ffn"),
-            "budget": recipe.get("budget", "uniform"),
-        }
-        if self.search["strategy"] not in ("search", "fastformers"):
-            raise AxformerError(f"search.strategy {self.search['strategy']!r}; expected search or fastformers")
-        if self.search["strategy"] == "fastformers":
-            from axformer.distill.recipe import RecipeConfig
-
-            RecipeConfig(
-                student_layers=self.search["student_layers"],
-                heads=self.search["heads"],
-                ffn=self.search["ffn"],
-                budget=self.search["budget"],
-                export=None,
-            ).validate()
-        self.export = _resolved("export", ExportConfig, self.export)
-        self.benchmark = _resolved("benchmark", BenchmarkConfig, self.benchmark)
-        if self.benchmark.get("lengths") is not None:
-            self.benchmark["lengths"] = list(self.benchmark["lengths"])
 
     def selection(self) -> TaskSelection:
         """The task options of this config (all unset: the task recorded with the model)."""
@@ -184,35 +224,21 @@ class PipelineConfig:
             values["text_column"] = tuple(values["text_column"])
         return TaskSelection(**values)
 
-    # ------------------------------------------------------------ stage configs
-
     def stage_config(self, stage: str):
-        from axformer.analysis.analyze import AnalyzeConfig
-        from axformer.benchmark.run import BenchmarkConfig
-        from axformer.export.artifact import ExportConfig
-        from axformer.search.optimize import OptimizeConfig
-        from axformer.training.finetune import FinetuneConfig
-
-        if stage == "finetune":
-            return FinetuneConfig(**self.finetune)
-        if stage == "analyze":
-            return AnalyzeConfig(
-                **{
-                    **self.analyze,
-                    "scorers": tuple(self.analyze["scorers"]),
-                    "quant_bits": tuple(self.analyze["quant_bits"]),
-                }
-            )
+        """A copy of a stage's typed config (the search stage: the ``OptimizeConfig`` part)."""
         if stage == "search":
-            return OptimizeConfig(**{k: v for k, v in self.search.items() if k not in RECIPE_KEYS})
-        if stage == "export":
-            return ExportConfig(**{**self.export, "int8_op_types": tuple(self.export["int8_op_types"])})
-        if stage == "benchmark":
-            return BenchmarkConfig(**{**self.benchmark, "lengths": tuple(self.benchmark["lengths"])})
+            return self.search.optimize_config()
+        if stage in SECTION_TYPES:
+            return copy.deepcopy(getattr(self, stage))
         raise AxformerError(f"stage {stage!r} has no config")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            k: (
+                to_mapping(v, drop=NOT_WRITTEN) if k in SECTION_TYPES else list(v) if isinstance(v, tuple | list) else v
+            )
+            for k, v in ((f.name, getattr(self, f.name)) for f in fields(self))
+        }
 
     def dump(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -224,28 +250,6 @@ def _merge(into: dict, new: dict) -> None:
             _merge(into[k], v)
         else:
             into[k] = v
-
-
-def _plain(v):
-    """Tuples as lists, so the resolved config is plain YAML and reads back equal."""
-    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
-def _resolved(section: str, cls, values: dict, drop: tuple[str, ...] = ()) -> dict:
-    if not isinstance(values, dict):
-        raise AxformerError(f"config section {section!r} must be a mapping of option names to values")
-    names = [f.name for f in fields(cls) if f.name not in drop]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise AxformerError(
-            f"unknown key(s) {', '.join(unknown)} in config section {section!r}; expected some of {', '.join(names)}"
-        )
-    try:
-        obj = cls(**values)
-    except TypeError as exc:
-        raise AxformerError(f"config section {section!r}: {exc}") from None
-    obj.validate()
-    return {n: _plain(getattr(obj, n)) for n in names}
 
 
 def load_file(path: str | os.PathLike) -> dict:

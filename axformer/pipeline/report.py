@@ -96,16 +96,16 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
     task = (search or {}).get("task") or (bench or {}).get("task") or {}
     main = task.get("main_metric", "metric")
     title = f"axformer: {model_display_name(cfg.model)} on {task.get('display_name', task.get('name', cfg.task))}"
-    goal = cfg.search["goal"] if cfg.search["strategy"] == "search" else "FastFormers recipe"
+    goal = cfg.search.goal if cfg.search.strategy == "search" else "FastFormers recipe"
     stages = ", ".join(
         f"{s} ({times[s] / 60:.1f} min)" for s in ("finetune", "analyze", "search", "export", "benchmark") if s in times
     )
     why = {
         "accuracy": "AxFormer's accuracy-driven search: keep only the changes that lower the held-out loss and "
         "make most examples no worse.",
-        "speed": f"the fastest model whose held-out metrics stay within {cfg.search['max_drop']} points of the "
+        "speed": f"the fastest model whose held-out metrics stay within {cfg.search.tolerance.max_drop} points of the "
         "original (latency measured on this machine).",
-        "size": f"the smallest model whose held-out metrics stay within {cfg.search['max_drop']} points of "
+        "size": f"the smallest model whose held-out metrics stay within {cfg.search.tolerance.max_drop} points of "
         "the original.",
     }.get(goal, "distil, prune, distil again.")
     md += [f"# {title}", ""]

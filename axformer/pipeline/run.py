@@ -18,6 +18,7 @@ is refused (use ``from_stage``) rather than mixing results of two configs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -96,6 +97,10 @@ def _check_consistent(out: Path, cfg: PipelineConfig, from_stage: str | None) ->
     import yaml
 
     old = yaml.safe_load(path.read_text()) or {}
+    # a config written by an earlier axformer, in today's layout (flat search keys moved, defaults filled); one
+    # that does not convert is compared as written: any difference refuses the resume, the safe answer
+    with contextlib.suppress(AxformerError):
+        old = PipelineConfig.from_dict(old).to_dict()
     new = cfg.to_dict()
     first_redo = STAGES.index(from_stage) if from_stage else len(STAGES)
     changed = [k for k in INPUT_KEYS if not _same_input(k, old.get(k), new.get(k))]
@@ -174,7 +179,7 @@ def run_pipeline(
         if ft is None:
             return result
         model = str(ft)
-    analysis = stage("analyze", lambda p: _analyze(model, data, cfg, p), wanted=bool(cfg.analyze["scorers"]))
+    analysis = stage("analyze", lambda p: _analyze(model, data, cfg, p), wanted=bool(cfg.analyze.scorers))
     searched = stage("search", lambda p: _search(model, data, cfg, p))
     if searched is None:
         return result
@@ -194,26 +199,10 @@ def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
 
 
 def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
-    if cfg.search["strategy"] == "fastformers":
-        from axformer.distill import DistillConfig
-        from axformer.distill.recipe import RecipeConfig, fastformers_recipe
+    if cfg.search.strategy == "fastformers":
+        from axformer.distill.recipe import fastformers_recipe
 
-        s = cfg.search
-        recipe = RecipeConfig(
-            student_layers=s["student_layers"],
-            heads=s["heads"],
-            ffn=s["ffn"],
-            budget=s["budget"],
-            importance_examples=s["max_examples"],
-            export=None,
-            distill=DistillConfig(
-                epochs=s["refinetune_epochs"],
-                learning_rate=s["refinetune_lr"],
-                max_train_examples=s["refinetune_max_train_examples"],
-                device=s["device"],
-                allow_pickle=s["allow_pickle"],
-            ),
-        )
+        recipe = cfg.search.recipe()
         if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
             fastformers_recipe(model, path, recipe, data, cfg.data_dir)
         write_json(
@@ -235,7 +224,7 @@ def _export(model: Path, data, cfg: PipelineConfig, analysis: Path | None, path:
     from axformer.export.artifact import export_model
 
     config = cfg.stage_config("export")
-    if config.significance is None and analysis is not None and "quantization" in cfg.analyze["scorers"]:
+    if config.significance is None and analysis is not None and "quantization" in cfg.analyze.scorers:
         config.significance = str(analysis / "significance.json")
     export_model(model, path, config, data, cfg.data_dir)
 

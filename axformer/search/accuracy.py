@@ -27,7 +27,6 @@ from axformer.surgery.components import block_name
 
 @dataclass
 class AccuracySearchConfig:
-    hard_attention: bool = True
     k: int = 30
     renormalize: bool = False
     attention_modes: tuple[str, ...] = (
@@ -73,7 +72,7 @@ def accuracy_search(
         rule.accepted(d.mean_loss)
         trials.accept(removed, changes)
 
-    if config.hard_attention and hard_attention_supported:
+    if config.attention_modes and hard_attention_supported:
         for layer in config.attention_layers if config.attention_layers is not None else present:
             if structure.layers[layer] is None or not structure.layers[layer].heads:
                 continue
@@ -117,7 +116,7 @@ def accuracy_search(
 def trial_bound(structure, config: AccuracySearchConfig, hard_attention_supported: bool = True) -> int:
     """The most trials this search can make (each block, then each of its units, once; each attention mode once)."""
     attention_layers = config.attention_layers if config.attention_layers is not None else structure.present_layers
-    n = len(attention_layers) * len(config.attention_modes) if config.hard_attention and hard_attention_supported else 0
+    n = len(attention_layers) * len(config.attention_modes) if hard_attention_supported else 0
     layers = config.prune_layers if config.prune_layers is not None else structure.present_layers
     for layer in layers:
         if structure.layers[layer] is not None:

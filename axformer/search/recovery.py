@@ -55,21 +55,21 @@ def recover(model, ctx, work: Path, config, state: dict):
         ),
     ).to_dict()
     common = {
-        "epochs": config.refinetune_epochs,
-        "learning_rate": config.refinetune_lr,
-        "batch_size": config.refinetune_batch_size,
-        "max_train_examples": config.refinetune_max_train_examples,
+        "epochs": config.recovery.epochs,
+        "learning_rate": config.recovery.learning_rate,
+        "batch_size": config.recovery.batch_size,
+        "max_train_examples": config.recovery.max_train_examples,
         "max_seq_length": ctx.record.max_seq_length,
         "device": config.device,
     }
     t0 = time.perf_counter()
     start = work
-    if config.refinetune == "distill":
+    if config.recovery.mode == "distill":
         cfg = DistillConfig(**common)
         result = distill(model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True)
     else:
         cfg = FinetuneConfig(**common)
-        if config.refinetune == "pretrained":
+        if config.recovery.mode == "pretrained":
             origin = pretrained_origin(ctx.record)
             if origin is None:
                 raise AxformerError(
@@ -96,7 +96,7 @@ def recover(model, ctx, work: Path, config, state: dict):
     if start != work:
         shutil.rmtree(start, ignore_errors=True)
     return net, {
-        "mode": config.refinetune,
+        "mode": config.recovery.mode,
         "heldout_before": searched,
         "seconds": time.perf_counter() - t0,
         "config": asdict(cfg),

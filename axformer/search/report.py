@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from axformer.runtime.timing import measure_latency
 from axformer.search.trials import Trials
 from axformer.surgery.components import layer_name
 from axformer.surgery.prune import count_parameters, current_structure
+from axformer.utils.config import to_mapping
 
 
 def weights_size(path: Path) -> int:
@@ -81,7 +81,7 @@ def build_report(
         "model": str(model),
         "task": {"name": spec.name, "display_name": spec.display_name, "main_metric": spec.main_metric},
         "goal": config.goal,
-        "config": asdict(config),
+        "config": to_mapping(config),
         "split": ctx.describe_split(),
         "removed": state["removed"],
         "attention": state["attention"],

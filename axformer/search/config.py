@@ -1,0 +1,170 @@
+"""The search's settings: one typed object, with a sub-config per concern.
+
+``OptimizeConfig`` is what ``axformer.optimize`` takes, what the pipeline's ``search`` section holds (nested
+as ``tolerance:``, ``axformer:``, ``attention:``, ``recovery:``) and what ``axformer optimize``'s flags map to.
+``from_dict`` also reads the flat keys of configs written before the sub-configs existed (``max_drop``,
+``refinetune``, ``hard_attention``, ...), so an old ``config.yaml`` still runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from axformer.attention.hard import MODES
+from axformer.errors import AxformerError
+from axformer.utils.config import from_mapping, to_mapping
+
+GOALS = ("accuracy", "speed", "size")
+RECOVERY = ("continue", "pretrained", "distill")
+
+
+@dataclass
+class Tolerance:
+    """How far the constraint goals (speed, size) may let the held-out metrics fall."""
+
+    max_drop: float | None = 1.0  # points of every guarded metric
+    max_rel_drop: float | None = None  # percent of every guarded metric
+    guard: str = "all"  # the tolerance holds for every task metric ("all") or the main one ("main")
+    max_loss_increase: float | None = None  # percent over the unpruned model's mean held-out loss
+
+    def validate(self) -> None:
+        if self.max_drop is not None and self.max_drop < 0:
+            raise AxformerError(f"--max-drop {self.max_drop}; expected a non-negative number of points (e.g. 1)")
+        if self.max_rel_drop is not None and not 0 <= self.max_rel_drop < 100:
+            raise AxformerError(f"--max-rel-drop {self.max_rel_drop}; expected a percentage from 0 to below 100")
+        if self.guard not in ("all", "main"):
+            raise AxformerError(f"--guard {self.guard!r}; expected all or main")
+        if self.max_loss_increase is not None and self.max_loss_increase < 0:
+            raise AxformerError(f"--max-loss-increase {self.max_loss_increase}; expected a non-negative percentage")
+
+
+@dataclass
+class AxFormerRule:
+    """The accuracy goal's constants (AxFormer's published values by default)."""
+
+    slack: float = 1.1  # descend into a block's units when its loss is below slack x the best loss
+    fraction: float = 0.5  # share of examples that must not get worse
+    prune_layers: list[int] | None = None  # order of the pruning phase (default: last to first; []: skip)
+
+    def validate(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise AxformerError(f"--fraction {self.fraction}; expected a value between 0 and 1")
+        if self.slack < 1:
+            raise AxformerError(f"--slack {self.slack}; expected a value of at least 1")
+
+
+@dataclass
+class AttentionSearch:
+    """Approximate attention tried per layer. ``modes`` None: the goal's default (accuracy: topk, AxFormer's
+    hard attention; speed: topk and sign, each only where measured faster than dense); []: none at all."""
+
+    modes: list[str] | None = None
+    k: int = 30
+    layers: list[int] | None = None  # accuracy goal: layers and order of the attention phase (default: 0 .. L-1)
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise AxformerError(f"-k {self.k}; expected a positive number of attended keys")
+        if any(m not in MODES for m in self.modes or []):
+            raise AxformerError(f"--attention {self.modes}; expected topk and/or sign, or none")
+
+    def modes_for(self, goal: str) -> tuple[str, ...]:
+        if self.modes is not None:
+            return tuple(self.modes)
+        return ("topk",) if goal == "accuracy" else MODES
+
+
+@dataclass
+class Recovery:
+    """Training after the search (``--recover``): None; "continue" fine-tunes from the searched weights;
+    "pretrained" (AxFormer) puts the structure on the pre-trained checkpoint and fine-tunes; "distill"
+    (FastFormers) distils the original model into the searched one."""
+
+    mode: str | None = None
+    epochs: float = 1.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_train_examples: int | None = None
+
+    def validate(self) -> None:
+        if self.mode not in (None, *RECOVERY):
+            raise AxformerError(f"--recover {self.mode!r}; expected one of {', '.join(RECOVERY)}")
+
+
+@dataclass
+class OptimizeConfig:
+    goal: str = "accuracy"
+    target_speedup: float | None = None  # speed: stop once the predicted batch-1 speed-up reaches this
+    target_size: float | None = None  # size: stop once the model is this many times smaller
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    axformer: AxFormerRule = field(default_factory=AxFormerRule)
+    attention: AttentionSearch = field(default_factory=AttentionSearch)
+    recovery: Recovery = field(default_factory=Recovery)
+    groups: int = 12
+    max_examples: int | None = 2000
+    sample_seed: int = 0
+    batch_size: int = 64
+    latency_examples: int = 200  # dev texts timed at batch 1
+    device: str = "auto"
+    allow_pickle: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.goal not in GOALS:
+            raise AxformerError(f"--goal {self.goal!r}; expected one of {', '.join(GOALS)}")
+        for part in (self.tolerance, self.axformer, self.attention, self.recovery):
+            part.validate()
+        if self.goal != "accuracy" and self.tolerance.max_drop is None and self.tolerance.max_rel_drop is None:
+            raise AxformerError(f"--goal {self.goal} needs a tolerance: --max-drop or --max-rel-drop")
+        if self.groups < 1:
+            raise AxformerError(f"--groups {self.groups}; expected a positive number")
+        for name in ("target_speedup", "target_size"):
+            v = getattr(self, name)
+            if v is not None and v <= 1:
+                raise AxformerError(f"--{name.replace('_', '-')} {v}; expected a factor above 1 (e.g. 1.5)")
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "search") -> OptimizeConfig:
+        """From a (possibly old, flat) mapping."""
+        return from_mapping(cls, upgrade_flat_keys(values), where)
+
+    def to_dict(self) -> dict:
+        return to_mapping(self)
+
+
+# flat keys of configs written before the sub-configs, and where each lives now
+_FLAT_KEYS = {
+    "max_drop": ("tolerance", "max_drop"),
+    "max_rel_drop": ("tolerance", "max_rel_drop"),
+    "guard": ("tolerance", "guard"),
+    "max_loss_increase": ("tolerance", "max_loss_increase"),
+    "slack": ("axformer", "slack"),
+    "fraction": ("axformer", "fraction"),
+    "prune_layers": ("axformer", "prune_layers"),
+    "k": ("attention", "k"),
+    "attention_modes": ("attention", "modes"),
+    "attention_layers": ("attention", "layers"),
+    "refinetune": ("recovery", "mode"),
+    "refinetune_epochs": ("recovery", "epochs"),
+    "refinetune_lr": ("recovery", "learning_rate"),
+    "refinetune_batch_size": ("recovery", "batch_size"),
+    "refinetune_max_train_examples": ("recovery", "max_train_examples"),
+}
+
+
+def upgrade_flat_keys(values: dict) -> dict:
+    """Old flat search settings moved into their sub-configs; ``hard_attention: false`` becomes
+    ``attention.modes: []`` (the one way to turn approximate attention off); ``extra`` (never used) is dropped."""
+    if not isinstance(values, dict):
+        return values
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items() if k not in _FLAT_KEYS}
+    out.pop("extra", None)
+    hard = out.pop("hard_attention", None)
+    for old, (section, new) in _FLAT_KEYS.items():
+        if old in values:
+            out.setdefault(section, {})
+            if isinstance(out[section], dict):
+                out[section][new] = values[old]  # a flat key given beside its section is the explicit one
+    if hard is False:
+        out.setdefault("attention", {})["modes"] = []
+    return out
