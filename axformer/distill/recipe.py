@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,8 @@ from axformer.runtime.backends import is_onnx_artifact, load_runnable
 from axformer.surgery.prune import apply_structure, count_parameters, current_structure
 from axformer.tasks.data import TaskData
 from axformer.tasks.splits import apply_split
-from axformer.utils.io import read_json, write_json
+from axformer.utils.io import write_json
+from axformer.utils.stages import StageRunner
 
 
 @dataclass
@@ -150,16 +150,11 @@ def fastformers_recipe(
         shutil.rmtree(output, ignore_errors=True)
     stages_dir = output / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
-    times = read_json(stages_dir / "times.json") if (stages_dir / "times.json").exists() else {}
+    runner = StageRunner(stages_dir)
+    times = runner.times
 
-    def run(name: str, fn) -> Path:
-        path = stages_dir / name
-        if not path.exists():  # each stage's directory appears only when the stage is complete
-            t0 = time.perf_counter()
-            fn(path)
-            times[name] = time.perf_counter() - t0
-            write_json(stages_dir / "times.json", times)
-        return path
+    def run(name: str, fn) -> Path:  # each stage's directory appears only when the stage is complete
+        return runner.run(name, stages_dir / name, fn, done=Path.exists)
 
     current = Path(model)
     done: list[tuple[str, Path]] = [("teacher", current)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from axformer.pipeline.config import DIRS, MARKERS, STAGES, PipelineConfig
 from axformer.pipeline.report import write_report
 from axformer.tasks.selection import TaskSelection
 from axformer.utils.io import read_json, refuse_overwriting_inputs, write_json
+from axformer.utils.stages import StageRunner
 
 INPUT_KEYS = ("model", *TaskSelection.option_names())
 PATH_KEYS = ("model", "data_dir", "train", "dev")
@@ -152,24 +152,15 @@ def run_pipeline(
             shutil.rmtree(out / DIRS[stage], ignore_errors=True)
     cfg.dump(out / "config.yaml")
     last = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
-    times = read_json(out / "times.json") if (out / "times.json").exists() else {}
-    result = PipelineResult(out)
+    runner = StageRunner(out, progress)
+    result = PipelineResult(out, ran=runner.ran, skipped=runner.skipped)
 
     def stage(name: str, fn, wanted: bool = True) -> Path | None:
         path = out / DIRS[name]
+        finished = (path / MARKERS[name]).exists()
         if STAGES.index(name) > last or not wanted:
-            return path if (path / MARKERS[name]).exists() else None
-        if (path / MARKERS[name]).exists():
-            result.skipped.append(name)
-            progress(f"[{name}] done already: {path}")
-            return path
-        progress(f"[{name}] running -> {path}")
-        t0 = time.perf_counter()
-        fn(path)
-        times[name] = time.perf_counter() - t0
-        write_json(out / "times.json", times)
-        result.ran.append(name)
-        return path
+            return path if finished else None
+        return runner.run(name, path, fn, done=lambda p: (p / MARKERS[name]).exists())
 
     model = cfg.model
     if finetune_needed:
@@ -187,7 +178,7 @@ def run_pipeline(
     if exported is not None:
         stage("benchmark", lambda p: _benchmark([str(searched), str(exported)], model, data, cfg, p))
     if last == len(STAGES) - 1:
-        result.summary = write_report(out, cfg, times, model, finetune_needed)
+        result.summary = write_report(out, cfg, runner.times, model, finetune_needed)
         result.ran.append("report")
     return result
 
