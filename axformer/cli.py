@@ -952,8 +952,9 @@ def benchmark_cmd(
         models, output, data, selection.data_dir, config, progress=lambda m: console.print(f"[dim]{m}[/dim]")
     )
     from axformer.benchmark.report import markdown
+    from axformer.benchmark.result import BenchmarkResult
 
-    console.print(markdown(result))
+    console.print(markdown(BenchmarkResult.from_dict(result)))
     console.print(f"written to {output}/ (benchmark.md, benchmark.json, tradeoff.png)")
 
 

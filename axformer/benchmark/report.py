@@ -5,20 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from axformer.benchmark.pricing import price_note
+from axformer.benchmark.result import BenchmarkResult, Step
 
 
 def _f(v, fmt: str = "{:.2f}", none: str = "-") -> str:
     return none if v is None else fmt.format(v)
 
 
-def markdown(result: dict) -> str:
-    rows = result["rows"]
-    main = result["task"]["main_metric"]
+def markdown(result: BenchmarkResult) -> str:
+    rows = result.rows
+    main = result.task.main_metric
     ref = rows[0]
-    ref_lat, ref_thr = ref["timing"]["latency_p50_ms"], ref["timing"]["throughput_per_s"]
-    env = result["environment"]
-    cost = result["config"]["price_per_hour"] > 0
-    lengths = list(rows[0]["fixed"])
+    ref_lat, ref_thr = ref.timing.latency_p50_ms, ref.timing.throughput_per_s
+    env = result.environment
+    cfg = result.config
+    cost = result.price_per_hour > 0
+    lengths = list(rows[0].fixed)
     head = [
         "model",
         f"dev {main}",
@@ -35,8 +37,7 @@ def markdown(result: dict) -> str:
         "FLOPs/token @128",
     ] + (["USD / 100M req."] if cost else [])
     lines = [
-        f"# Benchmark: {result['task']['name']} ({result['task']['dev_examples']} "
-        f"{result['task']['dev_split']} examples)",
+        f"# Benchmark: {result.task.name} ({result.task.dev_examples} {result.task.dev_split} examples)",
         "",
         f"Hardware: {env['machine']}, {env['cpu'] or 'unknown CPU'} ({env['cores']} cores; "
         f"{env['cpu_flags'] or 'no AVX flags read'})"
@@ -44,12 +45,12 @@ def markdown(result: dict) -> str:
         + f". torch {env['torch']} ({env['torch_threads']} threads), transformers "
         f"{env['transformers']}, onnxruntime {env['onnxruntime']}, Python {env['python']}.",
         "All rows measured in the same run; speed-ups are against the first row. Batch-1 latency "
-        f"over {result['config']['latency_examples']} dev requests x "
-        f"{result['config']['rounds']} interleaved rounds; throughput at batch 32 on "
-        f"{result['config']['throughput_examples']} dev examples (median of rounds)."
+        f"over {cfg['latency_examples']} dev requests x "
+        f"{cfg['rounds']} interleaved rounds; throughput at batch 32 on "
+        f"{cfg['throughput_examples']} dev examples (median of rounds)."
         + (
-            f" Cost: USD {result['config']['price_per_hour']:.3f} per machine "
-            f"hour{price_note(result['config']['price_per_hour'])}, at the best measured throughput."
+            f" Cost: USD {result.price_per_hour:.3f} per machine "
+            f"hour{price_note(result.price_per_hour)}, at the best measured throughput."
             if cost
             else ""
         ),
@@ -68,35 +69,32 @@ def markdown(result: dict) -> str:
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        t = r["timing"]
+        t = r.timing
         cells = [
-            r["name"] + (" (baseline)" if r["baseline"] else ""),
-            _f(r["dev"]["metrics"].get(main)),
-            _f(t["latency_p50_ms"]),
-            _f(t["latency_p95_ms"]),
-            _f(ref_lat / t["latency_p50_ms"] if t["latency_p50_ms"] else None, "{:.2f}x"),
-            _f(t["throughput_per_s"], "{:.1f}"),
-            _f(t["throughput_per_s"] / ref_thr if ref_thr else None, "{:.2f}x"),
-            _f(r["multi_instance"]["throughput_per_s"] if r["multi_instance"] else None, "{:.1f}"),
-            *[_f(r["fixed"].get(L, {}).get("latency_p50_ms")) for L in lengths],
-            _f(r["peak_memory_mib"], "{:.0f}"),
-            _f(r["size_bytes"] / 2**20 if r["size_bytes"] else None, "{:.1f}"),
-            _f(r["parameters"] / 1e6 if r["parameters"] else None, "{:.2f} M"),
-            _f(r["flops_per_token"] / 1e6 if r["flops_per_token"] else None, "{:.1f} M"),
+            r.name + (" (baseline)" if r.baseline else ""),
+            _f(r.dev.metrics.get(main)),
+            _f(t.latency_p50_ms),
+            _f(t.latency_p95_ms),
+            _f(ref_lat / t.latency_p50_ms if t.latency_p50_ms else None, "{:.2f}x"),
+            _f(t.throughput_per_s, "{:.1f}"),
+            _f(t.throughput_per_s / ref_thr if ref_thr else None, "{:.2f}x"),
+            _f(r.multi_instance.throughput_per_s if r.multi_instance else None, "{:.1f}"),
+            *[_f(r.fixed[L].latency_p50_ms if L in r.fixed else None) for L in lengths],
+            _f(r.peak_memory_mib, "{:.0f}"),
+            _f(r.size_bytes / 2**20 if r.size_bytes else None, "{:.1f}"),
+            _f(r.parameters / 1e6 if r.parameters else None, "{:.2f} M"),
+            _f(r.flops_per_token / 1e6 if r.flops_per_token else None, "{:.1f} M"),
         ]
         if cost:
-            cells.append(
-                _f(r["usd_per_100m"], "{:.2f}") + (f" ({r['cost_basis']})" if r["usd_per_100m"] is not None else "")
-            )
+            cells.append(_f(r.usd_per_100m, "{:.2f}") + (f" ({r.cost_basis})" if r.usd_per_100m is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Fixed-length throughput (examples/s at batch "
-        + str(result["config"]["fixed_batch"])
+        + str(cfg["fixed_batch"])
         + "): "
         + "; ".join(
-            f"{r['name']}: "
-            + ", ".join(f"{L} tok {_f(r['fixed'][L]['throughput_per_s'], '{:.1f}')}" for L in r["fixed"])
+            f"{r.name}: " + ", ".join(f"{L} tok {_f(t.throughput_per_s, '{:.1f}')}" for L, t in r.fixed.items())
             for r in rows
         ),
         "",
@@ -110,55 +108,56 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def cumulative(result: dict) -> list[dict]:
+def cumulative(result: BenchmarkResult) -> list[Step]:
     """FastFormers' cumulative view: each step of the chain, its own speed-up over the previous step and the total.
 
     The chain is ``config.chain`` (row names in order) or every row; when the
     last step ran multi-instance, that mode is one more step (throughput only).
     """
-    rows = {r["name"]: r for r in result["rows"]}
-    names = [n for n in (result["config"].get("chain") or [r["name"] for r in result["rows"]]) if n in rows]
-    main = result["task"]["main_metric"]
-    steps, prev = [], None
+    rows = {r.name: r for r in result.rows}
+    names = [n for n in (result.config.get("chain") or [r.name for r in result.rows]) if n in rows]
+    main = result.task.main_metric
+    steps: list[Step] = []
+    prev = None
     first = rows[names[0]] if names else None
     for n in names:
         r = rows[n]
-        lat, thr = r["timing"]["latency_p50_ms"], r["timing"]["throughput_per_s"]
+        lat, thr = r.timing.latency_p50_ms, r.timing.throughput_per_s
         steps.append(
-            {
-                "step": n,
-                "metric": r["dev"]["metrics"].get(main),
-                "latency_ms": lat,
-                "throughput_per_s": thr,
-                "step_latency_speedup": prev["timing"]["latency_p50_ms"] / lat if prev else 1.0,
-                "step_throughput_gain": thr / prev["timing"]["throughput_per_s"] if prev else 1.0,
-                "total_latency_speedup": first["timing"]["latency_p50_ms"] / lat,
-                "total_throughput_gain": thr / first["timing"]["throughput_per_s"],
-            }
+            Step(
+                step=n,
+                metric=r.dev.metrics.get(main),
+                latency_ms=lat,
+                throughput_per_s=thr,
+                step_latency_speedup=prev.timing.latency_p50_ms / lat if prev else 1.0,
+                step_throughput_gain=thr / prev.timing.throughput_per_s if prev else 1.0,
+                total_latency_speedup=first.timing.latency_p50_ms / lat,
+                total_throughput_gain=thr / first.timing.throughput_per_s,
+            )
         )
         prev = r
-    if prev is not None and prev.get("multi_instance"):
-        mi = prev["multi_instance"]
+    if prev is not None and prev.multi_instance:
+        mi = prev.multi_instance
         steps.append(
-            {
-                "step": f"+ multi-instance ({mi['instances']} x {mi['threads_per_instance']} thread)",
-                "metric": prev["dev"]["metrics"].get(main),
-                "latency_ms": None,
-                "throughput_per_s": mi["throughput_per_s"],
-                "step_latency_speedup": None,
-                "step_throughput_gain": mi["throughput_per_s"] / prev["timing"]["throughput_per_s"],
-                "total_latency_speedup": None,
-                "total_throughput_gain": mi["throughput_per_s"] / first["timing"]["throughput_per_s"],
-            }
+            Step(
+                step=f"+ multi-instance ({mi.instances} x {mi.threads_per_instance} thread)",
+                metric=prev.dev.metrics.get(main),
+                latency_ms=None,
+                throughput_per_s=mi.throughput_per_s,
+                step_latency_speedup=None,
+                step_throughput_gain=mi.throughput_per_s / prev.timing.throughput_per_s,
+                total_latency_speedup=None,
+                total_throughput_gain=mi.throughput_per_s / first.timing.throughput_per_s,
+            )
         )
     return steps
 
 
-def cumulative_markdown(result: dict) -> list[str]:
-    steps = cumulative(result)
+def cumulative_markdown(result: BenchmarkResult) -> list[str]:
+    steps = result.cumulative or cumulative(result)
     if len(steps) < 2:
         return []
-    main = result["task"]["main_metric"]
+    main = result.task.main_metric
     lines = [
         "## Cumulative view (FastFormers style)",
         "",
@@ -169,14 +168,14 @@ def cumulative_markdown(result: dict) -> list[str]:
     ]
     for s in steps:
         lines.append(
-            f"| {s['step']} | {_f(s['metric'])} | {_f(s['step_latency_speedup'], '{:.2f}x')} | "
-            f"{_f(s['total_latency_speedup'], '{:.2f}x')} | "
-            f"{_f(s['step_throughput_gain'], '{:.2f}x')} | {_f(s['total_throughput_gain'], '{:.2f}x')} |"
+            f"| {s.step} | {_f(s.metric)} | {_f(s.step_latency_speedup, '{:.2f}x')} | "
+            f"{_f(s.total_latency_speedup, '{:.2f}x')} | "
+            f"{_f(s.step_throughput_gain, '{:.2f}x')} | {_f(s.total_throughput_gain, '{:.2f}x')} |"
         )
     return lines + [""]
 
 
-def plot(result: dict, path: str | Path) -> Path:
+def plot(result: BenchmarkResult, path: str | Path) -> Path:
     """Dev metric against batch-1 latency: one point per row, baselines hollow, named in a legend.
 
     A legend rather than labels at the points: baselines of equal accuracy sit on one line and their labels
@@ -187,11 +186,11 @@ def plot(result: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    main = result["task"]["main_metric"]
+    main = result.task.main_metric
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     markers = "osD^vP*Xh<>"
-    for i, r in enumerate(result["rows"]):
-        x, y = r["timing"]["latency_p50_ms"], r["dev"]["metrics"].get(main)
+    for i, r in enumerate(result.rows):
+        x, y = r.timing.latency_p50_ms, r.dev.metrics.get(main)
         if x is None or y is None:
             continue
         color = f"C{i % 10}"
@@ -200,11 +199,11 @@ def plot(result: dict, path: str | Path) -> Path:
             [y],
             s=70,
             marker=markers[i % len(markers)],
-            facecolors="none" if r["baseline"] else color,
+            facecolors="none" if r.baseline else color,
             edgecolors=color,
             linewidths=1.5,
             zorder=3,
-            label=f"{r['name']}{' (baseline)' if r['baseline'] else ''}: {y:.2f}, {x:.2f} ms",
+            label=f"{r.name}{' (baseline)' if r.baseline else ''}: {y:.2f}, {x:.2f} ms",
         )
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -213,7 +212,7 @@ def plot(result: dict, path: str | Path) -> Path:
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("batch-1 latency on dev texts, p50 (ms, log scale)")
     ax.set_ylabel(f"dev {main}")
-    ax.set_title(f"{result['task']['name']}: accuracy vs latency (hollow: baselines)")
+    ax.set_title(f"{result.task.name}: accuracy vs latency (hollow: baselines)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()

@@ -19,7 +19,7 @@ import contextlib
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ import torch
 
 from axformer.benchmark.measure import Candidate, peak_memory_mib
 from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
+from axformer.benchmark.report import cumulative, markdown, plot
+from axformer.benchmark.result import BenchmarkResult, BenchmarkTask, MultiInstance, Row, Scores, TimingSummary
 from axformer.data.batching import encode
 from axformer.errors import AxformerError
 from axformer.evaluation import score
@@ -76,25 +78,6 @@ class BenchmarkConfig:
             raise AxformerError("--rounds and --latency-examples must be positive")
         if self.price_per_hour < 0:
             raise AxformerError(f"--price-per-hour {self.price_per_hour}; expected a non-negative price in USD")
-
-
-@dataclass
-class Row:
-    name: str
-    path: str
-    kind: str  # pytorch / onnx
-    padded: bool
-    baseline: bool
-    dev: dict = field(default_factory=dict)
-    timing: dict = field(default_factory=dict)  # dev: latency p50/p95, throughput
-    fixed: dict = field(default_factory=dict)  # length -> latency p50, throughput
-    multi_instance: dict | None = None
-    peak_memory_mib: float | None = None
-    size_bytes: int | None = None
-    parameters: int | None = None
-    flops_per_token: float | None = None
-    usd_per_100m: float | None = None
-    cost_basis: str | None = None
 
 
 def _origin(model: str) -> str | None:
@@ -229,7 +212,8 @@ def benchmark(
     progress(f"dev metric of {len(candidates)} candidates on {len(enc)} {dev_name} examples")
     for c in candidates:
         model = _Padded(loaded[c.name], max_len, pad_id) if c.padded else loaded[c.name]
-        rows[c.name].dev = score(spec, dev_split.labels, _dev_outputs(model, enc, spec.is_regression)).to_dict()
+        scored = score(spec, dev_split.labels, _dev_outputs(model, enc, spec.is_regression))
+        rows[c.name].dev = Scores(**scored.to_dict())
     progress(
         f"timing on dev texts: {len(lat_enc)} requests at batch 1 and {len(thr_enc)} at batch 32, "
         f"{config.rounds} interleaved rounds"
@@ -237,7 +221,7 @@ def benchmark(
     single = {c.name: prepare(lat_enc, 1, max_len if c.padded else None, pad_id) for c in candidates}
     big = {c.name: prepare(thr_enc, 32, max_len if c.padded else None, pad_id) for c in candidates}
     for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
-        rows[name].timing = t.summary()
+        rows[name].timing = TimingSummary(**t.summary())
     cfg = read_config_json(candidates[0].path)
     vocab = int(cfg.get("vocab_size", 30522))
     positions = position_limit(cfg) or 512
@@ -250,7 +234,7 @@ def benchmark(
         sb = {c.name: prepare(syn, config.fixed_batch, None, pad_id, config.fixed_batch) for c in candidates}
         progress(f"timing at a fixed {length} tokens")
         for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
-            rows[name].fixed[str(length)] = t.summary()
+            rows[name].fixed[str(length)] = TimingSummary(**t.summary())
     instances = (
         config.instances
         if config.instances is not None
@@ -273,11 +257,7 @@ def benchmark(
                     t1 = time.perf_counter()
                     p.run_batches(batches)
                     rates.append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - t1))
-            rows[c.name].multi_instance = {
-                "instances": instances,
-                "threads_per_instance": 1,
-                "throughput_per_s": float(np.median(rates)),
-            }
+            rows[c.name].multi_instance = MultiInstance(instances, 1, float(np.median(rates)))
     if config.memory:
         widest = prepare(thr_enc, 32, None, pad_id)[0]
         for c in candidates:
@@ -289,9 +269,9 @@ def benchmark(
         r.size_bytes = _size(c.path)
         r.parameters, r.flops_per_token = _params_flops(c.path)
         best = max(
-            [(r.timing["throughput_per_s"], "batch 32, one process")]
+            [(r.timing.throughput_per_s, "batch 32, one process")]
             + (
-                [(r.multi_instance["throughput_per_s"], f"batch 32, {r.multi_instance['instances']} instances")]
+                [(r.multi_instance.throughput_per_s, f"batch 32, {r.multi_instance.instances} instances")]
                 if r.multi_instance
                 else []
             )
@@ -301,22 +281,19 @@ def benchmark(
             r.usd_per_100m = usd_per_100m(best[0], config.price_per_hour)
     by_path = {c.path: c.name for c in candidates}
     chain = [by_path.get(n, n) for n in config.chain] if config.chain else None
-    result = {
-        "task": {"name": spec.name, "main_metric": spec.main_metric, "dev_split": dev_name, "dev_examples": len(enc)},
-        "config": {**asdict(config), "chain": chain},
-        "rows": [asdict(rows[c.name]) for c in candidates],
-        "reference": candidates[0].name,
-        "environment": environment(),
-        "seconds": time.perf_counter() - t0,
-    }
-    from axformer.benchmark.report import cumulative, markdown, plot
-
-    result["cumulative"] = cumulative(result)
-    write_json(output / "benchmark.json", result)
-
+    result = BenchmarkResult(
+        task=BenchmarkTask(spec.name, spec.main_metric, dev_name, len(enc)),
+        config={**asdict(config), "chain": chain},
+        rows=[rows[c.name] for c in candidates],
+        reference=candidates[0].name,
+        environment=environment(),
+        seconds=time.perf_counter() - t0,
+    )
+    result.cumulative = cumulative(result)
+    write_json(output / "benchmark.json", result.to_dict())
     plot(result, output / "tradeoff.png")
     (output / "benchmark.md").write_text(markdown(result))
-    return result
+    return result.to_dict()
 
 
 def environment() -> dict:

@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 
 from axformer.benchmark.pricing import price_note
+from axformer.benchmark.result import BenchmarkResult
 from axformer.demo import model_display_name
 from axformer.pipeline.config import DIRS
+from axformer.search.result import SearchReport
+from axformer.surgery.components import layer_name
 from axformer.utils.io import read_json, write_json
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em
@@ -45,7 +48,7 @@ def _fmt(v, spec="{:.2f}") -> str:
     return "-" if v is None else spec.format(v)
 
 
-def _candidates_plot(search: dict, log: list[dict], main: str, path: Path) -> Path | None:
+def _candidates_plot(search: SearchReport, log: list[dict], main: str, path: Path) -> Path | None:
     """Held-out main metric of every candidate the search evaluated, against its predicted speed-up (or trial order)."""
     import matplotlib
 
@@ -62,10 +65,9 @@ def _candidates_plot(search: dict, log: list[dict], main: str, path: Path) -> Pa
         pts = [(xi, r["metric"]) for xi, r in zip(x, rows) if r["accepted"] == accepted]
         if pts:
             ax.scatter(*zip(*pts), s=14, c=colour, label=label)
-    ref = search["results"]["original"]["heldout"]["metrics"][main]
-    ax.axhline(ref, color="#0063b1", lw=1, label="original")
-    if search["search"].get("threshold") is not None:
-        ax.axhline(search["search"]["threshold"], color="#a4262c", lw=1, ls="--", label="tolerance")
+    ax.axhline(search.original.heldout.metrics[main], color="#0063b1", lw=1, label="original")
+    if search.search.threshold is not None:
+        ax.axhline(search.search.threshold, color="#a4262c", lw=1, ls="--", label="tolerance")
     ax.set_xlabel("predicted batch-1 speed-up if accepted (calibrated cost model)" if by_ratio else "trial")
     ax.set_ylabel(f"held-out {main}")
     ax.set_title("every candidate the search evaluated (completed evaluations)")
@@ -91,11 +93,18 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         body.append(h)
 
     search_dir, bench_dir, analysis_dir = out / DIRS["search"], out / DIRS["benchmark"], out / DIRS["analyze"]
-    search = read_json(search_dir / "report.json") if (search_dir / "report.json").exists() else None
-    bench = read_json(bench_dir / "benchmark.json") if (bench_dir / "benchmark.json").exists() else None
-    task = (search or {}).get("task") or (bench or {}).get("task") or {}
-    main = task.get("main_metric", "metric")
-    title = f"axformer: {model_display_name(cfg.model)} on {task.get('display_name', task.get('name', cfg.task))}"
+    raw = read_json(search_dir / "report.json") if (search_dir / "report.json").exists() else None
+    recipe = raw if raw is not None and raw.get("strategy") == "fastformers" else None  # the recipe's own report
+    search = SearchReport.from_dict(raw) if raw is not None and recipe is None else None
+    bench = (
+        BenchmarkResult.from_dict(read_json(bench_dir / "benchmark.json"))
+        if (bench_dir / "benchmark.json").exists()
+        else None
+    )
+    task_name = search.task.name if search else bench.task.name if bench else (recipe or {}).get("task", {}).get("name")
+    main = search.task.main_metric if search else bench.task.main_metric if bench else "metric"
+    display = search.task.display_name if search else (recipe or {}).get("task", {}).get("display_name", task_name)
+    title = f"axformer: {model_display_name(cfg.model)} on {display or cfg.task}"
     goal = cfg.search.goal if cfg.search.strategy == "search" else "FastFormers recipe"
     stages = ", ".join(
         f"{s} ({times[s] / 60:.1f} min)" for s in ("finetune", "analyze", "search", "export", "benchmark") if s in times
@@ -116,33 +125,30 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         f"{'fine-tuned first (the checkpoint had no task head); ' if finetuned else ''}{stages}. "
         f"Decisions used the held-out part of the training data only; the dev set only reports.",
     )
-    summary: dict = {"output": str(out), "task": task.get("name"), "goal": goal}
+    summary: dict = {"output": str(out), "task": task_name, "goal": goal}
     if bench is not None:
-        rows = bench["rows"]
-        original = next(r for r in rows if r["baseline"] and not r["padded"] and r["kind"] == "pytorch")
+        rows = bench.rows
+        original = next(r for r in rows if r.baseline and not r.padded and r.kind == "pytorch")
         artifact = rows[-1]
-        torch_opt = next((r for r in rows if not r["baseline"] and r["kind"] == "pytorch"), None)
-        price = bench["config"].get("price_per_hour") or 0
+        torch_opt = next((r for r in rows if not r.baseline and r.kind == "pytorch"), None)
+        price = bench.price_per_hour
         headers = (
             ["", "original (PyTorch)"]
             + (["optimized (PyTorch)"] if torch_opt else [])
             + ["optimized (deployed artifact)", "artifact vs original"]
         )
         cols = [original] + ([torch_opt] if torch_opt else []) + [artifact]
-        lat = [c["timing"]["latency_p50_ms"] for c in cols]
-        thr = [c["timing"]["throughput_per_s"] for c in cols]
+        lat = [c.timing.latency_p50_ms for c in cols]
+        thr = [c.timing.throughput_per_s for c in cols]
         table = []
-        for metric in original["dev"]["metrics"]:
+        for metric in original.dev.metrics:
             table.append(
                 [f"dev {metric}"]
-                + [_fmt(c["dev"]["metrics"].get(metric)) for c in cols]
-                + [f"{artifact['dev']['metrics'][metric] - original['dev']['metrics'][metric]:+.2f}"]
+                + [_fmt(c.dev.metrics.get(metric)) for c in cols]
+                + [f"{artifact.dev.metrics[metric] - original.dev.metrics[metric]:+.2f}"]
             )
-        if search is not None and "results" in search:
-            o, p = (
-                search["results"]["original"]["heldout"]["metrics"],
-                search["results"]["optimized"]["heldout"]["metrics"],
-            )
+        if search is not None:
+            o, p = search.original.heldout.metrics, search.optimized.heldout.metrics
             for metric in o:
                 table.append(
                     [f"held-out {metric}", _fmt(o[metric])]
@@ -153,37 +159,31 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
             ["latency, batch 1, dev texts (p50)"] + [f"{v:.2f} ms" for v in lat] + [f"{lat[0] / lat[-1]:.2f}x faster"],
             ["throughput, batch 32"] + [f"{v:.0f}/s" for v in thr] + [f"{thr[-1] / thr[0]:.2f}x"],
             ["size"]
-            + [_fmt(c["size_bytes"] / 2**20, "{:.1f} MiB") if c["size_bytes"] else "-" for c in cols]
-            + [f"{original['size_bytes'] / artifact['size_bytes']:.2f}x smaller" if artifact["size_bytes"] else "-"],
-            ["parameters"]
-            + [_fmt(c["parameters"] / 1e6 if c["parameters"] else None, "{:.2f} M") for c in cols]
-            + ["-"],
+            + [_fmt(c.size_bytes / 2**20, "{:.1f} MiB") if c.size_bytes else "-" for c in cols]
+            + [f"{original.size_bytes / artifact.size_bytes:.2f}x smaller" if artifact.size_bytes else "-"],
+            ["parameters"] + [_fmt(c.parameters / 1e6 if c.parameters else None, "{:.2f} M") for c in cols] + ["-"],
         ]
         if price:
             table.append(
                 [f"USD per 100M requests (at {price}/h{price_note(price)})"]
-                + [_fmt(c["usd_per_100m"]) for c in cols]
-                + [
-                    f"{original['usd_per_100m'] / artifact['usd_per_100m']:.1f}x cheaper"
-                    if artifact["usd_per_100m"]
-                    else "-"
-                ]
+                + [_fmt(c.usd_per_100m) for c in cols]
+                + [f"{original.usd_per_100m / artifact.usd_per_100m:.1f}x cheaper" if artifact.usd_per_100m else "-"]
             )
         section(
             "Original vs optimized",
-            f"Measured in one benchmark run on this machine ({bench['environment']['cpu']}, "
-            f"{bench['environment']['cores']} cores), "
-            f"medians of {bench['config']['rounds']} interleaved rounds.",
+            f"Measured in one benchmark run on this machine ({bench.environment['cpu']}, "
+            f"{bench.environment['cores']} cores), "
+            f"medians of {bench.config['rounds']} interleaved rounds.",
         )
         add_table(headers, table)
         summary.update(
             {
-                "dev_original": original["dev"]["metrics"][main],
-                "dev_optimized": artifact["dev"]["metrics"][main],
+                "dev_original": original.dev.metrics[main],
+                "dev_optimized": artifact.dev.metrics[main],
                 "latency_speedup": lat[0] / lat[-1],
                 "throughput_gain": thr[-1] / thr[0],
-                "size_reduction": original["size_bytes"] / artifact["size_bytes"] if artifact["size_bytes"] else None,
-                "artifact": artifact["path"],
+                "size_reduction": original.size_bytes / artifact.size_bytes if artifact.size_bytes else None,
+                "artifact": artifact.path,
             }
         )
         section(
@@ -194,14 +194,14 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
             ["step", f"dev {main}", "batch-1 latency", "step speed-up", "total speed-up", "batch-32 total gain"],
             [
                 [
-                    Path(c["step"]).name if "/" in c["step"] else c["step"],
-                    _fmt(c["metric"]),
-                    _fmt(c.get("latency_ms"), "{:.2f} ms"),
-                    _fmt(c.get("step_latency_speedup"), "{:.2f}x"),
-                    _fmt(c.get("total_latency_speedup"), "{:.2f}x"),
-                    _fmt(c.get("total_throughput_gain"), "{:.2f}x"),
+                    Path(c.step).name if "/" in c.step else c.step,
+                    _fmt(c.metric),
+                    _fmt(c.latency_ms, "{:.2f} ms"),
+                    _fmt(c.step_latency_speedup, "{:.2f}x"),
+                    _fmt(c.total_latency_speedup, "{:.2f}x"),
+                    _fmt(c.total_throughput_gain, "{:.2f}x"),
                 ]
-                for c in bench["cumulative"]
+                for c in bench.cumulative
             ],
         )
         section("All rows of the benchmark")
@@ -209,26 +209,25 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
             ["row", f"dev {main}", "p50", "p95", "throughput", "size", "USD/100M"],
             [
                 [
-                    r["name"],
-                    _fmt(r["dev"]["metrics"][main]),
-                    _fmt(r["timing"]["latency_p50_ms"], "{:.2f} ms"),
-                    _fmt(r["timing"]["latency_p95_ms"], "{:.2f} ms"),
-                    _fmt(r["timing"]["throughput_per_s"], "{:.0f}/s"),
-                    _fmt(r["size_bytes"] / 2**20 if r["size_bytes"] else None, "{:.1f} MiB"),
-                    _fmt(r["usd_per_100m"]),
+                    r.name,
+                    _fmt(r.dev.metrics[main]),
+                    _fmt(r.timing.latency_p50_ms, "{:.2f} ms"),
+                    _fmt(r.timing.latency_p95_ms, "{:.2f} ms"),
+                    _fmt(r.timing.throughput_per_s, "{:.0f}/s"),
+                    _fmt(r.size_bytes / 2**20 if r.size_bytes else None, "{:.1f} MiB"),
+                    _fmt(r.usd_per_100m),
                 ]
                 for r in rows
             ],
         )
-    if search is not None and "results" in search:
-        s = search["search"]
+    if search is not None:
+        s = search.search
         section(
             "The search",
-            f"Rule: {s.get('rule', '')}. {s['trials']} trials ({s['accepted']} accepted) in "
-            f"{s['seconds'] / 60:.1f} min. "
-            f"Removed ({len(search['removed'])}): {', '.join(search['removed']) or 'nothing'}. "
-            f"Approximate attention: {', '.join('L' + k for k in search['attention']) or 'no layer'}."
-            + "".join(f" {n}." for n in s.get("attention_notes", [])),
+            f"Rule: {s.rule}. {s.trials} trials ({s.accepted} accepted) in {s.seconds / 60:.1f} min. "
+            f"Removed ({len(search.removed)}): {', '.join(search.removed) or 'nothing'}. "
+            f"Approximate attention: {', '.join(layer_name(int(k)) for k in search.attention) or 'no layer'}."
+            + "".join(f" {n}." for n in s.attention_notes),
         )
         plots = []
         log_path = search_dir / "search_log.jsonl"
@@ -248,9 +247,9 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
             )
             body.append("".join(_img(p) for p in plots))
             md.extend([f"![{p.stem}]({p.relative_to(out)})" for p in plots] + [""])
-    elif search is not None and search.get("strategy") == "fastformers":
+    elif recipe is not None:
         section("FastFormers recipe")
-        stages_rows = search["recipe"]["stages"]
+        stages_rows = recipe["recipe"]["stages"]
         add_table(
             ["stage", f"held-out {main}", "parameters", "stage time"],
             [
@@ -272,7 +271,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         body.append("".join(_img(p) for p in heatmaps))
         md.extend([f"![{p.stem}]({p.relative_to(out)})" for p in heatmaps] + [""])
     if bench is not None:
-        env = bench["environment"]
+        env = bench.environment
         section("Hardware and versions", ", ".join(f"{k} {v}" for k, v in env.items() if v is not None) + ".")
     section("Reproduce", f"axformer optimize --config {out / 'config.yaml'}")
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -182,14 +182,13 @@ def optimize(
             resumed,
             work,
         )
-        if recovery is not None:
-            report["recovery"] = recovery
-        write_json(work / "report.json", report)
+        report.recovery = recovery
+        write_json(work / "report.json", report.to_dict())
         (work / "report.md").write_text(report_markdown(report))
         shutil.rmtree(work / "best_so_far", ignore_errors=True)
         for f in ("run.json",):
             (work / f).unlink(missing_ok=True)
-    return report
+    return report.to_dict()  # the report.json layout; SearchReport.from_dict reads it back
 
 
 def _cost_model(ctx, structure, config: OptimizeConfig, work: Path, attention_modes: tuple[str, ...]) -> CostModel:

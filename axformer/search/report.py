@@ -14,6 +14,7 @@ from axformer.evaluation import score
 from axformer.inference import run_model
 from axformer.models.loading import is_local
 from axformer.runtime.timing import measure_latency
+from axformer.search.result import SearchReport, SearchSummary
 from axformer.search.trials import Trials
 from axformer.surgery.components import layer_name
 from axformer.surgery.prune import count_parameters, current_structure
@@ -77,103 +78,102 @@ def build_report(
     for k in lat:
         results[k]["latency"] = lat[k]
     accepted = [d for d in trials.decisions if d.accepted]
-    return {
-        "model": str(model),
-        "task": {"name": spec.name, "display_name": spec.display_name, "main_metric": spec.main_metric},
-        "goal": config.goal,
-        "config": to_mapping(config),
-        "split": ctx.describe_split(),
-        "removed": state["removed"],
-        "attention": state["attention"],
-        "search": {
-            **search_info,
-            "trials": trials.count,
-            "accepted": len(accepted),
-            "from_log": sum(d.from_log for d in trials.decisions),
-            # a resumed search's time includes the trials it replayed (their evaluation time, as logged when they ran)
-            "seconds": search_seconds
-            + sum(float(r.get("seconds", 0.0)) for r in trials.logged[: sum(d.from_log for d in trials.decisions)]),
-            "seconds_this_run": search_seconds,
-            "resumed": resumed,
-        },
-        "results": results,
-        "speedup_batch1": lat["original"]["batch1_ms"] / lat["optimized"]["batch1_ms"],
-        "speedup_batch32": lat["original"]["batch32_ms_per_example"] / lat["optimized"]["batch32_ms_per_example"],
-        "total_seconds": total_seconds,
-        "warnings": ctx.warnings,
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": ctx.device,
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-    }
+    replayed = sum(d.from_log for d in trials.decisions)
+    summary = SearchSummary(
+        **search_info,
+        trials=trials.count,
+        accepted=len(accepted),
+        from_log=replayed,
+        # a resumed search's time includes the trials it replayed (their evaluation time, as logged when they ran)
+        seconds=search_seconds + sum(float(r.get("seconds", 0.0)) for r in trials.logged[:replayed]),
+        seconds_this_run=search_seconds,
+        resumed=resumed,
+    )
+    return SearchReport.from_dict(
+        {
+            "model": str(model),
+            "task": {"name": spec.name, "display_name": spec.display_name, "main_metric": spec.main_metric},
+            "goal": config.goal,
+            "config": to_mapping(config),
+            "split": ctx.describe_split(),
+            "removed": list(state["removed"]),
+            "attention": dict(state["attention"]),
+            "search": to_mapping(summary),
+            "results": results,
+            "speedup_batch1": lat["original"]["batch1_ms"] / lat["optimized"]["batch1_ms"],
+            "speedup_batch32": lat["original"]["batch32_ms_per_example"] / lat["optimized"]["batch32_ms_per_example"],
+            "total_seconds": total_seconds,
+            "warnings": list(ctx.warnings),
+            "environment": {
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "device": ctx.device,
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+            },
+        }
+    )
 
 
-def report_markdown(r: dict) -> str:
-    main = r["task"]["main_metric"]
-    o, p = r["results"]["original"], r["results"]["optimized"]
-    dev_names = [
-        k for k in o if k not in ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency")
-    ]
+def report_markdown(r: SearchReport) -> str:
+    main = r.task.main_metric
+    o, p = r.original, r.optimized
 
-    def m(entry, split, metric=main):
-        return f"{entry[split]['metrics'][metric]:.2f}" if split in entry else "-"
+    def m(scores, metric=main):
+        return "-" if scores is None else f"{scores.metrics[metric]:.2f}"
 
     def size(b):
         return "-" if not b else f"{b / 2**20:.1f} MiB"
 
+    s = r.search
     flops_ratio = (
-        f"{o['flops_per_token'] / p['flops_per_token']:.2f}x fewer" if p["flops_per_token"] else "no encoder layer left"
+        f"{o.flops_per_token / p.flops_per_token:.2f}x fewer" if p.flops_per_token else "no encoder layer left"
     )
     lines = [
-        f"# axformer optimize: {r['model']} on {r['task']['display_name']} (goal: {r['goal']})",
+        f"# axformer optimize: {r.model} on {r.task.display_name} (goal: {r.goal})",
         "",
-        f"Decisions used {r['split']['used']} held-out training examples only; the dev set only "
-        f"reports. Rule: {r['search'].get('rule', '')}.",
-        f"Search: {r['search']['trials']} trials ({r['search']['accepted']} accepted, "
-        f"{r['search']['from_log']} replayed from a resumed log) in {r['search']['seconds']:.0f} s; "
-        f"whole run {r['total_seconds']:.0f} s.",
+        f"Decisions used {r.split['used']} held-out training examples only; the dev set only reports. Rule: {s.rule}.",
+        f"Search: {s.trials} trials ({s.accepted} accepted, {s.from_log} replayed from a resumed log) in "
+        f"{s.seconds:.0f} s; whole run {r.total_seconds:.0f} s.",
         "",
         "| | original | optimized | ratio |",
         "|---|---|---|---|",
-        f"| held-out {main} | {m(o, 'heldout')} | {m(p, 'heldout')} | |",
-        f"| held-out loss | {o['heldout']['loss']:.4f} | {p['heldout']['loss']:.4f} | |",
+        f"| held-out {main} | {m(o.heldout)} | {m(p.heldout)} | |",
+        f"| held-out loss | {o.heldout.loss:.4f} | {p.heldout.loss:.4f} | |",
     ]
-    for d in dev_names:
-        for metric in o[d]["metrics"]:
-            lines.append(f"| {d} {metric} | {m(o, d, metric)} | {m(p, d, metric)} | |")
+    for d, scores in o.dev.items():
+        for metric in scores.metrics:
+            lines.append(f"| {d} {metric} | {m(scores, metric)} | {m(p.dev.get(d), metric)} | |")
     lines += [
-        f"| parameters | {o['parameters'] / 1e6:.2f} M | {p['parameters'] / 1e6:.2f} M | "
-        f"{o['parameters'] / p['parameters']:.2f}x smaller |",
-        f"| size on disk | {size(o['size_bytes'])} | {size(p['size_bytes'])} | |",
-        f"| FLOPs/token (encoder, 128 tokens) | {o['flops_per_token'] / 1e6:.1f} M | "
-        f"{p['flops_per_token'] / 1e6:.1f} M | {flops_ratio} |",
-        f"| latency, batch 1, dev texts | {o['latency']['batch1_ms']:.2f} ms | "
-        f"{p['latency']['batch1_ms']:.2f} ms | {r['speedup_batch1']:.2f}x faster |",
-        f"| time per example, batch 32 | {o['latency']['batch32_ms_per_example']:.2f} ms | "
-        f"{p['latency']['batch32_ms_per_example']:.2f} ms | {r['speedup_batch32']:.2f}x faster |",
+        f"| parameters | {o.parameters / 1e6:.2f} M | {p.parameters / 1e6:.2f} M | "
+        f"{o.parameters / p.parameters:.2f}x smaller |",
+        f"| size on disk | {size(o.size_bytes)} | {size(p.size_bytes)} | |",
+        f"| FLOPs/token (encoder, 128 tokens) | {o.flops_per_token / 1e6:.1f} M | "
+        f"{p.flops_per_token / 1e6:.1f} M | {flops_ratio} |",
+        f"| latency, batch 1, dev texts | {o.latency.batch1_ms:.2f} ms | "
+        f"{p.latency.batch1_ms:.2f} ms | {r.speedup_batch1:.2f}x faster |",
+        f"| time per example, batch 32 | {o.latency.batch32_ms_per_example:.2f} ms | "
+        f"{p.latency.batch32_ms_per_example:.2f} ms | {r.speedup_batch32:.2f}x faster |",
         "",
         "Latency: PyTorch fp32 on this machine, both models measured in the same run (medians of 5 "
         "interleaved rounds).",
         "",
-        f"Removed ({len(r['removed'])}): {', '.join(r['removed']) or 'nothing'}.",
+        f"Removed ({len(r.removed)}): {', '.join(r.removed) or 'nothing'}.",
         "Approximate attention: "
         + (
             ", ".join(
                 f"{layer_name(int(k))} ({'top' if v.get('mode', 'topk') == 'topk' else 'sign-matching top'}-{v['k']})"
-                for k, v in r["attention"].items()
+                for k, v in r.attention.items()
             )
             or "no layer"
         )
         + ".",
         "",
         "Per-layer structure (heads/FFN neurons, '-' removed): "
-        + " ".join("-" if l.get("removed") else f"{l['heads']}/{l['ffn']}" for l in p["structure"]),
+        + " ".join("-" if l.get("removed") else f"{l['heads']}/{l['ffn']}" for l in p.structure),
     ]
-    if r.get("recovery"):
-        rec = r["recovery"]
+    if r.recovery:
+        rec = r.recovery
         how = {
             "continue": "re-fine-tuned from the searched weights",
             "pretrained": "re-fine-tuned from the pre-trained checkpoint with the found structure (AxFormer)",
@@ -184,14 +184,14 @@ def report_markdown(r: dict) -> str:
             f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
             f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model).",
         ]
-    for note in r["search"].get("attention_notes", []):
+    for note in s.attention_notes:
         lines += ["", f"Approximate attention: {note}."]
-    if "cost_model" in r["search"]:
+    if s.cost_model is not None:
         lines += [
             "",
-            f"Predicted {'speed-up' if r['goal'] == 'speed' else 'size reduction'} from the "
-            f"calibrated cost model: {r['search']['predicted_ratio']:.2f}x.",
+            f"Predicted {'speed-up' if r.goal == 'speed' else 'size reduction'} from the "
+            f"calibrated cost model: {s.predicted_ratio:.2f}x.",
         ]
-    for w in r.get("warnings", []):
+    for w in r.warnings:
         lines += ["", f"> Warning: {w}"]
     return "\n".join(lines) + "\n"

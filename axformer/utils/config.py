@@ -1,8 +1,8 @@
-"""One converter between config dataclasses and plain mappings (YAML/TOML/JSON), nested sections included.
+"""One converter between dataclasses and plain mappings (YAML/TOML/JSON), nested sections included.
 
-Every typed config of axformer (a stage's config, the search's sub-configs, the pipeline's sections) goes
-through these two functions, so a setting has one name and one type from the command line to the resolved
-``config.yaml`` and back.
+Every typed config of axformer (a stage's config, the search's sub-configs, the pipeline's sections) and every
+typed result read back from its JSON (the search report, the benchmark) goes through these two functions, so a
+setting or a figure has one name and one type from where it is made to the file and back.
 """
 
 from __future__ import annotations
@@ -34,6 +34,24 @@ def _wants_tuple(hint: Any) -> bool:
     )
 
 
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as ``hint`` asks: a nested dataclass, a list of them, a mapping to them, or a tuple."""
+    nested = _dataclass_in(hint)
+    if nested is not None and isinstance(value, dict):
+        return from_mapping(nested, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where) if len(inner) == 1 and value is not None else value
+    if origin is list and args and is_dataclass(args[0]) and isinstance(value, list):
+        return [from_mapping(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and len(args) == 2 and is_dataclass(args[1]) and isinstance(value, dict):
+        return {k: from_mapping(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if _wants_tuple(hint) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 def from_mapping(cls: type[T], values: Any, where: str) -> T:
     """Build ``cls`` from a mapping, sections nested as mappings; unknown keys are named with their section.
 
@@ -53,12 +71,7 @@ def from_mapping(cls: type[T], values: Any, where: str) -> T:
         )
     kwargs = {}
     for name, value in values.items():
-        nested = _dataclass_in(hints[name])
-        if nested is not None and isinstance(value, dict):
-            value = from_mapping(nested, value, f"{where}.{name}")
-        elif _wants_tuple(hints[name]) and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
     try:
         obj = cls(**kwargs)
     except TypeError as exc:

@@ -1,0 +1,101 @@
+"""The benchmark's result as typed objects: what ``benchmark.json`` holds, read and written by one converter.
+
+The report writers (the benchmark's table and plot, the pipeline's page) work on these, not on nested
+string keys; ``benchmark.json`` keeps its layout (``to_dict``), so earlier results still read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from axformer.utils.config import from_mapping, to_mapping
+
+
+@dataclass
+class TimingSummary:
+    latency_p50_ms: float | None = None  # per request at batch 1, over every request of every round
+    latency_p95_ms: float | None = None
+    throughput_per_s: float | None = None  # examples per second at batch 32 (median of rounds)
+
+
+@dataclass
+class Scores:
+    """A split's scores, as :class:`axformer.evaluation.SplitResult` writes them."""
+
+    num_examples: int = 0
+    loss: float = 0.0
+    main_metric: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MultiInstance:
+    instances: int
+    threads_per_instance: int
+    throughput_per_s: float
+
+
+@dataclass
+class Row:
+    name: str
+    path: str
+    kind: str  # pytorch / onnx
+    padded: bool
+    baseline: bool
+    dev: Scores = field(default_factory=Scores)
+    timing: TimingSummary = field(default_factory=TimingSummary)  # on dev texts
+    fixed: dict[str, TimingSummary] = field(default_factory=dict)  # sequence length -> timing on synthetic ids
+    multi_instance: MultiInstance | None = None
+    peak_memory_mib: float | None = None
+    size_bytes: int | None = None
+    parameters: int | None = None
+    flops_per_token: float | None = None
+    usd_per_100m: float | None = None
+    cost_basis: str | None = None
+
+
+@dataclass
+class BenchmarkTask:
+    name: str
+    main_metric: str
+    dev_split: str
+    dev_examples: int
+
+
+@dataclass
+class Step:
+    """One step of FastFormers' cumulative view."""
+
+    step: str
+    metric: float | None
+    latency_ms: float | None
+    throughput_per_s: float | None
+    step_latency_speedup: float | None
+    step_throughput_gain: float | None
+    total_latency_speedup: float | None
+    total_throughput_gain: float | None
+
+
+@dataclass
+class BenchmarkResult:
+    task: BenchmarkTask
+    config: dict  # the BenchmarkConfig of the run, with its chain resolved to row names
+    rows: list[Row]
+    reference: str
+    environment: dict
+    seconds: float
+    cumulative: list[Step] = field(default_factory=list)
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    @property
+    def price_per_hour(self) -> float:
+        return float(self.config.get("price_per_hour") or 0.0)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BenchmarkResult:
+        return from_mapping(cls, values, "benchmark.json")
+
+    def to_dict(self) -> dict:
+        return to_mapping(self)
