@@ -542,6 +542,22 @@ def optimize_cmd(
             help="Train the recovery on a seeded subset of this many examples.",
         ),
     ] = None,
+    confirm_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--confirm-fraction",
+            help="Share of the held-out split kept from every decision to certify the result (default 0.4; "
+            "0: no certificate).",
+        ),
+    ] = None,
+    certify: Annotated[
+        str | None,
+        typer.Option(
+            "--certify",
+            help="Certificate rule: estimate (the measured drop on the confirmation split is within the "
+            "tolerance) or bound (its 95% confidence bound is).",
+        ),
+    ] = None,
     strategy: Annotated[
         str | None,
         typer.Option(
@@ -636,6 +652,7 @@ def optimize_cmd(
         },
         "axformer": {"slack": slack, "fraction": fraction, "prune_layers": _layer_list(prune_layers, "--prune-layers")},
         "attention": {"modes": modes, "k": k, "layers": _layer_list(attention_layers, "--attention-layers")},
+        "certificate": {"fraction": confirm_fraction, "rule": certify},
         "recovery": {
             "mode": recover,
             "epochs": recover_epochs,

@@ -13,7 +13,7 @@ import pytest
 
 from axformer.evaluation.engine import CandidateResult
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
-from axformer.search.config import AttentionSearch, Recovery, Tolerance
+from axformer.search.config import AttentionSearch, Certification, Recovery, Tolerance
 from axformer.search.trials import Trials
 from axformer.surgery.structure import ModelStructure
 
@@ -154,7 +154,8 @@ def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
     from axformer.evaluation.context import load_context
     from axformer.inference import run_model
 
-    ctx = load_context(model, data, None, 2000, 0, "cpu")
+    # the deciding examples: the held-out split less its confirmation part (default 40%, seeded, stratified)
+    ctx = load_context(model, data, None, 2000, 0, "cpu", confirm_fraction=0.4)
     original = score(data.spec, ctx.heldout.labels, run_model(ctx.model, ctx.encoded, False, 64, "cpu"))
     thresholds = {m: v - 3.0 for m, v in original.metrics.items()}
     max_loss = original.loss * 1.4
@@ -365,6 +366,8 @@ def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(t
         latency_examples=5,
         tolerance=Tolerance(max_drop=3.0),
         recovery=Recovery(mode="pretrained", epochs=1, learning_rate=1e-3),
+        # the recovery's mechanics, not the certificate (which may reject a 1-epoch recovery and ship the search)
+        certificate=Certification(fraction=0.0),
     )
     report = optimize(model, data, None, tmp_path / "pre", cfg)
     assert (

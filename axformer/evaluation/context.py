@@ -15,7 +15,7 @@ from axformer.errors import AxformerError
 from axformer.models.loading import is_local, load_model, load_tokenizer
 from axformer.models.record import ModelRecord, task_for
 from axformer.tasks.data import Split, TaskData
-from axformer.tasks.splits import SplitRecord, apply_split, make_heldout_split, subsample
+from axformer.tasks.splits import SplitRecord, apply_split, make_heldout_split, partition, subsample
 from axformer.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ class TaskContext:
     encoded: Encoded
     device: str
     warnings: list[str]
+    # the confirmation part of the held-out split: labelled examples no decision sees (None: no certificate)
+    confirmation: Split | None = None
+    confirmation_positions: np.ndarray | None = None
+    confirmation_encoded: Encoded | None = None
+    decision_pool: np.ndarray | None = None  # every held-out position decisions may use (before subsampling)
 
     def describe_split(self) -> dict:
         return {
@@ -42,7 +47,13 @@ class TaskContext:
             "seed": self.split.seed,
             "full_size": len(self.split.heldout_indices),
             "used": len(self.heldout),
-            "positions_sha256": hashlib.sha256(self.heldout_positions.astype(np.int64).tobytes()).hexdigest()[:16],
+            "positions_sha256": positions_sha(self.heldout_positions),
+            "confirmation": None
+            if self.confirmation_positions is None
+            else {
+                "used": len(self.confirmation_positions),
+                "positions_sha256": positions_sha(self.confirmation_positions),
+            },
         }
 
 
@@ -54,8 +65,14 @@ def load_context(
     seed: int = 0,
     device: str = "auto",
     allow_pickle: bool = False,
+    confirm_fraction: float = 0.0,
+    confirm_max_examples: int | None = 2000,
 ) -> TaskContext:
-    """Load the model and its task, and pick the held-out examples (the split recorded with the model)."""
+    """Load the model and its task, and pick the held-out examples (the split recorded with the model).
+
+    With ``confirm_fraction`` > 0 that share of the held-out split (seeded, stratified) is set aside as the
+    confirmation part, and the deciding examples are drawn from the rest only.
+    """
     model = str(model)
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
     data = task_for(model, data, data_dir)
@@ -73,8 +90,16 @@ def load_context(
             "examples; decisions may be optimistic"
         )
         log.warning(warnings[-1])
-    _, heldout = apply_split(data, split)
-    heldout, positions = subsample(heldout, max_examples, seed)
+    _, full = apply_split(data, split)
+    pool = np.arange(len(full))
+    confirmation = confirmation_positions = None
+    if confirm_fraction > 0:
+        pool, confirmation_positions = partition(full, confirm_fraction, seed)
+        kept = full.subset(confirmation_positions, "confirmation")
+        confirmation, picked = subsample(kept, confirm_max_examples, seed)
+        confirmation_positions = confirmation_positions[picked]
+    heldout, picked = subsample(full.subset(pool, "heldout"), max_examples, seed)
+    positions = pool[picked]
     dev = resolve_device(device)
     net = load_model(model, data.spec, allow_pickle=allow_pickle, device=dev).eval()
     tok = load_tokenizer(model)
@@ -90,4 +115,13 @@ def load_context(
         encode(tok, heldout, record.max_seq_length),
         str(dev),
         warnings,
+        confirmation,
+        confirmation_positions,
+        None if confirmation is None else encode(tok, confirmation, record.max_seq_length),
+        pool,
     )
+
+
+def positions_sha(positions: np.ndarray) -> str:
+    """A short fingerprint of a set of held-out positions (what a log records of the examples it used)."""
+    return hashlib.sha256(np.asarray(positions).astype(np.int64).tobytes()).hexdigest()[:16]

@@ -15,6 +15,7 @@ from axformer.errors import AxformerError
 from axformer.utils.config import from_mapping, to_mapping
 
 GOALS = ("accuracy", "speed", "size")
+CERTIFICATE_RULES = ("estimate", "bound")
 RECOVERY = ("continue", "pretrained", "distill")
 
 
@@ -92,6 +93,34 @@ class Recovery:
 
 
 @dataclass
+class Certification:
+    """The certificate (see ``axformer.search.certificate``): ``fraction`` of the held-out split is kept from
+    every decision and judges the result; 0 turns it off (decisions and the promise on the same examples,
+    as before). ``rule``: "estimate" (the measured drop is within the tolerance) or "bound" (its confidence
+    bound is). A failing result is backtracked (accepted changes undone, latest first) until it passes."""
+
+    fraction: float = 0.4
+    max_examples: int | None = 2000
+    rule: str = "estimate"
+    resamples: int = 1000
+    confidence: float = 0.95
+
+    def validate(self) -> None:
+        if not 0 <= self.fraction < 1:
+            raise AxformerError(f"--confirm-fraction {self.fraction}; expected a value from 0 (off) to below 1")
+        if self.rule not in CERTIFICATE_RULES:
+            raise AxformerError(f"--certify {self.rule!r}; expected one of {', '.join(CERTIFICATE_RULES)}")
+        if not 0.5 <= self.confidence < 1:
+            raise AxformerError(f"certificate confidence {self.confidence}; expected a value from 0.5 to below 1")
+        if self.resamples < 100:
+            raise AxformerError(f"certificate resamples {self.resamples}; expected at least 100")
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0
+
+
+@dataclass
 class OptimizeConfig:
     goal: str = "accuracy"
     target_speedup: float | None = None  # speed: stop once the predicted batch-1 speed-up reaches this
@@ -100,6 +129,7 @@ class OptimizeConfig:
     axformer: AxFormerRule = field(default_factory=AxFormerRule)
     attention: AttentionSearch = field(default_factory=AttentionSearch)
     recovery: Recovery = field(default_factory=Recovery)
+    certificate: Certification = field(default_factory=Certification)
     groups: int = 12
     max_examples: int | None = 2000
     sample_seed: int = 0
@@ -112,7 +142,7 @@ class OptimizeConfig:
     def validate(self) -> None:
         if self.goal not in GOALS:
             raise AxformerError(f"--goal {self.goal!r}; expected one of {', '.join(GOALS)}")
-        for part in (self.tolerance, self.axformer, self.attention, self.recovery):
+        for part in (self.tolerance, self.axformer, self.attention, self.recovery, self.certificate):
             part.validate()
         if self.goal != "accuracy" and self.tolerance.max_drop is None and self.tolerance.max_rel_drop is None:
             raise AxformerError(f"--goal {self.goal} needs a tolerance: --max-drop or --max-rel-drop")

@@ -28,12 +28,13 @@ import torch
 
 from axformer.attention.hard import supports_approximate_attention
 from axformer.errors import AxformerError
-from axformer.evaluation.context import load_context
+from axformer.evaluation.context import load_context, positions_sha
 from axformer.evaluation.engine import EvaluationEngine
 from axformer.models.loading import is_local
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.accuracy import trial_bound as accuracy_trial_bound
 from axformer.search.candidate import save_candidate
+from axformer.search.certificate import certify_model, certify_search
 from axformer.search.config import OptimizeConfig
 from axformer.search.constraint import ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
@@ -48,6 +49,7 @@ from axformer.utils.io import atomic_output_dir, claim_work_dir, read_json, run_
 
 LOG_FILE = "search_log.jsonl"
 STATE_FILE = "best_so_far.json"
+SPLIT_FILE = "split.json"
 
 
 def default_output(model: str | os.PathLike, goal: str) -> Path:
@@ -68,8 +70,17 @@ def optimize(
     config.validate()
     output = Path(output) if output is not None else default_output(model, config.goal)
     t_start = time.perf_counter()
+    cert = config.certificate
     ctx = load_context(
-        model, data, data_dir, config.max_examples, config.sample_seed, config.device, config.allow_pickle
+        model,
+        data,
+        data_dir,
+        config.max_examples,
+        config.sample_seed,
+        config.device,
+        config.allow_pickle,
+        confirm_fraction=cert.fraction,
+        confirm_max_examples=cert.max_examples,
     )
     spec = ctx.data.spec
     if config.recovery.mode == "pretrained" and pretrained_origin(ctx.record) is None:
@@ -99,7 +110,16 @@ def optimize(
                 save_candidate(model, ctx, t.state(), work / "best_so_far", config, config.goal)
                 last_save[0] = time.perf_counter()
 
-        trials = Trials(engine, work / LOG_FILE, spec.main_metric, on_accept)
+        trials = Trials(engine, work / LOG_FILE, spec.main_metric, on_accept, positions_sha(ctx.heldout_positions))
+        if ctx.confirmation is not None:  # which examples decide and which certify, for anyone to check
+            write_json(
+                work / SPLIT_FILE,
+                {
+                    "decision_positions": ctx.heldout_positions,
+                    "confirmation_positions": ctx.confirmation_positions,
+                    "decision_sha256": positions_sha(ctx.heldout_positions),
+                },
+            )
         search_info: dict = {}
         acc = AccuracySearchConfig(
             k=config.attention.k,
@@ -163,12 +183,21 @@ def optimize(
         trials.close()
         search_seconds = time.perf_counter() - t_search
         state = trials.state()
-        write_json(work / STATE_FILE, state)
         engine.close()
+        certification = None
+        if ctx.confirmation is not None:
+            certification, state = certify_search(ctx, config, trials.steps)
+        write_json(work / STATE_FILE, state)
         optimized = save_candidate(model, ctx, state, work, config, config.goal)
         recovery = None
         if config.recovery.mode is not None:
             optimized, recovery = recover(model, ctx, work, config, state)
+            if certification is not None:
+                after = certify_model(ctx, config, optimized)
+                certification.recovery = after
+                if not after.passed:  # ship the certified searched model, not a recovery that broke the promise
+                    certification.recovery_reverted = True
+                    optimized = save_candidate(model, ctx, state, work, config, config.goal)
         report = build_report(
             model,
             ctx,
@@ -183,6 +212,7 @@ def optimize(
             work,
         )
         report.recovery = recovery
+        report.certification = certification
         write_json(work / "report.json", report.to_dict())
         (work / "report.md").write_text(report_markdown(report))
         shutil.rmtree(work / "best_so_far", ignore_errors=True)

@@ -61,6 +61,8 @@ def recover(model, ctx, work: Path, config, state: dict):
         "max_train_examples": config.recovery.max_train_examples,
         "max_seq_length": ctx.record.max_seq_length,
         "device": config.device,
+        # the checkpoint is a decision too: chosen on the decision part, never on the confirmation examples
+        "selection_positions": None if ctx.confirmation is None else [int(i) for i in ctx.decision_pool],
     }
     t0 = time.perf_counter()
     start = work

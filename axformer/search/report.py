@@ -48,6 +48,12 @@ def build_report(
                 spec, ctx.heldout.labels, run_model(net, ctx.encoded, spec.is_regression, config.batch_size, ctx.device)
             ).to_dict()
         }
+        if ctx.confirmation is not None:  # the part of the held-out split no decision saw
+            entry["confirmation"] = score(
+                spec,
+                ctx.confirmation.labels,
+                run_model(net, ctx.confirmation_encoded, spec.is_regression, config.batch_size, ctx.device),
+            ).to_dict()
         for dev_name, dev_split in ctx.data.dev.items():
             if len(dev_split) and (spec.is_regression or dev_split.labels.min() >= 0):
                 entry[dev_name] = score(
@@ -132,7 +138,8 @@ def report_markdown(r: SearchReport) -> str:
     lines = [
         f"# axformer optimize: {r.model} on {r.task.display_name} (goal: {r.goal})",
         "",
-        f"Decisions used {r.split['used']} held-out training examples only; the dev set only reports. Rule: {s.rule}.",
+        f"Decisions used {r.split['used']} held-out training examples only{_confirmation_note(r)}; "
+        f"the dev set only reports. Rule: {s.rule}.",
         f"Search: {s.trials} trials ({s.accepted} accepted, {s.from_log} replayed from a resumed log) in "
         f"{s.seconds:.0f} s; whole run {r.total_seconds:.0f} s.",
         "",
@@ -141,6 +148,9 @@ def report_markdown(r: SearchReport) -> str:
         f"| held-out {main} | {m(o.heldout)} | {m(p.heldout)} | |",
         f"| held-out loss | {o.heldout.loss:.4f} | {p.heldout.loss:.4f} | |",
     ]
+    if o.confirmation is not None and p.confirmation is not None:
+        for metric in o.confirmation.metrics:
+            lines.append(f"| confirmation {metric} | {m(o.confirmation, metric)} | {m(p.confirmation, metric)} | |")
     for d, scores in o.dev.items():
         for metric in scores.metrics:
             lines.append(f"| {d} {metric} | {m(scores, metric)} | {m(p.dev.get(d), metric)} | |")
@@ -192,6 +202,48 @@ def report_markdown(r: SearchReport) -> str:
             f"Predicted {'speed-up' if r.goal == 'speed' else 'size reduction'} from the "
             f"calibrated cost model: {s.predicted_ratio:.2f}x.",
         ]
+    lines += certification_lines(r)
     for w in r.warnings:
         lines += ["", f"> Warning: {w}"]
     return "\n".join(lines) + "\n"
+
+
+def _confirmation_note(r: SearchReport) -> str:
+    c = (r.split or {}).get("confirmation")
+    return "" if not c else f" ({c['used']} more held-out examples, never used by a decision, certify the result)"
+
+
+def certification_lines(r: SearchReport) -> list[str]:
+    """The promise, as the report states it: decision vs confirmation, the certificate, and any backtracking."""
+    c = r.certification
+    if c is None:
+        return [
+            "",
+            "Certificate: none (--confirm-fraction 0): the tolerance was checked on the deciding examples only.",
+        ]
+    main = r.task.main_metric
+    shipped = c.shipped
+    d = shipped.main
+    lines = [
+        "",
+        f"Certificate ({'passed' if shipped.passed else 'FAILED'}): {shipped.rule}. On {shipped.examples} confirmation "
+        f"examples {main} {d.original:.2f} -> {d.candidate:.2f} ({d.difference:+.2f}; {d.confidence:.0%} paired "
+        f"bootstrap interval {d.low:+.2f} .. {d.high:+.2f}).",
+    ]
+    if c.undone:
+        s = c.searched.main
+        lines.append(
+            f"The searched model failed it ({main} {s.difference:+.2f} on the confirmation split), so "
+            f"{len(c.undone)} accepted change(s) were undone, latest first: {', '.join(c.undone)}."
+        )
+    if c.recovery is not None:
+        rd = c.recovery.main
+        lines.append(
+            f"After recovery: {main} {rd.difference:+.2f} on the confirmation split"
+            + (
+                " - worse than the tolerance, so the searched model (before recovery) is the one shipped."
+                if c.recovery_reverted
+                else "."
+            )
+        )
+    return lines

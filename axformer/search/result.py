@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from axformer.benchmark.result import Scores
+from axformer.search.certificate import Certification
 from axformer.utils.config import from_mapping, to_mapping
 
-ENTRY_KEYS = ("heldout", "parameters", "flops_per_token", "structure", "size_bytes", "latency")
+ENTRY_KEYS = ("heldout", "confirmation", "parameters", "flops_per_token", "structure", "size_bytes", "latency")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ModelResult:
     structure: list[dict]
     size_bytes: int | None = None
     latency: Latency | None = None
+    confirmation: Scores | None = None  # on the held-out examples no decision used
 
 
 @dataclass
@@ -78,6 +80,7 @@ class SearchReport:
     warnings: list[str] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     recovery: dict | None = None
+    certification: Certification | None = None
 
     @property
     def original(self) -> ModelResult:
@@ -101,6 +104,10 @@ class SearchReport:
         out = to_mapping(self)
         for entry in out["results"].values():
             entry.update(entry.pop("dev"))
-        if out["recovery"] is None:
-            del out["recovery"]
+        for optional in ("recovery", "certification"):
+            if out[optional] is None:
+                del out[optional]
+        for entry in out["results"].values():
+            if entry.get("confirmation") is None:
+                entry.pop("confirmation", None)
         return out

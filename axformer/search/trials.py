@@ -16,6 +16,7 @@ from pathlib import Path
 
 from axformer.errors import AxformerError
 from axformer.evaluation.engine import CandidateResult, Change, EarlyStop
+from axformer.search.certificate import Step
 from axformer.utils.io import append_jsonl, read_jsonl
 
 
@@ -58,7 +59,12 @@ class Trials:
         self._bar.update(1)
 
     def __init__(
-        self, engine, log_path: str | Path | None, main_metric: str, on_accept: Callable[[Trials], None] | None = None
+        self,
+        engine,
+        log_path: str | Path | None,
+        main_metric: str,
+        on_accept: Callable[[Trials], None] | None = None,
+        examples_sha256: str | None = None,
     ) -> None:
         self.engine = engine
         self.main_metric = main_metric
@@ -71,10 +77,13 @@ class Trials:
         self.decisions: list[Decision] = []
         self.on_accept = on_accept
         self._bar = None
+        self.steps: list[Step] = []  # each accepted decision, in order (what backtracking undoes)
+        self.examples_sha256 = examples_sha256  # fingerprint of the deciding examples, in every log row
 
     def accept(self, removed: Sequence[str] = (), changes: Sequence[Change] = ()) -> None:
         self.removed += list(removed)
         self.changes += list(changes)
+        self.steps.append(Step(list(removed), list(changes)))
         self._base_dirty = True
         if self.on_accept is not None:
             self.on_accept(self)
@@ -136,6 +145,7 @@ class Trials:
                     "metrics": result.metrics,
                     "not_worse_fraction": float((result.losses <= ref.losses).mean()) if result.complete else None,
                     "start_layer": result.start_layer,
+                    "examples_sha256": self.examples_sha256,
                     "seconds": time.perf_counter() - t0,
                     **(extra or {}),
                 },

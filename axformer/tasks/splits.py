@@ -96,3 +96,22 @@ def subsample(split: Split, max_examples: int | None, seed: int = 0) -> tuple[Sp
         keep, _ = train_test_split(np.arange(n), train_size=max_examples, random_state=seed)
     keep = np.sort(keep)
     return split.subset(keep, split.name), keep
+
+
+def partition(split: Split, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``split`` cut in two, seeded and stratified for classification: (the rest, ``fraction``).
+
+    The search decides on the first part and is certified on the second (the confirmation part), which no
+    decision sees.
+    """
+    n = len(split)
+    n_second = int(round(n * fraction))
+    if n_second < 1 or n - n_second < 1:
+        raise AxformerError(
+            f"the held-out split has {n} examples: too few to keep {fraction:.0%} of them for the "
+            "certificate; lower --confirm-fraction (0 turns the certificate off) or hold out more data"
+        )
+    labels = split.labels
+    strat = labels if labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
+    first, second = train_test_split(np.arange(n), test_size=n_second, random_state=seed, stratify=strat)
+    return np.sort(first), np.sort(second)

@@ -54,6 +54,9 @@ class FinetuneConfig:
     seed: int = 42
     eval_every: int | None = None  # steps between held-out evaluations; None: once per epoch
     eval_max_examples: int | None = 2000  # held-out examples used for model selection during training
+    # positions in the held-out split that may select the checkpoint (None: all); recovery after a certified
+    # search passes the decision part, so checkpoint selection never sees the confirmation examples
+    selection_positions: list[int] | None = None
     checkpoint_every: int = 50  # steps between resumable checkpoints
     new_head: bool = False
     allow_pickle: bool = False
@@ -127,6 +130,8 @@ def _optimizer(modules: list[torch.nn.Module], config: FinetuneConfig) -> torch.
 
 def selection_subset(heldout: Split, config: FinetuneConfig) -> Split:
     """The held-out examples that select the checkpoint (a fixed sample when the split is large)."""
+    if config.selection_positions is not None:
+        heldout = heldout.subset(np.asarray(sorted(config.selection_positions), dtype=np.int64))
     if config.eval_max_examples is not None and len(heldout) > config.eval_max_examples:
         return heldout.subset(
             np.sort(np.random.default_rng(config.seed + 1).permutation(len(heldout))[: config.eval_max_examples])

@@ -1,0 +1,201 @@
+"""The certificate: the searched model judged on labelled examples that no decision ever saw.
+
+The search decides on one part of the held-out split (the *decision* part); its final "within tolerance" is
+not read off that part, where every accepted change looked favourable by selection (the winner's curse), but
+off the *confirmation* part: the optimized model against the original on the same confirmation examples,
+each guarded metric's difference with a paired bootstrap interval. If the certificate fails, accepted
+changes are undone, latest first, until the model passes (``backtrack``); the report says what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from axformer.evaluation.paired import PairedDifference, paired_bootstrap
+
+
+@dataclass
+class Certificate:
+    passed: bool
+    rule: str  # human-readable: what had to hold
+    examples: int
+    main_metric: str
+    differences: dict[str, PairedDifference]  # candidate - original, per guarded metric
+    allowed_drop: dict[str, float]  # per guarded metric, in points
+
+    @property
+    def main(self) -> PairedDifference:
+        return self.differences[self.main_metric]
+
+
+def certify(
+    metrics: tuple[str, ...] | list[str],
+    main_metric: str,
+    labels: np.ndarray,
+    original: np.ndarray,
+    candidate: np.ndarray,
+    allowed_drop: dict[str, float],
+    rule: str = "estimate",
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Certificate:
+    """Does ``candidate`` stay within ``allowed_drop`` (points, per metric) of ``original`` on these examples?
+
+    ``rule="estimate"``: the measured drop of every guarded metric is at most its allowance (the
+    confirmation part is unbiased, so this is the promise's expected value); ``rule="bound"``: the upper
+    end of the drop's confidence interval is (a stricter promise that small splits rarely keep).
+    """
+    differences = paired_bootstrap(metrics, labels, original, candidate, resamples, confidence, seed)
+    guarded = {m: differences[m] for m in allowed_drop}
+    if rule == "bound":
+        passed = all(-d.low <= allowed_drop[m] + 1e-9 for m, d in guarded.items())
+        what = f"the {confidence:.0%} upper bound of the drop"
+    else:
+        passed = all(-d.difference <= allowed_drop[m] + 1e-9 for m, d in guarded.items())
+        what = "the measured drop"
+    limits = ", ".join(f"{m} {a:g}" for m, a in allowed_drop.items())
+    return Certificate(
+        passed=passed,
+        rule=f"{what} on the confirmation split is within the allowance (points: {limits})",
+        examples=len(labels),
+        main_metric=main_metric,
+        differences=differences,
+        allowed_drop=dict(allowed_drop),
+    )
+
+
+@dataclass
+class Step:
+    """One accepted decision of the search: what it removed or changed."""
+
+    removed: list[str] = field(default_factory=list)
+    changes: list = field(default_factory=list)  # engine Changes (approximate attention)
+
+    @property
+    def name(self) -> str:
+        return "+".join([*self.removed, *(c.key for c in self.changes)])
+
+
+@dataclass
+class Backtrack:
+    kept: list[Step]
+    undone: list[Step]  # latest first
+    certificates: list[Certificate]  # one per state tried, the last one is the shipped state's
+
+
+def backtrack(steps: list[Step], certify_state: Callable[[list[Step]], Certificate]) -> Backtrack:
+    """Undo accepted steps, latest first, until the certificate passes (the unchanged model always does)."""
+    kept = list(steps)
+    undone: list[Step] = []
+    certificates = [certify_state(kept)]
+    while not certificates[-1].passed and kept:
+        undone.append(kept.pop())
+        certificates.append(certify_state(kept))
+    return Backtrack(kept, undone, certificates)
+
+
+@dataclass
+class Certification:
+    """What the report says about the promise: the shipped model's certificate and how it was reached."""
+
+    certificate: Certificate  # of the model as searched and (if needed) backtracked
+    searched: Certificate  # of the state the search ended in, before any backtracking
+    undone: list[str]  # accepted steps undone to pass, latest first
+    states_tried: int
+    decision_examples: int
+    recovery: Certificate | None = None  # of the recovered model, when recovery ran
+    recovery_reverted: bool = False  # the recovered model failed its certificate: the searched one shipped
+
+    @property
+    def shipped(self) -> Certificate:
+        return self.recovery if self.recovery is not None and not self.recovery_reverted else self.certificate
+
+
+def allowances(config, reference: dict[str, float], main_metric: str) -> dict[str, float]:
+    """Points each guarded metric may fall on the confirmation split: the tolerance for the speed and size
+    goals (every metric, or the main one with ``guard: main``), nothing at all for the accuracy goal."""
+    if config.goal == "accuracy":
+        return {main_metric: 0.0}
+    t = config.tolerance
+    guarded = list(reference) if t.guard == "all" else [main_metric]
+    out = {}
+    for m in guarded:
+        bounds = []
+        if t.max_drop is not None:
+            bounds.append(t.max_drop)
+        if t.max_rel_drop is not None:
+            bounds.append(abs(reference[m]) * t.max_rel_drop / 100)
+        out[m] = min(bounds) if bounds else 0.0
+    return out
+
+
+def _confirmation_engine(ctx, config):
+    from axformer.evaluation.engine import EvaluationEngine
+
+    return EvaluationEngine(ctx.model, ctx.confirmation_encoded, ctx.data.spec, config.batch_size, ctx.device)
+
+
+def _certify(ctx, config, reference, candidate_logits) -> Certificate:
+    spec = ctx.data.spec
+    regression = spec.is_regression
+    original = reference.logits[:, 0] if regression else reference.logits.argmax(-1)
+    candidate = candidate_logits[:, 0] if regression else candidate_logits.argmax(-1)
+    c = config.certificate
+    return certify(
+        spec.metrics,
+        spec.main_metric,
+        ctx.confirmation.labels,
+        original,
+        candidate,
+        allowances(config, reference.metrics, spec.main_metric),
+        c.rule,
+        c.resamples,
+        c.confidence,
+        config.sample_seed,
+    )
+
+
+def certify_search(ctx, config, steps: list[Step]) -> tuple[Certification, dict]:
+    """Certify the searched state on the confirmation part, backtracking until it passes; returns the report
+    and the state to ship (``{"removed": [...], "attention": {...}}``, as ``Trials.state``)."""
+    engine = _confirmation_engine(ctx, config)
+    try:
+
+        def certify_state(kept: list[Step]) -> Certificate:
+            removed = [n for s in kept for n in s.removed]
+            changes = [c for s in kept for c in s.changes]
+            return _certify(ctx, config, engine.reference, engine.evaluate(removed, changes).logits)
+
+        result = backtrack(steps, certify_state)
+    finally:
+        engine.close()
+    state = {
+        "removed": [n for s in result.kept for n in s.removed],
+        "attention": {str(c.layer): c.spec() for s in result.kept for c in s.changes},
+    }
+    report = Certification(
+        certificate=result.certificates[-1],
+        searched=result.certificates[0],
+        undone=[s.name for s in result.undone],
+        states_tried=len(result.certificates),
+        decision_examples=len(ctx.heldout),
+    )
+    return report, state
+
+
+def certify_model(ctx, config, net) -> Certificate:
+    """The certificate of a trained model (after recovery) against the original, on the confirmation part."""
+    from axformer.inference import run_model
+
+    spec = ctx.data.spec
+    engine = _confirmation_engine(ctx, config)
+    try:
+        reference = engine.reference
+    finally:
+        engine.close()
+    outputs = run_model(net.eval(), ctx.confirmation_encoded, spec.is_regression, config.batch_size, ctx.device)
+    return _certify(ctx, config, reference, outputs.logits)

@@ -1,0 +1,136 @@
+"""The certificate: paired statistics against hand-computed values, backtracking, and a search whose promise
+is judged on examples no decision used."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from axformer.evaluation.paired import mcnemar_exact, paired_bootstrap, paired_standard_error, resampled_metrics
+from axformer.search.certificate import Step, allowances, backtrack, certify
+from axformer.tasks.metrics import compute_metrics
+
+
+def test_paired_standard_error_and_mcnemar_match_hand_computed_values():
+    # d = candidate - original = [0, 1, 0, -1]: mean 0, sd (n-1) = sqrt(2/3), SE = sqrt(2/3) / 2
+    assert paired_standard_error([1, 0, 1, 1], [1, 1, 1, 0]) == pytest.approx(np.sqrt(2 / 3) / 2)
+    # 3 examples only the candidate gets right, 1 only the original: P(X >= 3 | n=4, 1/2) = 5/16
+    assert mcnemar_exact([0, 0, 0, 1, 1], [1, 1, 1, 0, 1]) == (3, 1, pytest.approx(5 / 16))
+    assert mcnemar_exact([1, 1], [1, 1]) == (0, 0, 1.0)
+
+
+def test_paired_bootstrap_of_an_accuracy_drop_matches_the_binomial_interval():
+    """The candidate is wrong on 100 of 1000 examples the original gets right: the drop is exactly 10 points and
+    its 95% interval is 10 +- 1.96 sqrt(0.09 / 1000) points, by hand."""
+    labels = np.zeros(1000, dtype=np.int64)
+    original = labels.copy()
+    candidate = labels.copy()
+    candidate[:100] = 1
+    d = paired_bootstrap(["accuracy"], labels, original, candidate, resamples=4000, seed=1)["accuracy"]
+    assert d.difference == pytest.approx(-10.0) and d.original == 100.0 and d.candidate == pytest.approx(90.0)
+    half = 100 * 1.96 * np.sqrt(0.09 / 1000)
+    assert d.low == pytest.approx(-10 - half, abs=0.3) and d.high == pytest.approx(-10 + half, abs=0.3)
+    same = paired_bootstrap(["accuracy", "f1"], labels, original, original, resamples=200)
+    assert all(x.low == x.high == x.difference == 0.0 for x in same.values())
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_vectorised_resample_metrics_equal_the_task_metrics(classes):
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes, (60, 7))  # short rows: some classes are absent from some resamples
+    p = np.where(rng.random((60, 7)) < 0.6, y, rng.integers(0, classes, (60, 7)))
+    names = ["accuracy", "f1_macro", "mcc"] + (["f1"] if classes == 2 else [])
+    got = resampled_metrics(names, y, p)
+    for m in names:
+        want = np.array([compute_metrics([m], a, b)[m] for a, b in zip(y, p)])
+        np.testing.assert_allclose(got[m], want, atol=1e-9)
+    yr, pr = rng.normal(size=(20, 15)), rng.normal(size=(20, 15))
+    got = resampled_metrics(["pearson", "spearman"], yr, pr)
+    for m in ("pearson", "spearman"):
+        np.testing.assert_allclose(got[m], [compute_metrics([m], a, b)[m] for a, b in zip(yr, pr)], atol=1e-9)
+
+
+def test_certificate_rules_and_allowances():
+    labels = np.zeros(400, dtype=np.int64)
+    candidate = labels.copy()
+    candidate[:2] = 1  # a 0.5-point drop
+    est = certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 1.0}, "estimate", 500)
+    assert est.passed and est.main.difference == pytest.approx(-0.5)
+    # its interval reaches past a 0.6-point allowance: the bound rule refuses what the estimate accepts
+    assert certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 0.6}, "estimate", 500).passed
+    assert not certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 0.6}, "bound", 500).passed
+
+    class Cfg:
+        goal = "speed"
+        tolerance = type("T", (), {"max_drop": 1.0, "max_rel_drop": 2.0, "guard": "all"})()
+
+    assert allowances(Cfg, {"accuracy": 90.0, "f1": 20.0}, "accuracy") == {"accuracy": 1.0, "f1": 0.4}
+    Cfg.tolerance.guard = "main"
+    assert allowances(Cfg, {"accuracy": 90.0, "f1": 20.0}, "accuracy") == {"accuracy": 1.0}
+    Cfg.goal = "accuracy"
+    assert allowances(Cfg, {"accuracy": 90.0}, "accuracy") == {"accuracy": 0.0}
+
+
+def test_backtracking_undoes_the_latest_steps_until_the_scripted_certificate_passes():
+    steps = [Step(["L5.ffn"]), Step(["L4.attn"]), Step(["L3"]), Step(["L2.ffn"])]
+    tried = []
+
+    def certify_state(kept):
+        names = [s.name for s in kept]
+        tried.append(names)
+        labels = np.zeros(100, dtype=np.int64)
+        candidate = labels.copy()
+        candidate[: 2 * len(kept)] = 1  # each kept step costs 2 points on the confirmation split
+        return certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 4.5}, "estimate", 200)
+
+    result = backtrack(steps, certify_state)
+    assert [s.name for s in result.kept] == ["L5.ffn", "L4.attn"]
+    assert [s.name for s in result.undone] == ["L2.ffn", "L3"]  # latest first
+    assert tried == [["L5.ffn", "L4.attn", "L3", "L2.ffn"], ["L5.ffn", "L4.attn", "L3"], ["L5.ffn", "L4.attn"]]
+    assert [c.passed for c in result.certificates] == [False, False, True]
+    # nothing kept always passes: the unchanged model is the original
+    assert backtrack([Step(["L0"])], lambda kept: certify_state(kept * 3)).certificates[-1].passed
+
+
+def test_the_certificate_uses_only_examples_the_decisions_never_saw(tuned_tiny, tmp_path):
+    from axformer.search.config import Tolerance
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="speed", groups=4, device="cpu", progress=False, latency_examples=5,
+                         tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0))  # fmt: skip
+    report = optimize(model, data, None, tmp_path / "run", cfg)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    decision, confirmation = set(split["decision_positions"]), set(split["confirmation_positions"])
+    assert decision and confirmation and not decision & confirmation
+    rows = [json.loads(line) for line in (tmp_path / "run" / "search_log.jsonl").read_text().splitlines()]
+    assert rows and all(r["examples_sha256"] == split["decision_sha256"] for r in rows)
+    assert report["split"]["used"] == len(decision)
+    cert = report["certification"]
+    assert cert["certificate"]["examples"] == len(confirmation) == report["split"]["confirmation"]["used"]
+    assert cert["decision_examples"] == len(decision)
+    # decision, confirmation and dev figures side by side, for both models
+    for name in ("original", "optimized"):
+        assert {"heldout", "confirmation", "dev"} <= set(report["results"][name])
+    main = cert["certificate"]["differences"]["accuracy"]
+    conf = report["results"]
+    assert main["candidate"] - main["original"] == pytest.approx(
+        conf["optimized"]["confirmation"]["metrics"]["accuracy"]
+        - conf["original"]["confirmation"]["metrics"]["accuracy"]
+    )
+    assert cert["certificate"]["passed"] and "Certificate (passed)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_confirm_fraction_out_of_range_is_refused(monkeypatch, capsys, tiny_bert, tmp_path):
+    from tests.conftest import write_sentiment_files
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    train, dev = write_sentiment_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["optimize", tiny_bert, "-o", out, "--train", train, "--dev", dev, "--text-column", "text"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--confirm-fraction", "1.2")
+    assert_clean_failure(code, err, out, r"--confirm-fraction 1\.2; expected a value from 0 \(off\) to below 1")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--certify", "maybe")
+    assert_clean_failure(code, err, out, r"--certify 'maybe'; expected one of estimate, bound")
