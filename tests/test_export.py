@@ -67,6 +67,31 @@ def test_export_fails_loudly_beyond_max_drop(tiny_task, tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
 
 
+def test_export_falls_back_to_a_precision_that_holds_and_says_so(tuned_tiny, tmp_path, monkeypatch):
+    """In the pipeline an export never ends with nothing: a broken int8 artifact gives way to mixed precision,
+    then fp32, judged against the reference model on the confirmation part, and export.json says what happened."""
+    import axformer.export.artifact as artifact
+
+    def broken(source, target, *args, **kwargs):
+        m = onnx.load(str(source))
+        for init in m.graph.initializer:
+            if len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
+                init.CopyFrom(onnx.numpy_helper.from_array(np.zeros(tuple(init.dims), np.float32), init.name))
+        onnx.save(m, str(target))
+        return target
+
+    monkeypatch.setattr(artifact, "quantize_int8", broken)
+    model, data, _ = tuned_tiny
+    cfg = ExportConfig(precision="int8", device="cpu", fallback=True, confirm_fraction=0.4, reference_model=str(model))
+    r = export_model(model, tmp_path / "art", cfg, data)
+    fb = r["fallback"]
+    assert fb["asked"] == "int8" and fb["tried"][0]["drop"] > 1.0 and r["precision"] == fb["chosen"] != "int8"
+    assert [t["precision"] for t in fb["tried"]][:2] == ["int8", "mixed"]
+    assert r["validation"]["drop"] <= 1.0 and r["validation"]["checked_on"] == "confirmation"
+    assert r["validation"]["reference_model"] == str(model) and (tmp_path / "art" / "model.onnx").is_file()
+    assert json.loads((tmp_path / "art" / "export.json").read_text())["precision"] == r["precision"]
+
+
 def test_int8_mixed_and_fp16_exports_write_quantized_graphs(tiny_task, tmp_path):
     model, data, _ = tiny_task
     r8 = export_model(model, tmp_path / "int8", ExportConfig(precision="int8", device="cpu", max_drop=100), data)

@@ -99,9 +99,23 @@ def test_failed_stage_resumes_without_redoing_finished_ones(tuned_tiny, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(_cfg(model, out), progress=lambda m: None)
     assert (out / "3-search" / "report.json").exists() and not (out / "4-export").exists()
+    # a stage that fails with an error still leaves the report of what was made, and why it stopped
+    import axformer.benchmark.run as bench
+
+    def failing(*a, **k):
+        raise AxformerError("the benchmark could not start (scripted)")
+
     monkeypatch.setattr(artifact, "export_model", real)
+    monkeypatch.setattr(bench, "benchmark", failing)
+    with pytest.raises(AxformerError, match="scripted"):
+        run_pipeline(_cfg(model, out), progress=lambda m: None)
+    page = (out / "report.md").read_text()
+    assert "The run stopped early" in page and "scripted" in page and (out / "4-export" / "model.onnx").exists()
+    assert "The promise, on examples no decision used" in page and "Certificate (passed)" in page
+    assert json.loads((out / "summary.json").read_text())["stopped"].startswith("the benchmark could not start")
+    monkeypatch.undo()
     result = run_pipeline(_cfg(model, out), progress=lambda m: None)
-    assert result.skipped == ["analyze", "search"] and result.ran == ["export", "benchmark", "report"]
+    assert result.skipped == ["analyze", "search", "export"] and result.ran == ["benchmark", "report"]
 
 
 def test_config_file_and_command_line_give_the_same_run(tuned_tiny, tmp_path):

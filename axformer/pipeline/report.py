@@ -15,6 +15,7 @@ from axformer.benchmark.pricing import price_note
 from axformer.benchmark.result import BenchmarkResult
 from axformer.demo import model_display_name
 from axformer.pipeline.config import DIRS
+from axformer.search.report import certification_lines
 from axformer.search.result import SearchReport
 from axformer.surgery.components import layer_name
 from axformer.utils.io import read_json, write_json
@@ -78,7 +79,7 @@ def _candidates_plot(search: SearchReport, log: list[dict], main: str, path: Pat
     return path
 
 
-def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> dict:
+def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopped: str | None = None) -> dict:
     """Write report.html and report.md into ``out``; returns the summary (also in summary.json)."""
     md: list[str] = []
     body: list[str] = []
@@ -126,6 +127,36 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool) -> di
         f"Decisions used the held-out part of the training data only; the dev set only reports.",
     )
     summary: dict = {"output": str(out), "task": task_name, "goal": goal}
+    if stopped is not None:
+        section("The run stopped early", f"{stopped}. Everything below is what the finished stages produced.")
+        summary["stopped"] = stopped
+    export_dir = out / DIRS["export"]
+    export = read_json(export_dir / "export.json") if (export_dir / "export.json").exists() else None
+    promise = [line for line in certification_lines(search) if line] if search is not None else []
+    if export is not None:
+        v = export["validation"]
+        promise.append(
+            f"The deployed {export['precision']} artifact against {Path(v['reference_model']).name} on the "
+            f"{v['checked_on']} examples: {main} {v['pytorch']['metrics'][main]:.2f} -> "
+            f"{v['onnx']['metrics'][main]:.2f} ({-v['drop']:+.2f}; limit {v['max_drop']} points)."
+        )
+        if export.get("fallback"):
+            promise.append(export["fallback"]["note"] + ".")
+    if promise:
+        section("The promise, on examples no decision used", " ".join(promise))
+    if search is not None and search.certification is not None:
+        c = search.certification
+        summary.update(
+            {
+                "certificate_passed": c.shipped.passed,
+                "confirmation_original": c.shipped.main.original,
+                "confirmation_optimized": c.shipped.main.candidate,
+                "undone": c.undone,
+            }
+        )
+    if export is not None:
+        summary["export_precision"] = export["precision"]
+        summary["export_fallback"] = export.get("fallback")
     if bench is not None:
         rows = bench.rows
         original = next(r for r in rows if r.baseline and not r.padded and r.kind == "pytorch")

@@ -174,9 +174,14 @@ def run_pipeline(
     searched = stage("search", lambda p: _search(model, data, cfg, p))
     if searched is None:
         return result
-    exported = stage("export", lambda p: _export(searched, data, cfg, analysis, p))
-    if exported is not None:
-        stage("benchmark", lambda p: _benchmark([str(searched), str(exported)], model, data, cfg, p))
+    try:
+        exported = stage("export", lambda p: _export(searched, model, data, cfg, analysis, p))
+        if exported is not None:
+            stage("benchmark", lambda p: _benchmark([str(searched), str(exported)], model, data, cfg, p))
+    except AxformerError as exc:  # what was made is still reported, with why the run stopped
+        if last == len(STAGES) - 1:
+            write_report(out, cfg, runner.times, model, finetune_needed, stopped=str(exc))
+        raise
     if last == len(STAGES) - 1:
         result.summary = write_report(out, cfg, runner.times, model, finetune_needed)
         result.ran.append("report")
@@ -211,12 +216,19 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     optimize(model, data, cfg.data_dir, path, config)
 
 
-def _export(model: Path, data, cfg: PipelineConfig, analysis: Path | None, path: Path) -> None:
+def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Path | None, path: Path) -> None:
     from axformer.export.artifact import export_model
 
     config = cfg.stage_config("export")
     if config.significance is None and analysis is not None and "quantization" in cfg.analyze.scorers:
         config.significance = str(analysis / "significance.json")
+    # judged against the original on the examples the search never decided on, and always an artifact: a
+    # precision that breaks the limit falls back to mixed, then fp32, and the report says so
+    if config.reference_model is None:
+        config.reference_model = original
+    if cfg.search.strategy == "search":
+        config.confirm_fraction = cfg.search.certificate.fraction
+    config.fallback = True
     export_model(model, path, config, data, cfg.data_dir)
 
 
