@@ -507,7 +507,18 @@ def optimize_cmd(
             help="accuracy: layers (and their order) of the pruning phase; 'none' skips it (default: last to first).",
         ),
     ] = None,
-    fraction: Annotated[float | None, typer.Option(help="accuracy: share of examples that must not get worse.")] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="accuracy, --rule axformer: share of examples that must not get worse.")
+    ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            "--rule",
+            help="accuracy: paired (default: keep a change only if its per-example loss improvement over the "
+            "original is significant, Bonferroni over the trials) or axformer (the published rule).",
+        ),
+    ] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="accuracy, --rule paired: error rate.")] = None,
     groups: Annotated[int | None, typer.Option(help="FFN neuron groups per layer.")] = None,
     max_examples: Annotated[
         int | None, typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")
@@ -650,7 +661,13 @@ def optimize_cmd(
             "guard": guard,
             "max_loss_increase": max_loss_increase,
         },
-        "axformer": {"slack": slack, "fraction": fraction, "prune_layers": _layer_list(prune_layers, "--prune-layers")},
+        "axformer": {
+            "slack": slack,
+            "fraction": fraction,
+            "prune_layers": _layer_list(prune_layers, "--prune-layers"),
+            "rule": rule,
+            "alpha": alpha,
+        },
         "attention": {"modes": modes, "k": k, "layers": _layer_list(attention_layers, "--attention-layers")},
         "certificate": {"fraction": confirm_fraction, "rule": certify},
         "recovery": {

@@ -10,6 +10,7 @@ import pytest
 
 from axformer.evaluation.paired import mcnemar_exact, paired_bootstrap, paired_standard_error, resampled_metrics
 from axformer.search.certificate import Step, allowances, backtrack, certify
+from axformer.search.trials import Trials
 from axformer.tasks.metrics import compute_metrics
 
 
@@ -134,3 +135,69 @@ def test_confirm_fraction_out_of_range_is_refused(monkeypatch, capsys, tiny_bert
     assert_clean_failure(code, err, out, r"--confirm-fraction 1\.2; expected a value from 0 \(off\) to below 1")
     code, _, err = run_cli(monkeypatch, capsys, *args, "--certify", "maybe")
     assert_clean_failure(code, err, out, r"--certify 'maybe'; expected one of estimate, bound")
+
+
+def _result(losses):
+    from axformer.evaluation.engine import CandidateResult
+
+    losses = np.asarray(losses, dtype=np.float32)
+    return CandidateResult((), (), losses, np.zeros((len(losses), 2), np.float32), True, len(losses), 0, 0.0, {})
+
+
+def test_paired_accuracy_rule_matches_hand_computed_thresholds():
+    from axformer.search.acceptance import PairedImprovement
+
+    rule = PairedImprovement(np.ones(4, np.float32), min_loss=1.0, alpha=0.05, trials=1)
+    assert rule.z == pytest.approx(1.6448536, abs=1e-6)
+    assert rule.accepts(_result([0.5, 0.5, 0.5, 0.5]))  # a consistent improvement: d = 0.5, SE 0
+    # d = [0.1, -0.1, 0.5, 0]: mean 0.125, SE = sqrt(0.2075 / 3) / 2 = 0.1315; 0.125 < 1.645 x 0.1315
+    noisy = _result([0.9, 1.1, 0.5, 1.0])
+    assert not rule.accepts(noisy)
+    assert PairedImprovement(np.ones(4, np.float32), 1.0, alpha=0.6, trials=1).accepts(noisy)  # z = -0.25
+    # a hundred trials: Bonferroni makes the bar z(0.05 / 100) = 3.29
+    assert PairedImprovement(np.ones(4, np.float32), 1.0, 0.05, 100).z == pytest.approx(3.2905267, abs=1e-6)
+    # never below the best loss so far, whatever the test says
+    assert not PairedImprovement(np.ones(4, np.float32), min_loss=0.4).accepts(_result([0.5, 0.5, 0.5, 0.5]))
+
+
+def test_accuracy_search_with_the_paired_rule_keeps_only_real_improvements():
+    """Scripted losses: L1.ffn improves every example; L0.ffn lowers the mean loss further and leaves most
+    examples no worse, but with a spread that makes its improvement over the original noise (mean 0.24, SE 0.13,
+    below z = 2.64 for 12 trials). The published rule keeps both; the paired rule keeps only the real one."""
+    from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
+    from axformer.surgery.structure import ModelStructure
+
+    n = 40
+    base = np.full(n, 1.0, np.float32)
+    lucky = np.where(np.arange(n) < 21, 0.0, 1.6).astype(np.float32)  # mean 0.76, 21 of 40 not worse
+    script = {"L1.ffn": base - 0.2, "L0.ffn": lucky}
+
+    class Engine:
+        spec = type("S", (), {"main_metric": "accuracy"})()
+
+        def __init__(self):
+            self.reference = _result(base)
+
+        def evaluate(self, removed=(), changes=(), stop=None, desc=None):
+            return _result(script.get("+".join(removed), base + 0.5))
+
+        def set_base(self, removed=(), changes=()):
+            return self.reference
+
+    structure = ModelStructure.full(2, 2, 4, 6, 8)
+    for rule, kept in (("axformer", ["L1.ffn", "L0.ffn"]), ("paired", ["L1.ffn"])):
+        cfg = AccuracySearchConfig(groups=2, attention_modes=(), rule=rule)
+        out = accuracy_search(Trials(Engine(), None, "accuracy"), structure, cfg)
+        assert out.removed == kept, rule
+        assert out.rule.startswith(rule)
+
+
+def test_an_unknown_accuracy_rule_is_refused(monkeypatch, capsys, tiny_bert, tmp_path):
+    from tests.conftest import write_sentiment_files
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    train, dev = write_sentiment_files(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["optimize", tiny_bert, "-o", out, "--train", train, "--dev", dev, "--text-column", "text"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--goal", "accuracy", "--rule", "vibes")
+    assert_clean_failure(code, err, out, r"--rule 'vibes'; expected one of paired, axformer")

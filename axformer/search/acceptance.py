@@ -55,6 +55,58 @@ class AxFormerAcceptance:
         """Record an accepted candidate: its loss becomes the bar to beat."""
         self.min_loss = mean_loss
 
+    def describe(self) -> str:
+        return (
+            f"axformer (mean loss below the best so far, and more than {self.fraction:.0%} of examples not worse "
+            "than the unpruned model)"
+        )
+
+
+@dataclass
+class PairedImprovement:
+    """The accuracy goal's default: keep a change only if its improvement over the original is real.
+
+    A candidate must (1) lower the mean held-out loss below the best so far (AxFormer's first condition) and
+    (2) improve on the *unpruned* model's per-example losses by more than noise: the mean paired
+    improvement ``d = baseline loss - candidate loss`` must exceed ``z`` standard errors, with ``z`` the
+    one-sided normal quantile at ``alpha / trials`` (Bonferroni over the search's most possible trials), so
+    that a search of a hundred trials does not accept the few that look good by chance. With nothing that
+    clears it, the result is "nothing to remove", which is the honest answer.
+    """
+
+    baseline_losses: np.ndarray
+    min_loss: float
+    alpha: float = 0.05
+    trials: int = 1
+
+    name = "paired"
+
+    @property
+    def z(self) -> float:
+        from scipy import stats
+
+        return float(stats.norm.ppf(1 - self.alpha / max(self.trials, 1)))
+
+    def accepts(self, result: CandidateResult) -> bool:
+        if not result.complete or not result.mean_loss < self.min_loss:
+            return False
+        d = self.baseline_losses.astype(np.float64) - result.losses.astype(np.float64)
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.inf
+        return bool(d.mean() > self.z * se)
+
+    def hopeless(self, partial: PartialResult) -> bool:
+        # losses are >= 0, so the loss so far divided by n bounds the final mean from below
+        return float(partial.losses[partial.done].sum()) / len(partial.losses) >= self.min_loss
+
+    def accepted(self, mean_loss: float) -> None:
+        self.min_loss = mean_loss
+
+    def describe(self) -> str:
+        return (
+            f"paired (mean loss below the best so far, and a mean per-example loss improvement over the unpruned "
+            f"model above {self.z:.2f} standard errors: one-sided, alpha {self.alpha} over {self.trials} trials)"
+        )
+
 
 @dataclass
 class MetricTolerance:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from axformer.attention.hard import HardAttention
 from axformer.evaluation.engine import PartialResult
-from axformer.search.acceptance import AxFormerAcceptance
+from axformer.search.acceptance import AxFormerAcceptance, PairedImprovement
 from axformer.search.trials import Trials
 from axformer.surgery.components import block_name
 
@@ -37,6 +37,8 @@ class AccuracySearchConfig:
     groups: int = 12
     attention_layers: list[int] | None = None  # order of the hard-attention phase (default: 0 .. L-1)
     prune_layers: list[int] | None = None  # order of the pruning phase (default: L-1 .. 0)
+    rule: str = "axformer"  # "axformer" (the published two-part test) or "paired" (PairedImprovement)
+    alpha: float = 0.05  # paired: family-wise error over the search's trials
 
 
 @dataclass
@@ -58,14 +60,15 @@ class SearchOutcome:
     removed: list[str] = field(default_factory=list)
     attention: dict[int, dict] = field(default_factory=dict)
     min_loss: float = 0.0
+    rule: str = ""  # the acceptance rule, described
 
 
 def accuracy_search(
     trials: Trials, structure, config: AccuracySearchConfig, hard_attention_supported: bool = True
 ) -> SearchOutcome:
     ref = trials.engine.reference
-    rule = AxFormerAcceptance(ref.losses, ref.mean_loss, config.fraction)
-    out = SearchOutcome()
+    rule = make_rule(config, ref, trial_bound(structure, config, hard_attention_supported))
+    out = SearchOutcome(rule=rule.describe())
     present = structure.present_layers
 
     def accept(d, removed=(), changes=()):
@@ -122,3 +125,10 @@ def trial_bound(structure, config: AccuracySearchConfig, hard_attention_supporte
         if structure.layers[layer] is not None:
             n += 2 + len(structure.group_names(layer, config.groups)) + len(structure.head_names(layer))
     return n
+
+
+def make_rule(config: AccuracySearchConfig, reference, trials: int):
+    """The acceptance rule the accuracy search decides with."""
+    if config.rule == "paired":
+        return PairedImprovement(reference.losses, reference.mean_loss, config.alpha, trials)
+    return AxFormerAcceptance(reference.losses, reference.mean_loss, config.fraction)

@@ -16,6 +16,7 @@ from axformer.utils.config import from_mapping, to_mapping
 
 GOALS = ("accuracy", "speed", "size")
 CERTIFICATE_RULES = ("estimate", "bound")
+ACCURACY_RULES = ("paired", "axformer")
 RECOVERY = ("continue", "pretrained", "distill")
 
 
@@ -44,10 +45,18 @@ class AxFormerRule:
     """The accuracy goal's constants (AxFormer's published values by default)."""
 
     slack: float = 1.1  # descend into a block's units when its loss is below slack x the best loss
-    fraction: float = 0.5  # share of examples that must not get worse
+    fraction: float = 0.5  # axformer rule: share of examples that must not get worse
     prune_layers: list[int] | None = None  # order of the pruning phase (default: last to first; []: skip)
+    # "paired" (default): a change is kept only if its per-example loss improvement over the original is real
+    # (paired, Bonferroni over the trials); "axformer": the published two-part test, to reproduce the paper
+    rule: str = "paired"
+    alpha: float = 0.05
 
     def validate(self) -> None:
+        if self.rule not in ACCURACY_RULES:
+            raise AxformerError(f"--rule {self.rule!r}; expected one of {', '.join(ACCURACY_RULES)}")
+        if not 0 < self.alpha < 1:
+            raise AxformerError(f"--alpha {self.alpha}; expected a value between 0 and 1")
         if not 0 < self.fraction < 1:
             raise AxformerError(f"--fraction {self.fraction}; expected a value between 0 and 1")
         if self.slack < 1:

@@ -129,6 +129,8 @@ def optimize(
             groups=config.groups,
             attention_layers=config.attention.layers,
             prune_layers=config.axformer.prune_layers,
+            rule=config.axformer.rule,
+            alpha=config.axformer.alpha,
         )
         t_search = time.perf_counter()
         try:
@@ -137,8 +139,7 @@ def optimize(
                     trials.progress(accuracy_trial_bound(structure, acc, approx_ok), "search (accuracy)")
                 outcome = accuracy_search(trials, structure, acc, approx_ok)
                 search_info = {
-                    "rule": f"axformer (mean loss below the best so far, and more than {config.axformer.fraction:.0%} "
-                    "of examples not worse than the unpruned model)",
+                    "rule": outcome.rule,
                     "min_loss": outcome.min_loss,
                     "hard_attention_supported": approx_ok,
                 }
