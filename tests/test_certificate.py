@@ -201,3 +201,23 @@ def test_an_unknown_accuracy_rule_is_refused(monkeypatch, capsys, tiny_bert, tmp
     args = ["optimize", tiny_bert, "-o", out, "--train", train, "--dev", dev, "--text-column", "text"]
     code, _, err = run_cli(monkeypatch, capsys, *args, "--goal", "accuracy", "--rule", "vibes")
     assert_clean_failure(code, err, out, r"--rule 'vibes'; expected one of paired, axformer")
+
+
+def test_decisions_on_unrepresentative_examples_are_warned_about(tmp_path):
+    """Short training phrases decide, long sentences are reported on (SST-2's case): the search says so."""
+    from axformer.evaluation.context import load_context, representativeness_warnings
+    from axformer.tasks.sources import load_custom
+    from tests.conftest import make_tiny_model_dir
+
+    (tmp_path / "train.csv").write_text(
+        "text,label\n" + "".join(f"{'good' if i % 2 else 'bad'},{i % 2}\n" for i in range(80))
+    )
+    long = " ".join(["the movie was"] * 8)
+    (tmp_path / "dev.csv").write_text(
+        "text,label\n" + "".join(f"{long} {'good' if i % 4 else 'bad'},{int(i % 4 > 0)}\n" for i in range(40))
+    )
+    data = load_custom(tmp_path / "train.csv", tmp_path / "dev.csv", ("text",), "label", "classification", None, "t")
+    ctx = load_context(make_tiny_model_dir(tmp_path / "m", "bert"), data, device="cpu")
+    warnings = representativeness_warnings(ctx)
+    assert any("tokens long (median)" in w for w in warnings)
+    assert any("label balance" in w and "0.25" in w for w in warnings)  # 50/50 decides, 25/75 is reported

@@ -125,3 +125,35 @@ def load_context(
 def positions_sha(positions: np.ndarray) -> str:
     """A short fingerprint of a set of held-out positions (what a log records of the examples it used)."""
     return hashlib.sha256(np.asarray(positions).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def representativeness_warnings(ctx: TaskContext, length_ratio: float = 1.5, label_distance: float = 0.1) -> list[str]:
+    """Say so when the deciding examples are not distributed like the data the model is reported on.
+
+    SST-2's held-out split is training *phrases* (median 10 tokens) while its dev set is whole sentences
+    (median 24): decisions made on one say little about the other. Compared: the median input length in
+    tokens (a ratio beyond ``length_ratio`` either way) and, for classification, the label distribution
+    (total variation distance above ``label_distance``).
+    """
+    out = []
+    for name, split in ctx.data.dev.items():
+        if not len(split) or not len(ctx.heldout):
+            continue
+        dev_lengths = encode(ctx.tokenizer, split, ctx.record.max_seq_length).lengths
+        ours, theirs = float(np.median(ctx.encoded.lengths)), float(np.median(dev_lengths))
+        if max(ours, theirs) / max(min(ours, theirs), 1.0) > length_ratio:
+            out.append(
+                f"the deciding held-out examples are {ours:.0f} tokens long (median) and the {name} set {theirs:.0f}: "
+                "decisions were made on inputs unlike the reported ones"
+            )
+        if not ctx.data.spec.is_regression and split.labels.min() >= 0:
+            k = int(max(ctx.heldout.labels.max(), split.labels.max())) + 1
+            p = np.bincount(ctx.heldout.labels, minlength=k) / len(ctx.heldout)
+            q = np.bincount(split.labels, minlength=k) / len(split)
+            tv = 0.5 * float(np.abs(p - q).sum())
+            if tv > label_distance:
+                out.append(
+                    f"the label balance of the deciding examples differs from the {name} set's (total variation "
+                    f"distance {tv:.2f})"
+                )
+    return out

@@ -28,7 +28,7 @@ import torch
 
 from axformer.attention.hard import supports_approximate_attention
 from axformer.errors import AxformerError
-from axformer.evaluation.context import load_context, positions_sha
+from axformer.evaluation.context import load_context, positions_sha, representativeness_warnings
 from axformer.evaluation.engine import EvaluationEngine
 from axformer.models.loading import is_local
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
@@ -83,6 +83,7 @@ def optimize(
         confirm_max_examples=cert.max_examples,
     )
     spec = ctx.data.spec
+    ctx.warnings.extend(representativeness_warnings(ctx))
     if config.recovery.mode == "pretrained" and pretrained_origin(ctx.record) is None:
         raise AxformerError(
             f"--recover pretrained: {model} records no pre-trained checkpoint it was fine-tuned from; "
