@@ -569,6 +569,18 @@ def optimize_cmd(
             "tolerance) or bound (its 95% confidence bound is).",
         ),
     ] = None,
+    calibration_texts: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration-texts",
+            help="Unlabelled in-domain texts (.txt: one per line, pairs tab-separated; .csv/.tsv/.jsonl with "
+            "--calibration-column): the final model's agreement with the original is measured on them.",
+        ),
+    ] = None,
+    calibration_column: Annotated[
+        list[str] | None,
+        typer.Option("--calibration-column", help="Column of --calibration-texts (twice for sentence pairs)."),
+    ] = None,
     strategy: Annotated[
         str | None,
         typer.Option(
@@ -670,6 +682,8 @@ def optimize_cmd(
         },
         "attention": {"modes": modes, "k": k, "layers": _layer_list(attention_layers, "--attention-layers")},
         "certificate": {"fraction": confirm_fraction, "rule": certify},
+        "calibration_texts": str(calibration_texts) if calibration_texts else None,
+        "calibration_columns": calibration_column,
         "recovery": {
             "mode": recover,
             "epochs": recover_epochs,

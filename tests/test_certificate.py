@@ -100,9 +100,16 @@ def test_the_certificate_uses_only_examples_the_decisions_never_saw(tuned_tiny, 
     from axformer.search.optimize import OptimizeConfig, optimize
 
     model, data, _ = tuned_tiny
+    calibration = tmp_path / "production.txt"
+    dev_text = data.dev["dev"].texts[0][0]
+    calibration.write_text(f"a good day\na bad day\n{dev_text}\n")
     cfg = OptimizeConfig(goal="speed", groups=4, device="cpu", progress=False, latency_examples=5,
-                         tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0))  # fmt: skip
+                         tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
+                         calibration_texts=str(calibration))  # fmt: skip
     report = optimize(model, data, None, tmp_path / "run", cfg)
+    fid = report["fidelity"]
+    assert fid["removed_dev_texts"] == 1 and fid["calibration texts"]["texts"] == 2
+    assert 0 <= fid["training texts"]["agreement"] <= 100 and fid["training texts"]["texts"] > 0
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     decision, confirmation = set(split["decision_positions"]), set(split["confirmation_positions"])
     assert decision and confirmation and not decision & confirmation
@@ -221,3 +228,59 @@ def test_decisions_on_unrepresentative_examples_are_warned_about(tmp_path):
     warnings = representativeness_warnings(ctx)
     assert any("tokens long (median)" in w for w in warnings)
     assert any("label balance" in w and "0.25" in w for w in warnings)  # 50/50 decides, 25/75 is reported
+
+
+def test_calibration_texts_are_read_in_every_layout_and_never_include_dev_texts(tmp_path):
+    from axformer.errors import AxformerError
+    from axformer.tasks.calibration import load_calibration_texts, without
+
+    (tmp_path / "a.txt").write_text("good film\n\nbad film\n")
+    assert load_calibration_texts(tmp_path / "a.txt", 1) == [("good film",), ("bad film",)]
+    (tmp_path / "p.txt").write_text("a\tb\nc\td\n")
+    assert load_calibration_texts(tmp_path / "p.txt", 2) == [("a", "b"), ("c", "d")]
+    (tmp_path / "c.csv").write_text("id,sentence\n1,hello\n2,world\n")
+    assert load_calibration_texts(tmp_path / "c.csv", 1, ("sentence",)) == [("hello",), ("world",)]
+    (tmp_path / "j.jsonl").write_text('{"q": "x", "r": "y"}\n')
+    assert load_calibration_texts(tmp_path / "j.jsonl", 2, ("q", "r")) == [("x", "y")]
+    assert without([("a",), ("dev text",), ("b",)], {("dev text",)}) == ([("a",), ("b",)], 1)
+    bad = [
+        (tmp_path / "missing.txt", 1, None, r"missing\.txt does not exist"),
+        (tmp_path / "p.txt", 1, None, None),  # a tab in a single-text task is part of the text: fine
+        (tmp_path / "a.txt", 2, None, r"a\.txt:1 has 1 tab-separated field\(s\); expected 2"),
+        (tmp_path / "c.csv", 1, ("text",), r"c\.csv has no column 'text'; its columns are id, sentence"),
+        (tmp_path / "c.csv", 1, None, r"give --calibration-column 1 time"),
+        (tmp_path / "j.jsonl", 2, ("q", "s"), r"j\.jsonl:1 has no field 's'"),
+    ]
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    bad.append((tmp_path / "empty.txt", 1, None, r"empty\.txt holds no text"))
+    for path, fields, columns, pattern in bad:
+        if pattern is None:
+            load_calibration_texts(path, fields, columns)
+            continue
+        with pytest.raises(AxformerError, match=pattern):
+            load_calibration_texts(path, fields, columns)
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "pattern"),
+    [
+        (None, [], r"--calibration-texts .*nope\.txt does not exist"),
+        ("\n\n", [], r"holds no text"),
+        ("id,x\n1,a\n", ["--calibration-column", "text"], r"has no column 'text'; its columns are id, x"),
+    ],
+)
+def test_calibration_texts_bad_input_is_one_line_exit_2(
+    monkeypatch, capsys, tuned_tiny, tmp_path, content, extra, pattern
+):
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    model, _, (train, dev) = tuned_tiny
+    path = tmp_path / ("nope.txt" if content is None else "cal.csv" if extra else "cal.txt")
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "optimize", model, "-o", out, "--goal", "speed", "--until-stage", "search",
+        "--scorer", "none", "--calibration-texts", path, *extra, "--device", "cpu",
+    )  # fmt: skip
+    assert_clean_failure(code, err, out, pattern)

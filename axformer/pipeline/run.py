@@ -146,6 +146,13 @@ def run_pipeline(
             f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first"
         )
     _check_consistent(out, cfg, from_stage)
+    if cfg.search.calibration_texts is not None:  # a malformed file is refused before anything is written
+        from axformer.models.record import task_for
+        from axformer.tasks.calibration import load_calibration_texts
+
+        spec = (data or task_for(cfg.model, None, cfg.data_dir)).spec
+        columns = tuple(cfg.search.calibration_columns or ()) or None
+        load_calibration_texts(cfg.search.calibration_texts, spec.num_text_fields, columns)
     out.mkdir(parents=True, exist_ok=True)
     if from_stage is not None:
         for stage in STAGES[STAGES.index(from_stage) : -1]:

@@ -199,3 +199,43 @@ def certify_model(ctx, config, net) -> Certificate:
         engine.close()
     outputs = run_model(net.eval(), ctx.confirmation_encoded, spec.is_regression, config.batch_size, ctx.device)
     return _certify(ctx, config, reference, outputs.logits)
+
+
+def fidelity(
+    ctx, config, net, calibration: list[tuple[str, ...]] | None = None, max_training_texts: int = 5000
+) -> dict:
+    """How often the final model agrees with the original (classification), or how far its outputs are from
+    the original's (regression), on unlabelled inputs: a seeded sample of the training texts and, when given,
+    the user's calibration texts (dev texts removed from them)."""
+    import numpy as np
+
+    from axformer.data.batching import encode
+    from axformer.inference import run_model
+    from axformer.tasks.calibration import without
+    from axformer.tasks.data import Split
+    from axformer.tasks.splits import apply_split
+
+    spec = ctx.data.spec
+    pools: dict[str, list[tuple[str, ...]]] = {}
+    train, _ = apply_split(ctx.data, ctx.split)
+    pick = np.random.default_rng(config.sample_seed).permutation(len(train))[:max_training_texts]
+    pools["training texts"] = [train.texts[i] for i in np.sort(pick)]
+    out: dict = {}
+    if calibration is not None:
+        dev = {t for split in ctx.data.dev.values() for t in split.texts}
+        texts = calibration
+        texts, removed = without(texts, dev)
+        out["calibration_file"] = str(config.calibration_texts)
+        out["removed_dev_texts"] = removed
+        if texts:
+            pools["calibration texts"] = texts
+    for name, texts in pools.items():
+        split = Split(name, texts, np.zeros(len(texts), dtype=np.float32 if spec.is_regression else np.int64))
+        enc = encode(ctx.tokenizer, split, ctx.record.max_seq_length)
+        a = run_model(ctx.model.eval(), enc, spec.is_regression, config.batch_size, ctx.device).logits
+        b = run_model(net.eval(), enc, spec.is_regression, config.batch_size, ctx.device).logits
+        if spec.is_regression:
+            out[name] = {"texts": len(texts), "mean_abs_difference": float(np.abs(a[:, 0] - b[:, 0]).mean())}
+        else:
+            out[name] = {"texts": len(texts), "agreement": float(100 * (a.argmax(-1) == b.argmax(-1)).mean())}
+    return out

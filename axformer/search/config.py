@@ -9,6 +9,7 @@ as ``tolerance:``, ``axformer:``, ``attention:``, ``recovery:``) and what ``axfo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from axformer.attention.hard import MODES
 from axformer.errors import AxformerError
@@ -139,6 +140,10 @@ class OptimizeConfig:
     attention: AttentionSearch = field(default_factory=AttentionSearch)
     recovery: Recovery = field(default_factory=Recovery)
     certificate: Certification = field(default_factory=Certification)
+    # unlabelled in-domain texts: the final model's fidelity to the original is measured on them (and on a
+    # sample of the training texts) and reported beside the certificate
+    calibration_texts: str | None = None
+    calibration_columns: list[str] | None = None  # for .csv/.tsv/.jsonl files: one column per text field
     groups: int = 12
     max_examples: int | None = 2000
     sample_seed: int = 0
@@ -157,6 +162,11 @@ class OptimizeConfig:
             raise AxformerError(f"--goal {self.goal} needs a tolerance: --max-drop or --max-rel-drop")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
+        if self.calibration_texts is not None and not Path(self.calibration_texts).is_file():
+            raise AxformerError(
+                f"--calibration-texts {self.calibration_texts} does not exist; expected a .txt, .csv, .tsv or "
+                ".jsonl file"
+            )
         for name in ("target_speedup", "target_size"):
             v = getattr(self, name)
             if v is not None and v <= 1:

@@ -34,7 +34,7 @@ from axformer.models.loading import is_local
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.accuracy import trial_bound as accuracy_trial_bound
 from axformer.search.candidate import save_candidate
-from axformer.search.certificate import certify_model, certify_search
+from axformer.search.certificate import certify_model, certify_search, fidelity
 from axformer.search.config import OptimizeConfig
 from axformer.search.constraint import ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
@@ -43,6 +43,7 @@ from axformer.search.recovery import pretrained_origin, recover
 from axformer.search.report import build_report, report_markdown
 from axformer.search.trials import Trials
 from axformer.surgery.prune import current_structure
+from axformer.tasks.calibration import load_calibration_texts
 from axformer.tasks.data import TaskData
 from axformer.utils.config import to_mapping
 from axformer.utils.io import atomic_output_dir, claim_work_dir, read_json, run_key, write_json
@@ -84,6 +85,13 @@ def optimize(
     )
     spec = ctx.data.spec
     ctx.warnings.extend(representativeness_warnings(ctx))
+    calibration = (  # read (and refused if malformed) before any work
+        load_calibration_texts(
+            config.calibration_texts, spec.num_text_fields, tuple(config.calibration_columns or ()) or None
+        )
+        if config.calibration_texts is not None
+        else None
+    )
     if config.recovery.mode == "pretrained" and pretrained_origin(ctx.record) is None:
         raise AxformerError(
             f"--recover pretrained: {model} records no pre-trained checkpoint it was fine-tuned from; "
@@ -215,6 +223,7 @@ def optimize(
         )
         report.recovery = recovery
         report.certification = certification
+        report.fidelity = fidelity(ctx, config, optimized, calibration)
         write_json(work / "report.json", report.to_dict())
         (work / "report.md").write_text(report_markdown(report))
         shutil.rmtree(work / "best_so_far", ignore_errors=True)

@@ -202,7 +202,7 @@ def report_markdown(r: SearchReport) -> str:
             f"Predicted {'speed-up' if r.goal == 'speed' else 'size reduction'} from the "
             f"calibrated cost model: {s.predicted_ratio:.2f}x.",
         ]
-    lines += certification_lines(r)
+    lines += certification_lines(r) + fidelity_lines(r)
     for w in r.warnings:
         lines += ["", f"> Warning: {w}"]
     return "\n".join(lines) + "\n"
@@ -247,3 +247,19 @@ def certification_lines(r: SearchReport) -> list[str]:
             )
         )
     return lines
+
+
+def fidelity_lines(r: SearchReport) -> list[str]:
+    f = r.fidelity or {}
+    parts = []
+    for name, v in f.items():
+        if isinstance(v, dict) and "agreement" in v:
+            parts.append(f"the same prediction on {v['agreement']:.2f}% of {v['texts']} {name}")
+        elif isinstance(v, dict) and "mean_abs_difference" in v:
+            parts.append(f"mean |output difference| {v['mean_abs_difference']:.4f} on {v['texts']} {name}")
+    if not parts:
+        return []
+    removed = (
+        f" ({f['removed_dev_texts']} dev texts removed from the calibration file)" if f.get("removed_dev_texts") else ""
+    )
+    return ["", f"Fidelity to the original on unlabelled inputs: {'; '.join(parts)}{removed}."]

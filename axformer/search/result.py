@@ -81,6 +81,7 @@ class SearchReport:
     environment: dict = field(default_factory=dict)
     recovery: dict | None = None
     certification: Certification | None = None
+    fidelity: dict | None = None  # agreement with the original on unlabelled texts (training sample, calibration)
 
     @property
     def original(self) -> ModelResult:
@@ -104,7 +105,7 @@ class SearchReport:
         out = to_mapping(self)
         for entry in out["results"].values():
             entry.update(entry.pop("dev"))
-        for optional in ("recovery", "certification"):
+        for optional in ("recovery", "certification", "fidelity"):
             if out[optional] is None:
                 del out[optional]
         for entry in out["results"].values():

@@ -53,9 +53,7 @@ class Trials:
             self._best = d.metric if self._best is None else d.metric
         accepted = sum(x.accepted for x in self.decisions)
         best = f"{self._best:.2f}" if self._best is not None else "-"
-        self._bar.set_postfix_str(
-            f"accepted {accepted}, {self.main_metric} of the accepted model {best}", refresh=False
-        )
+        self._bar.set_postfix_str(f"accepted {accepted}, {self.main_metric} now {best}", refresh=False)
         self._bar.update(1)
 
     def __init__(
