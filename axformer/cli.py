@@ -577,6 +577,14 @@ def optimize_cmd(
             "--calibration-column): the final model's agreement with the original is measured on them.",
         ),
     ] = None,
+    fidelity_texts: Annotated[
+        int | None,
+        typer.Option(
+            "--fidelity-texts",
+            help="speed/size, classification: also keep agreement with the original within the tolerance on "
+            "this many training texts (plus --calibration-texts); 0: off.",
+        ),
+    ] = None,
     calibration_column: Annotated[
         list[str] | None,
         typer.Option("--calibration-column", help="Column of --calibration-texts (twice for sentence pairs)."),
@@ -684,6 +692,7 @@ def optimize_cmd(
         "certificate": {"fraction": confirm_fraction, "rule": certify},
         "calibration_texts": str(calibration_texts) if calibration_texts else None,
         "calibration_columns": calibration_column,
+        "fidelity": {"texts": fidelity_texts},
         "recovery": {
             "mode": recover,
             "epochs": recover_epochs,

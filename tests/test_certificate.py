@@ -284,3 +284,18 @@ def test_calibration_texts_bad_input_is_one_line_exit_2(
         "--scorer", "none", "--calibration-texts", path, *extra, "--device", "cpu",
     )  # fmt: skip
     assert_clean_failure(code, err, out, pattern)
+
+
+def test_fidelity_decisions_guard_agreement_with_the_original_on_unlabelled_texts(tuned_tiny, tmp_path):
+    from axformer.search.config import FidelityDecision, Tolerance
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="speed", groups=4, device="cpu", progress=False, latency_examples=5,
+                         tolerance=Tolerance(max_drop=3.0), fidelity=FidelityDecision(texts=200))  # fmt: skip
+    report = optimize(model, data, None, tmp_path / "run", cfg)
+    assert report["search"]["thresholds"]["agreement"] == pytest.approx(97.0)  # 100 - the tolerance
+    rows = [json.loads(line) for line in (tmp_path / "run" / "search_log.jsonl").read_text().splitlines()]
+    complete = [r for r in rows if r["complete"]]
+    assert complete and all("agreement" in r["metrics"] for r in complete)
+    assert all(r["metrics"]["agreement"] >= 97.0 for r in rows if r["accepted"])

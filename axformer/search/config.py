@@ -131,6 +131,20 @@ class Certification:
 
 
 @dataclass
+class FidelityDecision:
+    """Speed and size goals on classification tasks: every candidate must also agree with the original on
+    at least 100 - tolerance percent of a pool of unlabelled inputs (``texts`` training texts, sampled, plus
+    ``--calibration-texts``); a model cannot lose more accuracy than the share of answers it changes.
+    0 texts: decisions on the labelled held-out examples only."""
+
+    texts: int = 0
+
+    def validate(self) -> None:
+        if self.texts < 0:
+            raise AxformerError(f"--fidelity-texts {self.texts}; expected a number of texts (0: off)")
+
+
+@dataclass
 class OptimizeConfig:
     goal: str = "accuracy"
     target_speedup: float | None = None  # speed: stop once the predicted batch-1 speed-up reaches this
@@ -140,6 +154,7 @@ class OptimizeConfig:
     attention: AttentionSearch = field(default_factory=AttentionSearch)
     recovery: Recovery = field(default_factory=Recovery)
     certificate: Certification = field(default_factory=Certification)
+    fidelity: FidelityDecision = field(default_factory=FidelityDecision)
     # unlabelled in-domain texts: the final model's fidelity to the original is measured on them (and on a
     # sample of the training texts) and reported beside the certificate
     calibration_texts: str | None = None
@@ -156,7 +171,7 @@ class OptimizeConfig:
     def validate(self) -> None:
         if self.goal not in GOALS:
             raise AxformerError(f"--goal {self.goal!r}; expected one of {', '.join(GOALS)}")
-        for part in (self.tolerance, self.axformer, self.attention, self.recovery, self.certificate):
+        for part in (self.tolerance, self.axformer, self.attention, self.recovery, self.certificate, self.fidelity):
             part.validate()
         if self.goal != "accuracy" and self.tolerance.max_drop is None and self.tolerance.max_rel_drop is None:
             raise AxformerError(f"--goal {self.goal} needs a tolerance: --max-drop or --max-rel-drop")

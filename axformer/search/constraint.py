@@ -108,6 +108,8 @@ def constraint_search(
     ref = engine.reference
     main = engine.spec.main_metric
     guarded = list(ref.metrics) if config.guard == "all" else [main]
+    if "agreement" in ref.metrics and "agreement" not in guarded:  # fidelity to the original is always guarded
+        guarded.append("agreement")
     thresholds = {m: threshold_for(ref.metrics[m], config) for m in guarded}
     max_loss = None if config.max_loss_increase is None else ref.mean_loss * (1 + config.max_loss_increase / 100)
     rule = MetricTolerance(thresholds, engine.encoded.labels, engine.regression, max_loss)

@@ -30,6 +30,7 @@ from axformer.attention.hard import supports_approximate_attention
 from axformer.errors import AxformerError
 from axformer.evaluation.context import load_context, positions_sha, representativeness_warnings
 from axformer.evaluation.engine import EvaluationEngine
+from axformer.evaluation.fidelity import FidelityEngine, fidelity_pool
 from axformer.models.loading import is_local
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.accuracy import trial_bound as accuracy_trial_bound
@@ -119,6 +120,8 @@ def optimize(
                 save_candidate(model, ctx, t.state(), work / "best_so_far", config, config.goal)
                 last_save[0] = time.perf_counter()
 
+        if config.fidelity.texts > 0 and config.goal != "accuracy" and not spec.is_regression:
+            engine = FidelityEngine(engine, ctx, fidelity_pool(ctx, _pool_texts(ctx, config, calibration)))
         trials = Trials(engine, work / LOG_FILE, spec.main_metric, on_accept, positions_sha(ctx.heldout_positions))
         if ctx.confirmation is not None:  # which examples decide and which certify, for anyone to check
             write_json(
@@ -256,3 +259,16 @@ def _cost_model(ctx, structure, config: OptimizeConfig, work: Path, attention_mo
 
 def _typical_length(ctx) -> int:
     return int(np.median(ctx.encoded.lengths)) if len(ctx.encoded) else 32
+
+
+def _pool_texts(ctx, config: OptimizeConfig, calibration) -> list[tuple[str, ...]]:
+    """The unlabelled inputs fidelity decides on: a seeded sample of the training part, plus the calibration
+    texts, less every dev text (the dev set only reports)."""
+    from axformer.tasks.calibration import without
+    from axformer.tasks.splits import apply_split
+
+    train, _ = apply_split(ctx.data, ctx.split)
+    pick = np.sort(np.random.default_rng(config.sample_seed + 1).permutation(len(train))[: config.fidelity.texts])
+    texts = [train.texts[i] for i in pick] + list(calibration or [])
+    kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
+    return kept
