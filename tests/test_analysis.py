@@ -24,7 +24,7 @@ from axformer.surgery.masks import SoftMask
 from axformer.surgery.prune import prune
 from axformer.tasks.spec import get_task
 from tests.conftest import TINY, make_tiny_model_dir, write_sentiment_files
-from tests.test_cli import assert_clean_failure, run_cli
+from tests.test_cli import assert_clean_failure, run_cli, task_args
 from tests.test_surgery import random_components
 
 SPEC = get_task("sst2")
@@ -304,25 +304,7 @@ def test_quant_sensitivity_equals_naive_and_restores_weights(tiny_arch_dir):
 
 
 def _analyze_args(model, out, train, dev, *extra):
-    return [
-        "analyze",
-        model,
-        "-o",
-        out,
-        "--train",
-        train,
-        "--dev",
-        dev,
-        "--text-column",
-        "text",
-        "--label-column",
-        "label",
-        "--device",
-        "cpu",
-        "--groups",
-        "4",
-        *extra,
-    ]
+    return task_args("analyze", model, out, train, dev, "--groups", "4", *extra)
 
 
 def test_analyze_command_writes_report_and_resumes(monkeypatch, capsys, tmp_path):

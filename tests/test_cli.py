@@ -40,24 +40,14 @@ def assert_clean_failure(code, err, out_dir, pattern):
     assert not out_dir.with_name(out_dir.name + ".partial").exists()
 
 
+def task_args(command, model, out, train, dev, *extra):
+    """A command on the toy custom task (CPU), as the CLI tests run it."""
+    toy = ["--train", train, "--dev", dev, "--text-column", "text", "--label-column", "label", "--device", "cpu"]
+    return [command, model, "-o", out, *toy, *extra]
+
+
 def _finetune_args(model, out, train, dev, *extra):
-    return [
-        "finetune",
-        model,
-        "-o",
-        out,
-        "--train",
-        train,
-        "--dev",
-        dev,
-        "--text-column",
-        "text",
-        "--label-column",
-        "label",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    return task_args("finetune", model, out, train, dev, *extra)
 
 
 def test_missing_data_file(monkeypatch, capsys, tiny_bert, files, tmp_path):
