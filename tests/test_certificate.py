@@ -299,3 +299,18 @@ def test_fidelity_decisions_guard_agreement_with_the_original_on_unlabelled_text
     complete = [r for r in rows if r["complete"]]
     assert complete and all("agreement" in r["metrics"] for r in complete)
     assert all(r["metrics"]["agreement"] >= 97.0 for r in rows if r["accepted"])
+
+
+def test_the_fidelity_pool_stops_only_when_agreement_can_no_longer_pass():
+    from axformer.evaluation.engine import PartialResult
+    from axformer.evaluation.fidelity import _TooManyChanged
+
+    answers = np.zeros(10, dtype=np.int64)
+    stop = _TooManyChanged(80.0, answers)  # at most 2 of 10 answers may change
+    logits = np.zeros((10, 2), np.float32)
+    logits[:3, 1] = 1.0  # the first three changed
+    done = np.zeros(10, dtype=bool)
+    done[:2] = True  # two changed so far: 8 of 10 still possible
+    assert not stop.hopeless(PartialResult(done, np.zeros(10), logits))
+    done[:3] = True  # three changed: at most 7 of 10
+    assert stop.hopeless(PartialResult(done, np.zeros(10), logits))

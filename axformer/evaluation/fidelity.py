@@ -63,7 +63,23 @@ class FidelityEngine:
         result = self.decision.evaluate(removed, changes, stop=stop)
         if not result.complete:  # rejected on the labelled examples already: the pool is not needed
             return result
-        return self._merge(result, self.pool.evaluate(removed, changes))
+        return self._merge(result, self.pool.evaluate(removed, changes, stop=self._pool_stop(stop)))
+
+    def _pool_stop(self, stop):
+        """The search's tolerance rule, as it applies to the pool: stop a pass once too many answers changed
+        (exact: no remaining example can bring the agreement back), so rejected candidates cost a fraction."""
+        thresholds = getattr(stop, "thresholds", None) or {}
+        return None if AGREEMENT not in thresholds else _TooManyChanged(thresholds[AGREEMENT], self.pool.encoded.labels)
+
+
+class _TooManyChanged:
+    def __init__(self, min_agreement: float, answers: np.ndarray) -> None:
+        self.min_agreement, self.answers = min_agreement, answers
+
+    def hopeless(self, partial) -> bool:
+        done = partial.done
+        same = int((partial.logits[done].argmax(-1) == self.answers[done]).sum())
+        return 100.0 * (same + int((~done).sum())) / len(done) < self.min_agreement
 
     def set_base(self, removed=(), changes=()):
         self.pool.set_base(removed, changes)

@@ -1,0 +1,146 @@
+"""Do the presets keep their promise on the dev set? (issue: promises that hold on data the search never saw)
+
+Usage:  python benchmarks/promises_glue.py [--tasks rte mrpc sst2 stsb cola] [--presets fastest-within-1 most-accurate]
+                                           [--data-dir ../shared/data/glue] [--extra "--fidelity-texts 800"]
+
+For each task it takes the fine-tuned baseline (runs/baselines/T, from benchmarks/finetune_baselines.py) and runs
+``axformer optimize runs/baselines/T --preset P`` end to end (search with its certificate, export, benchmark
+against the baselines in one run), timed. Per task and preset the table shows the main metric of the original
+and of the result on the deciding examples, on the confirmation examples (no decision used them) and on the
+dev set (the deployed artifact's, from the benchmark), the certificate and what it undid, the artifact's batch-1
+speed-up over the original (PyTorch, dynamic length) and over ONNX Runtime int8 of the unpruned model, both
+measured in the benchmark's one run, and the wall time. Rows accumulate in benchmarks/results/promises_glue.json,
+so tasks can be run one at a time; the table is benchmarks/results/promises_glue.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+import transformers
+from _common import run_axformer
+
+from axformer.benchmark.result import BenchmarkResult
+from axformer.benchmark.run import DYNAMIC, ORT_INT8
+from axformer.search.result import SearchReport
+
+STORE = Path("benchmarks/results/promises_glue.json")
+TABLE = Path("benchmarks/results/promises_glue.md")
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> dict:
+    search = SearchReport.from_dict(json.loads((out / "3-search" / "report.json").read_text()))
+    bench = BenchmarkResult.from_dict(json.loads((out / "5-benchmark" / "benchmark.json").read_text()))
+    main = search.task.main_metric
+    original, artifact = bench.row(DYNAMIC), bench.rows[-1]
+    int8 = bench.row(ORT_INT8)
+    o, p = search.original, search.optimized
+    c = search.certification
+    export = json.loads((out / "4-export" / "export.json").read_text())
+    return {
+        "task": task,
+        "preset": preset,
+        "metric": main,
+        "decision": [o.heldout.metrics[main], p.heldout.metrics[main]],
+        "confirmation": [o.confirmation.metrics[main], p.confirmation.metrics[main]] if o.confirmation else None,
+        "dev": [original.dev.metrics[main], artifact.dev.metrics[main]],
+        "certificate": None if c is None else {"passed": c.shipped.passed, "undone": c.undone},
+        "removed": len(search.removed),
+        "precision": export["precision"],
+        "fallback": bool(export.get("fallback")),
+        "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        "seconds": seconds,
+        "command": " ".join(shlex.quote(x) for x in cmd),
+    }
+
+
+def _table(rows: list[dict]) -> str:
+    env = (
+        f"{platform.machine()}, {_cpu()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
+    )
+    lines = [
+        "# Presets on unseen data: decision split, confirmation split, dev set",
+        "",
+        f"Produced by `python benchmarks/promises_glue.py` ({env}). MiniLM (all-MiniLM-L6-v2) fine-tuned by "
+        "`benchmarks/finetune_baselines.py`. Metric: the task's main metric in points. Dev: the deployed "
+        "artifact of `axformer optimize --preset P` against the original in PyTorch. Speed-ups: batch-1 p50 "
+        "latency on dev texts, all rows of a task in one benchmark run.",
+        "",
+        "| task | preset | decision split | confirmation split | dev (artifact) | certificate | removed | "
+        "artifact | vs original | vs ORT int8 of the original | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pair(v):
+        return "-" if v is None else f"{v[0]:.2f} -> {v[1]:.2f} ({v[1] - v[0]:+.2f})"
+
+    for r in sorted(rows, key=lambda r: (r["task"], r["preset"])):
+        cert = r["certificate"]
+        cert_text = "-" if cert is None else ("passed" if cert["passed"] else "failed")
+        if cert and cert["undone"]:
+            cert_text += f", {len(cert['undone'])} undone"
+        artifact = r["precision"] + (" (fallback)" if r["fallback"] else "")
+        lines.append(
+            f"| {r['task']} ({r['metric']}) | {r['preset']} | {pair(r['decision'])} | {pair(r['confirmation'])} | "
+            f"{pair(r['dev'])} | {cert_text} | {r['removed']} | {artifact}"
+            f" | {r['speedup_vs_original']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x | {r['seconds'] / 60:.1f} min |"
+        )
+    lines += ["", "Commands:", ""] + [
+        f"- `{r['command']}`" for r in sorted(rows, key=lambda r: (r["task"], r["preset"]))
+    ]
+    dev = [r["dev"][1] - r["dev"][0] for r in rows if r["preset"] == "most-accurate"]
+    if dev:
+        lines += ["", f"most-accurate: average dev change over {len(dev)} task(s) {sum(dev) / len(dev):+.2f} points."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", nargs="*", default=["sst2", "mrpc", "rte", "cola", "stsb"])
+    ap.add_argument("--presets", nargs="*", default=["fastest-within-1", "most-accurate"])
+    ap.add_argument("--data-dir", default=os.environ.get("AXFORMER_DATA_DIR", "../shared/data/glue"))
+    ap.add_argument("--out", default="runs/promises")
+    ap.add_argument("--extra", default="", help="more options for every optimize run, e.g. '--fidelity-texts 800'")
+    args = ap.parse_args()
+    rows = {
+        (r["task"], r["preset"], r["command"]): r for r in (json.loads(STORE.read_text()) if STORE.exists() else [])
+    }
+    for task in args.tasks:
+        base = Path("runs/baselines") / task
+        if not (base / "metrics.json").exists():
+            sys.exit(f"{task}: run benchmarks/finetune_baselines.py --tasks {task} first")
+        for preset in args.presets:
+            suffix = args.extra.replace("--", "").replace(" ", "-")
+            out = Path(args.out) / (f"{task}-{preset}" + (f"-{suffix}" if suffix else ""))
+            cmd = ["axformer", "optimize", str(base), "--preset", preset, "--data-dir", args.data_dir, "-o", str(out)]
+            cmd += shlex.split(args.extra)
+            t0 = time.perf_counter()
+            run_axformer(cmd)  # resumes a finished or interrupted run instead of redoing it
+            seconds = sum(json.loads((out / "times.json").read_text()).values()) or time.perf_counter() - t0
+            row = _row(task, preset, out, cmd, seconds)
+            rows[(task, preset, row["command"])] = row
+            STORE.write_text(json.dumps(list(rows.values()), indent=1))
+            TABLE.write_text(_table(list(rows.values())))
+            print(TABLE.read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
