@@ -189,10 +189,12 @@ def report_markdown(r: SearchReport) -> str:
             "pretrained": "re-fine-tuned from the pre-trained checkpoint with the found structure (AxFormer)",
             "distill": "distilled from the original model (FastFormers)",
         }[rec["mode"]]
+        reverted = r.certification is not None and r.certification.recovery_reverted
+        shown = "the searched model: the recovered one failed its certificate" if reverted else "the recovered model"
         lines += [
             "",
             f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
-            f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows the recovered model).",
+            f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows {shown}).",
         ]
     for note in s.attention_notes:
         lines += ["", f"Approximate attention: {note}."]
