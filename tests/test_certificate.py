@@ -8,18 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from axformer.evaluation.paired import mcnemar_exact, paired_bootstrap, paired_standard_error, resampled_metrics
+from axformer.evaluation.paired import paired_bootstrap, paired_standard_error, resampled_metrics
 from axformer.search.certificate import Step, allowances, backtrack, certify
 from axformer.search.trials import Trials
 from axformer.tasks.metrics import compute_metrics
 
 
-def test_paired_standard_error_and_mcnemar_match_hand_computed_values():
+def test_paired_standard_error_matches_hand_computed_values():
     # d = candidate - original = [0, 1, 0, -1]: mean 0, sd (n-1) = sqrt(2/3), SE = sqrt(2/3) / 2
     assert paired_standard_error([1, 0, 1, 1], [1, 1, 1, 0]) == pytest.approx(np.sqrt(2 / 3) / 2)
-    # 3 examples only the candidate gets right, 1 only the original: P(X >= 3 | n=4, 1/2) = 5/16
-    assert mcnemar_exact([0, 0, 0, 1, 1], [1, 1, 1, 0, 1]) == (3, 1, pytest.approx(5 / 16))
-    assert mcnemar_exact([1, 1], [1, 1]) == (0, 0, 1.0)
 
 
 def test_paired_bootstrap_of_an_accuracy_drop_matches_the_binomial_interval():
@@ -314,3 +311,22 @@ def test_the_fidelity_pool_stops_only_when_agreement_can_no_longer_pass():
     assert not stop.hopeless(PartialResult(done, np.zeros(10), logits))
     done[:3] = True  # three changed: at most 7 of 10
     assert stop.hopeless(PartialResult(done, np.zeros(10), logits))
+
+
+def test_a_trained_model_is_certified_like_the_searched_state(tuned_tiny):
+    """After recovery the certificate is taken on a trained model (certify_model); on the original's own weights
+    it must give what the search's certificate gives for an empty state: no difference, passed."""
+    import copy
+
+    from axformer.evaluation.context import load_context
+    from axformer.search.certificate import certify_model, certify_search
+    from axformer.search.config import OptimizeConfig
+
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="speed", device="cpu")
+    ctx = load_context(model, data, None, 2000, 0, "cpu", confirm_fraction=0.4)
+    trained = certify_model(ctx, cfg, copy.deepcopy(ctx.model))
+    searched, state = certify_search(ctx, cfg, [])
+    assert trained.passed and trained.main.difference == 0.0 and state == {"removed": [], "attention": {}}
+    assert trained.main.original == pytest.approx(searched.certificate.main.original)
+    assert trained.examples == searched.certificate.examples == len(ctx.confirmation)

@@ -9,7 +9,6 @@ logged as they are measured, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from axformer.evaluation.context import load_context
 from axformer.evaluation.engine import EvaluationEngine
 from axformer.models.loading import is_local
 from axformer.tasks.data import TaskData
+from axformer.utils.device import run_environment
 from axformer.utils.io import (
     append_jsonl,
     atomic_output_dir,
@@ -109,13 +109,7 @@ def analyze(
         "config": asdict(config),
         "reference": {"mean_loss": ref.mean_loss, "metrics": ref.metrics},
         "warnings": ctx.warnings,
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": ctx.device,
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "environment": run_environment(ctx.device),
     }
     key = run_key(
         {

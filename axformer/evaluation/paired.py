@@ -3,8 +3,8 @@
 The certificate asks "how much worse is the optimized model than the original, on examples no decision
 used?". Both models are scored on the *same* examples, so the comparison is paired: resampling examples
 (not models) gives a confidence interval for the difference of any metric (F1, MCC and Pearson are not
-means of per-example values, so the bootstrap, not a t-interval, is the general tool), and for accuracy
-the exact McNemar test on the discordant pairs says whether a difference is real.
+means of per-example values, so the bootstrap, not a t-interval, is the general tool); the standard error
+of a mean per-example difference is what the accuracy goal's paired rule tests against.
 """
 
 from __future__ import annotations
@@ -79,16 +79,6 @@ def paired_standard_error(original: np.ndarray, candidate: np.ndarray) -> float:
     """Standard error of the mean per-example difference (candidate - original): sd(d) / sqrt(n)."""
     d = np.asarray(candidate, dtype=np.float64) - np.asarray(original, dtype=np.float64)
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
-
-
-def mcnemar_exact(original_correct: np.ndarray, candidate_correct: np.ndarray) -> tuple[int, int, float]:
-    """(examples only the candidate gets right, examples only the original gets right, one-sided p-value that
-    the candidate is *not* better), by the exact binomial test on the discordant pairs."""
-    o, c = np.asarray(original_correct, dtype=bool), np.asarray(candidate_correct, dtype=bool)
-    wins, losses = int((c & ~o).sum()), int((o & ~c).sum())
-    if wins + losses == 0:
-        return 0, 0, 1.0
-    return wins, losses, float(stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
 
 
 def resampled_metrics(metrics, labels: np.ndarray, predictions: np.ndarray) -> dict[str, np.ndarray]:

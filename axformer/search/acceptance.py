@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from axformer.evaluation.engine import CandidateResult, PartialResult
+from axformer.evaluation.paired import paired_standard_error
 
 
 @dataclass
@@ -90,9 +91,8 @@ class PairedImprovement:
     def accepts(self, result: CandidateResult) -> bool:
         if not result.complete or not result.mean_loss < self.min_loss:
             return False
-        d = self.baseline_losses.astype(np.float64) - result.losses.astype(np.float64)
-        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.inf
-        return bool(d.mean() > self.z * se)
+        improvement = float((self.baseline_losses.astype(np.float64) - result.losses).mean())
+        return improvement > self.z * paired_standard_error(result.losses, self.baseline_losses)
 
     def hopeless(self, partial: PartialResult) -> bool:
         # losses are >= 0, so the loss so far divided by n bounds the final mean from below

@@ -139,10 +139,10 @@ def _confirmation_engine(ctx, config):
     return EvaluationEngine(ctx.model, ctx.confirmation_encoded, ctx.data.spec, config.batch_size, ctx.device)
 
 
-def _certify(ctx, config, reference, candidate_logits) -> Certificate:
+def _certify(ctx, config, original_logits, original_metrics: dict, candidate_logits) -> Certificate:
     spec = ctx.data.spec
     regression = spec.is_regression
-    original = reference.logits[:, 0] if regression else reference.logits.argmax(-1)
+    original = original_logits[:, 0] if regression else original_logits.argmax(-1)
     candidate = candidate_logits[:, 0] if regression else candidate_logits.argmax(-1)
     c = config.certificate
     return certify(
@@ -151,7 +151,7 @@ def _certify(ctx, config, reference, candidate_logits) -> Certificate:
         ctx.confirmation.labels,
         original,
         candidate,
-        allowances(config, reference.metrics, spec.main_metric),
+        allowances(config, original_metrics, spec.main_metric),
         c.rule,
         c.resamples,
         c.confidence,
@@ -168,7 +168,8 @@ def certify_search(ctx, config, steps: list[Step]) -> tuple[Certification, dict]
         def certify_state(kept: list[Step]) -> Certificate:
             removed = [n for s in kept for n in s.removed]
             changes = [c for s in kept for c in s.changes]
-            return _certify(ctx, config, engine.reference, engine.evaluate(removed, changes).logits)
+            ref = engine.reference
+            return _certify(ctx, config, ref.logits, ref.metrics, engine.evaluate(removed, changes).logits)
 
         result = backtrack(steps, certify_state)
     finally:
@@ -189,16 +190,17 @@ def certify_search(ctx, config, steps: list[Step]) -> tuple[Certification, dict]
 
 def certify_model(ctx, config, net) -> Certificate:
     """The certificate of a trained model (after recovery) against the original, on the confirmation part."""
+    from axformer.evaluation import score
     from axformer.inference import run_model
 
     spec = ctx.data.spec
-    engine = _confirmation_engine(ctx, config)
-    try:
-        reference = engine.reference
-    finally:
-        engine.close()
-    outputs = run_model(net.eval(), ctx.confirmation_encoded, spec.is_regression, config.batch_size, ctx.device)
-    return _certify(ctx, config, reference, outputs.logits)
+
+    def outputs(model):
+        return run_model(model.eval(), ctx.confirmation_encoded, spec.is_regression, config.batch_size, ctx.device)
+
+    reference = outputs(ctx.model)
+    metrics = score(spec, ctx.confirmation.labels, reference).metrics
+    return _certify(ctx, config, reference.logits, metrics, outputs(net).logits)
 
 
 def fidelity(

@@ -3,11 +3,7 @@ FLOPs and latency measured in one run, as ``report.json`` and ``report.md``."""
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
-
-import torch
 
 from axformer.data.batching import encode
 from axformer.evaluation import score
@@ -19,6 +15,7 @@ from axformer.search.trials import Trials
 from axformer.surgery.components import layer_name
 from axformer.surgery.prune import count_parameters, current_structure
 from axformer.utils.config import to_mapping
+from axformer.utils.device import run_environment
 
 
 def weights_size(path: Path) -> int:
@@ -110,13 +107,7 @@ def build_report(
             "speedup_batch32": lat["original"]["batch32_ms_per_example"] / lat["optimized"]["batch32_ms_per_example"],
             "total_seconds": total_seconds,
             "warnings": list(ctx.warnings),
-            "environment": {
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "device": ctx.device,
-                "machine": platform.machine(),
-                "cpus": os.cpu_count(),
-            },
+            "environment": run_environment(ctx.device),
         }
     )
 

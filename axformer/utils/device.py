@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 
 from axformer.errors import AxformerError
@@ -16,3 +19,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise AxformerError(f"--device {name!r}; expected auto, cpu or cuda[:N]") from None
+
+
+def run_environment(device) -> dict:
+    """What a report records of where it ran (the figures of a run are only comparable on the same)."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
