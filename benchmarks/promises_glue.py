@@ -44,6 +44,29 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _commit() -> str:
+    """The code a row was measured with (rows accumulate over sessions; a row of older code says so)."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "axformer") else "")
+
+
+def _recovery_text(r: dict) -> str:
+    rec = r.get("recovery")
+    if not rec:
+        return "-"
+    b, o = rec.get("budget"), rec.get("original_budget")
+    text = rec["mode"]
+    if b:
+        text += f" {b['examples']} x {b['epochs']:g}"
+    if o:
+        text += f" (original {o['examples']} x {o['epochs']:g})"
+    return text + (", reverted" if rec.get("reverted") else "")
+
+
 def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> dict:
     search = SearchReport.from_dict(json.loads((out / "3-search" / "report.json").read_text()))
     bench = BenchmarkResult.from_dict(json.loads((out / "5-benchmark" / "benchmark.json").read_text()))
@@ -53,15 +76,25 @@ def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> d
     o, p = search.original, search.optimized
     c = search.certification
     export = json.loads((out / "4-export" / "export.json").read_text())
+    rec = search.recovery
     return {
+        "commit": _commit(),
         "task": task,
         "preset": preset,
         "metric": main,
         "decision": [o.heldout.metrics[main], p.heldout.metrics[main]],
         "confirmation": [o.confirmation.metrics[main], p.confirmation.metrics[main]] if o.confirmation else None,
         "dev": [original.dev.metrics[main], artifact.dev.metrics[main]],
-        "certificate": None if c is None else {"passed": c.shipped.passed, "undone": c.undone},
+        "certificate": None if c is None else {"passed": c.shipped.passed, "undone": c.shipped_undone},
         "removed": len(search.removed),
+        "recovery": None
+        if not rec
+        else {
+            "mode": rec["mode"],
+            "budget": rec.get("budget"),
+            "original_budget": rec.get("original_budget"),
+            "reverted": bool(c and c.recovery_reverted),
+        },
         "precision": export["precision"],
         "fallback": bool(export.get("fallback")),
         "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
@@ -85,8 +118,8 @@ def _table(rows: list[dict]) -> str:
         "latency on dev texts, all rows of a task in one benchmark run.",
         "",
         "| task | preset | decision split | confirmation split | dev (artifact) | certificate | removed | "
-        "artifact | vs original | vs ORT int8 of the original | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "recovery (examples x epochs) | artifact | vs original | vs ORT int8 of the original | wall time | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pair(v):
@@ -100,8 +133,9 @@ def _table(rows: list[dict]) -> str:
         artifact = r["precision"] + (" (fallback)" if r["fallback"] else "")
         lines.append(
             f"| {r['task']} ({r['metric']}) | {r['preset']} | {pair(r['decision'])} | {pair(r['confirmation'])} | "
-            f"{pair(r['dev'])} | {cert_text} | {r['removed']} | {artifact}"
-            f" | {r['speedup_vs_original']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x | {r['seconds'] / 60:.1f} min |"
+            f"{pair(r['dev'])} | {cert_text} | {r['removed']} | {_recovery_text(r)} | {artifact}"
+            f" | {r['speedup_vs_original']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x | {r['seconds'] / 60:.1f} min"
+            f" | {r.get('commit', 'before 3b3901c')} |"
         )
     lines += ["", "Commands:", ""] + [
         f"- `{r['command']}`" for r in sorted(rows, key=lambda r: (r["task"], r["preset"]))

@@ -162,12 +162,23 @@ def test_paired_accuracy_rule_matches_hand_computed_thresholds():
     assert PairedImprovement(np.ones(4, np.float32), 1.0, 0.05, 100).z == pytest.approx(3.2905267, abs=1e-6)
     # never below the best loss so far, whatever the test says
     assert not PairedImprovement(np.ones(4, np.float32), min_loss=0.4).accepts(_result([0.5, 0.5, 0.5, 0.5]))
+    # after an accepted step, the bar is that step's losses; replayed from a log (no losses), they are
+    # re-evaluated once, when the next fresh candidate is judged
+    rule.accepted(0.5, np.full(4, 0.5, np.float32))
+    assert not rule.accepts(_result([0.45, 0.5, 0.5, 0.5]))  # a real improvement on the original, not on 0.5
+    calls = []
+    rule.current_losses = lambda: calls.append(1) or np.full(4, 0.6, np.float32)
+    rule.accepted(0.6)
+    assert rule.accepts(_result([0.4, 0.4, 0.4, 0.4])) and rule.accepts(_result([0.4, 0.4, 0.4, 0.4]))
+    assert calls == [1]
 
 
 def test_accuracy_search_with_the_paired_rule_keeps_only_real_improvements():
     """Scripted losses: L1.ffn improves every example; L0.ffn lowers the mean loss further and leaves most
     examples no worse, but with a spread that makes its improvement over the original noise (mean 0.24, SE 0.13,
-    below z = 2.64 for 12 trials). The published rule keeps both; the paired rule keeps only the real one."""
+    below z = 2.64 for 12 trials). The published rule keeps both; the paired rule keeps only the real one.
+    Then L0.ffn instead rides on L1.ffn's gain (0.01 below it, with noise): a clear improvement on the original,
+    none on the model it changes; the paired rule refuses it too."""
     from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
     from axformer.surgery.structure import ModelStructure
 
@@ -194,6 +205,10 @@ def test_accuracy_search_with_the_paired_rule_keeps_only_real_improvements():
         out = accuracy_search(Trials(Engine(), None, "accuracy"), structure, cfg)
         assert out.removed == kept, rule
         assert out.rule.startswith(rule)
+    script["L0.ffn"] = (base - 0.21 + np.where(np.arange(n) % 2, 0.05, -0.05)).astype(np.float32)
+    for rule, kept in (("axformer", ["L1.ffn", "L0.ffn"]), ("paired", ["L1.ffn"])):
+        cfg = AccuracySearchConfig(groups=2, attention_modes=(), rule=rule)
+        assert accuracy_search(Trials(Engine(), None, "accuracy"), structure, cfg).removed == kept, rule
 
 
 def test_an_unknown_accuracy_rule_is_refused(monkeypatch, capsys, tiny_bert, tmp_path):
@@ -330,3 +345,56 @@ def test_a_trained_model_is_certified_like_the_searched_state(tuned_tiny):
     assert trained.passed and trained.main.difference == 0.0 and state == {"removed": [], "attention": {}}
     assert trained.main.original == pytest.approx(searched.certificate.main.original)
     assert trained.examples == searched.certificate.examples == len(ctx.confirmation)
+
+
+@pytest.mark.parametrize("outcome", ["recovered", "retried", "searched"])
+def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(monkeypatch, tmp_path, outcome):
+    """Pruning that recovery wins back is not undone before recovery had its chance: the recovered model is
+    certified first; when it fails, the state less its latest step is recovered once more; when that fails too,
+    the searched model backtracked on its own ships."""
+    from types import SimpleNamespace
+
+    import axformer.search.optimize as optimize_module
+    from axformer.search.certificate import Certification, Step
+    from axformer.search.config import OptimizeConfig, Recovery
+
+    calls = []
+    verdicts = {"recovered": [True], "retried": [False, True], "searched": [False, False]}[outcome]
+
+    def fake_certify_search(ctx, config, steps, backtrack_failing=True):
+        calls.append(("certify_search", backtrack_failing))
+        kept = steps if not backtrack_failing else steps[:1]  # the scripted backtrack keeps the first step only
+        cert = SimpleNamespace(passed=True)
+        report = Certification(certificate=cert, searched=cert, undone=[s.name for s in steps[len(kept) :]],
+                               states_tried=1 + len(steps) - len(kept), decision_examples=10)  # fmt: skip
+        return report, {"removed": [n for s in kept for n in s.removed], "attention": {}}
+
+    def fake_recover(model, ctx, work, config, state):
+        calls.append(("recover", tuple(state["removed"])))
+        return ("recovered", tuple(state["removed"])), {"mode": "distill"}
+
+    monkeypatch.setattr(optimize_module, "certify_search", fake_certify_search)
+    monkeypatch.setattr(
+        optimize_module,
+        "certify_model",
+        lambda *a: calls.append("certify_model") or SimpleNamespace(passed=verdicts.pop(0)),
+    )
+    monkeypatch.setattr(optimize_module, "recover", fake_recover)
+    monkeypatch.setattr(optimize_module, "save_candidate", lambda m, c, state, *a: ("saved", tuple(state["removed"])))
+    steps = [Step(removed=["L1"]), Step(removed=["L2"]), Step(removed=["L3"])]
+    config = OptimizeConfig(goal="speed", recovery=Recovery(mode="distill"))
+    state = {"removed": ["L1", "L2", "L3"], "attention": {}}
+    certification, shipped_state, shipped, _ = optimize_module._certify_and_recover(
+        "m", SimpleNamespace(confirmation=[0]), tmp_path, config, SimpleNamespace(steps=steps), dict(state)
+    )
+    assert calls[:2] == [("recover", ("L1", "L2", "L3")), "certify_model"]  # the whole searched state first
+    if outcome == "recovered":
+        assert shipped == ("recovered", ("L1", "L2", "L3")) and shipped_state == state
+        assert calls[2] == ("certify_search", False) and certification.shipped_undone == []
+    elif outcome == "retried":  # the latest step undone, recovered again, passed
+        assert calls[2:] == [("certify_search", True), ("recover", ("L1", "L2")), "certify_model"]
+        assert shipped == ("recovered", ("L1", "L2")) and shipped_state["removed"] == ["L1", "L2"]
+        assert certification.shipped_recovered and certification.shipped_undone == ["L3"]
+    else:  # both recoveries failed: the searched model backtracked on its own (the first step only) ships
+        assert shipped == ("saved", ("L1",)) and shipped_state["removed"] == ["L1"]
+        assert not certification.shipped_recovered and certification.shipped_undone == ["L2", "L3"]

@@ -82,7 +82,7 @@ def test_settings_precedence_is_command_line_then_file_then_preset_then_defaults
     cfg = PipelineConfig.build(file, "fastest-within-1", {"model": "x", "search": {"groups": 3}})
     assert cfg.search.groups == 3  # command line over file
     assert cfg.search.tolerance.max_drop == 2.0  # file over preset
-    assert cfg.search.goal == "speed" and cfg.search.recovery.mode == "continue"  # preset over defaults
+    assert cfg.search.goal == "speed" and cfg.search.recovery.mode == "distill"  # preset over defaults
     assert cfg.search.axformer.slack == 1.1 and cfg.search.batch_size == 64  # defaults where nobody says
     assert PipelineConfig.build(file, "fastest-within-1", {"model": "x"}).search.groups == 6
 

@@ -539,3 +539,28 @@ def test_the_search_shows_progress_and_its_bound_holds(tuned_tiny, tmp_path, cap
             else constraint_bound(structure, ConstraintSearchConfig(groups=4, attention_modes=("topk", "sign")))
         )
         assert 0 < report["search"]["trials"] <= bound
+
+
+def test_coarse_units_search_removes_only_layers_and_blocks(tuned_tiny, tmp_path):
+    """--units coarse (and auto with distillation): no trial of a single head or FFN group; the report says so."""
+    from axformer.search.config import Recovery
+    from axformer.search.constraint import COARSE_PHASES, ConstraintSearchConfig, trial_bound
+    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.surgery.structure import ModelStructure
+
+    assert OptimizeConfig(recovery=Recovery(mode="distill")).coarse_units_only
+    assert not OptimizeConfig(recovery=Recovery(mode="continue")).coarse_units_only
+    assert not OptimizeConfig(units="all", recovery=Recovery(mode="distill")).coarse_units_only
+    assert OptimizeConfig(units="coarse").coarse_units_only
+    structure = ModelStructure.full(2, 2, 4, 6, 8)
+    # two layers, two blocks each: 2 + 4 coarse units; the fine phase adds 2 x (2 heads + 4 FFN groups)
+    assert trial_bound(structure, ConstraintSearchConfig(groups=4, phases=COARSE_PHASES)) == 6
+    assert trial_bound(structure, ConstraintSearchConfig(groups=4)) == 6 + 12
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(goal="size", units="coarse", groups=4, device="cpu", progress=False,
+                         tolerance=Tolerance(max_drop=30.0))  # fmt: skip
+    report = optimize(model, data, None, tmp_path / "coarse", cfg)
+    rows = [json.loads(l) for l in (tmp_path / "coarse" / "search_log.jsonl").read_text().splitlines()]
+    assert rows and not [r for r in rows if ".head" in r["candidate"] or ".group" in r["candidate"]]
+    assert report["search"]["units"] == "coarse"
+    assert "Units searched: whole layers and blocks only" in (tmp_path / "coarse" / "report.md").read_text()

@@ -53,11 +53,16 @@ class AnalyzeConfig:
     quant_bits: tuple[int, ...] = (8, 4)
     int4_block_size: int = 32
     prefix_cache: bool = True
+    # share of the held-out split kept for the certificate and never analysed (the pipeline sets the search's):
+    # significance feeds decisions (mixed precision), so it must not see the examples that judge them
+    confirm_fraction: float = 0.0
     device: str = "auto"
     allow_pickle: bool = False
     progress: bool = True
 
     def validate(self) -> None:
+        if not 0 <= self.confirm_fraction < 1:
+            raise AxformerError(f"analyze confirm_fraction {self.confirm_fraction}; expected a value from 0 to below 1")
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown:
             raise AxformerError(f"unknown scorer {unknown[0]!r}; expected some of {', '.join(SCORERS)}")
@@ -85,7 +90,14 @@ def analyze(
     config.validate()
     output = Path(output) if output is not None else default_output(model)
     ctx = load_context(
-        model, data, data_dir, config.max_examples, config.sample_seed, config.device, config.allow_pickle
+        model,
+        data,
+        data_dir,
+        config.max_examples,
+        config.sample_seed,
+        config.device,
+        config.allow_pickle,
+        confirm_fraction=config.confirm_fraction,
     )
     spec = ctx.data.spec
     torch.manual_seed(0)

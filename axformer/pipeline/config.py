@@ -50,23 +50,31 @@ DEFAULT_SCORERS = ("gradient", "similarity")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "most-accurate": {"search": {"goal": "accuracy"}},
+    # speed and size recover by distillation from the original over the whole training part (FastFormers), and
+    # the certificate is the recovered model's; see docs/promises.md for the measurements behind it
     "fastest-within-1": {
-        "search": {"goal": "speed", "tolerance": {"max_drop": 1.0}, "recovery": {"mode": "continue"}},
+        "search": {"goal": "speed", "tolerance": {"max_drop": 1.0}, "recovery": {"mode": "distill"}},
         "export": {"precision": "auto"},
     },
     "smallest-within-1": {
-        "search": {"goal": "size", "tolerance": {"max_drop": 1.0}, "recovery": {"mode": "continue"}},
+        "search": {"goal": "size", "tolerance": {"max_drop": 1.0}, "recovery": {"mode": "distill"}},
         "export": {"precision": "int8"},
     },
     # the embedded default: bundled MiniLM on BBC News, small enough to run end to end in minutes on 2 cores
     "demo": {
         "task": "bbcnews",
+        # every training example, to convergence: an original fine-tuned on 480 examples at lr 1e-4 (held-out
+        # loss 0.52 at 95.5% accuracy) has such small margins that removing any one layer changed 3% of its
+        # answers; this one (loss ~0.1, dev 98%) is what a user would deploy, and what recovery distils from
+        # A larger held-out split (30%) cut in halves: 267 examples decide and 267 certify. With 15% (107
+        # confirmation examples, one example = 0.93 points) the certificate rejected a recovered model that
+        # was 0.22 points below the original on dev and shipped an unrecovered one 1.80 below.
         "finetune": {
             "epochs": 2.0,
-            "learning_rate": 1e-4,
+            "learning_rate": 2e-4,
             "batch_size": 16,
-            "max_train_examples": 480,
             "eval_max_examples": 300,
+            "heldout_fraction": 0.3,
         },
         "analyze": {"scorers": ["gradient", "similarity"], "max_examples": 300},
         "search": {
@@ -77,6 +85,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "latency_examples": 60,
             "groups": 6,
             "attention": {"modes": []},
+            "recovery": {"mode": "distill", "epochs": 3.0, "learning_rate": 2e-4},
+            "certificate": {"fraction": 0.5},
         },
         "export": {"precision": "auto", "max_examples": 300},
         "benchmark": {
@@ -118,7 +128,7 @@ class SearchStage(OptimizeConfig):
 
         r = self.recovery
         distill = DistillConfig(
-            epochs=r.epochs,
+            epochs=r.epochs if r.epochs is not None else DistillConfig.epochs,
             learning_rate=r.learning_rate,
             max_train_examples=r.max_train_examples,
             device=self.device,

@@ -151,7 +151,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
                 "certificate_passed": c.shipped.passed,
                 "confirmation_original": c.shipped.main.original,
                 "confirmation_optimized": c.shipped.main.candidate,
-                "undone": c.undone,
+                "undone": c.shipped_undone,
             }
         )
     if export is not None:

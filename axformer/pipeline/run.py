@@ -198,7 +198,10 @@ def run_pipeline(
 def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     from axformer.analysis.analyze import analyze
 
-    analyze(model, data, cfg.data_dir, path, cfg.stage_config("analyze"))
+    config = cfg.stage_config("analyze")
+    if cfg.search.strategy == "search":  # the certificate's examples are analysed by nobody
+        config.confirm_fraction = cfg.search.certificate.fraction
+    analyze(model, data, cfg.data_dir, path, config)
 
 
 def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
@@ -235,6 +238,11 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
         config.reference_model = original
     if cfg.search.strategy == "search":
         config.confirm_fraction = cfg.search.certificate.fraction
+        # the artifact keeps the search's promise: no worse than the original for the accuracy goal, within the
+        # search's tolerance for speed and size
+        promised = 0.0 if cfg.search.goal == "accuracy" else cfg.search.tolerance.max_drop
+        if promised is not None:
+            config.max_drop = min(config.max_drop, promised)
     config.fallback = True
     export_model(model, path, config, data, cfg.data_dir)
 

@@ -7,6 +7,7 @@ evaluation engine stop early without changing any decision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,8 +53,9 @@ class AxFormerAcceptance:
         best_possible = int((partial.losses[done] <= self.baseline_losses[done]).sum()) + int((~done).sum())
         return best_possible <= self.required_not_worse
 
-    def accepted(self, mean_loss: float) -> None:
-        """Record an accepted candidate: its loss becomes the bar to beat."""
+    def accepted(self, mean_loss: float, losses: np.ndarray | None = None) -> None:
+        """Record an accepted candidate: its loss becomes the bar to beat (per-example losses stay the
+        unpruned model's, as published)."""
         self.min_loss = mean_loss
 
     def describe(self) -> str:
@@ -65,20 +67,27 @@ class AxFormerAcceptance:
 
 @dataclass
 class PairedImprovement:
-    """The accuracy goal's default: keep a change only if its improvement over the original is real.
+    """The accuracy goal's default: keep a change only if it really improves the model it changes.
 
-    A candidate must (1) lower the mean held-out loss below the best so far (AxFormer's first condition) and
-    (2) improve on the *unpruned* model's per-example losses by more than noise: the mean paired
-    improvement ``d = baseline loss - candidate loss`` must exceed ``z`` standard errors, with ``z`` the
-    one-sided normal quantile at ``alpha / trials`` (Bonferroni over the search's most possible trials), so
-    that a search of a hundred trials does not accept the few that look good by chance. With nothing that
-    clears it, the result is "nothing to remove", which is the honest answer.
+    A candidate must improve on the per-example losses of the *current* model (the original, then each
+    accepted state in turn) by more than noise: the mean paired improvement ``d = current loss - candidate
+    loss`` must exceed ``z`` standard errors, with ``z`` the one-sided normal quantile at ``alpha / trials``
+    (Bonferroni over the search's most possible trials), so that a search of a hundred trials does not accept
+    the few that look good by chance. Each step is tested against the state it modifies, not against the
+    original: tested against the original, one real improvement lets every later change that merely does not
+    undo it through (measured: MRPC's search kept 22 changes, +1.3 F1 on the deciding examples, -1.8 on dev).
+    With nothing that clears it, the result is "nothing to remove", which is the honest answer.
+
+    On a resumed search the accepted decisions are replayed from the log without their per-example losses;
+    ``current_losses`` re-evaluates the accepted state once when the next fresh candidate is judged.
     """
 
     baseline_losses: np.ndarray
     min_loss: float
     alpha: float = 0.05
     trials: int = 1
+    current_losses: Callable[[], np.ndarray] | None = None
+    _stale: bool = False
 
     name = "paired"
 
@@ -91,6 +100,8 @@ class PairedImprovement:
     def accepts(self, result: CandidateResult) -> bool:
         if not result.complete or not result.mean_loss < self.min_loss:
             return False
+        if self._stale and self.current_losses is not None:
+            self.baseline_losses, self._stale = self.current_losses(), False
         improvement = float((self.baseline_losses.astype(np.float64) - result.losses).mean())
         return improvement > self.z * paired_standard_error(result.losses, self.baseline_losses)
 
@@ -98,13 +109,18 @@ class PairedImprovement:
         # losses are >= 0, so the loss so far divided by n bounds the final mean from below
         return float(partial.losses[partial.done].sum()) / len(partial.losses) >= self.min_loss
 
-    def accepted(self, mean_loss: float) -> None:
+    def accepted(self, mean_loss: float, losses: np.ndarray | None = None) -> None:
+        """The accepted candidate becomes the model the next change must improve on."""
         self.min_loss = mean_loss
+        if losses is not None:
+            self.baseline_losses, self._stale = np.asarray(losses), False
+        else:
+            self._stale = True
 
     def describe(self) -> str:
         return (
-            f"paired (mean loss below the best so far, and a mean per-example loss improvement over the unpruned "
-            f"model above {self.z:.2f} standard errors: one-sided, alpha {self.alpha} over {self.trials} trials)"
+            f"paired (each change's mean per-example loss improvement over the model it changes above "
+            f"{self.z:.2f} standard errors: one-sided, alpha {self.alpha} over {self.trials} trials)"
         )
 
 

@@ -68,11 +68,13 @@ def accuracy_search(
 ) -> SearchOutcome:
     ref = trials.engine.reference
     rule = make_rule(config, ref, trial_bound(structure, config, hard_attention_supported))
+    if isinstance(rule, PairedImprovement):
+        rule.current_losses = trials.current_losses
     out = SearchOutcome(rule=rule.describe())
     present = structure.present_layers
 
     def accept(d, removed=(), changes=()):
-        rule.accepted(d.mean_loss)
+        rule.accepted(d.mean_loss, d.losses)
         trials.accept(removed, changes)
 
     if config.attention_modes and hard_attention_supported:

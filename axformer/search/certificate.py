@@ -108,11 +108,30 @@ class Certification:
     states_tried: int
     decision_examples: int
     recovery: Certificate | None = None  # of the recovered model, when recovery ran
-    recovery_reverted: bool = False  # the recovered model failed its certificate: the searched one shipped
+    recovery_reverted: bool = False  # the recovered model failed its certificate
+    # after the first recovery failed: the searched state less its latest step, recovered again; shipped when
+    # it passes (else the searched model, backtracked on its own, ships unrecovered)
+    retry: Certificate | None = None
+    retry_undone: list[str] = field(default_factory=list)
+
+    @property
+    def shipped_recovered(self) -> bool:
+        return (self.recovery is not None and not self.recovery_reverted) or bool(self.retry and self.retry.passed)
+
+    @property
+    def shipped_undone(self) -> list[str]:
+        """The accepted steps the shipped model does not have."""
+        if self.recovery is not None and not self.recovery_reverted:
+            return []
+        return self.retry_undone if self.retry is not None and self.retry.passed else self.undone
 
     @property
     def shipped(self) -> Certificate:
-        return self.recovery if self.recovery is not None and not self.recovery_reverted else self.certificate
+        if self.recovery is not None and not self.recovery_reverted:
+            return self.recovery
+        if self.retry is not None and self.retry.passed:
+            return self.retry
+        return self.certificate
 
 
 def allowances(config, reference: dict[str, float], main_metric: str) -> dict[str, float]:
@@ -159,9 +178,19 @@ def _certify(ctx, config, original_logits, original_metrics: dict, candidate_log
     )
 
 
-def certify_search(ctx, config, steps: list[Step]) -> tuple[Certification, dict]:
-    """Certify the searched state on the confirmation part, backtracking until it passes; returns the report
-    and the state to ship (``{"removed": [...], "attention": {...}}``, as ``Trials.state``)."""
+def state_of(steps: list[Step]) -> dict:
+    """The search state (as ``Trials.state``) that these accepted steps make."""
+    return {
+        "removed": [n for s in steps for n in s.removed],
+        "attention": {str(c.layer): c.spec() for s in steps for c in s.changes},
+    }
+
+
+def certify_search(ctx, config, steps: list[Step], backtrack_failing: bool = True) -> tuple[Certification, dict]:
+    """Certify the searched state on the confirmation part, backtracking until it passes (unless
+    ``backtrack_failing`` is False: the searched state's certificate only, for the report of a recovered model
+    that passed its own); returns the report and the state to ship (``{"removed": [...], "attention": {...}}``,
+    as ``Trials.state``)."""
     engine = _confirmation_engine(ctx, config)
     try:
 
@@ -171,13 +200,10 @@ def certify_search(ctx, config, steps: list[Step]) -> tuple[Certification, dict]
             ref = engine.reference
             return _certify(ctx, config, ref.logits, ref.metrics, engine.evaluate(removed, changes).logits)
 
-        result = backtrack(steps, certify_state)
+        result = backtrack(steps, certify_state) if backtrack_failing else Backtrack(steps, [], [certify_state(steps)])
     finally:
         engine.close()
-    state = {
-        "removed": [n for s in result.kept for n in s.removed],
-        "attention": {str(c.layer): c.spec() for s in result.kept for c in s.changes},
-    }
+    state = state_of(result.kept)
     report = Certification(
         certificate=result.certificates[-1],
         searched=result.certificates[0],

@@ -16,6 +16,7 @@ from axformer.errors import AxformerError
 from axformer.utils.config import from_mapping, to_mapping
 
 GOALS = ("accuracy", "speed", "size")
+UNITS = ("auto", "all", "coarse")
 CERTIFICATE_RULES = ("estimate", "bound")
 ACCURACY_RULES = ("paired", "axformer")
 RECOVERY = ("continue", "pretrained", "distill")
@@ -92,7 +93,9 @@ class Recovery:
     (FastFormers) distils the original model into the searched one."""
 
     mode: str | None = None
-    epochs: float = 1.0
+    # None: enough passes over the training part to see RECOVERY_EXAMPLES examples, from one to three epochs
+    # (a small task gets three, SST-2 one); see ``axformer.search.recovery.recovery_epochs``
+    epochs: float | None = None
     learning_rate: float = 1e-4
     batch_size: int = 32
     max_train_examples: int | None = None
@@ -100,6 +103,8 @@ class Recovery:
     def validate(self) -> None:
         if self.mode not in (None, *RECOVERY):
             raise AxformerError(f"--recover {self.mode!r}; expected one of {', '.join(RECOVERY)}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise AxformerError(f"--recover-epochs {self.epochs}; expected a positive number of epochs")
 
 
 @dataclass
@@ -160,6 +165,12 @@ class OptimizeConfig:
     calibration_texts: str | None = None
     calibration_columns: list[str] | None = None  # for .csv/.tsv/.jsonl files: one column per text field
     groups: int = 12
+    # speed and size goals: which units the search removes. "all": layers, blocks, then heads and FFN groups;
+    # "coarse": layers and blocks only; "auto": coarse when recovering by distillation. Why: one head changes
+    # fewer answers than one deciding example resolves, so twenty head removals each "within tolerance" add up to
+    # damage the deciding examples never saw, and distillation won it back less well than a smaller number of
+    # whole layers and blocks (measured on BBC News, docs/promises.md)
+    units: str = "auto"
     max_examples: int | None = 2000
     sample_seed: int = 0
     batch_size: int = 64
@@ -175,6 +186,8 @@ class OptimizeConfig:
             part.validate()
         if self.goal != "accuracy" and self.tolerance.max_drop is None and self.tolerance.max_rel_drop is None:
             raise AxformerError(f"--goal {self.goal} needs a tolerance: --max-drop or --max-rel-drop")
+        if self.units not in UNITS:
+            raise AxformerError(f"--units {self.units!r}; expected one of {', '.join(UNITS)}")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
         if self.calibration_texts is not None and not Path(self.calibration_texts).is_file():
@@ -194,6 +207,10 @@ class OptimizeConfig:
 
     def to_dict(self) -> dict:
         return to_mapping(self)
+
+    @property
+    def coarse_units_only(self) -> bool:
+        return self.units == "coarse" or (self.units == "auto" and self.recovery.mode == "distill")
 
 
 # flat keys of configs written before the sub-configs, and where each lives now

@@ -30,6 +30,7 @@ from axformer.surgery.components import block_name, layer_name, neuron_group_ran
 from axformer.surgery.structure import ModelStructure
 
 PHASES = (("layer",), ("attn", "ffn"), ("head", "group"))
+COARSE_PHASES = PHASES[:2]
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ConstraintSearchConfig:
         str, ...
     ] = ()  # speed: approximate attention tried per layer after pruning, where measured faster
     k: int = 30
+    phases: tuple[tuple[str, ...], ...] = PHASES  # COARSE_PHASES: layers and blocks only
 
 
 @dataclass
@@ -124,7 +126,7 @@ def constraint_search(
     def met() -> bool:
         return config.target is not None and ratio(current) >= config.target
 
-    for kinds in PHASES:
+    for kinds in config.phases:
         if met():
             break
         tried: set[str] = set()
@@ -209,6 +211,6 @@ def _approximate_attention_phase(
 
 def trial_bound(structure: ModelStructure, config: ConstraintSearchConfig) -> int:
     """The most trials this search can make: every unit of every phase once, then each attention mode per layer."""
-    units = sum(len(_units(structure, kind, config.groups)) for kinds in PHASES for kind in kinds)
+    units = sum(len(_units(structure, kind, config.groups)) for kinds in config.phases for kind in kinds)
     attention = len(structure.present_layers) * len(config.attention_modes) if config.goal == "speed" else 0
     return units + attention

@@ -35,9 +35,9 @@ from axformer.models.loading import is_local
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.accuracy import trial_bound as accuracy_trial_bound
 from axformer.search.candidate import save_candidate
-from axformer.search.certificate import certify_model, certify_search, fidelity
+from axformer.search.certificate import certify_model, certify_search, fidelity, state_of
 from axformer.search.config import OptimizeConfig
-from axformer.search.constraint import ConstraintSearchConfig, constraint_search
+from axformer.search.constraint import COARSE_PHASES, PHASES, ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
 from axformer.search.cost import CostModel, calibrate_latency, parameter_model
 from axformer.search.recovery import pretrained_origin, recover
@@ -169,6 +169,7 @@ def optimize(
                     config.groups,
                     attention_modes=modes,
                     k=config.attention.k,
+                    phases=COARSE_PHASES if config.coarse_units_only else PHASES,
                 )
                 if config.progress:
                     trials.progress(constraint_trial_bound(structure, cfg), f"search ({config.goal})")
@@ -183,6 +184,7 @@ def optimize(
                     "target": target,
                     "target_met": outcome.target_met,
                     "attention_notes": outcome.attention_notes,
+                    "units": "coarse" if config.coarse_units_only else "all",
                 }
         except KeyboardInterrupt:
             trials.close()
@@ -197,20 +199,7 @@ def optimize(
         search_seconds = time.perf_counter() - t_search
         state = trials.state()
         engine.close()
-        certification = None
-        if ctx.confirmation is not None:
-            certification, state = certify_search(ctx, config, trials.steps)
-        write_json(work / STATE_FILE, state)
-        optimized = save_candidate(model, ctx, state, work, config, config.goal)
-        recovery = None
-        if config.recovery.mode is not None:
-            optimized, recovery = recover(model, ctx, work, config, state)
-            if certification is not None:
-                after = certify_model(ctx, config, optimized)
-                certification.recovery = after
-                if not after.passed:  # ship the certified searched model, not a recovery that broke the promise
-                    certification.recovery_reverted = True
-                    optimized = save_candidate(model, ctx, state, work, config, config.goal)
+        certification, state, optimized, recovery = _certify_and_recover(model, ctx, work, config, trials, state)
         report = build_report(
             model,
             ctx,
@@ -233,6 +222,48 @@ def optimize(
         for f in ("run.json",):
             (work / f).unlink(missing_ok=True)
     return report.to_dict()  # the report.json layout; SearchReport.from_dict reads it back
+
+
+def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials: Trials, state: dict):
+    """The certificate is taken on the model that ships. With recovery, the searched state is recovered first
+    and the *recovered* model certified (pruning that recovery wins back is not undone before it had its
+    chance); if it fails, the searched model is backtracked until it passes on its own and shipped instead.
+    Without recovery, the searched model is certified and backtracked."""
+    certification = None
+    if config.recovery.mode is None:
+        if ctx.confirmation is not None:
+            certification, state = certify_search(ctx, config, trials.steps)
+        write_json(work / STATE_FILE, state)
+        return certification, state, save_candidate(model, ctx, state, work, config, config.goal), None
+    write_json(work / STATE_FILE, state)
+    save_candidate(model, ctx, state, work, config, config.goal)
+    optimized, recovery = recover(model, ctx, work, config, state)
+    if ctx.confirmation is None:
+        return None, state, optimized, recovery
+    after = certify_model(ctx, config, optimized)
+    if after.passed:
+        certification, _ = certify_search(ctx, config, trials.steps, backtrack_failing=False)
+        certification.recovery = after
+        return certification, state, optimized, recovery
+    # not a recovery that broke the promise. The searched state less its latest step is recovered once more
+    # (one recovery, not one per step: each costs a training run); if that fails too, the searched model,
+    # backtracked until it passes on its own, ships unrecovered
+    certification, fallback = certify_search(ctx, config, trials.steps)
+    certification.recovery = after
+    certification.recovery_reverted = True
+    if len(trials.steps) > 1:
+        fewer = state_of(trials.steps[:-1])
+        save_candidate(model, ctx, fewer, work, config, config.goal)
+        retried, second = recover(model, ctx, work, config, fewer)
+        certification.retry = certify_model(ctx, config, retried)
+        certification.retry_undone = [trials.steps[-1].name]
+        second["attempts"] = 2
+        if certification.retry.passed:
+            write_json(work / STATE_FILE, fewer)
+            return certification, fewer, retried, second
+        recovery = second
+    write_json(work / STATE_FILE, fallback)
+    return certification, fallback, save_candidate(model, ctx, fallback, work, config, config.goal), recovery
 
 
 def _cost_model(ctx, structure, config: OptimizeConfig, work: Path, attention_modes: tuple[str, ...]) -> CostModel:

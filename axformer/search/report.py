@@ -180,15 +180,23 @@ def report_markdown(r: SearchReport) -> str:
             "pretrained": "re-fine-tuned from the pre-trained checkpoint with the found structure (AxFormer)",
             "distill": "distilled from the original model (FastFormers)",
         }[rec["mode"]]
-        reverted = r.certification is not None and r.certification.recovery_reverted
+        reverted = r.certification is not None and not r.certification.shipped_recovered
         shown = "the searched model: the recovered one failed its certificate" if reverted else "the recovered model"
         lines += [
             "",
             f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
             f"{rec['heldout_before']['metrics'][main]:.2f} (the table shows {shown}).",
         ]
+        if rec.get("budget"):
+            lines[-1] += " " + budget_sentence(rec)
     for note in s.attention_notes:
         lines += ["", f"Approximate attention: {note}."]
+    if s.units == "coarse":
+        lines += [
+            "",
+            "Units searched: whole layers and blocks only (--units auto with distillation): single heads and FFN "
+            "groups change fewer answers than the deciding examples can resolve.",
+        ]
     if s.cost_model is not None:
         lines += [
             "",
@@ -199,6 +207,21 @@ def report_markdown(r: SearchReport) -> str:
     for w in r.warnings:
         lines += ["", f"> Warning: {w}"]
     return "\n".join(lines) + "\n"
+
+
+def budget_sentence(rec: dict) -> str:
+    """The recovery's training data next to the original's: a model that saw more data is no proof of the method."""
+    b, o = rec["budget"], rec.get("original_budget")
+    labels = "the original's outputs as targets" if rec["mode"] == "distill" else "gold labels"
+    said = f"It trained on {b['examples']} training examples x {b['epochs']:g} epochs ({labels})"
+    if not o:
+        return said + "; the original's training budget is not recorded (it was not fine-tuned by axformer)."
+    if o["examples"] < b["examples"]:
+        return (
+            said + f"; the original was fine-tuned on only {o['examples']} examples x {o['epochs']:g} epochs, "
+            "so part of any gain may come from the extra data."
+        )
+    return said + f"; the original was fine-tuned on {o['examples']} examples x {o['epochs']:g} epochs."
 
 
 def _confirmation_note(r: SearchReport) -> str:
@@ -223,22 +246,37 @@ def certification_lines(r: SearchReport) -> list[str]:
         f"examples {main} {d.original:.2f} -> {d.candidate:.2f} ({d.difference:+.2f}; {d.confidence:.0%} paired "
         f"bootstrap interval {d.low:+.2f} .. {d.high:+.2f}).",
     ]
-    if c.undone:
+    if c.undone and not c.shipped_recovered:
         s = c.searched.main
         lines.append(
             f"The searched model failed it ({main} {s.difference:+.2f} on the confirmation split), so "
             f"{len(c.undone)} accepted change(s) were undone, latest first: {', '.join(c.undone)}."
         )
     if c.recovery is not None:
-        rd = c.recovery.main
-        lines.append(
-            f"After recovery: {main} {rd.difference:+.2f} on the confirmation split"
-            + (
-                " - worse than the tolerance, so the searched model (before recovery) is the one shipped."
-                if c.recovery_reverted
-                else "."
+        rd, s = c.recovery.main, c.searched.main
+        if c.recovery_reverted:
+            lines.append(
+                f"The recovered model measured {main} {rd.difference:+.2f} on the confirmation split, outside the "
+                "allowance"
+                + (
+                    "."
+                    if c.retry is None
+                    else f"; the searched state less {', '.join(c.retry_undone)} was recovered again: {main} "
+                    f"{c.retry.main.difference:+.2f} on the confirmation split, "
+                    + (
+                        "within the allowance: that model ships."
+                        if c.retry.passed
+                        else "outside the allowance too: the searched model, backtracked until it passed on its own "
+                        "(not recovered), ships."
+                    )
+                )
             )
-        )
+        else:
+            lines.append(
+                f"The certificate is the recovered model's; before recovery the searched model measured {main} "
+                f"{s.difference:+.2f} on the confirmation split "
+                f"({'within' if c.searched.passed else 'outside'} the allowance)."
+            )
     return lines
 
 

@@ -61,6 +61,7 @@ class SearchSummary:
     target: float | None = None
     target_met: bool | None = None
     attention_notes: list[str] = field(default_factory=list)
+    units: str | None = None  # constraint goals: "all" or "coarse" (layers and blocks only)
 
 
 @dataclass

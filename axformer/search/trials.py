@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from axformer.errors import AxformerError
 from axformer.evaluation.engine import CandidateResult, Change, EarlyStop
 from axformer.search.certificate import Step
@@ -30,6 +32,7 @@ class Decision:
     metric: float | None
     complete: bool
     from_log: bool
+    losses: np.ndarray | None = None  # per-example, for a fresh evaluation (not logged)
 
 
 class Trials:
@@ -96,6 +99,11 @@ class Trials:
             self.engine.set_base(self.removed, self.changes)
             self._base_dirty = False
 
+    def current_losses(self) -> np.ndarray:
+        """Per-example losses of the accepted state (one full evaluation, not a trial: nothing is logged)."""
+        self.sync_base()
+        return self.engine.evaluate((), ()).losses
+
     def run(
         self,
         stage: str,
@@ -125,7 +133,7 @@ class Trials:
         result: CandidateResult = self.engine.evaluate(removed, changes, stop=stop)
         accepted = bool(rule.accepts(result)) if rule is not None else False
         metric = result.metrics.get(self.main_metric) if result.complete else None
-        d = Decision(n, stage, name, accepted, result.mean_loss, metric, result.complete, False)
+        d = Decision(n, stage, name, accepted, result.mean_loss, metric, result.complete, False, result.losses)
         if self.log_path:
             ref = self.engine.reference
             append_jsonl(
