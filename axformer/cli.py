@@ -562,6 +562,14 @@ def optimize_cmd(
             help="Train the recovery on a seeded subset of this many examples.",
         ),
     ] = None,
+    recover_windows: Annotated[
+        int | None,
+        typer.Option(
+            "--recover-windows",
+            help="--recover distill: later windows of each long training text added as unlabelled inputs "
+            "(the original's outputs as targets; default 2, 0: none).",
+        ),
+    ] = None,
     confirm_fraction: Annotated[
         float | None,
         typer.Option(
@@ -708,6 +716,7 @@ def optimize_cmd(
             "epochs": recover_epochs,
             "learning_rate": recover_lr,
             "max_train_examples": recover_max_train_examples,
+            "windows": recover_windows,
         },
     }
     sections = {
@@ -774,6 +783,12 @@ def distill_cmd(
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft cross-entropy.")] = 1.0,
     soft_weight: Annotated[float, typer.Option(help="Weight of the soft cross-entropy to the teacher's logits.")] = 1.0,
     hard_weight: Annotated[float, typer.Option(help="Weight of the task loss on the gold labels.")] = 0.0,
+    windows: Annotated[
+        int,
+        typer.Option(
+            help="Later windows of each long training text added as unlabelled inputs (teacher targets; 0: none)."
+        ),
+    ] = 0,
     hidden_weight: Annotated[
         float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
     ] = 0.0,
@@ -824,6 +839,7 @@ def distill_cmd(
         temperature=temperature,
         soft_weight=soft_weight,
         hard_weight=hard_weight,
+        windows=windows,
         hidden_weight=hidden_weight,
         attention_weight=attention_weight,
         cache_teacher=not no_teacher_cache,

@@ -367,3 +367,23 @@ def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_pa
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     assert resumed.evaluation.splits["dev"].metrics == ref.evaluation.splits["dev"].metrics
+
+
+def test_later_windows_are_the_parts_of_long_texts_the_model_never_reads(tmp_path):
+    """Each window after the first re-tokenizes to the tokens the overflow cut off (at most ``per_text`` of
+    them); short texts and pair tasks add nothing; the trainer refuses windows with a gold-label loss."""
+    from axformer.distill import DistillConfig
+    from axformer.distill.augment import later_windows
+    from axformer.errors import AxformerError
+    from tests.conftest import WORDS, tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path)
+    long = " ".join(WORDS[i % len(WORDS)] for i in range(40))  # 40 words, one token each
+    windows = later_windows(tok, [(long,), ("good film",)], max_length=12, per_text=2)
+    body = tok(long, add_special_tokens=False)["input_ids"]
+    assert len(body) == 40 and len(windows) == 2  # 10 tokens per window: 4 windows, the first is read anyway
+    assert [tok(w[0], add_special_tokens=False)["input_ids"] for w in windows] == [body[10:20], body[20:30]]
+    assert later_windows(tok, [(long,)], max_length=12, per_text=0) == []
+    assert later_windows(tok, [(long, long)], max_length=12, per_text=2) == []
+    with pytest.raises(AxformerError, match="no gold labels"):
+        DistillConfig(windows=2, hard_weight=1.0).validate()

@@ -564,3 +564,41 @@ def test_coarse_units_search_removes_only_layers_and_blocks(tuned_tiny, tmp_path
     assert rows and not [r for r in rows if ".head" in r["candidate"] or ".group" in r["candidate"]]
     assert report["search"]["units"] == "coarse"
     assert "Units searched: whole layers and blocks only" in (tmp_path / "coarse" / "report.md").read_text()
+
+
+def test_a_layer_that_would_overshoot_the_target_is_left_to_the_blocks(monkeypatch):
+    """Three layers of cost 2.2 each (two blocks and 0.2 of overhead): one layer removed is 1.5x, two would be 3x.
+    With a 1.8x target the second layer overshoots by more than 10%, so a block is taken instead (1.94x)."""
+    import axformer.search.constraint as cs
+    from axformer.search.constraint import ConstraintSearchConfig, constraint_search
+
+    class KeepsEverything(ScriptedEngine):
+        spec = type("S", (), {"main_metric": "accuracy"})()
+        encoded = type("E", (), {"labels": np.zeros(4, dtype=np.int64)})()
+        regression = False
+
+        def evaluate(self, removed=(), changes=(), stop=None, desc=None):
+            self.evaluated.append("+".join(removed))
+            return self._result(removed, changes, BASE)
+
+    class BlockCost:
+        attention: dict = {}
+
+        def predict(self, s):
+            return sum(bool(s.layers[i].heads) + bool(s.layers[i].neurons) + 0.2 for i in s.present_layers)
+
+        def attention_saving(self, mode):
+            return 0.0
+
+    engine = KeepsEverything()
+    monkeypatch.setattr(cs, "gradient_importance", lambda *a, **k: None)
+    monkeypatch.setattr(cs, "_significance", lambda imp, name, structure, groups: 1.0)
+    structure = ModelStructure.full(3, 2, 4, 6, 8)
+    cfg = ConstraintSearchConfig(target=1.8, groups=2, phases=cs.COARSE_PHASES)
+    out = constraint_search(Trials(engine, None, "accuracy"), structure, BlockCost(), cfg)
+    assert len(out.removed) == 2 and out.removed[0] in ("L0", "L1", "L2") and "." in out.removed[1]
+    assert out.predicted_ratio == pytest.approx(6.6 / 3.4) and out.target_met
+    # without a finer phase left, the layer is taken: overshooting is better than missing the target
+    cfg = ConstraintSearchConfig(target=1.8, groups=2, phases=(("layer",),))
+    out = constraint_search(Trials(KeepsEverything(), None, "accuracy"), structure, BlockCost(), cfg)
+    assert len(out.removed) == 2 and all("." not in n for n in out.removed)

@@ -39,12 +39,22 @@ class DistillConfig(FinetuneConfig):
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
     cache_teacher: bool = True
+    # later windows of long training texts added as unlabelled inputs (teacher targets), per text; see
+    # axformer.distill.augment
+    windows: int = 0
 
     def validate(self) -> None:
         super().validate()
         if self.temperature <= 0:
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}
+        if self.windows < 0:
+            raise AxformerError(f"--windows {self.windows}; expected a number of windows per text (0: none)")
+        if self.windows > 0 and self.hard_weight > 0:
+            raise AxformerError(
+                f"--windows {self.windows} with --hard-weight {self.hard_weight}: the added windows have no gold "
+                "labels; expected --hard-weight 0"
+            )
         if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
             raise AxformerError(
                 f"distillation loss weights {weights}; expected non-negative weights, at least one positive"

@@ -12,15 +12,17 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from axformer.distill.augment import later_windows
 from axformer.distill.objective import DistillConfig, DistillObjective
 from axformer.distill.students import derive_student, layer_map, parse_layers
 from axformer.errors import AxformerError
 from axformer.models.loading import is_local, load_model, load_tokenizer
 from axformer.models.record import ModelRecord, task_for
 from axformer.surgery.prune import current_structure
-from axformer.tasks.data import TaskData
+from axformer.tasks.data import Split, TaskData
 from axformer.training.finetune import training_split
 from axformer.training.loop import FinetuneResult, train_model
 from axformer.utils.device import resolve_device
@@ -99,6 +101,10 @@ def distill(
     if student_layers is not None:
         layers = parse_layers(student_layers, current_structure(net).present_layers)
         net = derive_student(net, layers)
+    extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
+    if extra:  # unlabelled: the teacher's outputs are their targets (hard_weight is 0, validated)
+        labels = np.zeros(len(extra), dtype=train_part.labels.dtype)
+        train_part = Split(train_part.name, [*train_part.texts, *extra], np.concatenate([train_part.labels, labels]))
     mapping = layer_map(net, t_net)
     objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
     stage = {
@@ -107,6 +113,7 @@ def distill(
         "teacher": teacher,
         "student_layers": layers,
         "structure": current_structure(net).summary(),
+        "added_windows": len(extra),
     }
     key = {
         "teacher": teacher,

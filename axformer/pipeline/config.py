@@ -80,12 +80,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {
             "goal": "speed",
             "tolerance": {"max_drop": 1.0},
-            "target_speedup": 2.0,
+            # 1.6x over PyTorch at batch 1 (predicted) is about 1.5x over ONNX Runtime int8 of the original once
+            # exported to int8 (measured here); more took three layers, which distillation did not win back
+            "target_speedup": 1.6,
             "max_examples": 300,
             "latency_examples": 60,
             "groups": 6,
             "attention": {"modes": []},
-            "recovery": {"mode": "distill", "epochs": 3.0, "learning_rate": 2e-4},
+            # one pass over the training articles plus two later 128-token windows of each (the parts the model
+            # never reads; the original's outputs are their targets): as many steps as three epochs over the
+            # articles alone, on three times as much text
+            "recovery": {"mode": "distill", "epochs": 1.0, "learning_rate": 2e-4},
             "certificate": {"fraction": 0.5},
         },
         "export": {"precision": "auto", "max_examples": 300},

@@ -99,8 +99,12 @@ class Recovery:
     learning_rate: float = 1e-4
     batch_size: int = 32
     max_train_examples: int | None = None
+    # distill: later windows of long training texts, per text, as extra unlabelled inputs (axformer.distill.augment)
+    windows: int = 2
 
     def validate(self) -> None:
+        if self.windows < 0:
+            raise AxformerError(f"--recover-windows {self.windows}; expected a number of windows per text (0: none)")
         if self.mode not in (None, *RECOVERY):
             raise AxformerError(f"--recover {self.mode!r}; expected one of {', '.join(RECOVERY)}")
         if self.epochs is not None and self.epochs <= 0:

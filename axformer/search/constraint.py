@@ -13,7 +13,9 @@ phase and every ``rerank_every`` acceptances, divided by the calibrated cost of
 the component). A candidate is kept when every metric of the task (or, with
 ``guard="main"``, the main one) stays within the tolerance of the unpruned
 model, and, if asked, the mean held-out loss stays within a bound; the search ends when the target is met or every
-candidate was tried.
+candidate was tried. With a target, a unit whose removal would overshoot it by more than 10% is left to the
+next, finer phase (two layers and one block rather than three layers when the target lies between): the
+smallest removal that meets the target is the one that costs least accuracy.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from axformer.surgery.structure import ModelStructure
 
 PHASES = (("layer",), ("attn", "ffn"), ("head", "group"))
 COARSE_PHASES = PHASES[:2]
+OVERSHOOT = 1.1  # a coarse unit may take the predicted ratio at most 10% past the target
 
 
 @dataclass
@@ -126,9 +129,10 @@ def constraint_search(
     def met() -> bool:
         return config.target is not None and ratio(current) >= config.target
 
-    for kinds in config.phases:
+    for phase, kinds in enumerate(config.phases):
         if met():
             break
+        finer_phase_left = phase < len(config.phases) - 1
         tried: set[str] = set()
         since_rank = None
         while not met():
@@ -138,6 +142,10 @@ def constraint_search(
                 since_rank = 0
             names = [n for k in kinds for n in _units(current, k, config.groups) if n not in tried]
             names = [n for n in names if current.removed([n]).to_dict() != current.to_dict()]
+            if config.target is not None and finer_phase_left:
+                # a unit that would overshoot the target is left to the finer units of the next phase: the
+                # smallest removal that meets the target is the one that costs least accuracy
+                names = [n for n in names if ratio(current.removed([n])) <= config.target * OVERSHOOT]
             if not names:
                 break
             saved = {n: cost.predict(current) - cost.predict(current.removed([n])) for n in names}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from axformer.attention.hard import set_attention
 from axformer.distill import DistillConfig, distill
+from axformer.distill.augment import later_windows
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.inference import run_model
@@ -24,7 +25,7 @@ from axformer.models.loading import load_model, save_model
 from axformer.models.record import ModelRecord
 from axformer.surgery.prune import prune
 from axformer.tasks.splits import apply_split
-from axformer.training.finetune import FinetuneConfig, finetune
+from axformer.training.finetune import FinetuneConfig, finetune, training_subset
 
 RECOVERY_EXAMPLES = 6000  # example passes an automatic recovery aims for
 MAX_AUTO_EPOCHS = 3.0
@@ -77,11 +78,15 @@ def recover(model, ctx, work: Path, config, state: dict):
             ctx.device,
         ),
     ).to_dict()
-    train_examples = len(apply_split(ctx.data, ctx.split)[0])
-    if config.recovery.max_train_examples is not None:
-        train_examples = min(train_examples, config.recovery.max_train_examples)
+    # what the trainer will train on: the same seeded subset, and the same windows of long texts
+    train = training_subset(
+        apply_split(ctx.data, ctx.split)[0], config.recovery.max_train_examples, FinetuneConfig.seed
+    )
+    train_examples = len(train)
+    windows = config.recovery.windows if config.recovery.mode == "distill" else 0
+    added = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
     common = {
-        "epochs": recovery_epochs(config.recovery.epochs, train_examples),
+        "epochs": recovery_epochs(config.recovery.epochs, train_examples + added),
         "learning_rate": config.recovery.learning_rate,
         "batch_size": config.recovery.batch_size,
         "max_train_examples": config.recovery.max_train_examples,
@@ -93,7 +98,7 @@ def recover(model, ctx, work: Path, config, state: dict):
     t0 = time.perf_counter()
     start = work
     if config.recovery.mode == "distill":
-        cfg = DistillConfig(**common)
+        cfg = DistillConfig(**common, windows=windows)
         result = distill(model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True)
     else:
         cfg = FinetuneConfig(**common)
@@ -128,6 +133,6 @@ def recover(model, ctx, work: Path, config, state: dict):
         "heldout_before": searched,
         "seconds": time.perf_counter() - t0,
         "config": asdict(cfg),
-        "budget": {"examples": train_examples, "epochs": cfg.epochs},
+        "budget": {"examples": train_examples, "windows": added, "epochs": cfg.epochs},
         "original_budget": training_budget(ctx.record),
     }

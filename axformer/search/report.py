@@ -213,7 +213,8 @@ def budget_sentence(rec: dict) -> str:
     """The recovery's training data next to the original's: a model that saw more data is no proof of the method."""
     b, o = rec["budget"], rec.get("original_budget")
     labels = "the original's outputs as targets" if rec["mode"] == "distill" else "gold labels"
-    said = f"It trained on {b['examples']} training examples x {b['epochs']:g} epochs ({labels})"
+    windows = f" plus {b['windows']} later windows of long ones" if b.get("windows") else ""
+    said = f"It trained on {b['examples']} training examples{windows} x {b['epochs']:g} epochs ({labels})"
     if not o:
         return said + "; the original's training budget is not recorded (it was not fine-tuned by axformer)."
     if o["examples"] < b["examples"]:
@@ -293,4 +294,11 @@ def fidelity_lines(r: SearchReport) -> list[str]:
     removed = (
         f" ({f['removed_dev_texts']} dev texts removed from the calibration file)" if f.get("removed_dev_texts") else ""
     )
-    return ["", f"Fidelity to the original on unlabelled inputs: {'; '.join(parts)}{removed}."]
+    trained = r.recovery is not None and (r.certification is None or r.certification.shipped_recovered)
+    caveat = (
+        " The recovery trained on the training texts, so agreement there is optimistic; the confirmation split is "
+        "the unbiased figure."
+        if trained and "training texts" in f
+        else ""
+    )
+    return ["", f"Fidelity to the original on unlabelled inputs: {'; '.join(parts)}{removed}.{caveat}"]

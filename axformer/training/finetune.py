@@ -37,10 +37,14 @@ def training_split(model: str, data: TaskData, config: FinetuneConfig):
     else:
         split = make_heldout_split(data.train, config.heldout_fraction, config.seed)
     train_part, heldout = apply_split(data, split)
-    if config.max_train_examples is not None and config.max_train_examples < len(train_part):
-        pick = np.sort(np.random.default_rng(config.seed).permutation(len(train_part))[: config.max_train_examples])
-        train_part = train_part.subset(pick)
-    return prior, split, train_part, heldout
+    return prior, split, training_subset(train_part, config.max_train_examples, config.seed), heldout
+
+
+def training_subset(train_part, max_examples: int | None, seed: int):
+    """The seeded subset ``--max-train-examples`` trains on (all of the training part when None)."""
+    if max_examples is None or max_examples >= len(train_part):
+        return train_part
+    return train_part.subset(np.sort(np.random.default_rng(seed).permutation(len(train_part))[:max_examples]))
 
 
 def finetune(
