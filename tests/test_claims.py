@@ -60,10 +60,18 @@ def test_constraint_search_goes_coarse_to_fine_ranks_per_unit_of_cost_and_stops_
     out = cs.constraint_search(Trials(engine, None, "accuracy"), structure, cost, cs.ConstraintSearchConfig(
         goal="speed", target=target, groups=2
     ))  # fmt: skip
-    # layers by significance (all save the same); blocks by significance / saving: L0.attn 5000, L1.attn 10000,
-    # L2.attn 15000 per second saved, each FFN block 16667; the target is met at L2.attn, so nothing after it
-    assert engine.evaluated == ["L1", "L2", "L0", "L0.attn", "L1.attn", "L2.attn"]
+    # every layer would overshoot this target by far more than 10%, so the layers are left to the blocks; blocks
+    # by significance / saving: L0.attn 5000, L1.attn 10000, L2.attn 15000 per second saved, each FFN block
+    # 16667; the target is met at L2.attn, so nothing after it
+    assert engine.evaluated == ["L0.attn", "L1.attn", "L2.attn"]
     assert out.removed == ["L2.attn"] and out.target_met
+    # with a target that needs a layer, the layers are tried by significance (all save the same)
+    engine = _AcceptOnly({"L0"})
+    layer_target = base / (base - 1e-3 - 2 * 2e-4 - 6 * 1e-5)  # one whole layer
+    cs.constraint_search(Trials(engine, None, "accuracy"), structure, cost, cs.ConstraintSearchConfig(
+        goal="speed", target=layer_target, groups=2
+    ))  # fmt: skip
+    assert engine.evaluated[:3] == ["L1", "L2", "L0"]
     # without a target the search goes on to the FFN blocks and then to heads and groups
     engine = _AcceptOnly(set())
     cs.constraint_search(
