@@ -874,11 +874,49 @@ def export_cmd(
         str,
         typer.Option(
             "--precision",
-            help="fp32, int8 (dynamic, per-channel weights), fp16 (CUDA), mixed (per-matrix "
-            "fp32/int8/int4 by quantization sensitivity), or auto (fp32 or int8, whichever is "
-            "measured faster here within --max-drop).",
+            help="fp32, int8 (dynamic, per-channel weights), int4 (block-wise weights, MatMulNBits), fp16 "
+            "(CUDA), mixed (per-matrix fp32/int8/int4 by quantization sensitivity), or auto (fp32 or int8, "
+            "whichever is measured faster here within --max-drop).",
         ),
     ] = "int8",
+    embeddings: Annotated[
+        str,
+        typer.Option(
+            "--embeddings",
+            help="Embedding tables: fp32, int8, or int4 (block-wise, GatherBlockQuantized; the lookup is then "
+            "left unfused). With --precision mixed they join the plan as matrices of their own.",
+        ),
+    ] = "fp32",
+    int4_attention: Annotated[
+        bool,
+        typer.Option(
+            "--int4-attention", help="int4/mixed: Q, K, V in int4 too (attention left unfused: smaller, slower)."
+        ),
+    ] = False,
+    prune_vocabulary: Annotated[
+        bool,
+        typer.Option(
+            "--prune-vocabulary",
+            help="Keep only the token ids the training (and calibration) texts use; the tokenizer is rewritten.",
+        ),
+    ] = False,
+    keep_characters: Annotated[
+        bool,
+        typer.Option("--keep-characters", help="--prune-vocabulary: keep every single-character piece too."),
+    ] = False,
+    trim_positions: Annotated[
+        bool,
+        typer.Option(
+            "--trim-positions", help="Keep position embeddings only up to the model's recorded max sequence length."
+        ),
+    ] = False,
+    calibration_texts: Annotated[
+        Path | None,
+        typer.Option("--calibration-texts", help="--prune-vocabulary: unlabelled texts whose tokens are kept too."),
+    ] = None,
+    calibration_column: Annotated[
+        list[str] | None, typer.Option("--calibration-column", help="Column(s) of a CSV/TSV/JSONL calibration file.")
+    ] = None,
     no_fusion: Annotated[
         bool, typer.Option("--no-fusion", help="Skip ONNX Runtime's transformer graph fusions.")
     ] = False,
@@ -911,8 +949,9 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     selection: TaskSelection | None = None,
 ) -> None:
-    """Export to ONNX with graph fusion and int8/fp16/mixed precision, validated on the held-out split."""
+    """Export to ONNX with graph fusion and int8/int4/fp16/mixed precision, validated on the held-out split."""
     from axformer.export.artifact import ExportConfig, export_model
+    from axformer.surgery.vocabulary import VocabularyConfig
 
     _check_inputs(output, [model], selection)
 
@@ -923,6 +962,11 @@ def export_cmd(
         int8_op_types=tuple(o.strip() for o in int8_ops.split(",") if o.strip()),
         exclude_nodes=list(exclude_node or []),
         int4_block_size=int4_block_size,
+        embeddings=embeddings,
+        int4_attention=int4_attention,
+        vocabulary=VocabularyConfig(prune_vocabulary, keep_characters, trim_positions),
+        calibration_texts=str(calibration_texts) if calibration_texts else None,
+        calibration_columns=list(calibration_column) if calibration_column else None,
         max_drop=max_drop,
         max_examples=max_examples or None,
         significance=str(significance) if significance else None,
@@ -943,6 +987,14 @@ def export_cmd(
             + f"; chose {r['auto']['chosen']}"
         )
     console.print(f"{r['precision']} ONNX artifact: {r['size_bytes'] / 2**20:.1f} MiB; fused: {fused}")
+    vocab = (r.get("compaction") or {}).get("vocabulary")
+    if vocab:
+        cov = vocab["coverage"].get("confirmation", vocab["coverage"]["heldout"])
+        console.print(
+            f"vocabulary: {vocab['kept_size']} of {vocab['original_size']} tokens kept; "
+            f"{cov['outside_percent']:.2f}% of held-out tokens outside it, "
+            f"{cov['unknown_after_percent']:.2f}% now unknown"
+        )
     console.print(
         f"held-out {main}: PyTorch {v['pytorch']['metrics'][main]:.2f}, ONNX "
         f"{v['onnx']['metrics'][main]:.2f} (drop {v['drop']:+.2f}, limit {v['max_drop']})"

@@ -222,7 +222,7 @@ def test_export_cli_bad_input(monkeypatch, capsys, tiny_task, tmp_path):
         "--text-column",
         "text",
     )
-    assert_clean_failure(code, err, out, r"--precision 'int3'; expected one of fp32, int8, fp16, mixed")
+    assert_clean_failure(code, err, out, r"--precision 'int3'; expected one of fp32, int8, int4, fp16, mixed")
     code, _, err = run_cli(
         monkeypatch,
         capsys,

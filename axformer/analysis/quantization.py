@@ -39,7 +39,10 @@ def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None
 
 @dataclass
 class FakeQuant:
-    """An engine ``Change``: one linear layer's weights replaced by their quantised values."""
+    """An engine ``Change``: one linear layer's (or embedding table's) weights replaced by their quantised values.
+
+    An embedding table is rounded per row (blocks along the hidden axis, as ONNX Runtime's 4-bit Gather
+    stores it) and has ``layer`` -1: everything is recomputed from the input."""
 
     layer: int
     name: str  # e.g. L3.attn.q
@@ -69,6 +72,25 @@ def encoder_linears(engine: EvaluationEngine) -> list[tuple[int, str, str]]:
         (orig, name, paths[id(linear)])
         for orig, name, linear in engine.adapter.named_linears(engine.model, engine.structure.present_layers)
     ]
+
+
+def embedding_tables(model) -> dict[str, str]:
+    """axformer's names for the embedding lookup tables (``embeddings.word``, ``.position``, ``.token_type``) ->
+    their module paths: matrices a precision plan can quantise like any other."""
+    paths = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    word = model.get_input_embeddings()
+    if isinstance(word, torch.nn.Embedding):
+        out["embeddings.word"] = paths[id(word)]
+    block = getattr(getattr(model, "base_model", model), "embeddings", None)
+    for attr, name in (
+        ("position_embeddings", "embeddings.position"),
+        ("token_type_embeddings", "embeddings.token_type"),
+    ):
+        table = getattr(block, attr, None)
+        if isinstance(table, torch.nn.Embedding):
+            out[name] = paths[id(table)]
+    return out
 
 
 @dataclass

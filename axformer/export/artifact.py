@@ -1,9 +1,11 @@
 """``axformer export``: a validated, deployable ONNX artifact in the layout Hugging Face Optimum uses.
 
-Steps: export (dynamic batch and sequence axes) -> ONNX Runtime's transformer
-fusions (per-layer head counts pinned, so pruned models fuse) -> the chosen
-numerical format (fp32, dynamic int8 with per-channel weights, fp16 for CUDA,
-or a sensitivity-guided fp32/int8/int4 mix) -> validation: the artifact's
+Steps: (for the size goal) vocabulary pruning and position trimming -> export
+(dynamic batch and sequence axes) -> ONNX Runtime's transformer fusions
+(per-layer head counts pinned, so pruned models fuse) -> the chosen numerical
+format (fp32, dynamic int8 with per-channel weights, block-wise int4, fp16 for
+CUDA, or a sensitivity-guided fp32/int8/int4 mix; embedding tables fp32, int8
+or int4) -> validation: the artifact's
 held-out metric next to the PyTorch model's, computed in the same run; beyond
 ``max_drop`` the export fails and writes nothing.
 
@@ -29,7 +31,8 @@ from axformer.evaluation.context import load_context
 from axformer.export.fusion import fuse
 from axformer.export.onnx_export import OPSET, export_onnx
 from axformer.export.precision import plan_mixed_precision
-from axformer.export.quantize import apply_plan, convert_fp16, name_weight_nodes, quantize_int8
+from axformer.export.quantize import EMBEDDING_OPS, apply_plan, convert_fp16, name_weight_nodes, quantize_int8
+from axformer.export.size import directory_bytes, size_breakdown
 from axformer.inference import run_model
 from axformer.models.loading import load_model
 from axformer.models.record import ModelRecord
@@ -37,10 +40,12 @@ from axformer.runtime.backends import ONNX_FILE, OnnxModel
 from axformer.runtime.timing import prepare, time_candidates
 from axformer.surgery.adapters import get_adapter
 from axformer.surgery.prune import current_structure
+from axformer.surgery.vocabulary import VocabularyConfig
 from axformer.tasks.data import TaskData
 from axformer.utils.io import atomic_output_dir, read_json, write_json
 
-PRECISIONS = ("fp32", "int8", "fp16", "mixed", "auto")
+PRECISIONS = ("fp32", "int8", "int4", "fp16", "mixed", "auto")
+EMBEDDING_PRECISIONS = ("fp32", "int8", "int4")
 
 
 @dataclass
@@ -51,6 +56,18 @@ class ExportConfig:
     int8_op_types: tuple[str, ...] = ("MatMul", "Attention")
     exclude_nodes: list[str] = field(default_factory=list)
     int4_block_size: int = 32
+    # the embedding tables (word, position, token type): fp32, int8, or int4 (then looked up unfused, as
+    # GatherBlockQuantized); with mixed precision they join the plan as matrices of their own
+    embeddings: str = "fp32"
+    # int4 for Q, K and V too: the attention is then left unfused (smaller, but slower on CPU: measured)
+    int4_attention: bool = False
+    # what mixed precision ranks int4 candidates by: "metric" (least sensitive first) or "size" (least
+    # sensitive per parameter first: the large tables that cost little go first)
+    objective: str = "metric"
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
+    # unlabelled texts whose tokens the pruned vocabulary keeps too (the search's --calibration-texts)
+    calibration_texts: str | None = None
+    calibration_columns: list[str] | None = None
     max_drop: float = 1.0  # points of the held-out main metric against the reference model
     max_examples: int | None = 2000
     # the model the artifact is judged against (None: the model exported); the pipeline gives the original, so
@@ -70,6 +87,10 @@ class ExportConfig:
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise AxformerError(f"--precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.embeddings not in EMBEDDING_PRECISIONS:
+            raise AxformerError(f"--embeddings {self.embeddings!r}; expected one of {', '.join(EMBEDDING_PRECISIONS)}")
+        if self.objective not in ("metric", "size"):
+            raise AxformerError(f"export objective {self.objective!r}; expected metric or size")
         if self.max_drop < 0:
             raise AxformerError(f"--max-drop {self.max_drop}; expected a non-negative number of points")
         if not 0 <= self.confirm_fraction < 1:
@@ -101,13 +122,14 @@ class _Sensitivity:
     def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
         todo = [c for c in components if f"{c}@int{bits}" not in self.rows]
         if todo:
-            from axformer.analysis.quantization import FakeQuant, encoder_linears
+            from axformer.analysis.quantization import FakeQuant, embedding_tables, encoder_linears
             from axformer.evaluation.engine import EvaluationEngine
 
             engine = EvaluationEngine(self.ctx.model, self.ctx.encoded, self.ctx.data.spec, 64, self.ctx.device)
             try:
                 ref = engine.reference.mean_loss
-                for layer, name, path in encoder_linears(engine):
+                tables = [(-1, name, path) for name, path in embedding_tables(engine.model).items()]
+                for layer, name, path in tables + encoder_linears(engine):
                     if name in todo:
                         r = engine.evaluate(
                             changes=[
@@ -157,6 +179,95 @@ def _linear_weights(model) -> dict[str, np.ndarray]:
     }
 
 
+def _table_weights(model) -> dict[str, np.ndarray]:
+    from axformer.analysis.quantization import embedding_tables
+
+    return {
+        name: model.get_submodule(path).weight.detach().cpu().numpy() for name, path in embedding_tables(model).items()
+    }
+
+
+def _plan_nodes(path: Path, net, config: ExportConfig) -> list:
+    """The weight nodes a precision plan assigns: matrices, plus the embedding tables unless they stay fp32."""
+    tables = _table_weights(net) if config.embeddings != "fp32" else None
+    nodes = name_weight_nodes(onnx.load(str(path)), _linear_weights(net), tables)
+    return [
+        n for n in nodes if n.node not in set(config.exclude_nodes) and (n.op_type not in EMBEDDING_OPS or n.component)
+    ]
+
+
+def _uniform_plan(nodes: list, matrices: str, embeddings: str) -> dict[str, str]:
+    """Every matrix in ``matrices`` (int4 only where a 4-bit kernel exists) and every table in ``embeddings``."""
+    plan = {}
+    for n in nodes:
+        fmt = embeddings if n.op_type in EMBEDDING_OPS else matrices
+        if fmt == "int4" and n.op_type not in ("MatMul", "Gather"):
+            fmt = "int8"
+        plan[n.node] = fmt
+    return plan
+
+
+def _decision_texts(ctx, config: ExportConfig) -> list[tuple[str, ...]]:
+    """What the pruned vocabulary is built from: the training part, the held-out examples decisions may use and the
+    calibration texts; never the confirmation part (it must feel the pruning) nor a dev text."""
+    from axformer.tasks.calibration import load_calibration_texts, without
+    from axformer.tasks.splits import apply_split
+
+    train, full = apply_split(ctx.data, ctx.split)
+    pool = ctx.decision_pool if ctx.decision_pool is not None else np.arange(len(full))
+    texts = list(train.texts) + [full.texts[i] for i in pool]
+    if config.calibration_texts is not None:
+        columns = tuple(config.calibration_columns or ()) or None
+        texts += load_calibration_texts(config.calibration_texts, ctx.data.spec.num_text_fields, columns)
+    kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
+    return kept
+
+
+def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[object, object, dict]:
+    """The model and tokenizer with the vocabulary (and positions) the size goal keeps, and what that did to the
+    held-out texts; the context's encodings are redone with the pruned tokenizer, so every later check feels it."""
+    import copy
+
+    from axformer.data.batching import encode
+    from axformer.surgery.vocabulary import coverage, plan_vocabulary, prune_model_vocabulary, prune_tokenizer
+    from axformer.surgery.vocabulary import trim_positions as trim
+
+    vocab = config.vocabulary
+    net = copy.deepcopy(net)
+    tokenizer = ctx.tokenizer
+    info: dict = {}
+    max_len = ctx.record.max_seq_length
+    if vocab.prune:
+        plan = plan_vocabulary(ctx.tokenizer, _decision_texts(ctx, config), vocab.keep_characters)
+        prune_model_vocabulary(net, plan.kept)
+        tokenizer = prune_tokenizer(
+            ctx.tokenizer, plan.kept, work / "tokenizer", max_len if vocab.trim_positions else None
+        )
+        info["vocabulary"] = {
+            **plan.to_dict(),
+            "coverage": {
+                "heldout": coverage(ctx.tokenizer, tokenizer, plan.kept, ctx.heldout.texts).to_dict(),
+                **(
+                    {"confirmation": coverage(ctx.tokenizer, tokenizer, plan.kept, ctx.confirmation.texts).to_dict()}
+                    if ctx.confirmation is not None
+                    else {}
+                ),
+            },
+        }
+    if vocab.trim_positions:
+        rows = trim(net, max_len)
+        info["positions"] = {"kept_rows": rows, "max_seq_length": max_len}
+        if rows is not None and not vocab.prune:
+            tokenizer = copy.deepcopy(ctx.tokenizer)
+            tokenizer.model_max_length = max_len
+    ctx.tokenizer = tokenizer
+    ctx.model = net
+    ctx.encoded = encode(tokenizer, ctx.heldout, max_len)
+    if ctx.confirmation is not None:
+        ctx.confirmation_encoded = encode(tokenizer, ctx.confirmation, max_len)
+    return net, tokenizer, info
+
+
 def export_model(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -184,41 +295,83 @@ def export_model(
         confirm_fraction=config.confirm_fraction,
     )
     spec = ctx.data.spec
+    main = spec.main_metric
     net = ctx.model.eval()
     reference = score(spec, ctx.heldout.labels, run_model(net, ctx.encoded, spec.is_regression, 64, ctx.device))
-    threshold = reference.metrics[spec.main_metric] - config.max_drop
+    threshold = reference.metrics[main] - config.max_drop
     onnx_device = "cuda" if str(ctx.device).startswith("cuda") else "cpu"
     # choices among precisions (auto, mixed) are decisions: made on the held-out examples the search decided on;
-    # the final check is on the confirmation part when there is one, against the reference model
-    check_split, check_encoded = (
-        (ctx.confirmation, ctx.confirmation_encoded) if ctx.confirmation is not None else (ctx.heldout, ctx.encoded)
-    )
+    # the final check is on the confirmation part when there is one, against the reference model (with its own
+    # tokenizer: a pruned vocabulary is part of what is checked)
+    confirmed = ctx.confirmation is not None
+    check_split = ctx.confirmation if confirmed else ctx.heldout
     ref_net = net if config.reference_model is None else load_model(config.reference_model, spec, device=ctx.device)
     check_reference = score(
-        spec, check_split.labels, run_model(ref_net.eval(), check_encoded, spec.is_regression, 64, ctx.device)
+        spec,
+        check_split.labels,
+        run_model(
+            ref_net.eval(), ctx.confirmation_encoded if confirmed else ctx.encoded, spec.is_regression, 64, ctx.device
+        ),
     )
-
-    def evaluate(path: Path, split=ctx.heldout, encoded=ctx.encoded):
-        return score(
-            spec, split.labels, run_model(OnnxModel(path, device=onnx_device), encoded, spec.is_regression, 64, "cpu")
-        )
+    unpruned = (net, ctx.tokenizer, ctx.encoded, ctx.confirmation_encoded)
+    int4_matrices = config.precision == "int4" or (config.precision == "mixed" and config.int4_attention)
 
     with tempfile.TemporaryDirectory(prefix="axformer-export-") as tmp:
         tmp = Path(tmp)
-        raw = export_onnx(net.to("cpu"), tmp / "raw.onnx", config.opset)
         info: dict = {"precision": config.precision, "fusion": None}
-        current = raw
-        if config.fusion:
+        if config.vocabulary.prune or config.vocabulary.trim_positions:
+            net, _, info["compaction"] = _prune_vocabulary(ctx, net, config, tmp)
+
+        def evaluate(path: Path, split=None, encoded=None):
+            split, encoded = (ctx.heldout, ctx.encoded) if split is None else (split, encoded)
+            runner = OnnxModel(path, device=onnx_device)
+            return score(spec, split.labels, run_model(runner, encoded, spec.is_regression, 64, "cpu"))
+
+        def check(path: Path):
+            result = evaluate(path, check_split, ctx.confirmation_encoded if confirmed else ctx.encoded)
+            return result, check_reference.metrics[main] - result.metrics[main]
+
+        def graph(net, tag: str) -> Path:
+            """The fp32 graph: exported, then fused as far as the planned formats allow."""
+            raw = export_onnx(net.to("cpu"), tmp / f"raw{tag}.onnx", config.opset)
+            if not config.fusion:
+                return raw
             fused = fuse(
-                raw, tmp / "fused.onnx", net.config.model_type, net.config.hidden_size, net.config.num_attention_heads
-            )
+                raw, tmp / f"fused{tag}.onnx", net.config.model_type, net.config.hidden_size,
+                net.config.num_attention_heads, attention=not (int4_matrices and config.int4_attention),
+                embedding=config.embeddings != "int4",
+            )  # fmt: skip
             info["fusion"] = {"fused_operators": fused.fused, "pinned_head_counts": fused.pinned_reshapes}
-            current = fused.path
-        fp32_path = current
-        if config.precision == "int8":
-            current = quantize_int8(
-                current, tmp / "int8.onnx", config.per_channel, config.int8_op_types, config.exclude_nodes
+            return fused.path
+
+        def mixed_plan(fp32_path: Path, tag: str):
+            nodes = _plan_nodes(fp32_path, net, config)
+            sens = _Sensitivity(ctx, config)
+            int4_ops = ("MatMul", "Gather") if config.embeddings == "int4" else ("MatMul",)
+            mixed = plan_mixed_precision(
+                fp32_path, nodes, sens, lambda p: evaluate(p).metrics[main], threshold, tmp,
+                config.int4_block_size, int4_ops, config.objective,
+            )  # fmt: skip
+            info["mixed"] = {
+                **mixed.to_dict(),
+                "sensitivities_measured": sens.measured,
+                "sensitivity_source": config.significance or "measured",
+            }
+            return apply_plan(
+                fp32_path, tmp / f"mixed{tag}.onnx", mixed.plan, config.int4_block_size, config.per_channel
             )
+
+        fp32_path = graph(net, "")
+        current = fp32_path
+        uniform = {"int8": "int8", "int4": "int4"}.get(config.precision)
+        if uniform is not None:
+            plan = _uniform_plan(_plan_nodes(fp32_path, net, config), uniform, config.embeddings)
+            if uniform == "int8" and config.embeddings == "fp32" and not config.exclude_nodes:
+                current = quantize_int8(current, tmp / "int8.onnx", config.per_channel, config.int8_op_types)
+            else:
+                current = apply_plan(
+                    fp32_path, tmp / f"{uniform}.onnx", plan, config.int4_block_size, config.per_channel
+                )
         elif config.precision == "fp16":
             current = convert_fp16(current, tmp / "fp16.onnx")
         elif config.precision == "auto":
@@ -231,47 +384,18 @@ def export_model(
                     ),
                 },
                 evaluate,
-                reference.metrics[spec.main_metric] - config.max_drop,
+                threshold,
                 onnx_device,
             )
             info["precision"] = info["auto"]["chosen"]
         elif config.precision == "mixed":
-            nodes = name_weight_nodes(onnx.load(str(current)), _linear_weights(net))
-            nodes = [n for n in nodes if n.node not in set(config.exclude_nodes)]
-            sens = _Sensitivity(ctx, config)
-            mixed = plan_mixed_precision(
-                current,
-                nodes,
-                sens,
-                lambda p: evaluate(p).metrics[spec.main_metric],
-                threshold,
-                tmp,
-                config.int4_block_size,
-            )
-            info["mixed"] = {
-                **mixed.to_dict(),
-                "sensitivities_measured": sens.measured,
-                "sensitivity_source": config.significance or "measured",
-            }
-            current = apply_plan(fp32_path, tmp / "mixed.onnx", mixed.plan, config.int4_block_size)
-        main = spec.main_metric
-
-        def check(path: Path):
-            result = evaluate(path, check_split, check_encoded)
-            return result, check_reference.metrics[main] - result.metrics[main]
+            current = mixed_plan(fp32_path, "")
 
         result, drop = check(current)
         if drop > config.max_drop and config.fallback:
             tried = [{"precision": info["precision"], "drop": drop}]
             if info["precision"] not in ("mixed", "fp32"):
-                nodes = name_weight_nodes(onnx.load(str(fp32_path)), _linear_weights(net))
-                nodes = [n for n in nodes if n.node not in set(config.exclude_nodes)]
-                mixed = plan_mixed_precision(
-                    fp32_path, nodes, _Sensitivity(ctx, config), lambda p: evaluate(p).metrics[main], threshold,
-                    tmp, config.int4_block_size,
-                )  # fmt: skip
-                current = apply_plan(fp32_path, tmp / "mixed-fallback.onnx", mixed.plan, config.int4_block_size)
-                info["mixed"] = mixed.to_dict()
+                current = mixed_plan(fp32_path, "-fallback")
                 result, drop = check(current)
                 tried.append({"precision": "mixed", "drop": drop})
                 info["precision"] = "mixed"
@@ -279,16 +403,22 @@ def export_model(
                 current, info["precision"] = fp32_path, "fp32"
                 result, drop = check(current)
                 tried.append({"precision": "fp32", "drop": drop})
+            if drop > config.max_drop and "compaction" in info:  # the pruned vocabulary itself breaks the limit
+                net, ctx.tokenizer, ctx.encoded, ctx.confirmation_encoded = unpruned
+                info["compaction"]["undone"] = True
+                current, info["precision"] = graph(net, "-unpruned"), "fp32"
+                result, drop = check(current)
+                tried.append({"precision": "fp32, vocabulary and positions kept whole", "drop": drop})
             info["fallback"] = {
                 "asked": config.precision,
                 "tried": tried,
                 "chosen": info["precision"],
                 "note": f"the {config.precision} artifact lost {tried[0]['drop']:.2f} points of {main} against "
-                f"the reference, more than --max-drop {config.max_drop}; shipped {info['precision']} instead",
+                f"the reference, more than --max-drop {config.max_drop}; shipped {tried[-1]['precision']} instead",
             }
         info["validation"] = {
             "split": ctx.describe_split(),
-            "checked_on": "confirmation" if ctx.confirmation is not None else "heldout",
+            "checked_on": "confirmation" if confirmed else "heldout",
             "reference_model": config.reference_model or str(model),
             "pytorch": check_reference.to_dict(),
             "onnx": result.to_dict(),
@@ -321,6 +451,7 @@ def export_model(
                 "config": asdict(config),
                 **info,
                 "size_bytes": (work / ONNX_FILE).stat().st_size,
+                "size": {**size_breakdown(work / ONNX_FILE), "directory_bytes": directory_bytes(work)},
                 "seconds": time.perf_counter() - t0,
                 "warnings": ctx.warnings,
             }

@@ -105,18 +105,33 @@ def pin_head_counts(model: onnx.ModelProto) -> int:
 
 
 def fuse(
-    source: str | os.PathLike, target: str | os.PathLike, model_type: str, hidden_size: int, num_heads: int
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    model_type: str,
+    hidden_size: int,
+    num_heads: int,
+    attention: bool = True,
+    embedding: bool = True,
 ) -> FusionResult:
-    """Pin per-layer head counts, run ORT's transformer optimizer, and save the fused graph."""
+    """Pin per-layer head counts, run ORT's transformer optimizer, and save the fused graph.
+
+    ``attention=False`` leaves Q, K and V as MatMuls and ``embedding=False`` leaves the embedding lookups as
+    Gathers: ONNX Runtime has 4-bit kernels for those, not for the fused Attention and EmbedLayerNormalization.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     from axformer.export.quantize import quiet_onnxruntime
 
     model = onnx.load(str(source))
     pinned = pin_head_counts(model)
+    kind = FUSION_MODEL_TYPE.get(model_type, "bert")
+    options = FusionOptions(kind)
+    options.enable_attention = attention
+    options.enable_embed_layer_norm = embedding
     with quiet_onnxruntime():
         opt = optimize_model(
-            model, model_type=FUSION_MODEL_TYPE.get(model_type, "bert"), num_heads=num_heads, hidden_size=hidden_size
+            model, model_type=kind, num_heads=num_heads, hidden_size=hidden_size, optimization_options=options
         )
     target = Path(target)
     opt.save_model_to_file(str(target))

@@ -8,10 +8,13 @@ simulation:
 
 1. all matrices int8; while the artifact breaks the tolerance, the most
    int8-sensitive matrices go back to fp32 (1, 2, 4, ... of them);
-2. then the MatMul matrices (a fused Attention op has no 4-bit kernel) go to
-   int4 in order of increasing int4 sensitivity; the longest prefix that keeps
-   the tolerance is found by bisection (sensitivity order makes the metric
-   close to monotone in the prefix length; every probe is recorded).
+2. then the MatMul matrices (a fused Attention op has no 4-bit kernel), and
+   the embedding tables where they are plain lookups, go to int4 in order of
+   increasing int4 sensitivity (for the size objective: sensitivity per
+   parameter, so a table of 4M values that costs as little as a 150k matrix
+   goes first); the longest prefix that keeps the tolerance is found by
+   bisection (sensitivity order makes the metric close to monotone in the
+   prefix length; every probe is recorded).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def plan_mixed_precision(
     threshold: float,  # lowest acceptable metric
     work: Path,
     block_size: int = 32,
+    int4_ops: tuple[str, ...] = ("MatMul",),
+    objective: str = "metric",  # "size": int4 candidates ranked by sensitivity per parameter
 ) -> MixedPlan:
     probes: list[PlanProbe] = []
 
@@ -83,11 +88,17 @@ def plan_mixed_precision(
         path = apply_plan(fused, work / f"plan_{n_fp32}_{n_int4}.onnx", plan, block_size)
         metric = score(path)
         probes.append(PlanProbe(n_fp32, n_int4, metric, path.stat().st_size))
+        path.unlink()  # probes of a large model add up; the plan is re-applied at the end
         return plan, metric
 
-    matmuls = [n for n in nodes if n.op_type == "MatMul"]
+    matmuls = [n for n in nodes if n.op_type in int4_ops]
     rows4 = sensitivity(4, [m.component for m in matmuls if m.component])
-    by4 = sorted(matmuls, key=lambda n: _sensitivity(n, rows4, 4))
+
+    def rank4(n: WeightNode) -> float:
+        s = _sensitivity(n, rows4, 4)
+        return s / max(n.shape[0] * n.shape[1], 1) if objective == "size" else s
+
+    by4 = sorted(matmuls, key=rank4)
     n_fp32 = 0
     plan, metric = build(0, 0, [], by4)
     by8: list[WeightNode] = []

@@ -19,6 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 DEFAULT_INT8_OPS = ("MatMul", "Attention")
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")  # a lookup table: int8 either way, int4 only unfused (Gather)
+INT4_OPS = ("MatMul", "Gather")  # what ONNX Runtime has 4-bit kernels for (MatMulNBits, GatherBlockQuantized)
 
 
 @contextmanager
@@ -43,33 +45,53 @@ class WeightNode:
     """A graph node that multiplies by a weight matrix: what a precision plan assigns a format to."""
 
     node: str  # ONNX node name
-    op_type: str  # MatMul or Attention (fused Q/K/V)
-    weight: str  # initializer name
+    op_type: str  # MatMul, Attention (fused Q/K/V), Gather or EmbedLayerNormalization (embedding tables)
+    weight: str  # initializer name (for EmbedLayerNormalization: the word embedding)
     shape: tuple[int, ...]
     component: str | None = None  # axformer's name for it (e.g. L3.ffn.down, L2.attn.qkv), when known
 
 
-def weight_nodes(model: onnx.ModelProto) -> list[WeightNode]:
+# where each op keeps the matrix a precision applies to
+_WEIGHT_INPUT = {"MatMul": 1, "Attention": 1, "Gather": 0, "EmbedLayerNormalization": 2}
+
+
+def weight_nodes(model: onnx.ModelProto, embeddings: bool = False) -> list[WeightNode]:
+    """The nodes that multiply by (or look up in) a constant matrix; embedding tables only with ``embeddings``."""
     inits = {i.name: i for i in model.graph.initializer}
+    ops = ("MatMul", "Attention", *(EMBEDDING_OPS if embeddings else ()))
     out = []
     for n in model.graph.node:
-        if n.op_type not in ("MatMul", "Attention") or len(n.input) < 2 or n.input[1] not in inits:
+        slot = _WEIGHT_INPUT.get(n.op_type)
+        if n.op_type not in ops or len(n.input) <= slot or n.input[slot] not in inits:
             continue
-        dims = tuple(int(d) for d in inits[n.input[1]].dims)
+        dims = tuple(int(d) for d in inits[n.input[slot]].dims)
         if len(dims) == 2:
-            out.append(WeightNode(n.name, n.op_type, n.input[1], dims))
+            out.append(WeightNode(n.name, n.op_type, n.input[slot], dims))
     return out
 
 
-def name_weight_nodes(model: onnx.ModelProto, linears: dict[str, np.ndarray]) -> list[WeightNode]:
+def name_weight_nodes(
+    model: onnx.ModelProto, linears: dict[str, np.ndarray], tables: dict[str, np.ndarray] | None = None
+) -> list[WeightNode]:
     """Attach axformer component names to the weight nodes by matching weight values.
 
     ``linears`` maps component names (``L3.ffn.down``, ``L3.attn.q`` ...) to the
     PyTorch weight ([out, in]). Exported MatMul weights are the transposes,
     bit for bit; a fused Attention's weight starts with Q's columns. Matching
-    by value is immune to how an exporter or optimizer renames nodes.
+    by value is immune to how an exporter or optimizer renames nodes. ``tables`` (``embeddings.word`` ...:
+    the PyTorch embedding weights, [rows, hidden]) adds the embedding lookups, stored as they are.
     """
     inits = {i.name: i for i in model.graph.initializer}
+    if tables is not None:
+        named_tables = []
+        for wn in weight_nodes(model, embeddings=True):
+            if wn.op_type not in EMBEDDING_OPS:
+                continue
+            arr = numpy_helper.to_array(inits[wn.weight])
+            found = next((n for n, w in tables.items() if w.shape == arr.shape and np.array_equal(arr, w)), None)
+            named_tables.append(WeightNode(wn.node, wn.op_type, wn.weight, wn.shape, found))
+    else:
+        named_tables = []
     by_shape: dict[tuple, list[tuple[str, np.ndarray]]] = {}
     for name, w in linears.items():
         by_shape.setdefault(tuple(w.shape[::-1]), []).append((name, w))
@@ -87,7 +109,7 @@ def name_weight_nodes(model: onnx.ModelProto, linears: dict[str, np.ndarray]) ->
                     found = n[: -len(".q")] + ".qkv"
                     break
         named.append(WeightNode(wn.node, wn.op_type, wn.weight, wn.shape, found))
-    return named
+    return named_tables + named
 
 
 def quantize_int8(
@@ -120,18 +142,29 @@ def quantize_int8(
 
 
 def quantize_int4(
-    source: str | os.PathLike, target: str | os.PathLike, nodes: list[str] | None = None, block_size: int = 32
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    nodes: list[str] | None = None,
+    block_size: int = 32,
+    op_types: tuple[str, ...] = ("MatMul",),
 ) -> Path:
-    """Weight-only block-wise 4-bit quantization (ONNX Runtime's MatMulNBits) of MatMul nodes (all, or ``nodes``)."""
+    """Weight-only block-wise 4-bit quantization of MatMul nodes (ONNX Runtime's MatMulNBits) and, with "Gather" in
+    ``op_types``, of embedding lookups (GatherBlockQuantized, blocks along the hidden axis): all, or ``nodes``."""
+    from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("MatMul",))
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=True,
+        op_types_to_quantize=tuple(op_types),
+        quant_format=QuantFormat.QOperator,  # the only format with a 4-bit Gather
+    )
     model = onnx.load(str(source))
     # the default quantizer ignores nodes_to_include (onnxruntime 1.32), so the selection is made by exclusion
     exclude = (
         None
         if nodes is None
-        else [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+        else [n.name for n in model.graph.node if n.op_type in op_types and n.name not in set(nodes)]
     )
     q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
     with quiet_onnxruntime():
@@ -151,18 +184,27 @@ def convert_fp16(source: str | os.PathLike, target: str | os.PathLike) -> Path:
 
 
 def apply_plan(
-    source: str | os.PathLike, target: str | os.PathLike, plan: dict[str, str], block_size: int = 32
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    plan: dict[str, str],
+    block_size: int = 32,
+    per_channel: bool = True,
 ) -> Path:
-    """Write ``source`` with each weight node in its planned precision (node name -> fp32/int8/int4; unnamed nodes
-    int8).
+    """Write ``source`` with each weight node in its planned precision (node name -> fp32/int8/int4; MatMul and
+    Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32).
     """
     target = Path(target)
     tmp = target.with_name(target.stem + ".int4-stage.onnx")
     int4 = [n for n, p in plan.items() if p == "int4"]
     fp32 = [n for n, p in plan.items() if p == "fp32"]
+    ops = {n.name: n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node}
     stage = source
     if int4:
-        stage = quantize_int4(source, tmp, int4, block_size)
-    quantize_int8(stage, target, exclude=fp32)
+        stage = quantize_int4(source, tmp, int4, block_size, op_types=tuple(sorted({ops[n] for n in int4})))
+    tables = [n for n, p in plan.items() if p == "int8" and ops.get(n) in EMBEDDING_OPS]
+    op_types = DEFAULT_INT8_OPS + tuple(sorted({ops[n] for n in tables}))
+    if tables:  # only the planned tables: a Gather the plan does not name (shapes, other lookups) stays as it is
+        fp32 = fp32 + [n for n, op in ops.items() if op in EMBEDDING_OPS and n not in set(tables)]
+    quantize_int8(stage, target, per_channel, op_types, exclude=fp32)
     tmp.unlink(missing_ok=True)
     return target

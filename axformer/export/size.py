@@ -1,0 +1,90 @@
+"""Where the bytes of an ONNX artifact go: per part of the model (embeddings, encoder layers, head) and per format.
+
+A size goal that counts parameters misses what matters on disk: an int4 matrix costs an eighth of an fp32
+one, an embedding table of 30k rows can be half the model, and a graph has bytes of its own. This module
+reads the written file, so every figure is what the artifact really holds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import onnx
+
+PARTS = ("embeddings", "encoder", "head", "other")
+FORMATS = ("fp32", "fp16", "int8", "int4")
+_INT4_OPS = {"MatMulNBits", "GatherBlockQuantized"}
+_INT8_OPS = {
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "DequantizeLinear",
+    "QGemm",
+}
+_EMBEDDING_OPS = {"Gather", "GatherBlockQuantized", "EmbedLayerNormalization", "QEmbedLayerNormalization"}
+_ENCODER_OPS = {"Attention", "QAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu"}
+_LAYER = re.compile(r"(?:^|[/._])(?:layer|layers|block|blocks)[._/]?\d+", re.IGNORECASE)
+
+
+def _part(node: onnx.NodeProto) -> str:
+    name = node.name.lower()
+    if node.op_type in _EMBEDDING_OPS or "embeddings" in name:
+        return "embeddings"
+    if any(k in name for k in ("classifier", "pooler", "pre_classifier", "score")):
+        return "head"
+    if node.op_type in _ENCODER_OPS or _LAYER.search(node.name) or "encoder" in name:
+        return "encoder"
+    return "other"
+
+
+def _format(op_type: str, init: onnx.TensorProto) -> str:
+    if op_type in _INT4_OPS:
+        return "int4"
+    if op_type in _INT8_OPS or init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+        return "int8"
+    if init.data_type == onnx.TensorProto.FLOAT16:
+        return "fp16"
+    return "fp32"
+
+
+def _nbytes(init: onnx.TensorProto) -> int:
+    return init.ByteSize()
+
+
+def size_breakdown(path: str | os.PathLike) -> dict:
+    """Bytes per part and format of the initializers in ``path``, the file's total, and what the graph itself takes.
+
+    An initializer used by several nodes is counted once, in the part of its first consumer; a quantized
+    matrix's scales and zero points count in its format (they are what that format costs).
+    """
+    path = Path(path)
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: set[str] = set()
+    table = {p: dict.fromkeys(FORMATS, 0) for p in PARTS}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits and name not in seen:
+                seen.add(name)
+                table[_part(node)][_format(node.op_type, inits[name])] += _nbytes(inits[name])
+    for name, init in inits.items():  # graph outputs or unused initializers
+        if name not in seen:
+            table["other"][_format("", init)] += _nbytes(init)
+    weights = sum(sum(v.values()) for v in table.values())
+    total = path.stat().st_size
+    return {
+        "file_bytes": total,
+        "parts": {p: {f: b for f, b in v.items() if b} for p, v in table.items()},
+        "part_bytes": {p: sum(v.values()) for p, v in table.items()},
+        "format_bytes": {f: sum(table[p][f] for p in PARTS) for f in FORMATS},
+        "graph_bytes": max(total - weights, 0),
+    }
+
+
+def directory_bytes(directory: str | os.PathLike) -> int:
+    """Everything a deployment copies: the model file, its config and the tokenizer (not the reports)."""
+    skip = {"export.json", "report.json", "report.md"}
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file() and p.name not in skip)
