@@ -389,6 +389,16 @@ def _given(values: dict) -> dict:
     return out
 
 
+def _factor(text: str | None, option: str) -> float | None:
+    """A factor option that also takes 'none' (None here; the caller turns it into an explicit null)."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise AxformerError(f"{option} {text!r}; expected a factor above 1 (e.g. 10) or none") from None
+
+
 def _layer_list(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
@@ -461,7 +471,12 @@ def optimize_cmd(
         typer.Option("--target-speedup", help="speed: stop once the predicted batch-1 speed-up reaches this factor."),
     ] = None,
     target_size: Annotated[
-        float | None, typer.Option("--target-size", help="size: stop once the model is this many times smaller.")
+        str | None,
+        typer.Option(
+            "--target-size",
+            help="size: stop once the artifact is this many times smaller on disk than the fp32 original "
+            "(smallest-within-1: 10); 'none': as small as the tolerance allows.",
+        ),
     ] = None,
     guard: Annotated[
         str | None,
@@ -683,7 +698,7 @@ def optimize_cmd(
     search = {
         "goal": goal,
         "target_speedup": target_speedup,
-        "target_size": target_size,
+        "target_size": _factor(target_size, "--target-size"),
         "groups": groups,
         "units": units,
         "max_examples": max_examples or None,
@@ -733,6 +748,8 @@ def optimize_cmd(
         sections[name] = _given(values)
     if max_examples == 0:
         sections["search"]["max_examples"] = None  # every held-out example
+    if target_size is not None and target_size.strip().lower() == "none":
+        sections["search"]["target_size"] = None  # no target: as far as the tolerance allows
     overrides = {
         "model": model,
         **selection,

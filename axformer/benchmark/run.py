@@ -29,7 +29,7 @@ from axformer.benchmark.measure import Candidate, peak_memory_mib
 from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.benchmark.report import cumulative, markdown, plot
 from axformer.benchmark.result import BenchmarkResult, BenchmarkTask, MultiInstance, Row, Scores, TimingSummary
-from axformer.data.batching import encode
+from axformer.data.batching import Encoded, encode
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.inference import Outputs
@@ -87,6 +87,14 @@ def _origin(model: str) -> str | None:
             base = h["base_model"]
             return _origin(base) or base if Path(base).is_dir() else None
     return None
+
+
+def _tokenizer_key(path: str) -> str:
+    """Candidates with the same tokenizer file share one encoding of the dev texts."""
+    import hashlib
+
+    f = Path(path) / "tokenizer.json"
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else str(path)
 
 
 def _size(path: str) -> int | None:
@@ -196,14 +204,20 @@ def benchmark(
         for m in models
         if str(Path(m).resolve()) not in same_as_baseline
     ]  # the unpruned model itself is the dynamic-length baseline
-    tok = load_tokenizer(candidates[0].path)
     max_len = max_input_length(candidates[0].path)
-    enc = encode(tok, dev_split, max_len)
-    pad_id = enc.pad_token_id
+    # every candidate reads the dev texts through its own tokenizer (a pruned vocabulary numbers tokens
+    # differently); the same texts are timed for all of them
+    by_tokenizer: dict[str, Encoded] = {}
+    encodings: dict[str, Encoded] = {}
+    for c in candidates:
+        key = _tokenizer_key(c.path)
+        if key not in by_tokenizer:
+            by_tokenizer[key] = encode(load_tokenizer(c.path), dev_split, max_len)
+        encodings[c.name] = by_tokenizer[key]
+    enc = encodings[candidates[0].name]
     rng = np.random.default_rng(config.seed)
     lat_idx = rng.permutation(len(enc))[: config.latency_examples]
-    lat_enc = enc.subset(lat_idx)
-    thr_enc = enc.subset(rng.permutation(len(enc))[: config.throughput_examples])
+    thr_idx = rng.permutation(len(enc))[: config.throughput_examples]
     loaded = {c.name: load_runnable(c.path, device="cpu") for c in candidates}
     rows = {
         c.name: Row(c.name, c.path, "onnx" if is_onnx_artifact(c.path) else "pytorch", c.padded, c.baseline)
@@ -211,19 +225,27 @@ def benchmark(
     }
     progress(f"dev metric of {len(candidates)} candidates on {len(enc)} {dev_name} examples")
     for c in candidates:
-        model = _Padded(loaded[c.name], max_len, pad_id) if c.padded else loaded[c.name]
-        scored = score(spec, dev_split.labels, _dev_outputs(model, enc, spec.is_regression))
+        own = encodings[c.name]
+        model = _Padded(loaded[c.name], max_len, own.pad_token_id) if c.padded else loaded[c.name]
+        scored = score(spec, dev_split.labels, _dev_outputs(model, own, spec.is_regression))
         rows[c.name].dev = Scores(**scored.to_dict())
     progress(
-        f"timing on dev texts: {len(lat_enc)} requests at batch 1 and {len(thr_enc)} at batch 32, "
+        f"timing on dev texts: {len(lat_idx)} requests at batch 1 and {len(thr_idx)} at batch 32, "
         f"{config.rounds} interleaved rounds"
     )
-    single = {c.name: prepare(lat_enc, 1, max_len if c.padded else None, pad_id) for c in candidates}
-    big = {c.name: prepare(thr_enc, 32, max_len if c.padded else None, pad_id) for c in candidates}
+
+    def requests(c: Candidate, idx: np.ndarray, batch: int):
+        own = encodings[c.name]
+        return prepare(own.subset(idx), batch, max_len if c.padded else None, own.pad_token_id)
+
+    single = {c.name: requests(c, lat_idx, 1) for c in candidates}
+    big = {c.name: requests(c, thr_idx, 32) for c in candidates}
+    pad_id = enc.pad_token_id
     for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
         rows[name].timing = TimingSummary(**t.summary())
     cfg = read_config_json(candidates[0].path)
-    vocab = int(cfg.get("vocab_size", 30522))
+    # synthetic ids every candidate has (a pruned vocabulary is smaller)
+    vocab = min(int(read_config_json(c.path).get("vocab_size", 30522)) for c in candidates)
     positions = position_limit(cfg) or 512
     for length in config.lengths:
         if length > positions:
@@ -246,10 +268,10 @@ def benchmark(
         from axformer.runtime.predictor import Predictor
 
         progress(f"multi-instance throughput: {instances} single-threaded instances")
-        batches = [{k: v.numpy() for k, v in b.items()} for b in big[candidates[-1].name]]
         for c in candidates:
             if c.padded:
                 continue
+            batches = [{k: v.numpy() for k, v in b.items()} for b in big[c.name]]
             with Predictor(c.path, instances=instances) as p:
                 p.run_batches(batches)  # warm-up
                 rates = []
@@ -259,10 +281,11 @@ def benchmark(
                     rates.append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - t1))
             rows[c.name].multi_instance = MultiInstance(instances, 1, float(np.median(rates)))
     if config.memory:
-        widest = prepare(thr_enc, 32, None, pad_id)[0]
         for c in candidates:
+            own = encodings[c.name]
+            widest = prepare(own.subset(thr_idx), 32, None, own.pad_token_id)[0]
             rows[c.name].peak_memory_mib = peak_memory_mib(
-                c.path, pad_to(widest, max_len, pad_id) if c.padded else widest
+                c.path, pad_to(widest, max_len, own.pad_token_id) if c.padded else widest
             )
     for c in candidates:
         r = rows[c.name]

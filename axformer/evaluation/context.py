@@ -122,6 +122,24 @@ def load_context(
     )
 
 
+def decision_texts(
+    ctx: TaskContext, calibration_texts: str | None = None, calibration_columns: list[str] | None = None
+) -> list[tuple[str, ...]]:
+    """The texts decisions may read: the training part, the held-out examples decisions may use (never the
+    confirmation part) and the user's calibration texts; less every dev text. A pruned vocabulary is built
+    from them, so the confirmation part and the dev set feel its unknown words."""
+    from axformer.tasks.calibration import load_calibration_texts, without
+
+    train, full = apply_split(ctx.data, ctx.split)
+    pool = ctx.decision_pool if ctx.decision_pool is not None else np.arange(len(full))
+    texts = list(train.texts) + [full.texts[i] for i in pool]
+    if calibration_texts is not None:
+        columns = tuple(calibration_columns or ()) or None
+        texts += load_calibration_texts(calibration_texts, ctx.data.spec.num_text_fields, columns)
+    kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
+    return kept
+
+
 def positions_sha(positions: np.ndarray) -> str:
     """A short fingerprint of a set of held-out positions (what a log records of the examples it used)."""
     return hashlib.sha256(np.asarray(positions).astype(np.int64).tobytes()).hexdigest()[:16]

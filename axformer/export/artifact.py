@@ -27,7 +27,7 @@ import onnx
 
 from axformer.errors import AxformerError
 from axformer.evaluation import score
-from axformer.evaluation.context import load_context
+from axformer.evaluation.context import decision_texts, load_context
 from axformer.export.fusion import fuse
 from axformer.export.onnx_export import OPSET, export_onnx
 from axformer.export.precision import plan_mixed_precision
@@ -207,22 +207,6 @@ def _uniform_plan(nodes: list, matrices: str, embeddings: str) -> dict[str, str]
     return plan
 
 
-def _decision_texts(ctx, config: ExportConfig) -> list[tuple[str, ...]]:
-    """What the pruned vocabulary is built from: the training part, the held-out examples decisions may use and the
-    calibration texts; never the confirmation part (it must feel the pruning) nor a dev text."""
-    from axformer.tasks.calibration import load_calibration_texts, without
-    from axformer.tasks.splits import apply_split
-
-    train, full = apply_split(ctx.data, ctx.split)
-    pool = ctx.decision_pool if ctx.decision_pool is not None else np.arange(len(full))
-    texts = list(train.texts) + [full.texts[i] for i in pool]
-    if config.calibration_texts is not None:
-        columns = tuple(config.calibration_columns or ()) or None
-        texts += load_calibration_texts(config.calibration_texts, ctx.data.spec.num_text_fields, columns)
-    kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
-    return kept
-
-
 def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[object, object, dict]:
     """The model and tokenizer with the vocabulary (and positions) the size goal keeps, and what that did to the
     held-out texts; the context's encodings are redone with the pruned tokenizer, so every later check feels it."""
@@ -238,7 +222,8 @@ def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[objec
     info: dict = {}
     max_len = ctx.record.max_seq_length
     if vocab.prune:
-        plan = plan_vocabulary(ctx.tokenizer, _decision_texts(ctx, config), vocab.keep_characters)
+        texts = decision_texts(ctx, config.calibration_texts, config.calibration_columns)
+        plan = plan_vocabulary(ctx.tokenizer, texts, vocab.keep_characters)
         prune_model_vocabulary(net, plan.kept)
         tokenizer = prune_tokenizer(
             ctx.tokenizer, plan.kept, work / "tokenizer", max_len if vocab.trim_positions else None
@@ -363,7 +348,9 @@ def export_model(
 
         fp32_path = graph(net, "")
         current = fp32_path
-        uniform = {"int8": "int8", "int4": "int4"}.get(config.precision)
+        uniform = {"int8": "int8", "int4": "int4", "fp32": "fp32" if config.embeddings != "fp32" else None}.get(
+            config.precision
+        )
         if uniform is not None:
             plan = _uniform_plan(_plan_nodes(fp32_path, net, config), uniform, config.embeddings)
             if uniform == "int8" and config.embeddings == "fp32" and not config.exclude_nodes:

@@ -84,7 +84,71 @@ def size_breakdown(path: str | os.PathLike) -> dict:
     }
 
 
+SERVING_SUFFIXES = (".onnx", ".safetensors", ".bin", ".model")
+SERVING_FILES = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+}
+
+
 def directory_bytes(directory: str | os.PathLike) -> int:
-    """Everything a deployment copies: the model file, its config and the tokenizer (not the reports)."""
-    skip = {"export.json", "report.json", "report.md"}
-    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file() and p.name not in skip)
+    """What serving the model needs: the weights, the config and the tokenizer files (not axformer's records,
+    training logs, predictions or reports)."""
+    return sum(
+        p.stat().st_size
+        for p in Path(directory).iterdir()
+        if p.is_file() and (p.suffix in SERVING_SUFFIXES or p.name in SERVING_FILES)
+    )
+
+
+def checkpoint_breakdown(directory: str | os.PathLike) -> dict:
+    """The same breakdown for a PyTorch checkpoint (``*.safetensors``), read from the file headers only."""
+    from safetensors import safe_open
+
+    table = {p: dict.fromkeys(FORMATS, 0) for p in PARTS}
+    files = sorted(Path(directory).glob("*.safetensors"))
+    dtype_format = {"F32": "fp32", "F16": "fp16", "BF16": "fp16", "I8": "int8", "U8": "int8"}
+    for f in files:
+        with safe_open(str(f), "np") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                sl = handle.get_slice(key)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                fmt = dtype_format.get(sl.get_dtype(), "fp32")
+                size = n * {"fp32": 4, "fp16": 2, "int8": 1}[fmt]
+                lower = key.lower()
+                part = (
+                    "embeddings"
+                    if "embeddings" in lower
+                    else "head"
+                    if any(k in lower for k in ("classifier", "pooler", "score"))
+                    else "encoder"
+                    if _LAYER.search(key) or "encoder" in lower
+                    else "other"
+                )
+                table[part][fmt] += size
+    total = sum(f.stat().st_size for f in files)
+    weights = sum(sum(v.values()) for v in table.values())
+    return {
+        "file_bytes": total,
+        "parts": {p: {f: b for f, b in v.items() if b} for p, v in table.items()},
+        "part_bytes": {p: sum(v.values()) for p, v in table.items()},
+        "format_bytes": {f: sum(table[p][f] for p in PARTS) for f in FORMATS},
+        "graph_bytes": max(total - weights, 0),
+    }
+
+
+def breakdown_of(path: str | os.PathLike) -> dict:
+    """The breakdown of a model directory: an exported artifact (``model.onnx``) or a PyTorch checkpoint."""
+    path = Path(path)
+    onnx_file = path / "model.onnx"
+    out = size_breakdown(onnx_file) if onnx_file.is_file() else checkpoint_breakdown(path)
+    out["directory_bytes"] = directory_bytes(path)
+    return out

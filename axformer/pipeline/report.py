@@ -79,6 +79,74 @@ def _candidates_plot(search: SearchReport, log: list[dict], main: str, path: Pat
     return path
 
 
+def _mib(b: int) -> str:
+    return f"{b / 2**20:.2f} MiB"
+
+
+def _part_cell(size: dict, part: str) -> str:
+    formats = size["parts"].get(part, {})
+    total = size["part_bytes"].get(part, 0)
+    if not total:
+        return "-"
+    detail = ", ".join(f"{f} {b / 2**20:.2f}" for f, b in formats.items() if b)
+    return f"{_mib(total)} ({detail})" if len(formats) > 1 else f"{_mib(total)} {next(iter(formats), '')}"
+
+
+def _size_section(out: Path, model: str, export: dict, search, section, add_table) -> dict:
+    """Bytes on disk by part and format: the fp32 original, ONNX Runtime int8 of it (the benchmark's baseline) and
+    the artifact; the vocabulary kept and what it costs on the confirmation texts."""
+    from axformer.export.size import breakdown_of
+
+    cols = {"original (fp32)": breakdown_of(model)}
+    baseline = out / DIRS["benchmark"] / "baselines" / "onnx-int8"
+    if (baseline / "model.onnx").is_file():
+        cols["ONNX Runtime int8 (unpruned)"] = breakdown_of(baseline)
+    cols["deployed artifact"] = export["size"]
+    original = cols["original (fp32)"]
+    rows = [[part] + [_part_cell(c, part) for c in cols.values()] for part in ("embeddings", "encoder", "head")]
+    rows += [
+        ["graph and other"] + [_mib(c["graph_bytes"] + c["part_bytes"].get("other", 0)) for c in cols.values()],
+        ["model file"] + [_mib(c["file_bytes"]) for c in cols.values()],
+        ["to serve (model, config, tokenizer)"] + [_mib(c["directory_bytes"]) for c in cols.values()],
+        ["smaller than the original (model file)"]
+        + [f"{original['file_bytes'] / c['file_bytes']:.2f}x" for c in cols.values()],
+    ]
+    text = "Read from the written files (formats: fp32/int8/int4 MiB of each part)."
+    result = {
+        "artifact_bytes": export["size"]["file_bytes"],
+        "artifact_serving_bytes": export["size"]["directory_bytes"],
+        "original_bytes": original["file_bytes"],
+        "size_reduction_on_disk": original["file_bytes"] / export["size"]["file_bytes"],
+    }
+    cost = search.search.cost_model if search is not None else None
+    if cost and cost.get("quantity") == "bytes" and search.search.predicted_ratio:
+        predicted = cost["baseline"] / search.search.predicted_ratio
+        result["artifact_bytes_predicted"] = predicted
+        text += (
+            f" The size search predicted {_mib(predicted)} for this structure and format; the file holds "
+            f"{_mib(export['size']['file_bytes'])} ({100 * (export['size']['file_bytes'] / predicted - 1):+.1f}%)."
+        )
+    compaction = export.get("compaction") or {}
+    vocab = compaction.get("vocabulary")
+    if vocab:
+        cov = vocab["coverage"].get("confirmation", vocab["coverage"]["heldout"])
+        where = "confirmation" if "confirmation" in vocab["coverage"] else "held-out"
+        text += (
+            f" Vocabulary: {vocab['kept_size']:,} of {vocab['original_size']:,} tokens kept (those the training "
+            f"texts use{', plus every single character' if vocab['characters'] else ''}); on the {where} texts "
+            f"{cov['outside_percent']:.2f}% of the original tokens fall outside it (re-spelled from kept pieces), "
+            f"{cov['unknown_after_percent']:.2f}% became unknown."
+            + (" It broke the promise and was undone." if compaction.get("undone") else "")
+        )
+        result["vocabulary_kept"] = vocab["kept_size"]
+        result[f"{where.replace('-', '')}_tokens_outside_percent"] = cov["outside_percent"]
+    if compaction.get("positions", {}).get("kept_rows"):
+        text += f" Position embeddings kept for {compaction['positions']['max_seq_length']} tokens."
+    section("Size on disk", text)
+    add_table(["part", *cols], rows)
+    return result
+
+
 def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopped: str | None = None) -> dict:
     """Write report.html and report.md into ``out``; returns the summary (also in summary.json)."""
     md: list[str] = []
@@ -251,6 +319,8 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
                 for r in rows
             ],
         )
+    if export is not None and export.get("size"):
+        summary.update(_size_section(out, model, export, search, section, add_table))
     if search is not None:
         s = search.search
         section(

@@ -154,6 +154,29 @@ class FidelityDecision:
 
 
 @dataclass
+class ArtifactFormat:
+    """What the size goal counts bytes of: the artifact the export will write (formats, block size, vocabulary).
+
+    The pipeline fills it from its export section; alone, ``axformer optimize --goal size`` counts an fp32
+    artifact. The search ranks and stops by these bytes; the export then writes that artifact and measures it.
+    """
+
+    matrices: str = "fp32"  # fp32, int8 or int4 (Q/K/V are int4 only with int4_attention)
+    embeddings: str = "fp32"
+    block_size: int = 32
+    int4_attention: bool = False
+    prune_vocabulary: bool = False
+    trim_positions: bool = False
+
+    def validate(self) -> None:
+        for name in ("matrices", "embeddings"):
+            if getattr(self, name) not in ("fp32", "int8", "int4"):
+                raise AxformerError(f"search.artifact.{name} {getattr(self, name)!r}; expected fp32, int8 or int4")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise AxformerError(f"int4 block size {self.block_size}; expected a power of two of at least 16")
+
+
+@dataclass
 class OptimizeConfig:
     goal: str = "accuracy"
     target_speedup: float | None = None  # speed: stop once the predicted batch-1 speed-up reaches this
@@ -164,6 +187,7 @@ class OptimizeConfig:
     recovery: Recovery = field(default_factory=Recovery)
     certificate: Certification = field(default_factory=Certification)
     fidelity: FidelityDecision = field(default_factory=FidelityDecision)
+    artifact: ArtifactFormat = field(default_factory=ArtifactFormat)  # size goal: what its bytes are counted in
     # unlabelled in-domain texts: the final model's fidelity to the original is measured on them (and on a
     # sample of the training texts) and reported beside the certificate
     calibration_texts: str | None = None
@@ -186,7 +210,8 @@ class OptimizeConfig:
     def validate(self) -> None:
         if self.goal not in GOALS:
             raise AxformerError(f"--goal {self.goal!r}; expected one of {', '.join(GOALS)}")
-        for part in (self.tolerance, self.axformer, self.attention, self.recovery, self.certificate, self.fidelity):
+        parts = (self.tolerance, self.axformer, self.attention, self.recovery, self.certificate, self.fidelity)
+        for part in (*parts, self.artifact):
             part.validate()
         if self.goal != "accuracy" and self.tolerance.max_drop is None and self.tolerance.max_rel_drop is None:
             raise AxformerError(f"--goal {self.goal} needs a tolerance: --max-drop or --max-rel-drop")

@@ -24,7 +24,7 @@ import torch
 from axformer.attention.hard import MODES, set_attention, supports_approximate_attention
 from axformer.runtime.timing import interleaved_medians
 from axformer.surgery.components import block_name, head_name, layer_name, neuron_name
-from axformer.surgery.prune import apply_structure, count_parameters
+from axformer.surgery.prune import apply_structure
 from axformer.surgery.structure import ModelStructure
 
 
@@ -37,13 +37,16 @@ def _features(s: ModelStructure) -> np.ndarray:
 class CostModel:
     """A cost (seconds of batch-1 latency, or parameters) linear in the counts of layers, heads and neurons."""
 
-    quantity: str  # "latency" or "parameters"
+    quantity: str  # "latency", "parameters" or "bytes" (of the artifact the export writes)
     coef: list[float]  # c0, c_layer, c_head, c_neuron
     seq_len: int
     calibration: list[dict]  # variant, measured, predicted
     # approximate attention in every layer vs dense, measured at seq_len: mode -> dense_ms, approx_ms,
     # saving_ms_per_layer
     attention: dict | None = None
+    # the cost ratios are taken against (None: the unpruned structure's predicted cost). The byte model's is the
+    # fp32 original's bytes, so "10x smaller" counts what precision and vocabulary save too
+    baseline: float | None = None
 
     def attention_saving(self, mode: str) -> float:
         """Seconds one layer's approximate attention saves at batch 1 (negative: it is slower than dense)."""
@@ -52,12 +55,15 @@ class CostModel:
 
     def predict(self, s: ModelStructure) -> float:
         """Predicted cost; never below 2% of the cost of the fitted model's largest variant (a fit can go negative)."""
-        floor = 0.02 * max((c.get("measured_ms", c.get("parameters", 0.0)) for c in self.calibration), default=0.0)
+        floor = 0.02 * max(
+            (c.get("measured_ms", c.get("parameters", c.get("bytes", 0.0))) for c in self.calibration), default=0.0
+        )
         floor = floor / 1e3 if self.quantity == "latency" else floor
         return max(float(_features(s) @ np.asarray(self.coef)), floor, 1e-12)
 
     def speedup(self, base: ModelStructure, s: ModelStructure) -> float:
-        return self.predict(base) / max(self.predict(s), 1e-9)
+        reference = self.baseline if self.baseline is not None else self.predict(base)
+        return reference / max(self.predict(s), 1e-9)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,13 +157,79 @@ def measure_attention(
     }
 
 
-def parameter_model(model, structure: ModelStructure) -> CostModel:
-    """Parameters as a function of the structure, fitted on the same variants (counted, not timed)."""
+def _int4_bytes(rows: int, cols: int, block: int) -> int:
+    """ONNX Runtime's block-wise 4-bit layout: per row, ceil(cols/block) blocks of block/2 bytes and an fp32 scale."""
+    return rows * -(-cols // block) * (block // 2 + 4)
+
+
+def matrix_bytes(rows: int, cols: int, fmt: str, block: int, table: bool = False) -> int:
+    """Bytes of one weight matrix ([rows, cols], blocks along cols) in ``fmt`` as ONNX Runtime stores it."""
+    if fmt == "int4":
+        return _int4_bytes(rows, cols, block)
+    if fmt == "int8":  # per output channel scales and zero points (a lookup table: one of each)
+        return rows * cols + (5 if table else 5 * rows)
+    return 4 * rows * cols
+
+
+def artifact_bytes(model, fmt, vocab_rows: int | None = None, max_length: int | None = None) -> int:
+    """Predicted bytes of the weights the export will write for ``model`` in ``fmt`` (an ``ArtifactFormat``).
+
+    Encoder matrices in ``fmt.matrices`` (Q/K/V int8 unless int4 attention: the fused Attention op has no 4-bit
+    kernel), other matrices (pooler, classifier) int8 unless fp32, embedding tables in ``fmt.embeddings`` with the
+    kept vocabulary's rows, vectors fp32. The graph's own bytes (names, shapes: about 1%) are not counted; the
+    pipeline reports the written file next to this prediction.
+    """
+    from torch import nn
+
+    from axformer.analysis.quantization import embedding_tables
+    from axformer.surgery.adapters import get_adapter
+
+    tables = {id(model.get_submodule(p)): n for n, p in embedding_tables(model).items()}
+    adapter = get_adapter(model)
+    encoder = {id(linear): name for _, name, linear in adapter.named_linears(model, current_present_layers(model))}
+    total = 0
+    for module in model.modules():
+        if id(module) in tables and isinstance(module, nn.Embedding):
+            rows, cols = module.weight.shape
+            name = tables[id(module)]
+            if name == "embeddings.word" and vocab_rows is not None:
+                rows = vocab_rows
+            if name == "embeddings.position" and max_length is not None:
+                offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+                rows = min(rows, max_length + offset)
+            total += matrix_bytes(rows, cols, fmt.embeddings, fmt.block_size, table=True)
+        elif isinstance(module, nn.Linear):
+            out_f, in_f = module.weight.shape
+            if id(module) in encoder:
+                qkv = encoder[id(module)].rsplit(".", 1)[-1] in ("q", "k", "v")
+                f = fmt.matrices if not (qkv and fmt.matrices == "int4" and not fmt.int4_attention) else "int8"
+            else:
+                f = "fp32" if fmt.matrices == "fp32" else "int8"
+            total += matrix_bytes(out_f, in_f, f, fmt.block_size) + (4 * out_f if module.bias is not None else 0)
+        else:
+            total += sum(4 * p.numel() for p in module.parameters(recurse=False))
+    return total
+
+
+def current_present_layers(model) -> list[int]:
+    from axformer.surgery.prune import current_structure
+
+    return current_structure(model).present_layers
+
+
+def byte_model(
+    model, structure: ModelStructure, fmt, vocab_rows: int | None = None, max_length: int | None = None
+) -> CostModel:
+    """Bytes of the artifact as a function of the structure, fitted on the same variants (counted exactly per variant),
+    with the fp32 original's bytes as the baseline of every ratio."""
+    from axformer.search.config import ArtifactFormat
+
     feats, counts = [], []
     for target in _variants(structure).values():
         m = copy.deepcopy(model)
         apply_structure(m, target)
         feats.append(_features(target))
-        counts.append(count_parameters(m))
+        counts.append(artifact_bytes(m, fmt, vocab_rows, max_length))
     coef, *_ = np.linalg.lstsq(np.stack(feats), np.asarray(counts, dtype=float), rcond=None)
-    return CostModel("parameters", [float(c) for c in coef], 0, [{"parameters": c} for c in counts])
+    baseline = float(artifact_bytes(model, ArtifactFormat()))
+    return CostModel("bytes", [float(c) for c in coef], 0, [{"bytes": c} for c in counts], baseline=baseline)

@@ -39,7 +39,7 @@ from axformer.search.certificate import certify_model, certify_search, fidelity,
 from axformer.search.config import OptimizeConfig
 from axformer.search.constraint import COARSE_PHASES, PHASES, ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
-from axformer.search.cost import CostModel, calibrate_latency, parameter_model
+from axformer.search.cost import CostModel, byte_model, calibrate_latency
 from axformer.search.recovery import pretrained_origin, recover
 from axformer.search.report import build_report, report_markdown
 from axformer.search.trials import Trials
@@ -230,7 +230,7 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
     chance); if it fails, the searched model is backtracked until it passes on its own and shipped instead.
     Without recovery, the searched model is certified and backtracked."""
     certification = None
-    if config.recovery.mode is None:
+    if config.recovery.mode is None or not trials.steps:  # nothing removed: nothing to win back
         if ctx.confirmation is not None:
             certification, state = certify_search(ctx, config, trials.steps)
         write_json(work / STATE_FILE, state)
@@ -282,10 +282,25 @@ def _cost_model(ctx, structure, config: OptimizeConfig, work: Path, attention_mo
             attention_modes=attention_modes,
         )
         if config.goal == "speed"
-        else parameter_model(ctx.model, structure)
+        else byte_model(ctx.model, structure, config.artifact, *_kept_sizes(ctx, config))
     )
     write_json(path, cost.to_dict())
     return cost
+
+
+def _kept_sizes(ctx, config: OptimizeConfig) -> tuple[int | None, int | None]:
+    """The vocabulary rows and position rows the export will keep (None: all), for the size goal's byte count."""
+    vocab_rows = None
+    if config.artifact.prune_vocabulary:
+        from axformer.evaluation.context import decision_texts
+        from axformer.surgery.vocabulary import plan_vocabulary
+
+        vocab_rows = len(
+            plan_vocabulary(
+                ctx.tokenizer, decision_texts(ctx, config.calibration_texts, config.calibration_columns)
+            ).kept
+        )
+    return vocab_rows, ctx.record.max_seq_length if config.artifact.trim_positions else None
 
 
 def _typical_length(ctx) -> int:

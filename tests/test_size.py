@@ -1,0 +1,166 @@
+"""The smallest artifacts: quantized embedding tables, pruned vocabularies, and the bytes they are counted in."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from axformer.export.artifact import ExportConfig, export_model
+from axformer.export.size import size_breakdown
+from axformer.surgery.vocabulary import VocabularyConfig
+
+
+def _logits(path, data, tokenizer_dir=None):
+    from axformer.data.batching import encode
+    from axformer.inference import run_model
+    from axformer.models.loading import load_tokenizer
+    from axformer.runtime.backends import load_runnable
+
+    enc = encode(load_tokenizer(tokenizer_dir or path), data.dev["dev"], 32)
+    return run_model(load_runnable(path, "cpu"), enc, False, 64, "cpu").logits
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "fusion", "op", "bound"),
+    [
+        ("int8", True, "QEmbedLayerNormalization", 0.05),  # the fused lookup, quantized whole
+        ("int8", False, "GatherQuant", 0.05),
+        ("int4", True, "GatherBlockQuantized", 0.15),  # int4 tables are looked up unfused
+    ],
+)
+def test_quantized_embedding_tables_match_the_fp32_artifact(tuned_tiny, tmp_path, embeddings, fusion, op, bound):
+    """Logit bounds measured here on the trained tiny model: int8 tables 1e-2, int4 tables 6e-2."""
+    model, data, _ = tuned_tiny
+    ref_dir, out = tmp_path / "fp32", tmp_path / embeddings
+    export_model(model, ref_dir, ExportConfig(precision="fp32", device="cpu", fusion=fusion), data)
+    r = export_model(
+        model,
+        out,
+        ExportConfig(precision="fp32", embeddings=embeddings, device="cpu", fusion=fusion, int4_block_size=16),
+        data,
+    )
+    graph = onnx.load(str(out / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    if op == "GatherQuant":  # a dynamically quantized Gather is a Gather of int8 data and a DequantizeLinear
+        assert "DequantizeLinear" in ops and r["size"]["parts"]["embeddings"].get("int8", 0) > 0
+    else:
+        assert op in ops
+    assert r["size"]["parts"]["embeddings"].get(embeddings, 0) > 0
+    ref, got = _logits(ref_dir, data), _logits(out, data)
+    assert np.abs(got - ref).max() <= bound
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+    assert r["size_bytes"] < (ref_dir / "model.onnx").stat().st_size
+
+
+def test_the_smallest_artifact_loads_everywhere_and_is_scored(tuned_tiny, tmp_path):
+    """int4 matrices and tables, a pruned vocabulary and trimmed positions: Predictor, ONNX Runtime directly,
+    transformers' AutoConfig/AutoTokenizer and axformer evaluate all work on it."""
+    import onnxruntime as ort
+    from transformers import AutoConfig, AutoTokenizer
+
+    from axformer.evaluation import evaluate
+    from axformer.runtime import Predictor
+
+    model, data, _ = tuned_tiny
+    out = tmp_path / "small"
+    r = export_model(
+        model,
+        out,
+        ExportConfig(
+            precision="int4",
+            embeddings="int4",
+            int4_attention=True,
+            int4_block_size=16,
+            vocabulary=VocabularyConfig(prune=True, trim_positions=True),
+            device="cpu",
+            max_drop=100,
+        ),
+        data,
+    )
+    vocab = r["compaction"]["vocabulary"]
+    tok = AutoTokenizer.from_pretrained(out)
+    cfg = AutoConfig.from_pretrained(out)
+    assert len(tok) == vocab["kept_size"] == cfg.vocab_size < vocab["original_size"]
+    assert cfg.max_position_embeddings == 32 == r["compaction"]["positions"]["kept_rows"]
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    texts = ["a good movie", "the plot was bad and boring"]
+    logits = Predictor(out).predict(texts)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    enc = tok(texts, padding=True, return_tensors="np")
+    names = {i.name for i in session.get_inputs()}
+    direct = session.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0]
+    np.testing.assert_allclose(direct, logits, atol=1e-5)
+    scored = evaluate(str(out), data, splits=("dev",), device="cpu")
+    assert scored.splits["dev"].num_examples == len(data.dev["dev"])
+    # pruning itself changes nothing on texts made of kept tokens: fp32 artifacts with and without it agree
+    for name, vocabulary in (
+        ("whole", VocabularyConfig()),
+        ("pruned", VocabularyConfig(prune=True, trim_positions=True)),
+    ):
+        export_model(model, tmp_path / name, ExportConfig(precision="fp32", vocabulary=vocabulary, device="cpu"), data)
+    np.testing.assert_allclose(
+        Predictor(tmp_path / "pruned").predict(texts), Predictor(tmp_path / "whole").predict(texts), atol=1e-4
+    )
+    assert (
+        Predictor(out).predict(texts).argmax(-1).tolist()
+        == Predictor(tmp_path / "whole").predict(texts).argmax(-1).tolist()
+    )
+
+
+def test_the_size_breakdown_accounts_for_every_byte(tuned_tiny, tmp_path):
+    model, data, _ = tuned_tiny
+    r = export_model(
+        model,
+        tmp_path / "a",
+        ExportConfig(precision="int4", embeddings="int4", int4_block_size=16, device="cpu", max_drop=100),
+        data,
+    )
+    s = size_breakdown(tmp_path / "a" / "model.onnx")
+    assert s == {k: v for k, v in r["size"].items() if k != "directory_bytes"}
+    assert sum(s["part_bytes"].values()) + s["graph_bytes"] == s["file_bytes"] == r["size_bytes"]
+    assert s["part_bytes"]["encoder"] > 0 and s["parts"]["embeddings"].get("int4", 0) > 0
+    assert r["size"]["directory_bytes"] > s["file_bytes"]
+
+
+def test_the_size_preset_counts_the_bytes_of_the_artifact_it_writes(tuned_tiny, tmp_path):
+    """smallest-within-1 end to end on the tiny model: the search ranks and stops by the bytes of the int4,
+    vocabulary-pruned artifact; the summary's bytes are the written file's, the search's prediction is close to
+    them, and the report breaks them down next to the original and ONNX Runtime int8."""
+    from axformer.pipeline.config import PipelineConfig
+    from axformer.pipeline.run import run_pipeline
+    from axformer.utils.io import read_json
+
+    model, _, _ = tuned_tiny
+    out = tmp_path / "small"
+    cfg = PipelineConfig.build(
+        preset="smallest-within-1",
+        overrides={
+            "model": str(model),
+            "output": str(out),
+            "analyze": {"scorers": ["gradient"], "device": "cpu"},
+            "search": {
+                "device": "cpu",
+                "groups": 4,
+                "latency_examples": 8,
+                "target_size": 40.0,  # the tiny model is mostly embeddings: a target that needs pruning too
+                "recovery": {"mode": None},
+                "tolerance": {"max_drop": 5.0},
+            },
+            "export": {"device": "cpu", "int4_block_size": 16},
+            "benchmark": {"rounds": 1, "lengths": [], "latency_examples": 8, "throughput_examples": 16,
+                          "memory": False, "instances": 0},
+        },
+    )  # fmt: skip
+    summary = run_pipeline(cfg, progress=lambda m: None).summary
+    written = (out / "4-export" / "model.onnx").stat().st_size
+    assert summary["artifact_bytes"] == written
+    assert summary["artifact_bytes_predicted"] == pytest.approx(written, rel=0.15)
+    search = read_json(out / "3-search" / "report.json")
+    assert search["search"]["cost_model"]["quantity"] == "bytes" and search["removed"]
+    assert summary["size_reduction_on_disk"] > 1 and summary["vocabulary_kept"] > 0
+    # the benchmark reads the dev texts through the artifact's own (pruned) tokenizer: with the original's ids
+    # this artifact scored 53% here
+    assert summary["dev_optimized"] >= summary["dev_original"] - 5
+    page = (out / "report.md").read_text()
+    assert "## Size on disk" in page and "ONNX Runtime int8 (unpruned)" in page and "Vocabulary:" in page
