@@ -18,16 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import onnxruntime
-import torch
-import transformers
-from _common import run_axformer
+from _common import commit, environment_line, run_axformer
 
 from axformer.benchmark.result import BenchmarkResult
 from axformer.benchmark.run import DYNAMIC, ORT_INT8
@@ -35,23 +31,6 @@ from axformer.search.result import SearchReport
 
 STORE = Path("benchmarks/results/promises_glue.json")
 TABLE = Path("benchmarks/results/promises_glue.md")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    """The code a row was measured with (rows accumulate over sessions; a row of older code says so)."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "axformer") else "")
 
 
 def _recovery_text(r: dict) -> str:
@@ -78,7 +57,7 @@ def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> d
     export = json.loads((out / "4-export" / "export.json").read_text())
     rec = search.recovery
     return {
-        "commit": _commit(),
+        "commit": commit(),
         "task": task,
         "preset": preset,
         "metric": main,
@@ -105,10 +84,7 @@ def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> d
 
 
 def _table(rows: list[dict]) -> str:
-    env = (
-        f"{platform.machine()}, {_cpu()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
-    )
+    env = environment_line()
     lines = [
         "# Presets on unseen data: decision split, confirmation split, dev set",
         "",

@@ -14,6 +14,7 @@ from axformer.errors import AxformerError
 from axformer.models.loading import load_model
 from axformer.surgery.vocabulary import (
     coverage,
+    kept_ids_of,
     plan_vocabulary,
     prune_model_vocabulary,
     prune_tokenizer,
@@ -98,6 +99,7 @@ def test_pruned_tokenizer_gives_the_original_ids_on_kept_texts(family, tmp_path)
         assert reloaded.decode(reloaded(*t)["input_ids"], skip_special_tokens=True) == tok.decode(
             tok(*t)["input_ids"], skip_special_tokens=True
         )
+    assert kept_ids_of(tok, reloaded) == plan.kept  # an artifact's kept ids can be read back from its tokenizer
     # the special tokens keep their meaning under the new numbering
     for name in ("pad_token", "unk_token"):
         if getattr(tok, name, None) is not None:

@@ -357,6 +357,13 @@ class Coverage:
         }
 
 
+def kept_ids_of(original, pruned) -> list[int]:
+    """The original ids of a pruned tokenizer's tokens, in its order (what :func:`plan_vocabulary` kept), read back
+    from the two tokenizers: an artifact does not need to store them."""
+    tokens = pruned.convert_ids_to_tokens(list(range(len(pruned))))
+    return [int(i) for i in original.convert_tokens_to_ids(tokens)]
+
+
 def coverage(original, pruned, kept: Sequence[int], texts: Sequence[Sequence[str]]) -> Coverage:
     """What pruning does to ``texts``: their tokens outside the kept set, unknown tokens before and after, and how
     many texts are encoded differently."""
