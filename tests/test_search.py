@@ -583,6 +583,7 @@ def test_a_layer_that_would_overshoot_the_target_is_left_to_the_blocks(monkeypat
 
     class BlockCost:
         attention: dict = {}
+        baseline = None  # ratios against the unpruned structure
 
         def predict(self, s):
             return sum(bool(s.layers[i].heads) + bool(s.layers[i].neurons) + 0.2 for i in s.present_layers)

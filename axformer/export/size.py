@@ -50,12 +50,29 @@ def _format(op_type: str, init: onnx.TensorProto) -> str:
     return "fp32"
 
 
+_GRAPH_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
+
+
 def _nbytes(init: onnx.TensorProto) -> int:
-    return init.ByteSize()
+    """The tensor's data, without its name (a name is graph, not weight)."""
+    if init.raw_data:
+        return len(init.raw_data)
+    from onnx import numpy_helper
+
+    return int(numpy_helper.to_array(init).nbytes)
+
+
+def _is_weight(init: onnx.TensorProto) -> bool:
+    """Integer tensors of at most a few values are shapes and indices: the graph's, not the model's weights."""
+    n = 1
+    for d in init.dims:
+        n *= d
+    return not (init.data_type in _GRAPH_TYPES and n <= 16)
 
 
 def size_breakdown(path: str | os.PathLike) -> dict:
-    """Bytes per part and format of the initializers in ``path``, the file's total, and what the graph itself takes.
+    """Bytes per part and format of the weights in ``path``, the file's total, and what the graph itself takes
+    (nodes, tensor names, shape constants).
 
     An initializer used by several nodes is counted once, in the part of its first consumer; a quantized
     matrix's scales and zero points count in its format (they are what that format costs).
@@ -69,12 +86,16 @@ def size_breakdown(path: str | os.PathLike) -> dict:
         for name in node.input:
             if name in inits and name not in seen:
                 seen.add(name)
-                table[_part(node)][_format(node.op_type, inits[name])] += _nbytes(inits[name])
+                if _is_weight(inits[name]):
+                    table[_part(node)][_format(node.op_type, inits[name])] += _nbytes(inits[name])
     for name, init in inits.items():  # graph outputs or unused initializers
-        if name not in seen:
+        if name not in seen and _is_weight(init):
             table["other"][_format("", init)] += _nbytes(init)
+    return _summary(table, path.stat().st_size)
+
+
+def _summary(table: dict[str, dict[str, int]], total: int) -> dict:
     weights = sum(sum(v.values()) for v in table.values())
-    total = path.stat().st_size
     return {
         "file_bytes": total,
         "parts": {p: {f: b for f, b in v.items() if b} for p, v in table.items()},
@@ -134,15 +155,7 @@ def checkpoint_breakdown(directory: str | os.PathLike) -> dict:
                     else "other"
                 )
                 table[part][fmt] += size
-    total = sum(f.stat().st_size for f in files)
-    weights = sum(sum(v.values()) for v in table.values())
-    return {
-        "file_bytes": total,
-        "parts": {p: {f: b for f, b in v.items() if b} for p, v in table.items()},
-        "part_bytes": {p: sum(v.values()) for p, v in table.items()},
-        "format_bytes": {f: sum(table[p][f] for p in PARTS) for f in FORMATS},
-        "graph_bytes": max(total - weights, 0),
-    }
+    return _summary(table, sum(f.stat().st_size for f in files))
 
 
 def breakdown_of(path: str | os.PathLike) -> dict:

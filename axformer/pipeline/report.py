@@ -121,10 +121,14 @@ def _size_section(out: Path, model: str, export: dict, search, section, add_tabl
     cost = search.search.cost_model if search is not None else None
     if cost and cost.get("quantity") == "bytes" and search.search.predicted_ratio:
         predicted = cost["baseline"] / search.search.predicted_ratio
-        result["artifact_bytes_predicted"] = predicted
+        size = export["size"]
+        weights = size["file_bytes"] - size["graph_bytes"]
+        result["artifact_weight_bytes_predicted"] = predicted
+        result["artifact_weight_bytes"] = weights
         text += (
-            f" The size search predicted {_mib(predicted)} for this structure and format; the file holds "
-            f"{_mib(export['size']['file_bytes'])} ({100 * (export['size']['file_bytes'] / predicted - 1):+.1f}%)."
+            f" The size search predicted {_mib(predicted)} of weights for this structure and format; the file "
+            f"holds {_mib(weights)} ({100 * (weights / predicted - 1):+.1f}%) plus {_mib(size['graph_bytes'])} "
+            "of graph (names, shapes, nodes: not predicted)."
         )
     compaction = export.get("compaction") or {}
     vocab = compaction.get("vocabulary")

@@ -120,7 +120,9 @@ def constraint_search(
     rule = MetricTolerance(thresholds, engine.encoded.labels, engine.regression, max_loss)
     out = ConstraintOutcome(threshold=thresholds[main], thresholds=thresholds, max_loss=max_loss, rule=rule.describe())
     current = structure.copy()
-    base_cost = cost.predict(structure)
+    # the cost every ratio is taken against: the byte model's is the fp32 original's bytes (precision and
+    # vocabulary count), the latency model's the unpruned structure's
+    base_cost = cost.baseline if cost.baseline is not None else cost.predict(structure)
 
     def ratio(s: ModelStructure, extra_saving: float = 0.0) -> float:
         saving = sum(cost.attention_saving(spec["mode"]) for spec in out.attention.values()) + extra_saving
