@@ -25,10 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from _common import commit, environment_line, run_axformer
 
 from axformer.benchmark.result import BenchmarkResult
-from axformer.benchmark.run import DYNAMIC, ORT_INT8
+from axformer.benchmark.run import DYNAMIC, ORT_FP32, ORT_INT8
 from axformer.export.size import breakdown_of
 
 STORE = Path("benchmarks/results/size_glue.json")
@@ -60,6 +61,22 @@ def _int8_with_embeddings(base: Path, out: Path, data_dir: str) -> dict:
     return {**breakdown_of(target), "dev": dev.metrics[dev.main_metric]}
 
 
+def _vocabulary_cost(base: Path, out: Path, data_dir: str, fraction: float) -> dict:
+    """What the pruned vocabulary alone costs on dev: fp32 artifacts with it (kept set built from the same texts as
+    the pipeline's: its certificate fraction) and without it (the benchmark's ONNX Runtime fp32 baseline)."""
+    from axformer.evaluation import evaluate
+    from axformer.export.artifact import ExportConfig, export_model
+    from axformer.surgery.vocabulary import VocabularyConfig
+
+    target = out / "fp32-vocabulary"
+    if not (target / "export.json").exists():
+        config = ExportConfig(precision="fp32", vocabulary=VocabularyConfig(prune=True, trim_positions=True),
+                              confirm_fraction=fraction, max_examples=500, max_drop=100)  # fmt: skip
+        export_model(base, target, config, None, data_dir, overwrite=True)
+    dev = evaluate(str(target), None, data_dir, splits=("dev",), device="cpu").splits["dev"]
+    return {"dev": dev.metrics[dev.main_metric]}
+
+
 def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_dir: str) -> dict:
     from axformer.models.record import ModelRecord
     from axformer.tasks.sources import load_task_from_record
@@ -69,6 +86,9 @@ def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_
     summary = json.loads((out / "summary.json").read_text())
     main = bench.task.main_metric
     original, int8, artifact = bench.row(DYNAMIC), bench.row(ORT_INT8), bench.rows[-1]
+    fp32 = bench.row(ORT_FP32)
+    fraction = yaml.safe_load((out / "config.yaml").read_text())["search"]["certificate"]["fraction"]
+    vocabulary = _vocabulary_cost(base, out, data_dir, fraction)
     sizes = {
         "original": breakdown_of(base),
         "ort_int8": breakdown_of(out / "5-benchmark" / "baselines" / "onnx-int8"),
@@ -89,6 +109,7 @@ def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_
         "artifact_parts": sizes["artifact"]["parts"],
         "int8_embeddings": _int8_with_embeddings(base, out, data_dir),
         "dev_tokens": _dev_coverage(base, out / "4-export", dev_texts),
+        "vocabulary_dev": {"fp32": fp32.dev.metrics[main], "fp32_pruned_vocabulary": vocabulary["dev"]},
         "precision": export["precision"],
         "fallback": export.get("fallback"),
         "removed": len(json.loads((out / "3-search" / "report.json").read_text()).get("removed", [])),
@@ -113,15 +134,17 @@ def _table(rows: list[dict]) -> str:
         "original's model file over this one. Dev: the task's main metric in points, of each row as deployed; "
         "latency: batch-1 p50 on dev texts, the three rows of a task in one benchmark run (same texts, each "
         "through its own tokenizer). Dev tokens: the original tokenizer's tokens of the dev texts outside the "
-        "kept vocabulary (re-spelled from kept pieces) and those that became unknown.",
+        "kept vocabulary (re-spelled from kept pieces) and those that became unknown. Vocabulary alone: the dev "
+        "metric of the fp32 ONNX model without and with the pruned vocabulary (and trimmed positions).",
         "",
         "| task | original fp32 | ORT int8 (unpruned) | smallest-within-1 | ratio "
         "| dev: original / ORT int8 / artifact | batch-1 p50: original / ORT int8 / artifact "
-        "| dev tokens outside / unknown | artifact | wall time | code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dev tokens outside / unknown | vocabulary alone (fp32 dev) | artifact | wall time | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r["task"]):
         f, s, d, lat, tok = r["file_bytes"], r["serving_bytes"], r["dev"], r["latency_ms"], r["dev_tokens"]
+        voc = r["vocabulary_dev"]
         ratio = f["original"] / f["artifact"]
         art = (
             r["precision"]
@@ -134,7 +157,8 @@ def _table(rows: list[dict]) -> str:
             f"| {ratio:.1f}x | {d['original']:.2f} / {d['ort_int8']:.2f} / {d['artifact']:.2f} "
             f"({d['artifact'] - d['original']:+.2f}) | {lat['original']:.2f} / {lat['ort_int8']:.2f} / "
             f"{lat['artifact']:.2f} ms | {tok['outside_percent']:.2f}% / {tok['unknown_after_percent']:.2f}% "
-            f"| {art} | {r['seconds'] / 60:.1f} min | {r['commit']} |"
+            f"| {voc['fp32']:.2f} -> {voc['fp32_pruned_vocabulary']:.2f} | {art} | {r['seconds'] / 60:.1f} min "
+            f"| {r['commit']} |"
         )
     lines += [
         "",

@@ -149,7 +149,7 @@ def test_the_size_preset_counts_the_bytes_of_the_artifact_it_writes(tuned_tiny, 
                 "tolerance": {"max_drop": 5.0},
             },
             "export": {"device": "cpu", "int4_block_size": 16},
-            "benchmark": {"rounds": 1, "lengths": [], "latency_examples": 8, "throughput_examples": 16,
+            "benchmark": {"rounds": 1, "lengths": [16, 64], "latency_examples": 8, "throughput_examples": 16,
                           "memory": False, "instances": 0},
         },
     )  # fmt: skip
@@ -165,6 +165,9 @@ def test_the_size_preset_counts_the_bytes_of_the_artifact_it_writes(tuned_tiny, 
     # the benchmark reads the dev texts through the artifact's own (pruned) tokenizer: with the original's ids
     # this artifact scored 53% here
     assert summary["dev_optimized"] >= summary["dev_original"] - 5
+    bench = read_json(out / "5-benchmark" / "benchmark.json")
+    # the artifact keeps 32 positions: the fixed-length timing stops there instead of failing at 64
+    assert all(set(r["fixed"]) == {"16"} for r in bench["rows"])
     page = (out / "report.md").read_text()
     assert "## Size on disk" in page and "ONNX Runtime int8 (unpruned)" in page and "Vocabulary:" in page
 
@@ -212,3 +215,21 @@ def test_a_size_target_the_formats_meet_removes_nothing(tuned_tiny, tmp_path):
         OptimizeConfig(**common, target_size=40.0, tolerance=Tolerance(max_drop=5.0)),
     )
     assert hard["removed"] and hard["search"]["predicted_ratio"] > easy["search"]["predicted_ratio"]
+
+
+def test_mixed_precision_plans_the_embedding_tables_like_matrices(tuned_tiny, tmp_path):
+    """The tables join the plan with their own measured sensitivity; with an unbounded tolerance every table and
+    MatMul ends up in int4, ranked per parameter for the size objective."""
+    model, data, _ = tuned_tiny
+    r = export_model(
+        model,
+        tmp_path / "mixed",
+        ExportConfig(precision="mixed", embeddings="int4", objective="size", int4_attention=True,
+                     int4_block_size=16, device="cpu", max_drop=100),
+        data,
+    )  # fmt: skip
+    components = r["mixed"]["components"]
+    assert components["embeddings.word"] == "int4" and components["embeddings.position"] == "int4"
+    assert r["mixed"]["sensitivities_measured"] >= 3  # the tables' own sensitivities were measured
+    assert any(k.endswith(".attn.q") for k in components)  # Q/K/V planned on their own (attention unfused)
+    assert r["size"]["parts"]["embeddings"].get("int4", 0) > 0

@@ -80,7 +80,14 @@ def unigram() -> PreTrainedTokenizerFast:
     return _wrap(tok, unk_token="<unk>", pad_token="<pad>")
 
 
-FAMILIES = {"WordPiece": wordpiece, "BPE": byte_bpe, "Unigram": unigram}
+def wordlevel() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    return _wrap(tok, unk_token="[UNK]", pad_token="[PAD]")
+
+
+FAMILIES = {"WordPiece": wordpiece, "BPE": byte_bpe, "Unigram": unigram, "WordLevel": wordlevel}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -243,13 +243,13 @@ def benchmark(
     pad_id = enc.pad_token_id
     for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
         rows[name].timing = TimingSummary(**t.summary())
-    cfg = read_config_json(candidates[0].path)
     # synthetic ids every candidate has (a pruned vocabulary is smaller)
     vocab = min(int(read_config_json(c.path).get("vocab_size", 30522)) for c in candidates)
-    positions = position_limit(cfg) or 512
+    # the fewest positions any candidate has (a size-optimized artifact keeps only those it is run at)
+    positions = min(position_limit(read_config_json(c.path)) or 512 for c in candidates)
     for length in config.lengths:
         if length > positions:
-            progress(f"length {length} skipped: the model has {positions} positions")
+            progress(f"length {length} skipped: a candidate has only {positions} positions")
             continue
         syn = synthetic(length, max(config.fixed_requests, config.fixed_batch), vocab, pad_id, config.seed)
         s1 = {c.name: prepare(syn, 1, None, pad_id, config.fixed_requests) for c in candidates}

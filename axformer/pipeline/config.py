@@ -25,7 +25,7 @@ from axformer.analysis.analyze import AnalyzeConfig
 from axformer.benchmark.run import BenchmarkConfig
 from axformer.errors import AxformerError
 from axformer.export.artifact import ExportConfig
-from axformer.search.config import OptimizeConfig, upgrade_flat_keys
+from axformer.search.config import ArtifactFormat, OptimizeConfig, upgrade_flat_keys
 from axformer.tasks.selection import TaskSelection
 from axformer.training.finetune import FinetuneConfig
 from axformer.utils.config import from_mapping, to_mapping
@@ -246,6 +246,8 @@ class PipelineConfig:
             if section in values:
                 values[section] = from_mapping(kind, values[section], section)
         cfg = cls(**values)
+        if cfg.search.goal == "size":  # the size search counts the bytes of the artifact this export will write
+            cfg.search.artifact = artifact_format(cfg.export)
         for section in SECTION_TYPES:
             getattr(cfg, section).validate()
         return cfg
@@ -275,6 +277,18 @@ class PipelineConfig:
 
     def dump(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def artifact_format(export: ExportConfig) -> ArtifactFormat:
+    """What an export section will write, as the size search counts it (mixed and auto: int8, their floor)."""
+    return ArtifactFormat(
+        matrices=export.precision if export.precision in ("fp32", "int8", "int4") else "int8",
+        embeddings=export.embeddings,
+        block_size=export.int4_block_size,
+        int4_attention=export.int4_attention,
+        prune_vocabulary=export.vocabulary.prune,
+        trim_positions=export.vocabulary.trim_positions,
+    )
 
 
 def _merge(into: dict, new: dict) -> None:

@@ -30,7 +30,6 @@ from axformer.models.loading import is_local
 from axformer.models.record import require_model_dir
 from axformer.pipeline.config import DIRS, MARKERS, STAGES, PipelineConfig
 from axformer.pipeline.report import write_report
-from axformer.search.config import ArtifactFormat
 from axformer.tasks.selection import TaskSelection
 from axformer.utils.io import read_json, refuse_overwriting_inputs, write_json
 from axformer.utils.stages import StageRunner
@@ -223,22 +222,7 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
         return
     from axformer.search.optimize import optimize
 
-    config = cfg.stage_config("search")
-    if config.goal == "size":  # the search counts the bytes of the artifact this pipeline's export will write
-        config.artifact = artifact_format(cfg.export)
-    optimize(model, data, cfg.data_dir, path, config)
-
-
-def artifact_format(export) -> ArtifactFormat:
-    """What the export section will write, as the size search counts it (mixed and auto: int8, their floor)."""
-    return ArtifactFormat(
-        matrices=export.precision if export.precision in ("fp32", "int8", "int4") else "int8",
-        embeddings=export.embeddings,
-        block_size=export.int4_block_size,
-        int4_attention=export.int4_attention,
-        prune_vocabulary=export.vocabulary.prune,
-        trim_positions=export.vocabulary.trim_positions,
-    )
+    optimize(model, data, cfg.data_dir, path, cfg.stage_config("search"))
 
 
 def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Path | None, path: Path) -> None:
