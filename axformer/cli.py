@@ -609,6 +609,15 @@ def optimize_cmd(
             "--calibration-column): the final model's agreement with the original is measured on them.",
         ),
     ] = None,
+    decision_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--decision-data",
+            help="A labelled file in the task's format (GLUE TSV, or the custom task's columns) that replaces the "
+            "held-out split for every decision and the certificate: a sample like the inputs the model will "
+            "serve. Refused if it shares examples with the dev set.",
+        ),
+    ] = None,
     fidelity_texts: Annotated[
         int | None,
         typer.Option(
@@ -724,6 +733,7 @@ def optimize_cmd(
         "attention": {"modes": modes, "k": k, "layers": _layer_list(attention_layers, "--attention-layers")},
         "certificate": {"fraction": confirm_fraction, "rule": certify},
         "calibration_texts": str(calibration_texts) if calibration_texts else None,
+        "decision_data": str(decision_data) if decision_data else None,
         "calibration_columns": calibration_column,
         "fidelity": {"texts": fidelity_texts},
         "recovery": {

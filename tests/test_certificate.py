@@ -398,3 +398,60 @@ def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(
     else:  # both recoveries failed: the searched model backtracked on its own (the first step only) ships
         assert shipped == ("saved", ("L1",)) and shipped_state["removed"] == ["L1"]
         assert not certification.shipped_recovered and certification.shipped_undone == ["L2", "L3"]
+
+
+def _decision_file(path, rows):
+    path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    return path
+
+
+def test_decisions_and_the_certificate_use_the_users_decision_data(tuned_tiny, tmp_path):
+    """--decision-data replaces the held-out split: every deciding and confirming example comes from the file (the
+    confirming ones never reach a decision, nor the pruned vocabulary's texts), and the report names it."""
+    from axformer.evaluation.context import decision_texts, load_context
+    from axformer.search.config import Certification, OptimizeConfig, Tolerance
+    from axformer.search.optimize import optimize
+
+    model, data, _ = tuned_tiny
+    rows = [
+        (f"a long review of the film that was quite {w} in the end", l) for w, l in (("good", "pos"), ("bad", "neg"))
+    ] * 30
+    rows = [(f"{t} number {i}", l) for i, (t, l) in enumerate(rows)]
+    path = _decision_file(tmp_path / "decide.csv", rows)
+    ctx = load_context(model, data, None, None, 0, "cpu", confirm_fraction=0.5, decision_data=path)
+    texts = {(t,) for t, _ in rows}
+    assert set(ctx.heldout.texts) | set(ctx.confirmation.texts) == texts
+    assert not set(ctx.heldout.texts) & set(ctx.confirmation.texts)
+    assert ctx.describe_split()["decision_data"] == str(path)
+    assert set(ctx.heldout.texts) <= set(decision_texts(ctx)) and not set(ctx.confirmation.texts) & set(
+        decision_texts(ctx)
+    )
+    report = optimize(
+        model, data, None, tmp_path / "out",
+        OptimizeConfig(goal="size", groups=4, device="cpu", progress=False, latency_examples=5,
+                       tolerance=Tolerance(max_drop=5.0), certificate=Certification(fraction=0.5),
+                       decision_data=str(path)),
+    )  # fmt: skip
+    assert report["split"]["decision_data"] == str(path)
+    assert report["certification"]["certificate"]["examples"] == len(ctx.confirmation)
+    assert report["certification"]["decision_examples"] == len(ctx.heldout)
+
+
+def test_decision_data_that_shares_dev_examples_or_lacks_columns_is_refused(tuned_tiny, tmp_path, monkeypatch, capsys):
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    model, data, (train, dev) = tuned_tiny
+    dev_rows = [line.split(",") for line in dev.read_text().splitlines()[1:4]]
+    leaky = _decision_file(tmp_path / "leaky.csv", [(t, l) for t, l in dev_rows] + [("a fresh good text", "pos")])
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("sentence,label\nsome good text,pos\n")
+    missing = tmp_path / "absent.csv"
+    for path, pattern in (
+        (leaky, r"--decision-data .*leaky.csv shares 3 of its 4 examples with the dev set"),
+        (wrong, r"wrong.csv.*'text'"),
+        (missing, r"--decision-data .*absent.csv does not exist"),
+    ):
+        out = tmp_path / f"out-{path.stem}"
+        code, _, err = run_cli(monkeypatch, capsys, "optimize", model, "--goal", "size", "--decision-data", path,
+                               "--device", "cpu", "-o", out)  # fmt: skip
+        assert_clean_failure(code, err, out, pattern)

@@ -56,6 +56,9 @@ class AnalyzeConfig:
     # share of the held-out split kept for the certificate and never analysed (the pipeline sets the search's):
     # significance feeds decisions (mixed precision), so it must not see the examples that judge them
     confirm_fraction: float = 0.0
+    # a labelled file in the task's format that replaces the held-out split for every decision and the
+    # certificate (--decision-data: inputs like the ones the model will serve); None: the held-out split
+    decision_data: str | None = None
     device: str = "auto"
     allow_pickle: bool = False
     progress: bool = True
@@ -98,6 +101,7 @@ def analyze(
         config.device,
         config.allow_pickle,
         confirm_fraction=config.confirm_fraction,
+        decision_data=config.decision_data,
     )
     spec = ctx.data.spec
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ from axformer.errors import AxformerError
 from axformer.models.loading import is_local, load_model, load_tokenizer
 from axformer.models.record import ModelRecord, task_for
 from axformer.tasks.data import Split, TaskData
+from axformer.tasks.sources import load_decision_split
 from axformer.tasks.splits import SplitRecord, apply_split, make_heldout_split, partition, subsample
 from axformer.utils.device import resolve_device
 
@@ -39,6 +40,9 @@ class TaskContext:
     confirmation_positions: np.ndarray | None = None
     confirmation_encoded: Encoded | None = None
     decision_pool: np.ndarray | None = None  # every held-out position decisions may use (before subsampling)
+    # what the positions index: the held-out split carved from the training data, or the user's --decision-data
+    pool_split: Split | None = None
+    decision_data: str | None = None
 
     def describe_split(self) -> dict:
         return {
@@ -48,6 +52,7 @@ class TaskContext:
             "full_size": len(self.split.heldout_indices),
             "used": len(self.heldout),
             "positions_sha256": positions_sha(self.heldout_positions),
+            **({"decision_data": self.decision_data} if self.decision_data else {}),
             "confirmation": None
             if self.confirmation_positions is None
             else {
@@ -67,6 +72,7 @@ def load_context(
     allow_pickle: bool = False,
     confirm_fraction: float = 0.0,
     confirm_max_examples: int | None = 2000,
+    decision_data: str | os.PathLike | None = None,
 ) -> TaskContext:
     """Load the model and its task, and pick the held-out examples (the split recorded with the model).
 
@@ -90,7 +96,10 @@ def load_context(
             "examples; decisions may be optimistic"
         )
         log.warning(warnings[-1])
-    _, full = apply_split(data, split)
+    train_part, full = apply_split(data, split)
+    if decision_data is not None:
+        full = read_decision_data(decision_data, data)
+        warnings.extend(_decision_data_checks(full, train_part, decision_data))
     pool = np.arange(len(full))
     confirmation = confirmation_positions = None
     if confirm_fraction > 0:
@@ -119,7 +128,38 @@ def load_context(
         confirmation_positions,
         None if confirmation is None else encode(tok, confirmation, record.max_seq_length),
         pool,
+        full,
+        None if decision_data is None else str(decision_data),
     )
+
+
+def read_decision_data(path: str | os.PathLike, data: TaskData) -> Split:
+    """The user's decision file, read in the task's format; refused if it shares examples with the dev set (the dev
+    set only reports)."""
+    decision = load_decision_split(path, data)
+    dev = {t for split in data.dev.values() for t in split.texts}
+    shared = sum(t in dev for t in decision.texts)
+    if shared:
+        raise AxformerError(
+            f"--decision-data {path} shares {shared} of its {len(decision)} examples with the dev set; the dev set "
+            "only reports: expected examples no report uses"
+        )
+    return decision
+
+
+def _decision_data_checks(decision: Split, train_part: Split, path) -> list[str]:
+    """A decision file that shares examples with the training part is used, with a warning: the model was fit on
+    those, so decisions on them are optimistic."""
+    trained = set(train_part.texts)
+    seen = sum(t in trained for t in decision.texts)
+    if seen:
+        msg = (
+            f"--decision-data {path}: {seen} of its {len(decision)} examples are in the part of the training data "
+            "the model was fine-tuned on; decisions on them may be optimistic"
+        )
+        log.warning(msg)
+        return [msg]
+    return []
 
 
 def decision_texts(
@@ -131,6 +171,7 @@ def decision_texts(
     from axformer.tasks.calibration import load_calibration_texts, without
 
     train, full = apply_split(ctx.data, ctx.split)
+    full = ctx.pool_split if ctx.pool_split is not None else full
     pool = ctx.decision_pool if ctx.decision_pool is not None else np.arange(len(full))
     texts = list(train.texts) + [full.texts[i] for i in pool]
     if calibration_texts is not None:

@@ -76,6 +76,9 @@ class ExportConfig:
     # validate on the confirmation part of the held-out split (the examples no search decision used; 0: on
     # the held-out split the decisions used); must match the search's --confirm-fraction to mean that
     confirm_fraction: float = 0.0
+    # a labelled file in the task's format that replaces the held-out split for every decision and the
+    # certificate (--decision-data: inputs like the ones the model will serve); None: the held-out split
+    decision_data: str | None = None
     # when the precision asked for breaks --max-drop: try mixed precision, then ship fp32 (and say so) instead
     # of failing with nothing written
     fallback: bool = False
@@ -278,6 +281,7 @@ def export_model(
         config.device,
         config.allow_pickle,
         confirm_fraction=config.confirm_fraction,
+        decision_data=config.decision_data,
     )
     spec = ctx.data.spec
     main = spec.main_metric

@@ -146,6 +146,11 @@ def run_pipeline(
             f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first"
         )
     _check_consistent(out, cfg, from_stage)
+    if cfg.search.decision_data is not None:  # so is a decision file that is malformed or shares dev examples
+        from axformer.evaluation.context import read_decision_data
+        from axformer.models.record import task_for
+
+        read_decision_data(cfg.search.decision_data, data or task_for(cfg.model, None, cfg.data_dir))
     if cfg.search.calibration_texts is not None:  # a malformed file is refused before anything is written
         from axformer.models.record import task_for
         from axformer.tasks.calibration import load_calibration_texts
@@ -201,6 +206,7 @@ def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     config = cfg.stage_config("analyze")
     if cfg.search.strategy == "search":  # the certificate's examples are analysed by nobody
         config.confirm_fraction = cfg.search.certificate.fraction
+        config.decision_data = cfg.search.decision_data
     analyze(model, data, cfg.data_dir, path, config)
 
 
@@ -237,6 +243,7 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
         config.reference_model = original
     if cfg.search.strategy == "search":
         config.confirm_fraction = cfg.search.certificate.fraction
+        config.decision_data = cfg.search.decision_data
         # the artifact keeps the search's promise: no worse than the original for the accuracy goal, within the
         # search's tolerance for speed and size
         promised = 0.0 if cfg.search.goal == "accuracy" else cfg.search.tolerance.max_drop

@@ -192,6 +192,9 @@ class OptimizeConfig:
     # sample of the training texts) and reported beside the certificate
     calibration_texts: str | None = None
     calibration_columns: list[str] | None = None  # for .csv/.tsv/.jsonl files: one column per text field
+    # a labelled file in the task's format that replaces the held-out split for every decision and the
+    # certificate (--decision-data: inputs like the ones the model will serve); None: the held-out split
+    decision_data: str | None = None
     groups: int = 12
     # speed and size goals: which units the search removes. "all": layers, blocks, then heads and FFN groups;
     # "coarse": layers and blocks only; "auto": coarse when recovering by distillation. Why: one head changes
@@ -219,6 +222,10 @@ class OptimizeConfig:
             raise AxformerError(f"--units {self.units!r}; expected one of {', '.join(UNITS)}")
         if self.groups < 1:
             raise AxformerError(f"--groups {self.groups}; expected a positive number")
+        if self.decision_data is not None and not Path(self.decision_data).is_file():
+            raise AxformerError(
+                f"--decision-data {self.decision_data} does not exist; expected a labelled file in the task's format"
+            )
         if self.calibration_texts is not None and not Path(self.calibration_texts).is_file():
             raise AxformerError(
                 f"--calibration-texts {self.calibration_texts} does not exist; expected a .txt, .csv, .tsv or "

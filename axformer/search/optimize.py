@@ -83,6 +83,7 @@ def optimize(
         config.allow_pickle,
         confirm_fraction=cert.fraction,
         confirm_max_examples=cert.max_examples,
+        decision_data=config.decision_data,
     )
     spec = ctx.data.spec
     ctx.warnings.extend(representativeness_warnings(ctx))

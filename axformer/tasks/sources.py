@@ -337,6 +337,33 @@ def load_custom(
     )
 
 
+def load_decision_split(path: str | os.PathLike, data: TaskData) -> Split:
+    """The user's representative labelled sample (``--decision-data``), read like the task's own files: a GLUE/
+    SuperGLUE task's official TSV layout, or a custom task's columns; decisions and the certificate use it
+    instead of the held-out split carved from the training data."""
+    path = Path(path)
+    if not path.is_file():
+        raise AxformerError(f"--decision-data {path} does not exist; expected a labelled file in the task's format")
+    spec, source = data.spec, data.source
+    if source.get("kind") == "custom":
+        if path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
+            raise AxformerError(f"--decision-data {path} has suffix {path.suffix!r}; expected .csv, .tsv or .jsonl")
+        names = source.get("label_names")
+        values = {n: i for i, n in enumerate(names)} if names else None
+        return read_table_split(
+            path, spec, "decision", tuple(source["text_columns"]), source["label_column"], True, values
+        )
+    layout = spec.local
+    if layout is None:
+        raise AxformerError(
+            f"--decision-data: task {spec.name} has no file layout to read it with; give the task as custom files "
+            "(--train/--dev/--text-column) to use a decision file"
+        )
+    return read_table_split(
+        path, spec, "decision", layout.text_columns, layout.label_column, layout.header, layout.label_values
+    )
+
+
 def _distinct_labels(path: Path, label_column: str) -> tuple[str, ...]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
