@@ -38,12 +38,12 @@ TABLE = Path("benchmarks/results/size_glue.md")
 
 def _dev_coverage(original_dir: Path, artifact_dir: Path, dev_texts) -> dict:
     from axformer.models.loading import load_tokenizer
-    from axformer.surgery.vocabulary import coverage, kept_ids_of
+    from axformer.surgery.vocabulary import VOCABULARY_FILE, coverage, kept_ids_of
 
     original, pruned = load_tokenizer(original_dir), load_tokenizer(artifact_dir)
-    if len(pruned) == len(original):
+    if not (artifact_dir / VOCABULARY_FILE).exists():  # the vocabulary was kept whole
         return {"outside_percent": 0.0, "unknown_after_percent": 0.0, "kept": len(original)}
-    cov = coverage(original, pruned, kept_ids_of(original, pruned), dev_texts).to_dict()
+    cov = coverage(original, pruned, kept_ids_of(original, artifact_dir), dev_texts).to_dict()
     return {**cov, "kept": len(pruned), "original": len(original)}
 
 

@@ -15,6 +15,7 @@ from axformer.models.loading import load_model
 from axformer.surgery.vocabulary import (
     coverage,
     kept_ids_of,
+    nearest_aliases,
     plan_vocabulary,
     prune_model_vocabulary,
     prune_tokenizer,
@@ -106,7 +107,7 @@ def test_pruned_tokenizer_gives_the_original_ids_on_kept_texts(family, tmp_path)
         assert reloaded.decode(reloaded(*t)["input_ids"], skip_special_tokens=True) == tok.decode(
             tok(*t)["input_ids"], skip_special_tokens=True
         )
-    assert kept_ids_of(tok, reloaded) == plan.kept  # an artifact's kept ids can be read back from its tokenizer
+    assert kept_ids_of(tok, tmp_path / "tok") == plan.kept  # recorded beside the tokenizer
     # the special tokens keep their meaning under the new numbering
     for name in ("pad_token", "unk_token"):
         if getattr(tok, name, None) is not None:
@@ -198,3 +199,31 @@ def test_trimmed_positions_keep_the_logits_of_short_inputs(tiny_arch_dir):
     with torch.no_grad():
         got = net(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unseen_tokens_share_the_id_of_their_nearest_kept_neighbour(family, tmp_path):
+    """unseen=nearest: every text, unseen words included, is segmented exactly as before; a removed token's id is
+    the new id of the kept token with the closest embedding. Unigram cannot share ids and is re-spelled."""
+    tok = FAMILIES[family]()
+    plan = plan_vocabulary(tok, TRAIN)
+    torch.manual_seed(0)
+    table = torch.randn(len(tok), 16)
+    aliases = nearest_aliases(table, plan.kept)
+    assert set(aliases) == set(range(len(tok))) - set(plan.kept)
+    kept_rows = torch.nn.functional.normalize(table[plan.kept], dim=-1)
+    some = next(iter(aliases))
+    assert aliases[some] == int((kept_rows @ torch.nn.functional.normalize(table[some], dim=0)).argmax())
+    prune_tokenizer(tok, plan.kept, tmp_path / "tok", aliases=aliases)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    new_id = {old: new for new, old in enumerate(plan.kept)} | aliases
+    for t in TRAIN + NEW:
+        if family == "Unigram":
+            continue
+        assert reloaded(*t)["input_ids"] == [new_id[i] for i in tok(*t)["input_ids"]], (family, t)
+    record = json.loads((tmp_path / "tok" / "vocabulary.json").read_text())
+    assert record["kept"] == plan.kept and record["aliases"] == (0 if family == "Unigram" else len(aliases))
+    assert max(reloaded(*NEW[0])["input_ids"]) < len(plan.kept)  # every id has a row in the sliced embedding
+    if family == "WordPiece":  # the slow tokenizer's vocab.txt lists the kept tokens, one per id
+        lines = (tmp_path / "tok" / "vocab.txt").read_text().splitlines()
+        assert len(lines) == len(plan.kept) and lines == tok.convert_ids_to_tokens(plan.kept)

@@ -16,7 +16,9 @@ The output directory holds ``model.onnx``, ``config.json``, the tokenizer and
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -216,7 +218,14 @@ def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[objec
     import copy
 
     from axformer.data.batching import encode
-    from axformer.surgery.vocabulary import coverage, plan_vocabulary, prune_model_vocabulary, prune_tokenizer
+    from axformer.surgery.vocabulary import (
+        VOCABULARY_FILE,
+        coverage,
+        nearest_aliases,
+        plan_vocabulary,
+        prune_model_vocabulary,
+        prune_tokenizer,
+    )
     from axformer.surgery.vocabulary import trim_positions as trim
 
     vocab = config.vocabulary
@@ -227,12 +236,17 @@ def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[objec
     if vocab.prune:
         texts = decision_texts(ctx, config.calibration_texts, config.calibration_columns)
         plan = plan_vocabulary(ctx.tokenizer, texts, vocab.keep_characters)
+        aliases = nearest_aliases(net.get_input_embeddings().weight, plan.kept) if vocab.unseen == "nearest" else None
         prune_model_vocabulary(net, plan.kept)
         tokenizer = prune_tokenizer(
-            ctx.tokenizer, plan.kept, work / "tokenizer", max_len if vocab.trim_positions else None
+            ctx.tokenizer, plan.kept, work / "tokenizer", max_len if vocab.trim_positions else None, aliases
         )
+        shared = json.loads((work / "tokenizer" / VOCABULARY_FILE).read_text())["aliases"]
+        info["tokenizer_dir"] = str(work / "tokenizer")
         info["vocabulary"] = {
             **plan.to_dict(),
+            "unseen": "nearest" if shared else "respell",
+            "aliases": shared,
             "coverage": {
                 "heldout": coverage(ctx.tokenizer, tokenizer, plan.kept, ctx.heldout.texts).to_dict(),
                 **(
@@ -425,7 +439,15 @@ def export_model(
         with atomic_output_dir(output, overwrite=overwrite, keep_partial=False) as work:
             os.replace(current, work / ONNX_FILE)
             net.config.save_pretrained(work)
-            ctx.tokenizer.save_pretrained(work)
+            compacted = info.get("compaction") or {}
+            if compacted.get("tokenizer_dir") and not compacted.get("undone"):
+                # copied as written: re-saving through the tokenizers library keeps one token per id, which
+                # would turn the shared ids of unseen tokens into re-spelling
+                for f in Path(compacted.pop("tokenizer_dir")).iterdir():
+                    shutil.copy2(f, work / f.name)
+            else:
+                compacted.pop("tokenizer_dir", None)
+                ctx.tokenizer.save_pretrained(work)
             record = ModelRecord.load(model) if Path(str(model)).is_dir() else ModelRecord()
             if record.task is None:
                 record.task = {**spec.to_dict(), "source": ctx.data.source}
