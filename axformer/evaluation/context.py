@@ -162,18 +162,18 @@ def _decision_data_checks(decision: Split, train_part: Split, path) -> list[str]
     return []
 
 
-def decision_texts(
+def vocabulary_texts(
     ctx: TaskContext, calibration_texts: str | None = None, calibration_columns: list[str] | None = None
 ) -> list[tuple[str, ...]]:
-    """The texts decisions may read: the training part, the held-out examples decisions may use (never the
-    confirmation part) and the user's calibration texts; less every dev text. A pruned vocabulary is built
-    from them, so the confirmation part and the dev set feel its unknown words."""
+    """The texts a pruned vocabulary is built from: the part of the training data the model was fine-tuned on and
+    the user's calibration texts; less every dev text. Not the held-out examples, deciding or confirming: on
+    them, as on the dev set, a word the training texts lack is unseen, so the precision plan's decisions and
+    the final check both measure what unseen words cost (built from the deciding examples too, the plan saw
+    no unseen word and chose int4 everywhere on STS-B, where the check then failed)."""
     from axformer.tasks.calibration import load_calibration_texts, without
 
-    train, full = apply_split(ctx.data, ctx.split)
-    full = ctx.pool_split if ctx.pool_split is not None else full
-    pool = ctx.decision_pool if ctx.decision_pool is not None else np.arange(len(full))
-    texts = list(train.texts) + [full.texts[i] for i in pool]
+    train, _ = apply_split(ctx.data, ctx.split)
+    texts = list(train.texts)
     if calibration_texts is not None:
         columns = tuple(calibration_columns or ()) or None
         texts += load_calibration_texts(calibration_texts, ctx.data.spec.num_text_fields, columns)

@@ -29,7 +29,7 @@ import onnx
 
 from axformer.errors import AxformerError
 from axformer.evaluation import score
-from axformer.evaluation.context import decision_texts, load_context
+from axformer.evaluation.context import load_context, vocabulary_texts
 from axformer.export.fusion import fuse
 from axformer.export.onnx_export import OPSET, export_onnx
 from axformer.export.precision import plan_mixed_precision
@@ -234,7 +234,7 @@ def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[objec
     info: dict = {}
     max_len = ctx.record.max_seq_length
     if vocab.prune:
-        texts = decision_texts(ctx, config.calibration_texts, config.calibration_columns)
+        texts = vocabulary_texts(ctx, config.calibration_texts, config.calibration_columns)
         plan = plan_vocabulary(ctx.tokenizer, texts, vocab.keep_characters)
         aliases = nearest_aliases(net.get_input_embeddings().weight, plan.kept) if vocab.unseen == "nearest" else None
         prune_model_vocabulary(net, plan.kept)

@@ -293,12 +293,12 @@ def _kept_sizes(ctx, config: OptimizeConfig) -> tuple[int | None, int | None]:
     """The vocabulary rows and position rows the export will keep (None: all), for the size goal's byte count."""
     vocab_rows = None
     if config.artifact.prune_vocabulary:
-        from axformer.evaluation.context import decision_texts
+        from axformer.evaluation.context import vocabulary_texts
         from axformer.surgery.vocabulary import plan_vocabulary
 
         vocab_rows = len(
             plan_vocabulary(
-                ctx.tokenizer, decision_texts(ctx, config.calibration_texts, config.calibration_columns)
+                ctx.tokenizer, vocabulary_texts(ctx, config.calibration_texts, config.calibration_columns)
             ).kept
         )
     return vocab_rows, ctx.record.max_seq_length if config.artifact.trim_positions else None
