@@ -48,3 +48,12 @@ def commit() -> str:
         return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
 
     return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "axformer") else "")
+
+
+def run_suffix(extra: str) -> str:
+    """A directory-name suffix for a run with extra options ('--decision-data runs/d/x.tsv' -> 'decision-data-x')."""
+    import re
+    import shlex
+
+    parts = [Path(a).stem if "/" in a else a.lstrip("-") for a in shlex.split(extra)]
+    return re.sub(r"[^A-Za-z0-9.=]+", "-", "-".join(parts)).strip("-")

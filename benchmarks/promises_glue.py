@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import commit, environment_line, run_axformer
+from _common import commit, environment_line, run_axformer, run_suffix
 
 from axformer.benchmark.result import BenchmarkResult
 from axformer.benchmark.run import DYNAMIC, ORT_INT8
@@ -138,7 +138,7 @@ def main() -> None:
         if not (base / "metrics.json").exists():
             sys.exit(f"{task}: run benchmarks/finetune_baselines.py --tasks {task} first")
         for preset in args.presets:
-            suffix = args.extra.replace("--", "").replace(" ", "-")
+            suffix = run_suffix(args.extra)
             out = Path(args.out) / (f"{task}-{preset}" + (f"-{suffix}" if suffix else ""))
             cmd = ["axformer", "optimize", str(base), "--preset", preset, "--data-dir", args.data_dir, "-o", str(out)]
             cmd += shlex.split(args.extra)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import commit, environment_line, run_axformer
+from _common import commit, environment_line, run_axformer, run_suffix
 
 from axformer.benchmark.result import BenchmarkResult
 from axformer.benchmark.run import DYNAMIC, ORT_FP32, ORT_INT8
@@ -196,7 +196,7 @@ def main() -> None:
         base = Path("runs/baselines") / task
         if not (base / "metrics.json").exists():
             sys.exit(f"{task}: run benchmarks/finetune_baselines.py --tasks {task} first")
-        suffix = args.extra.replace("--", "").replace(" ", "-")
+        suffix = run_suffix(args.extra)
         out = Path(args.out) / (task + (f"-{suffix}" if suffix else ""))
         cmd = ["axformer", "optimize", str(base), "--preset", "smallest-within-1", "--data-dir", args.data_dir,
                "-o", str(out), *shlex.split(args.extra)]  # fmt: skip
