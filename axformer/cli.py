@@ -937,6 +937,12 @@ def export_cmd(
             "--trim-positions", help="Keep position embeddings only up to the model's recorded max sequence length."
         ),
     ] = False,
+    min_count: Annotated[
+        int,
+        typer.Option(
+            "--min-count", help="--prune-vocabulary: keep a token only if the training texts use it this often."
+        ),
+    ] = 1,
     calibration_texts: Annotated[
         Path | None,
         typer.Option("--calibration-texts", help="--prune-vocabulary: unlabelled texts whose tokens are kept too."),
@@ -956,7 +962,11 @@ def export_cmd(
     exclude_node: Annotated[
         list[str] | None, typer.Option("--exclude-node", help="ONNX node names to keep in fp32 (repeatable).")
     ] = None,
-    int4_block_size: Annotated[int, typer.Option(help="mixed: input features per int4 scale block.")] = 32,
+    int4_block_size: Annotated[int, typer.Option(help="int4/mixed: input features per int4 scale block.")] = 32,
+    int4_table_block_size: Annotated[
+        int | None,
+        typer.Option(help="int4 embedding tables: hidden features per scale block (default: --int4-block-size)."),
+    ] = None,
     significance: Annotated[
         Path | None,
         typer.Option(
@@ -989,9 +999,10 @@ def export_cmd(
         int8_op_types=tuple(o.strip() for o in int8_ops.split(",") if o.strip()),
         exclude_nodes=list(exclude_node or []),
         int4_block_size=int4_block_size,
+        int4_table_block_size=int4_table_block_size,
         embeddings=embeddings,
         int4_attention=int4_attention,
-        vocabulary=VocabularyConfig(prune_vocabulary, keep_characters, trim_positions),
+        vocabulary=VocabularyConfig(prune_vocabulary, keep_characters, trim_positions, min_count=min_count),
         calibration_texts=str(calibration_texts) if calibration_texts else None,
         calibration_columns=list(calibration_column) if calibration_column else None,
         max_drop=max_drop,

@@ -58,6 +58,7 @@ class ExportConfig:
     int8_op_types: tuple[str, ...] = ("MatMul", "Attention")
     exclude_nodes: list[str] = field(default_factory=list)
     int4_block_size: int = 32
+    int4_table_block_size: int | None = None  # int4 embedding tables' block (None: int4_block_size)
     # the embedding tables (word, position, token type): fp32, int8, or int4 (then looked up unfused, as
     # GatherBlockQuantized); with mixed precision they join the plan as matrices of their own
     embeddings: str = "fp32"
@@ -94,6 +95,7 @@ class ExportConfig:
             raise AxformerError(f"--precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.embeddings not in EMBEDDING_PRECISIONS:
             raise AxformerError(f"--embeddings {self.embeddings!r}; expected one of {', '.join(EMBEDDING_PRECISIONS)}")
+        self.vocabulary.validate()
         if self.objective not in ("metric", "size"):
             raise AxformerError(f"export objective {self.objective!r}; expected metric or size")
         if self.max_drop < 0:
@@ -124,6 +126,14 @@ class _Sensitivity:
                 )
             self.rows = {f"{r['name']}@int{r['bits']}": float(r["delta_loss"]) for r in rows}
 
+    def _block(self, layer: int) -> int:
+        """Embedding tables (layer -1) are rounded in their own block size."""
+        return (
+            (self.config.int4_table_block_size or self.config.int4_block_size)
+            if layer < 0
+            else self.config.int4_block_size
+        )
+
     def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
         todo = [c for c in components if f"{c}@int{bits}" not in self.rows]
         if todo:
@@ -137,9 +147,7 @@ class _Sensitivity:
                 for layer, name, path in tables + encoder_linears(engine):
                     if name in todo:
                         r = engine.evaluate(
-                            changes=[
-                                FakeQuant(layer, name, path, bits, self.config.int4_block_size if bits < 8 else None)
-                            ]
+                            changes=[FakeQuant(layer, name, path, bits, self._block(layer) if bits < 8 else None)]
                         )
                         self.rows[f"{name}@int{bits}"] = r.mean_loss - ref
                         self.measured += 1
@@ -235,7 +243,7 @@ def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[objec
     max_len = ctx.record.max_seq_length
     if vocab.prune:
         texts = vocabulary_texts(ctx, config.calibration_texts, config.calibration_columns)
-        plan = plan_vocabulary(ctx.tokenizer, texts, vocab.keep_characters)
+        plan = plan_vocabulary(ctx.tokenizer, texts, vocab.keep_characters, vocab.min_count)
         aliases = nearest_aliases(net.get_input_embeddings().weight, plan.kept) if vocab.unseen == "nearest" else None
         prune_model_vocabulary(net, plan.kept)
         tokenizer = prune_tokenizer(
@@ -353,7 +361,7 @@ def export_model(
             int4_ops = ("MatMul", "Gather") if config.embeddings == "int4" else ("MatMul",)
             mixed = plan_mixed_precision(
                 fp32_path, nodes, sens, lambda p: evaluate(p).metrics[main], threshold, tmp,
-                config.int4_block_size, int4_ops, config.objective,
+                config.int4_block_size, int4_ops, config.objective, config.int4_table_block_size,
             )  # fmt: skip
             info["mixed"] = {
                 **mixed.to_dict(),
@@ -361,7 +369,12 @@ def export_model(
                 "sensitivity_source": config.significance or "measured",
             }
             return apply_plan(
-                fp32_path, tmp / f"mixed{tag}.onnx", mixed.plan, config.int4_block_size, config.per_channel
+                fp32_path,
+                tmp / f"mixed{tag}.onnx",
+                mixed.plan,
+                config.int4_block_size,
+                config.per_channel,
+                config.int4_table_block_size,
             )
 
         fp32_path = graph(net, "")
@@ -375,7 +388,12 @@ def export_model(
                 current = quantize_int8(current, tmp / "int8.onnx", config.per_channel, config.int8_op_types)
             else:
                 current = apply_plan(
-                    fp32_path, tmp / f"{uniform}.onnx", plan, config.int4_block_size, config.per_channel
+                    fp32_path,
+                    tmp / f"{uniform}.onnx",
+                    plan,
+                    config.int4_block_size,
+                    config.per_channel,
+                    config.int4_table_block_size,
                 )
         elif config.precision == "fp16":
             current = convert_fp16(current, tmp / "fp16.onnx")

@@ -75,6 +75,7 @@ def plan_mixed_precision(
     work: Path,
     block_size: int = 32,
     int4_ops: tuple[str, ...] = ("MatMul",),
+    table_block_size: int | None = None,
     objective: str = "metric",  # "size": int4 candidates ranked by sensitivity per parameter
 ) -> MixedPlan:
     probes: list[PlanProbe] = []
@@ -85,7 +86,9 @@ def plan_mixed_precision(
             plan[n.node] = "fp32"
         for n in [m for m in by4 if plan[m.node] == "int8"][:n_int4]:
             plan[n.node] = "int4"
-        path = apply_plan(fused, work / f"plan_{n_fp32}_{n_int4}.onnx", plan, block_size)
+        path = apply_plan(
+            fused, work / f"plan_{n_fp32}_{n_int4}.onnx", plan, block_size, table_block_size=table_block_size
+        )
         metric = score(path)
         probes.append(PlanProbe(n_fp32, n_int4, metric, path.stat().st_size))
         path.unlink()  # probes of a large model add up; the plan is re-applied at the end

@@ -189,9 +189,12 @@ def apply_plan(
     plan: dict[str, str],
     block_size: int = 32,
     per_channel: bool = True,
+    table_block_size: int | None = None,
 ) -> Path:
     """Write ``source`` with each weight node in its planned precision (node name -> fp32/int8/int4; MatMul and
-    Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32).
+    Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32). int4 tables use
+    ``table_block_size`` (default: ``block_size``): a table row is looked up, not multiplied, so it can take
+    coarser blocks than a matrix at less cost.
     """
     target = Path(target)
     tmp = target.with_name(target.stem + ".int4-stage.onnx")
@@ -199,12 +202,15 @@ def apply_plan(
     fp32 = [n for n, p in plan.items() if p == "fp32"]
     ops = {n.name: n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node}
     stage = source
-    if int4:
-        stage = quantize_int4(source, tmp, int4, block_size, op_types=tuple(sorted({ops[n] for n in int4})))
+    for op, block in (("MatMul", block_size), ("Gather", table_block_size or block_size)):
+        nodes = [n for n in int4 if ops[n] == op]
+        if nodes:
+            stage = quantize_int4(stage, tmp.with_name(f"{tmp.stem}-{op}.onnx"), nodes, block, op_types=(op,))
     tables = [n for n, p in plan.items() if p == "int8" and ops.get(n) in EMBEDDING_OPS]
     op_types = DEFAULT_INT8_OPS + tuple(sorted({ops[n] for n in tables}))
     if tables:  # only the planned tables: a Gather the plan does not name (shapes, other lookups) stays as it is
         fp32 = fp32 + [n for n, op in ops.items() if op in EMBEDDING_OPS and n not in set(tables)]
     quantize_int8(stage, target, per_channel, op_types, exclude=fp32)
-    tmp.unlink(missing_ok=True)
+    for op in ("MatMul", "Gather"):
+        tmp.with_name(f"{tmp.stem}-{op}.onnx").unlink(missing_ok=True)
     return target

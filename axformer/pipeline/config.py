@@ -72,7 +72,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "precision": "int4",
             "embeddings": "int4",
             "int4_attention": True,
-            "int4_block_size": 128,
+            "int4_block_size": 32,
+            "int4_table_block_size": 128,
             "objective": "size",
             "vocabulary": {"prune": True, "trim_positions": True},
         },
@@ -285,8 +286,10 @@ def artifact_format(export: ExportConfig) -> ArtifactFormat:
         matrices=export.precision if export.precision in ("fp32", "int8", "int4") else "int8",
         embeddings=export.embeddings,
         block_size=export.int4_block_size,
+        table_block_size=export.int4_table_block_size,
         int4_attention=export.int4_attention,
         prune_vocabulary=export.vocabulary.prune,
+        vocabulary_min_count=export.vocabulary.min_count,
         trim_positions=export.vocabulary.trim_positions,
     )
 

@@ -197,7 +197,7 @@ def artifact_bytes(model, fmt, vocab_rows: int | None = None, max_length: int | 
             if name == "embeddings.position" and max_length is not None:
                 offset = module.padding_idx + 1 if module.padding_idx is not None else 0
                 rows = min(rows, max_length + offset)
-            total += matrix_bytes(rows, cols, fmt.embeddings, fmt.block_size, table=True)
+            total += matrix_bytes(rows, cols, fmt.embeddings, fmt.table_block_size or fmt.block_size, table=True)
         elif isinstance(module, nn.Linear):
             out_f, in_f = module.weight.shape
             if id(module) in encoder:

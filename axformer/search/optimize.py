@@ -298,7 +298,9 @@ def _kept_sizes(ctx, config: OptimizeConfig) -> tuple[int | None, int | None]:
 
         vocab_rows = len(
             plan_vocabulary(
-                ctx.tokenizer, vocabulary_texts(ctx, config.calibration_texts, config.calibration_columns)
+                ctx.tokenizer,
+                vocabulary_texts(ctx, config.calibration_texts, config.calibration_columns),
+                min_count=config.artifact.vocabulary_min_count,
             ).kept
         )
     return vocab_rows, ctx.record.max_seq_length if config.artifact.trim_positions else None

@@ -59,10 +59,15 @@ class VocabularyConfig:
     # length): inputs are then truncated there (they already are by axformer's runtime)
     trim_positions: bool = False
     unseen: str = "nearest"  # tokens outside the kept set: "nearest" (alias of the closest kept one) or "respell"
+    # keep a token only if the texts use it this often (TextPruner's min_count): with nearest aliases a rare
+    # token costs little, and a third of the tokens a task uses occur once
+    min_count: int = 1
 
     def validate(self) -> None:
         from axformer.errors import AxformerError
 
+        if self.min_count < 1:
+            raise AxformerError(f"vocabulary.min_count {self.min_count}; expected a positive count")
         if self.unseen not in UNSEEN:
             raise AxformerError(f"vocabulary.unseen {self.unseen!r}; expected one of {', '.join(UNSEEN)}")
 
@@ -128,9 +133,14 @@ def _is_character(token: str, model: dict) -> bool:
     return len(token) == 1 or (token.startswith("<0x") and token.endswith(">") and len(token) == 6)
 
 
-def used_ids(tokenizer, texts: Iterable[Sequence[str]], batch_size: int = 1000) -> tuple[set[int], int]:
-    """The ids the tokenizer produces on ``texts`` (tuples of one or two strings, encoded as the model sees them)."""
-    ids: set[int] = set()
+def used_ids(
+    tokenizer, texts: Iterable[Sequence[str]], batch_size: int = 1000, min_count: int = 1
+) -> tuple[set[int], int]:
+    """The ids the tokenizer produces at least ``min_count`` times on ``texts`` (tuples of one or two strings,
+    encoded as the model sees them)."""
+    from collections import Counter
+
+    ids: Counter = Counter()
     n = 0
     batch: list[Sequence[str]] = []
 
@@ -153,17 +163,19 @@ def used_ids(tokenizer, texts: Iterable[Sequence[str]], batch_size: int = 1000) 
         if len(batch) >= batch_size:
             flush()
     flush()
-    return ids, n
+    return {i for i, c in ids.items() if c >= min_count}, n
 
 
-def plan_vocabulary(tokenizer, texts: Iterable[Sequence[str]], keep_characters: bool = False) -> VocabularyPlan:
+def plan_vocabulary(
+    tokenizer, texts: Iterable[Sequence[str]], keep_characters: bool = False, min_count: int = 1
+) -> VocabularyPlan:
     """Which ids to keep for ``texts``; see the module docstring for what is always kept."""
     spec = _tokenizer_json(tokenizer)
     family = _family(spec)
     model = spec["model"]
     vocab = _vocab_items(model)
     size = len(tokenizer)
-    used, n = used_ids(tokenizer, texts)
+    used, n = used_ids(tokenizer, texts, min_count=min_count)
     kept = set(used)
     special = {int(a["id"]) for a in spec.get("added_tokens", [])}
     special |= {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
