@@ -156,7 +156,7 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
     sens4 = {f"L{i}.ffn.up@int4": float(6 - i) for i in range(6)}  # mm5 least sensitive
     plans = []
 
-    def fake_apply(source, target, plan, block_size):
+    def fake_apply(source, target, plan, block_size, table_block_size=None):
         plans.append(dict(plan))
         target.write_bytes(b"x" * (1 + sum(p == "int8" for p in plan.values())))
         return target

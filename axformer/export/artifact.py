@@ -361,7 +361,8 @@ def export_model(
             int4_ops = ("MatMul", "Gather") if config.embeddings == "int4" else ("MatMul",)
             mixed = plan_mixed_precision(
                 fp32_path, nodes, sens, lambda p: evaluate(p).metrics[main], threshold, tmp,
-                config.int4_block_size, int4_ops, config.objective, config.int4_table_block_size,
+                config.int4_block_size, int4_ops, objective=config.objective,
+                table_block_size=config.int4_table_block_size,
             )  # fmt: skip
             info["mixed"] = {
                 **mixed.to_dict(),

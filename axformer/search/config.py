@@ -164,11 +164,11 @@ class ArtifactFormat:
     matrices: str = "fp32"  # fp32, int8 or int4 (Q/K/V are int4 only with int4_attention)
     embeddings: str = "fp32"
     block_size: int = 32
-    table_block_size: int | None = None  # int4 tables' block (None: block_size)
     int4_attention: bool = False
     prune_vocabulary: bool = False
-    vocabulary_min_count: int = 1
     trim_positions: bool = False
+    table_block_size: int | None = None  # int4 tables' block (None: block_size)
+    vocabulary_min_count: int = 1
 
     def validate(self) -> None:
         for name in ("matrices", "embeddings"):

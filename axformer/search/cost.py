@@ -164,6 +164,8 @@ def _int4_bytes(rows: int, cols: int, block: int) -> int:
 
 def matrix_bytes(rows: int, cols: int, fmt: str, block: int, table: bool = False) -> int:
     """Bytes of one weight matrix ([rows, cols], blocks along cols) in ``fmt`` as ONNX Runtime stores it."""
+    if fmt == "int4" and table:  # GatherBlockQuantized: rows packed whole (two values a byte), a scale per block
+        return rows * -(-cols // 2) + rows * -(-cols // block) * 4
     if fmt == "int4":
         return _int4_bytes(rows, cols, block)
     if fmt == "int8":  # per output channel scales and zero points (a lookup table: one of each)
