@@ -61,16 +61,16 @@ def _int8_with_embeddings(base: Path, out: Path, data_dir: str) -> dict:
     return {**breakdown_of(target), "dev": dev.metrics[dev.main_metric]}
 
 
-def _vocabulary_cost(base: Path, out: Path, data_dir: str, fraction: float) -> dict:
-    """What the pruned vocabulary alone costs on dev: fp32 artifacts with it (kept set built from the same texts as
-    the pipeline's: its certificate fraction) and without it (the benchmark's ONNX Runtime fp32 baseline)."""
+def _vocabulary_cost(base: Path, out: Path, data_dir: str, fraction: float, vocabulary: dict) -> dict:
+    """What the pruned vocabulary alone costs on dev: fp32 artifacts with it (the run's vocabulary settings, kept
+    set built from the same texts) and without it (the benchmark's ONNX Runtime fp32 baseline)."""
     from axformer.evaluation import evaluate
     from axformer.export.artifact import ExportConfig, export_model
     from axformer.surgery.vocabulary import VocabularyConfig
 
     target = out / "fp32-vocabulary"
     if not (target / "export.json").exists():
-        config = ExportConfig(precision="fp32", vocabulary=VocabularyConfig(prune=True, trim_positions=True),
+        config = ExportConfig(precision="fp32", vocabulary=VocabularyConfig(**vocabulary),
                               confirm_fraction=fraction, max_examples=500, max_drop=100)  # fmt: skip
         export_model(base, target, config, None, data_dir, overwrite=True)
     dev = evaluate(str(target), None, data_dir, splits=("dev",), device="cpu").splits["dev"]
@@ -87,8 +87,10 @@ def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_
     main = bench.task.main_metric
     original, int8, artifact = bench.row(DYNAMIC), bench.row(ORT_INT8), bench.rows[-1]
     fp32 = bench.row(ORT_FP32)
-    fraction = yaml.safe_load((out / "config.yaml").read_text())["search"]["certificate"]["fraction"]
-    vocabulary = _vocabulary_cost(base, out, data_dir, fraction)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    vocabulary = _vocabulary_cost(
+        base, out, data_dir, resolved["search"]["certificate"]["fraction"], resolved["export"]["vocabulary"]
+    )
     sizes = {
         "original": breakdown_of(base),
         "ort_int8": breakdown_of(out / "5-benchmark" / "baselines" / "onnx-int8"),
