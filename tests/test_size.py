@@ -202,21 +202,17 @@ def test_a_size_target_the_formats_meet_removes_nothing(tuned_tiny, tmp_path):
     model, data, _ = tuned_tiny
     fmt = ArtifactFormat("int4", "int4", 16, True, prune_vocabulary=True, trim_positions=True)
     common = {"goal": "size", "groups": 4, "device": "cpu", "progress": False, "latency_examples": 5, "artifact": fmt}
-    easy = optimize(
-        model,
-        data,
-        None,
-        tmp_path / "easy",
-        OptimizeConfig(**common, target_size=3.0, tolerance=Tolerance(max_drop=5.0)),
+    easy, hard = (
+        optimize(
+            model,
+            data,
+            None,
+            tmp_path / name,
+            OptimizeConfig(**common, target_size=target, tolerance=Tolerance(max_drop=5.0)),
+        )
+        for name, target in (("easy", 3.0), ("hard", 40.0))
     )
     assert easy["removed"] == [] and easy["search"]["target_met"] and easy["search"]["predicted_ratio"] >= 3.0
-    hard = optimize(
-        model,
-        data,
-        None,
-        tmp_path / "hard",
-        OptimizeConfig(**common, target_size=40.0, tolerance=Tolerance(max_drop=5.0)),
-    )
     assert hard["removed"] and hard["search"]["predicted_ratio"] > easy["search"]["predicted_ratio"]
 
 
