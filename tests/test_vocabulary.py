@@ -108,6 +108,8 @@ def test_pruned_tokenizer_gives_the_original_ids_on_kept_texts(family, tmp_path)
             tok(*t)["input_ids"], skip_special_tokens=True
         )
     assert kept_ids_of(tok, tmp_path / "tok") == plan.kept  # recorded beside the tokenizer
+    with pytest.raises(AxformerError, match="vocabulary.json was pruned from a"):
+        kept_ids_of(FAMILIES["WordPiece" if family != "WordPiece" else "BPE"](), tmp_path / "tok")
     # the special tokens keep their meaning under the new numbering
     for name in ("pad_token", "unk_token"):
         if getattr(tok, name, None) is not None:

@@ -64,8 +64,6 @@ class VocabularyConfig:
     min_count: int = 1
 
     def validate(self) -> None:
-        from axformer.errors import AxformerError
-
         if self.min_count < 1:
             raise AxformerError(f"vocabulary.min_count {self.min_count}; expected a positive count")
         if self.unseen not in UNSEEN:
@@ -428,8 +426,11 @@ def kept_ids_of(original, directory: str | Path) -> list[int]:
     """The original ids behind a pruned tokenizer's ids (what :func:`plan_vocabulary` kept): recorded in
     ``vocabulary.json`` beside the tokenizer (aliases share ids, so the tokenizer alone cannot tell)."""
     record = json.loads((Path(directory) / VOCABULARY_FILE).read_text())
-    if len(record["kept"]) and original.convert_ids_to_tokens(record["kept"][:1]) is None:
-        raise AxformerError(f"{directory}/{VOCABULARY_FILE} does not belong to this tokenizer")
+    if record.get("original_size") != len(original):
+        raise AxformerError(
+            f"{directory}/{VOCABULARY_FILE} was pruned from a {record.get('original_size')}-token vocabulary, not "
+            f"this {len(original)}-token one"
+        )
     return [int(i) for i in record["kept"]]
 
 
