@@ -454,3 +454,31 @@ def test_decision_data_that_shares_dev_examples_or_lacks_columns_is_refused(tune
         code, _, err = run_cli(monkeypatch, capsys, "optimize", model, "--goal", "size", "--decision-data", path,
                                "--device", "cpu", "-o", out)  # fmt: skip
         assert_clean_failure(code, err, out, pattern)
+
+
+def test_the_fidelity_pool_follows_the_accepted_state(tuned_tiny):
+    """After the search accepts a change, a candidate's agreement is the accumulated model's: the pool engine
+    must take the same base as the decision engine (it once kept the original, so each change was judged
+    alone and their sum was never guarded)."""
+    from axformer.evaluation.context import load_context
+    from axformer.evaluation.engine import EvaluationEngine
+    from axformer.evaluation.fidelity import AGREEMENT, FidelityEngine, fidelity_pool
+
+    model, data, _ = tuned_tiny
+    ctx = load_context(model, data, device="cpu")
+    pool = fidelity_pool(ctx, list(ctx.data.train.texts[:200]))
+
+    def engine():
+        return FidelityEngine(EvaluationEngine(ctx.model, ctx.encoded, ctx.data.spec), ctx, pool)
+
+    stepwise = engine()
+    base = stepwise.set_base(["L0.ffn"])
+    after = stepwise.evaluate(["L1.ffn"])
+    stepwise.close()
+    at_once = engine()
+    together = at_once.evaluate(["L0.ffn", "L1.ffn"])
+    base_alone = at_once.evaluate(["L0.ffn"])
+    at_once.close()
+    assert after.metrics[AGREEMENT] == pytest.approx(together.metrics[AGREEMENT])
+    assert base.metrics[AGREEMENT] == pytest.approx(base_alone.metrics[AGREEMENT])
+    assert after.metrics["accuracy"] == pytest.approx(together.metrics["accuracy"])

@@ -55,8 +55,12 @@ class FidelityEngine:
 
     @staticmethod
     def _merge(result: CandidateResult, pool: CandidateResult | None) -> CandidateResult:
-        if pool is not None and pool.complete:
+        if pool is None:
+            return result
+        if pool.complete:
             result.metrics = {**result.metrics, AGREEMENT: pool.metrics["accuracy"]}
+        else:  # the pool's pass stopped: too many answers changed, so the candidate cannot pass
+            result.complete = False
         return result
 
     def evaluate(self, removed=(), changes=(), stop=None, desc=None) -> CandidateResult:
@@ -64,6 +68,15 @@ class FidelityEngine:
         if not result.complete:  # rejected on the labelled examples already: the pool is not needed
             return result
         return self._merge(result, self.pool.evaluate(removed, changes, stop=self._pool_stop(stop)))
+
+    def set_base(self, removed=(), changes=()):
+        """The accepted state, in both engines: agreement is the accumulated model's, not one change's."""
+        pool = self.pool.set_base(removed, changes)
+        return self._merge(self.decision.set_base(removed, changes), pool)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.decision.close()
 
     def _pool_stop(self, stop):
         """The search's tolerance rule, as it applies to the pool: stop a pass once too many answers changed
@@ -80,11 +93,3 @@ class _TooManyChanged:
         done = partial.done
         same = int((partial.logits[done].argmax(-1) == self.answers[done]).sum())
         return 100.0 * (same + int((~done).sum())) / len(done) < self.min_agreement
-
-    def set_base(self, removed=(), changes=()):
-        self.pool.set_base(removed, changes)
-        return self.decision.set_base(removed, changes)
-
-    def close(self) -> None:
-        self.pool.close()
-        self.decision.close()
