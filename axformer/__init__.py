@@ -7,6 +7,7 @@ from axformer.distill import DistillConfig
 from axformer.distill.recipe import RecipeConfig, fastformers_recipe
 from axformer.errors import AxformerError
 from axformer.evaluation import Evaluation, evaluate
+from axformer.models import auto as _auto  # noqa: F401  (registers axformer-pruned with transformers' Auto classes)
 from axformer.models.loading import load_model, load_tokenizer, save_model
 from axformer.search.config import AttentionSearch, AxFormerRule, OptimizeConfig, Recovery, Tolerance
 from axformer.search.optimize import optimize

@@ -59,12 +59,26 @@ TextColOpt = Annotated[
     list[str] | None, typer.Option("--text-column", help="Custom task: text column (give twice for sentence pairs).")
 ]
 LabelColOpt = Annotated[str, typer.Option("--label-column", help="Custom task: label column.")]
-ProblemOpt = Annotated[str, typer.Option("--problem", help="Custom task: classification or regression.")]
+ProblemOpt = Annotated[
+    str,
+    typer.Option(
+        "--problem",
+        help="Custom task: classification, regression, or similarity (pairs with a score, for embedding models).",
+    ),
+]
 LabelsOpt = Annotated[
     str | None,
     typer.Option(
         "--labels",
         help="Custom task: comma-separated label names in id order (default: sorted distinct training labels).",
+    ),
+]
+EmbeddingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--embedding",
+        help="The model is a sentence-transformers embedding model: no head; a similarity task's pairs are "
+        "scored by the cosine of their embeddings (stsb, or --problem similarity).",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N].")]
@@ -80,6 +94,7 @@ _TASK_PARAMS: tuple[tuple[str, object, object], ...] = (
     ("label_column", LabelColOpt, "label"),
     ("problem", ProblemOpt, "classification"),
     ("labels", LabelsOpt, None),
+    ("embedding", EmbeddingOpt, False),
 )
 
 
@@ -626,6 +641,21 @@ def optimize_cmd(
             "this many training texts (plus --calibration-texts); 0: off.",
         ),
     ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            "--min-cosine",
+            help="Embedding models: the lowest mean cosine (points) of a candidate's embeddings to the original's "
+            "on the fidelity pool (default 88).",
+        ),
+    ] = None,
+    min_cosine_p5: Annotated[
+        float | None,
+        typer.Option(
+            "--min-cosine-p5",
+            help="Embedding models: the lowest 5th percentile of those cosines (points; default 80).",
+        ),
+    ] = None,
     calibration_column: Annotated[
         list[str] | None,
         typer.Option("--calibration-column", help="Column of --calibration-texts (twice for sentence pairs)."),
@@ -735,7 +765,7 @@ def optimize_cmd(
         "calibration_texts": str(calibration_texts) if calibration_texts else None,
         "decision_data": str(decision_data) if decision_data else None,
         "calibration_columns": calibration_column,
-        "fidelity": {"texts": fidelity_texts},
+        "fidelity": {"texts": fidelity_texts, "min_cosine": min_cosine, "min_cosine_p5": min_cosine_p5},
         "recovery": {
             "mode": recover,
             "epochs": recover_epochs,

@@ -245,7 +245,10 @@ def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2
     if labels is not None:
         cfg.id2label = dict(enumerate(labels))
         cfg.label2id = {v: k for k, v in cfg.id2label.items()}
-    model = AutoModelForSequenceClassification.from_config(cfg)
+    return _save_tiny(AutoModelForSequenceClassification.from_config(cfg), directory, arch)
+
+
+def _save_tiny(model, directory: Path, arch: str) -> Path:
     # Random but non-trivial LayerNorm and bias parameters, so masking tests see real differences.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -258,6 +261,53 @@ def make_tiny_model_dir(directory: Path, arch: str = "bert", num_labels: int = 2
     )
     tiny_tokenizer(directory, names).save_pretrained(directory)
     return directory
+
+
+def make_tiny_sentence_model(directory: Path, arch: str = "bert", pooling: str = "mean", normalize: bool = True,
+                             seed: int = 0) -> Path:  # fmt: skip
+    """A random-weight transformer saved in sentence-transformers' layout (Transformer -> Pooling -> Normalize),
+    with the legacy pooling keys older sentence-transformers versions write."""
+    import json
+
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    _save_tiny(AutoModel.from_config(tiny_config(arch)), directory, arch)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    legacy = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
+    pool_cfg = {"word_embedding_dimension": TINY["hidden"], **{k: k == legacy[pooling] for k in legacy.values()}}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, "do_lower_case": False}))
+    return directory
+
+
+def write_similarity_files(directory: Path, n_train: int = 160, n_dev: int = 40) -> tuple[Path, Path]:
+    """Sentence pairs scored 0-5 by the share of words they have in common (STS-B's layout of columns)."""
+    import random
+
+    rng = random.Random(1)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        rows = []
+        for _ in range(n):
+            a = [rng.choice(WORDS[5:60]) for _ in range(rng.randint(3, 8))]
+            keep = rng.randint(0, len(a))
+            b = a[:keep] + [rng.choice(WORDS[5:60]) for _ in range(len(a) - keep)]
+            rng.shuffle(b)
+            rows.append((" ".join(a), " ".join(b), round(5.0 * keep / len(a), 2)))
+        path = directory / f"{name}.tsv"
+        path.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in rows))
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 @pytest.fixture

@@ -190,13 +190,25 @@ def test_stock_structure_loads_in_plain_transformers(tiny_arch_dir, tmp_path):
     torch.testing.assert_close(logits(plain, batch()), logits(model, batch()), rtol=0, atol=1e-6)
 
 
-def test_heterogeneous_structure_is_refused_clearly_by_plain_transformers(tiny_bert, tmp_path):
-    model = load_model(tiny_bert)
+def test_heterogeneous_structure_loads_through_transformers_auto_classes(tiny_arch_dir, tmp_path):
+    """Per-layer head counts and widths are beyond a stock config: the directory says model_type axformer-pruned,
+    and once axformer is imported (it registers that type) the Auto classes and pipeline() rebuild it exactly,
+    without trust_remote_code."""
+    from transformers import pipeline
+
+    import axformer  # noqa: F401
+
+    arch, path = tiny_arch_dir
+    model = load_model(path).eval()
     prune(model, ["L0.attn.head1", "L2.ffn.group1of12"])
-    save_model(model, None, tmp_path / "het")
-    with pytest.raises(ValueError, match="axformer-pruned"):
-        AutoModelForSequenceClassification.from_pretrained(tmp_path / "het")
-    assert load_model(tmp_path / "het") is not None  # axformer loads it with one call
+    save_model(model, load_tokenizer(path), tmp_path / "het")
+    assert json.loads((tmp_path / "het" / "config.json").read_text())["model_type"] == "axformer-pruned"
+    auto = AutoModelForSequenceClassification.from_pretrained(tmp_path / "het").eval()
+    assert type(auto) is type(model)  # the family's own class, with smaller modules
+    torch.testing.assert_close(logits(auto, batch()), logits(model, batch()), rtol=0, atol=0)
+    classify = pipeline("text-classification", model=str(tmp_path / "het"), device="cpu")
+    out = classify(["good movie", "bad film"])
+    assert len(out) == 2 and all(r["label"] in model.config.id2label.values() for r in out)
 
 
 def test_component_names():

@@ -35,7 +35,7 @@ from axformer.evaluation import score
 from axformer.inference import Outputs
 from axformer.models.loading import load_tokenizer, read_config_json
 from axformer.models.record import ModelRecord, task_for
-from axformer.runtime.backends import ONNX_FILE, is_onnx_artifact, load_runnable, max_input_length, position_limit
+from axformer.runtime.backends import is_onnx_artifact, load_runnable, max_input_length, onnx_file, position_limit
 from axformer.runtime.timing import pad_to, prepare, synthetic, time_candidates
 from axformer.tasks.data import TaskData
 from axformer.utils.io import write_json
@@ -100,7 +100,7 @@ def _tokenizer_key(path: str) -> str:
 def _size(path: str) -> int | None:
     p = Path(path)
     if is_onnx_artifact(p):
-        return (p / ONNX_FILE).stat().st_size
+        return onnx_file(p).stat().st_size
     files = list(p.glob("*.safetensors")) + list(p.glob("*.bin"))
     return sum(f.stat().st_size for f in files) or None
 
@@ -212,9 +212,11 @@ def benchmark(
     for c in candidates:
         key = _tokenizer_key(c.path)
         if key not in by_tokenizer:
-            by_tokenizer[key] = encode(load_tokenizer(c.path), dev_split, max_len)
+            by_tokenizer[key] = encode(load_tokenizer(c.path), dev_split, max_len, separate=spec.is_embedding)
         encodings[c.name] = by_tokenizer[key]
-    enc = encodings[candidates[0].name]
+    # an embedding model is timed as a service embeds: one text per request (a pair's texts are two requests)
+    timed = {name: e.ungrouped() for name, e in encodings.items()}
+    enc = timed[candidates[0].name]
     rng = np.random.default_rng(config.seed)
     lat_idx = rng.permutation(len(enc))[: config.latency_examples]
     thr_idx = rng.permutation(len(enc))[: config.throughput_examples]
@@ -223,7 +225,7 @@ def benchmark(
         c.name: Row(c.name, c.path, "onnx" if is_onnx_artifact(c.path) else "pytorch", c.padded, c.baseline)
         for c in candidates
     }
-    progress(f"dev metric of {len(candidates)} candidates on {len(enc)} {dev_name} examples")
+    progress(f"dev metric of {len(candidates)} candidates on {len(dev_split)} {dev_name} examples")
     for c in candidates:
         own = encodings[c.name]
         model = _Padded(loaded[c.name], max_len, own.pad_token_id) if c.padded else loaded[c.name]
@@ -235,7 +237,7 @@ def benchmark(
     )
 
     def requests(c: Candidate, idx: np.ndarray, batch: int):
-        own = encodings[c.name]
+        own = timed[c.name]
         return prepare(own.subset(idx), batch, max_len if c.padded else None, own.pad_token_id)
 
     single = {c.name: requests(c, lat_idx, 1) for c in candidates}
@@ -305,7 +307,7 @@ def benchmark(
     by_path = {c.path: c.name for c in candidates}
     chain = [by_path.get(n, n) for n in config.chain] if config.chain else None
     result = BenchmarkResult(
-        task=BenchmarkTask(spec.name, spec.main_metric, dev_name, len(enc)),
+        task=BenchmarkTask(spec.name, spec.main_metric, dev_name, len(dev_split)),
         config={**asdict(config), "chain": chain},
         rows=[rows[c.name] for c in candidates],
         reference=candidates[0].name,

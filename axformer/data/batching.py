@@ -18,32 +18,59 @@ from axformer.tasks.data import Split
 
 @dataclass
 class Encoded:
-    """Token ids of a split (one array per example) and its labels."""
+    """Token ids of a split and its labels: one sequence per example, or ``group`` consecutive sequences per
+    example (a text pair embedded text by text: ``group`` 2)."""
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
     labels: np.ndarray
     pad_token_id: int
+    group: int = 1
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.input_ids) // self.group
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        """Per example, its longest sequence (what its batch is padded to)."""
+        rows = np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return rows.reshape(-1, self.group).max(1) if self.group > 1 else rows
+
+    def rows(self, indices) -> np.ndarray:
+        """The sequences of the examples at ``indices``, in order (each example's ``group`` rows together)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return (idx[:, None] * self.group + np.arange(self.group)).reshape(-1) if self.group > 1 else idx
+
+    def ungrouped(self) -> Encoded:
+        """Every sequence as its own example (a pair's two texts as two texts): what timing an embedding model
+        and distilling its embeddings run on; labels do not carry over."""
+        if self.group == 1:
+            return self
+        n = len(self.input_ids)
+        return Encoded(self.input_ids, self.token_type_ids, np.zeros(n, np.float32), self.pad_token_id)
 
     def subset(self, indices) -> Encoded:
         idx = np.asarray(indices, dtype=np.int64)
+        rows = self.rows(idx)
         return Encoded(
-            [self.input_ids[i] for i in idx],
-            [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None,
+            [self.input_ids[i] for i in rows],
+            [self.token_type_ids[i] for i in rows] if self.token_type_ids is not None else None,
             self.labels[idx],
             self.pad_token_id,
+            self.group,
         )
 
 
-def encode(tokenizer, split: Split, max_length: int, chunk: int = 4096) -> Encoded:
-    """Tokenise once; pairs are truncated longest-first, the same way in training and inference."""
+def encode(tokenizer, split: Split, max_length: int, chunk: int = 4096, separate: bool = False) -> Encoded:
+    """Tokenise once; pairs are truncated longest-first, the same way in training and inference.
+
+    ``separate``: every text of an example is its own sequence (a bi-encoder embeds the two texts of a pair
+    apart), kept together as one example of ``group`` sequences."""
+    if separate and split.texts and len(split.texts[0]) > 1:
+        width = len(split.texts[0])
+        flat = Split(split.name, [(t,) for row in split.texts for t in row], split.labels)
+        enc = encode(tokenizer, flat, max_length, chunk)
+        return Encoded(enc.input_ids, enc.token_type_ids, split.labels, enc.pad_token_id, width)
     ids: list[np.ndarray] = []
     types: list[np.ndarray] | None = []
     pair = len(split.texts[0]) == 2 if split.texts else False
@@ -89,7 +116,8 @@ def collate(
     enc: Encoded, indices: np.ndarray, device: torch.device | str = "cpu", with_labels: bool = True
 ) -> dict[str, torch.Tensor]:
     """Pad the examples at ``indices`` to the longest among them."""
-    rows = [enc.input_ids[i] for i in indices]
+    seqs = enc.rows(indices)
+    rows = [enc.input_ids[i] for i in seqs]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), enc.pad_token_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -99,10 +127,12 @@ def collate(
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if enc.token_type_ids is not None:
         tt = np.zeros((len(rows), width), dtype=np.int64)
-        for j, i in enumerate(indices):
+        for j, i in enumerate(seqs):
             t = enc.token_type_ids[i]
             tt[j, : len(t)] = t
         batch["token_type_ids"] = torch.from_numpy(tt)
+    if enc.group > 1:  # tells an embedding model to score each group (a pair) instead of returning embeddings
+        batch["group_size"] = torch.tensor(enc.group)
     if with_labels:
         batch["labels"] = torch.from_numpy(np.asarray(enc.labels[indices]))
     return {k: v.to(device) for k, v in batch.items()}

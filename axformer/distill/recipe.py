@@ -80,7 +80,11 @@ def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> di
             entry[name] = score(
                 data.spec,
                 split.labels,
-                run_model(net, encode(tok, split, record.max_seq_length), data.spec.is_regression),
+                run_model(
+                    net,
+                    encode(tok, split, record.max_seq_length, separate=data.spec.is_embedding),
+                    data.spec.is_regression,
+                ),
             ).to_dict()
     onnx = is_onnx_artifact(path)
     entry["size_bytes"] = sum(f.stat().st_size for f in Path(path).glob("*.onnx" if onnx else "*.safetensors"))

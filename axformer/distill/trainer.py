@@ -106,7 +106,12 @@ def distill(
         labels = np.zeros(len(extra), dtype=train_part.labels.dtype)
         train_part = Split(train_part.name, [*train_part.texts, *extra], np.concatenate([train_part.labels, labels]))
     mapping = layer_map(net, t_net)
-    objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
+    if data.spec.is_embedding:
+        from axformer.distill.embedding import EmbeddingDistillObjective
+
+        objective = EmbeddingDistillObjective(t_net, config)
+    else:
+        objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
     stage = {
         "stage": "distill",
         "base_model": origin,

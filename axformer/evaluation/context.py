@@ -121,12 +121,14 @@ def load_context(
         split,
         heldout,
         positions,
-        encode(tok, heldout, record.max_seq_length),
+        encode(tok, heldout, record.max_seq_length, separate=data.spec.is_embedding),
         str(dev),
         warnings,
         confirmation,
         confirmation_positions,
-        None if confirmation is None else encode(tok, confirmation, record.max_seq_length),
+        None
+        if confirmation is None
+        else encode(tok, confirmation, record.max_seq_length, separate=data.spec.is_embedding),
         pool,
         full,
         None if decision_data is None else str(decision_data),
@@ -198,7 +200,9 @@ def representativeness_warnings(ctx: TaskContext, length_ratio: float = 1.5, lab
     for name, split in ctx.data.dev.items():
         if not len(split) or not len(ctx.heldout):
             continue
-        dev_lengths = encode(ctx.tokenizer, split, ctx.record.max_seq_length).lengths
+        dev_lengths = encode(
+            ctx.tokenizer, split, ctx.record.max_seq_length, separate=ctx.data.spec.is_embedding
+        ).lengths
         ours, theirs = float(np.median(ctx.encoded.lengths)), float(np.median(dev_lengths))
         if max(ours, theirs) / max(min(ours, theirs), 1.0) > length_ratio:
             out.append(

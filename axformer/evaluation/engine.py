@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from axformer.data.batching import Encoded, collate, sorted_batches
-from axformer.inference import per_example_loss
+from axformer.inference import per_example_loss, predictions
 from axformer.surgery.adapters import Adapter, get_adapter
 from axformer.surgery.components import parse
 from axformer.surgery.masks import SoftMask
@@ -86,7 +86,7 @@ class CandidateResult:
         return float(self.losses.sum() / len(self.losses))
 
     def predictions(self, regression: bool) -> np.ndarray:
-        return self.logits[:, 0] if regression else self.logits.argmax(-1)
+        return predictions(self.logits, regression)
 
 
 class _Stop(Exception):

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from axformer.tasks.metrics import compute_metrics
+from axformer.errors import AxformerError
+from axformer.tasks.metrics import compute_metrics, row_cosines
 
 
 @dataclass
@@ -49,13 +50,21 @@ def paired_bootstrap(
     labels, original, candidate = np.asarray(labels), np.asarray(original), np.asarray(candidate)
     n = len(labels)
     rng = np.random.default_rng(seed)
-    point_o = compute_metrics(metrics, labels, original)
-    point_c = compute_metrics(metrics, labels, candidate)
+    vector = labels.ndim > 1  # targets are embeddings: the metrics summarise each example's cosine to its target
+    if vector:
+        original, candidate = row_cosines(labels, original), row_cosines(labels, candidate)
+        point_o, point_c = _cosine_stats(metrics, original), _cosine_stats(metrics, candidate)
+    else:
+        point_o = compute_metrics(metrics, labels, original)
+        point_c = compute_metrics(metrics, labels, candidate)
     diffs = {m: np.empty(resamples) for m in metrics}
     for start in range(0, resamples, 250):  # resamples in blocks, every metric vectorised over the block
         idx = rng.integers(0, n, size=(min(250, resamples - start), n))
-        mo = resampled_metrics(metrics, labels[idx], original[idx])
-        mc = resampled_metrics(metrics, labels[idx], candidate[idx])
+        if vector:
+            mo, mc = _cosine_stats(metrics, original[idx]), _cosine_stats(metrics, candidate[idx])
+        else:
+            mo = resampled_metrics(metrics, labels[idx], original[idx])
+            mc = resampled_metrics(metrics, labels[idx], candidate[idx])
         for m in metrics:
             diffs[m][start : start + len(idx)] = mc[m] - mo[m]
     tail = 100 * (1 - confidence) / 2
@@ -73,6 +82,16 @@ def paired_bootstrap(
         )
         for m in metrics
     }
+
+
+def _cosine_stats(metrics, cosines: np.ndarray) -> dict:
+    """``cosine`` (mean) and ``cosine_p5`` (5th percentile) of per-example cosines, in points, along the last
+    axis (one value, or one per resample)."""
+    stats_ = {"cosine": lambda c: c.mean(axis=-1), "cosine_p5": lambda c: np.percentile(c, 5, axis=-1)}
+    unknown = [m for m in metrics if m not in stats_]
+    if unknown:
+        raise AxformerError(f"metric {unknown[0]!r} does not apply to embedding targets; expected cosine or cosine_p5")
+    return {m: 100.0 * stats_[m](cosines) for m in metrics}
 
 
 def paired_standard_error(original: np.ndarray, candidate: np.ndarray) -> float:

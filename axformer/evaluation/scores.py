@@ -121,7 +121,7 @@ def evaluate(
     for name, split in evaluation_splits(data, split_record, splits).items():
         if max_examples is not None and len(split) > max_examples:
             split = split.subset(range(max_examples))
-        enc: Encoded = encode(tok, split, record.max_seq_length)
+        enc: Encoded = encode(tok, split, record.max_seq_length, separate=spec.is_embedding)
         outs = run_model(net, enc, spec.is_regression, batch_size, dev, progress=f"evaluate {name}")
         result.splits[name] = score(spec, split.labels, outs)
         outputs_by_split[name] = (split, outs)

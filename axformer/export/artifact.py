@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from axformer.embedding.layout import write_layout
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.evaluation.context import load_context, vocabulary_texts
@@ -38,7 +39,7 @@ from axformer.export.size import directory_bytes, size_breakdown
 from axformer.inference import run_model
 from axformer.models.loading import load_model
 from axformer.models.record import ModelRecord
-from axformer.runtime.backends import ONNX_FILE, OnnxModel
+from axformer.runtime.backends import ONNX_FILE, SENTENCE_ONNX_FILE, OnnxModel
 from axformer.runtime.timing import prepare, time_candidates
 from axformer.surgery.adapters import get_adapter
 from axformer.surgery.prune import current_structure
@@ -272,9 +273,9 @@ def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[objec
             tokenizer.model_max_length = max_len
     ctx.tokenizer = tokenizer
     ctx.model = net
-    ctx.encoded = encode(tokenizer, ctx.heldout, max_len)
+    ctx.encoded = encode(tokenizer, ctx.heldout, max_len, separate=ctx.data.spec.is_embedding)
     if ctx.confirmation is not None:
-        ctx.confirmation_encoded = encode(tokenizer, ctx.confirmation, max_len)
+        ctx.confirmation_encoded = encode(tokenizer, ctx.confirmation, max_len, separate=ctx.data.spec.is_embedding)
     return net, tokenizer, info
 
 
@@ -455,9 +456,14 @@ def export_model(
                 f"({result.metrics[main]:.2f} vs {check_reference.metrics[main]:.2f} in PyTorch), more than "
                 f"--max-drop {config.max_drop}; nothing written"
             )
+        # an embedding model's artifact takes sentence-transformers' layout: onnx/model.onnx beside the configs
+        graph_file = SENTENCE_ONNX_FILE if spec.is_embedding else ONNX_FILE
         with atomic_output_dir(output, overwrite=overwrite, keep_partial=False) as work:
-            os.replace(current, work / ONNX_FILE)
+            (work / graph_file).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(current, work / graph_file)
             net.config.save_pretrained(work)
+            if spec.is_embedding:
+                write_layout(net.layout, work, max_seq_length=ctx.record.max_seq_length)
             compacted = info.get("compaction") or {}
             if compacted.get("tokenizer_dir") and not compacted.get("undone"):
                 # copied as written: re-saving through the tokenizers library keeps one token per id, which
@@ -482,8 +488,8 @@ def export_model(
                 "task": spec.name,
                 "config": asdict(config),
                 **info,
-                "size_bytes": (work / ONNX_FILE).stat().st_size,
-                "size": {**size_breakdown(work / ONNX_FILE), "directory_bytes": directory_bytes(work)},
+                "size_bytes": (work / graph_file).stat().st_size,
+                "size": {**size_breakdown(work / graph_file), "directory_bytes": directory_bytes(work)},
                 "seconds": time.perf_counter() - t0,
                 "warnings": ctx.warnings,
             }

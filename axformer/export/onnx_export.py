@@ -18,8 +18,19 @@ OPSET = 17
 
 def model_input_names(model: PreTrainedModel) -> list[str]:
     """The inputs the model's forward takes, in the order ONNX will list them."""
+    declared = getattr(model, "input_names", None)  # an embedder: what its transformer takes
+    if declared is not None:
+        return list(declared)
     params = inspect.signature(model.forward).parameters
     return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params]
+
+
+def output_name(model) -> str:
+    """``logits`` for a task head; an embedding model's graph gives ``sentence_embedding`` (sentence-transformers'
+    name for the pooled, normalised output)."""
+    from axformer.embedding.model import SentenceEmbedder
+
+    return "sentence_embedding" if isinstance(model, SentenceEmbedder) else "logits"
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -32,7 +43,8 @@ class _LogitsOnly(torch.nn.Module):
 
 
 def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OPSET, seq_len: int = 16) -> Path:
-    """Write ``model`` to ``path`` as ONNX (inputs: int64 [batch, sequence]; output: logits [batch, labels]).
+    """Write ``model`` to ``path`` as ONNX (inputs: int64 [batch, sequence]; output: logits [batch, labels], or
+    an embedding model's sentence_embedding [batch, dimension]).
 
     Uses the TorchScript-based exporter, and eager attention (instead of SDPA)
     while tracing: those graphs are the ones ONNX Runtime's transformer
@@ -54,7 +66,8 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
         "token_type_ids": torch.zeros(2, seq_len, dtype=torch.long, device=device),
     }
     dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
-    dynamic["logits"] = {0: "batch"}
+    output = output_name(model)
+    dynamic[output] = {0: "batch"}
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,7 +79,7 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
                 tuple(dummy[n] for n in names),
                 str(tmp),
                 input_names=names,
-                output_names=["logits"],
+                output_names=[output],
                 dynamic_axes=dynamic,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -98,4 +111,4 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, providers:
 def onnx_logits(session, batch: dict[str, torch.Tensor]) -> np.ndarray:
     wanted = {i.name for i in session.get_inputs()}
     feed = {k: v.cpu().numpy().astype(np.int64) for k, v in batch.items() if k in wanted}
-    return session.run(["logits"], feed)[0]
+    return session.run([session.get_outputs()[0].name], feed)[0]

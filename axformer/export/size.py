@@ -121,11 +121,11 @@ SERVING_FILES = {
 def directory_bytes(directory: str | os.PathLike) -> int:
     """What serving the model needs: the weights, the config and the tokenizer files (not axformer's records,
     training logs, predictions or reports)."""
-    return sum(
-        p.stat().st_size
-        for p in Path(directory).iterdir()
-        if p.is_file() and (p.suffix in SERVING_SUFFIXES or p.name in SERVING_FILES)
-    )
+    root = Path(directory)
+    files = [p for p in root.iterdir() if p.is_file()]
+    if (root / "onnx").is_dir():  # sentence-transformers' layout keeps the graph under onnx/
+        files += [p for p in (root / "onnx").iterdir() if p.is_file()]
+    return sum(p.stat().st_size for p in files if p.suffix in SERVING_SUFFIXES or p.name in SERVING_FILES)
 
 
 def checkpoint_breakdown(directory: str | os.PathLike) -> dict:
@@ -160,8 +160,9 @@ def checkpoint_breakdown(directory: str | os.PathLike) -> dict:
 
 def breakdown_of(path: str | os.PathLike) -> dict:
     """The breakdown of a model directory: an exported artifact (``model.onnx``) or a PyTorch checkpoint."""
+    from axformer.runtime.backends import is_onnx_artifact, onnx_file
+
     path = Path(path)
-    onnx_file = path / "model.onnx"
-    out = size_breakdown(onnx_file) if onnx_file.is_file() else checkpoint_breakdown(path)
+    out = size_breakdown(onnx_file(path)) if is_onnx_artifact(path) else checkpoint_breakdown(path)
     out["directory_bytes"] = directory_bytes(path)
     return out

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -26,6 +27,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from axformer.attention.hard import install_from_config
+from axformer.embedding.layout import is_sentence_model, read_layout
+from axformer.embedding.model import SentenceEmbedder
 from axformer.errors import AxformerError
 from axformer.surgery import restore as surgery_restore
 from axformer.surgery.restore import mark_if_not_stock
@@ -115,6 +118,8 @@ def load_model(
             raise AxformerError(f"model directory {path} does not exist")
         _check_local_dir(path, allow_pickle)
         model = str(path)
+    if task.is_embedding if task is not None else is_embedding_model(model):
+        return load_embedder(model, allow_pickle=allow_pickle, device=device)
     config = (surgery_restore.load_config(model) if local else None) or _load_config(model)
     if surgery_restore.has_structure(config):
         if task is not None:
@@ -158,6 +163,50 @@ def load_model(
         log.info("no classification head in %s: a new %d-output head was initialised", model, config.num_labels)
     _install_approximations(net)
     return net.to(device)
+
+
+def is_embedding_model(model: str) -> bool:
+    """With no task to say otherwise: a sentence-transformers directory without a task head is an embedding model
+    (a classifier axformer fine-tuned from one has a head and no modules.json)."""
+    if not (is_local(model) and is_sentence_model(model)):
+        return False
+    try:
+        return not has_task_head(surgery_restore.load_config(model) or _load_config(model))
+    except AxformerError:
+        return False
+
+
+def load_embedder(model: str, allow_pickle: bool = False, device: torch.device | str = "cpu") -> SentenceEmbedder:
+    """A sentence-transformers model as axformer runs it (pooling and normalisation from its layout);
+    pruned ones come back with their per-layer structure."""
+    if not is_local(model):  # a hub id: users with a network get the whole sentence-transformers layout
+        from huggingface_hub import snapshot_download
+
+        try:
+            model = snapshot_download(model)
+        except Exception as exc:
+            raise AxformerError(f"cannot download {model!r} from the hub: {str(exc).splitlines()[0]}") from None
+    layout = read_layout(model)
+    config = surgery_restore.load_config(model) or _load_config(model)
+    if surgery_restore.has_structure(config):
+        net = surgery_restore.load_pruned(model, config, device, layout=layout)
+    else:
+        try:
+            transformer, info = AutoModel.from_pretrained(
+                model, config=config, use_safetensors=None if allow_pickle else True, output_loading_info=True
+            )
+        except Exception as exc:  # safetensors raises its own error types on corrupt files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AxformerError(f"cannot load the weights of {model} (corrupt checkpoint?): {first[:200]}") from None
+        missing = [k for k in info.get("missing_keys", ()) if not _is_head_key(k)]
+        if missing:
+            raise AxformerError(
+                f"checkpoint {model} lacks {len(missing)} encoder weights (e.g. {sorted(missing)[0]}); it does not "
+                "match its config.json"
+            )
+        net = SentenceEmbedder(transformer, layout)
+    _install_approximations(net)
+    return net.to(device).eval()
 
 
 def _install_approximations(net: PreTrainedModel) -> None:

@@ -95,4 +95,8 @@ def task_for(
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
     if record.task is None:
         raise AxformerError(f"{role} {model} records no task; pass --task (and --data-dir)")
+    if record.task.get("source", {}).get("kind") == "texts":  # fidelity only: labelled by the original model
+        from axformer.models.labelled_texts import texts_task_from_record
+
+        return texts_task_from_record(record.task["source"])
     return load_task_from_record(record.task, data_dir)

@@ -192,6 +192,7 @@ class PipelineConfig:
     label_column: str = "label"
     problem: str = "classification"
     labels: str | None = None
+    embedding: bool = False  # a sentence-transformers model: pairs scored by the cosine of their embeddings
     output: str | None = None
     preset: str | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -96,10 +96,11 @@ def _size_section(out: Path, model: str, export: dict, search, section, add_tabl
     """Bytes on disk by part and format: the fp32 original, ONNX Runtime int8 of it (the benchmark's baseline) and
     the artifact; the vocabulary kept and what it costs on the confirmation texts."""
     from axformer.export.size import breakdown_of
+    from axformer.runtime.backends import is_onnx_artifact
 
     cols = {"original (fp32)": breakdown_of(model)}
     baseline = out / DIRS["benchmark"] / "baselines" / "onnx-int8"
-    if (baseline / "model.onnx").is_file():
+    if is_onnx_artifact(baseline):
         cols["ONNX Runtime int8 (unpruned)"] = breakdown_of(baseline)
     cols["deployed artifact"] = export["size"]
     original = cols["original (fp32)"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from axformer.errors import AxformerError
+from axformer.models.labelled_texts import TEXTS_TASK
 from axformer.models.loading import is_local
 from axformer.models.record import require_model_dir
 from axformer.pipeline.config import DIRS, MARKERS, STAGES, PipelineConfig
@@ -51,9 +52,23 @@ def default_output(model: str) -> Path:
     return base.with_name(base.name + "-axformer")
 
 
+def _texts_data(cfg):
+    """``--task none``: an embedding model compressed for fidelity on the user's unlabelled texts."""
+    from axformer.models.labelled_texts import texts_task
+
+    if not cfg.embedding or cfg.search.calibration_texts is None:
+        raise AxformerError(
+            "--task none compresses an embedding model on unlabelled texts; expected --embedding and "
+            "--calibration-texts FILE"
+        )
+    columns = tuple(cfg.search.calibration_columns or ()) or None
+    return texts_task(cfg.search.calibration_texts, cfg.model, columns, device=cfg.search.device)
+
+
 def needs_finetuning(model: str, data) -> bool:
     """A checkpoint with no task head (a pre-trained model) is fine-tuned first; one axformer or the user fine-tuned is
-    not.
+    not, and neither is an embedding model (``--embedding``: ``axformer finetune --embedding`` trains one on
+    purpose).
     """
     from transformers import AutoConfig
 
@@ -67,6 +82,8 @@ def needs_finetuning(model: str, data) -> bool:
                 f"model {model} was fine-tuned on {record.task.get('name')}, not {data.spec.name}; "
                 f"give its pre-trained checkpoint to fine-tune for {data.spec.name}"
             )
+        return False
+    if data is not None and data.spec.is_embedding:  # an embedding model is compressed as it is: it has no head
         return False
     try:
         config = AutoConfig.from_pretrained(model)
@@ -139,7 +156,7 @@ def run_pipeline(
     if is_local(cfg.model):
         require_model_dir(cfg.model)
     refuse_overwriting_inputs(out, [cfg.model, cfg.train, cfg.dev, cfg.data_dir])
-    data = cfg.selection().load_if_given()
+    data = _texts_data(cfg) if (cfg.task or "").lower() == TEXTS_TASK else cfg.selection().load_if_given()
     finetune_needed = needs_finetuning(cfg.model, data)
     if finetune_needed and data is None:
         raise AxformerError(

@@ -19,10 +19,21 @@ import torch
 from axformer.errors import AxformerError
 
 ONNX_FILE = "model.onnx"
+SENTENCE_ONNX_FILE = "onnx/model.onnx"  # sentence-transformers' ONNX layout (embedding artifacts)
+
+
+def onnx_file(path: str | os.PathLike) -> Path:
+    """The graph of an artifact directory: ``model.onnx`` (Optimum's layout) or ``onnx/model.onnx``
+    (sentence-transformers'); a path to a file is itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    sentence = path / SENTENCE_ONNX_FILE
+    return sentence if sentence.is_file() and not (path / ONNX_FILE).is_file() else path / ONNX_FILE
 
 
 def is_onnx_artifact(path: str | os.PathLike) -> bool:
-    return (Path(path) / ONNX_FILE).is_file()
+    return Path(path).is_dir() and onnx_file(path).is_file()
 
 
 def session_options(threads: int | None = None):
@@ -52,9 +63,7 @@ class OnnxModel:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str | torch.device = "cpu") -> None:
         import onnxruntime as ort
 
-        path = Path(path)
-        if path.is_dir():
-            path = path / ONNX_FILE
+        path = onnx_file(path)
         if not path.is_file():
             raise AxformerError(f"ONNX model {path} does not exist")
         try:
@@ -65,6 +74,7 @@ class OnnxModel:
             ) from None
         self.path = path
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name  # logits, or sentence_embedding
         self.training = False
 
     def eval(self) -> OnnxModel:
@@ -75,12 +85,15 @@ class OnnxModel:
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(
-            ["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names}
+            [self.output_name], {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names}
         )[0]
 
     def __call__(self, **batch) -> SimpleNamespace:
+        from axformer.embedding.model import score_groups
+
         feed = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        return SimpleNamespace(logits=torch.from_numpy(np.ascontiguousarray(self.run(feed))))
+        out = torch.from_numpy(np.ascontiguousarray(self.run(feed)))
+        return SimpleNamespace(logits=score_groups(out, batch.get("group_size")))
 
 
 def position_limit(config: dict) -> int | None:

@@ -1,4 +1,5 @@
-"""The predictor a service uses: texts in, logits out, with dynamic length and optional multi-instance throughput.
+"""The predictor a service uses: texts in, logits (or embeddings) out, with dynamic length and optional
+multi-instance throughput.
 
 * Inputs are tokenised and truncated exactly as in training (the model's
   recorded ``max_seq_length``, pairs truncated longest-first).
@@ -107,8 +108,23 @@ class Predictor:
     def max_length(self) -> int:
         return max_input_length(self.path)
 
-    def encode(self, texts: Texts) -> Encoded:
-        return encode(self.tokenizer, _as_split(texts), self.max_length)
+    @property
+    def is_embedding(self) -> bool:
+        """An embedding model (its record says so): texts give embeddings, pairs their cosine."""
+        return bool(((self.record.task or {}).get("extra") or {}).get("embedding"))
+
+    def tokenize(self, texts: Texts) -> Encoded:
+        """Token ids as in training: pairs together (a classifier), or text by text (an embedding model)."""
+        return encode(self.tokenizer, _as_split(texts), self.max_length, separate=self.is_embedding)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings of ``texts``, in their order (pooled and, where the model says so, normalised):
+        what ``SentenceTransformer.encode`` returns for the model this artifact came from."""
+        if not self.is_embedding:
+            raise AxformerError(f"{self.path} is not an embedding model; expected one exported with --embedding")
+        if any(not isinstance(t, str) for t in texts):
+            raise AxformerError("encode takes single texts; score pairs with predict([(a, b), ...])")
+        return self.predict_encoded(self.tokenize(list(texts)), batch_size)
 
     def batches(self, enc: Encoded, batch_size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
         return [
@@ -127,8 +143,9 @@ class Predictor:
         return logits if logits is not None else np.zeros((0, 1), np.float32)
 
     def predict(self, texts: Texts, batch_size: int = 32) -> np.ndarray:
-        """Logits in the order of ``texts`` (a text per example, or a pair of texts)."""
-        return self.predict_encoded(self.encode(texts), batch_size)
+        """Logits in the order of ``texts`` (a text per example, or a pair of texts); an embedding model gives
+        embeddings of texts and the cosine of each pair."""
+        return self.predict_encoded(self.tokenize(texts), batch_size)
 
     @torch.inference_mode()
     def run_batches(self, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:

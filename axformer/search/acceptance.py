@@ -166,7 +166,8 @@ class MetricTolerance:
         return best < self.thresholds["accuracy"]
 
     def describe(self) -> str:
-        parts = [f"held-out {m} >= {t:.2f}" for m, t in self.thresholds.items()]
+        pool = ("agreement", "cosine", "cosine_p5")  # measured against the original on the fidelity pool
+        parts = [f"{'fidelity-pool' if m in pool else 'held-out'} {m} >= {t:.2f}" for m, t in self.thresholds.items()]
         if self.max_loss is not None:
             parts.append(f"mean held-out loss <= {self.max_loss:.4f}")
         return "tolerance: " + ", ".join(parts)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from axformer.evaluation.paired import PairedDifference, paired_bootstrap
+from axformer.inference import predictions
 
 
 @dataclass
@@ -161,8 +162,7 @@ def _confirmation_engine(ctx, config):
 def _certify(ctx, config, original_logits, original_metrics: dict, candidate_logits) -> Certificate:
     spec = ctx.data.spec
     regression = spec.is_regression
-    original = original_logits[:, 0] if regression else original_logits.argmax(-1)
-    candidate = candidate_logits[:, 0] if regression else candidate_logits.argmax(-1)
+    original, candidate = predictions(original_logits, regression), predictions(candidate_logits, regression)
     c = config.certificate
     return certify(
         spec.metrics,
@@ -232,8 +232,9 @@ def certify_model(ctx, config, net) -> Certificate:
 def fidelity(
     ctx, config, net, calibration: list[tuple[str, ...]] | None = None, max_training_texts: int = 5000
 ) -> dict:
-    """How often the final model agrees with the original (classification), or how far its outputs are from
-    the original's (regression), on unlabelled inputs: a seeded sample of the training texts and, when given,
+    """How often the final model agrees with the original (classification), how far its outputs are from
+    the original's (regression), or how close its embeddings are to the original's (cosine), on unlabelled
+    inputs: a seeded sample of the training texts and, when given,
     the user's calibration texts (dev texts removed from them)."""
     import numpy as np
 
@@ -241,6 +242,7 @@ def fidelity(
     from axformer.inference import run_model
     from axformer.tasks.calibration import without
     from axformer.tasks.data import Split
+    from axformer.tasks.metrics import compute_metrics
     from axformer.tasks.splits import apply_split
 
     spec = ctx.data.spec
@@ -258,11 +260,16 @@ def fidelity(
         if texts:
             pools["calibration texts"] = texts
     for name, texts in pools.items():
+        if spec.is_embedding:  # every distinct text, embedded alone
+            texts = [(t,) for t in dict.fromkeys(t for row in texts for t in row)]
         split = Split(name, texts, np.zeros(len(texts), dtype=np.float32 if spec.is_regression else np.int64))
         enc = encode(ctx.tokenizer, split, ctx.record.max_seq_length)
-        a = run_model(ctx.model.eval(), enc, spec.is_regression, config.batch_size, ctx.device).logits
-        b = run_model(net.eval(), enc, spec.is_regression, config.batch_size, ctx.device).logits
-        if spec.is_regression:
+        a = run_model(ctx.model.eval(), enc, spec.is_regression, config.batch_size, ctx.device, with_loss=False).logits
+        b = run_model(net.eval(), enc, spec.is_regression, config.batch_size, ctx.device, with_loss=False).logits
+        if spec.is_embedding:
+            metrics = compute_metrics(("cosine", "cosine_p5"), a, b)
+            out[name] = {"texts": len(texts), **metrics}
+        elif spec.is_regression:
             out[name] = {"texts": len(texts), "mean_abs_difference": float(np.abs(a[:, 0] - b[:, 0]).mean())}
         else:
             out[name] = {"texts": len(texts), "agreement": float(100 * (a.argmax(-1) == b.argmax(-1)).mean())}

@@ -53,6 +53,9 @@ class ConstraintSearchConfig:
     ] = ()  # speed: approximate attention tried per layer after pruning, where measured faster
     k: int = 30
     phases: tuple[tuple[str, ...], ...] = PHASES  # COARSE_PHASES: layers and blocks only
+    # metrics guarded at a fixed level rather than relative to the original (an embedding model's cosine
+    # fidelity); each applies when the engine reports it
+    fixed_thresholds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,7 +118,9 @@ def constraint_search(
     guarded = list(ref.metrics) if config.guard == "all" else [main]
     if "agreement" in ref.metrics and "agreement" not in guarded:  # fidelity to the original is always guarded
         guarded.append("agreement")
+    guarded = [m for m in guarded if m not in config.fixed_thresholds]
     thresholds = {m: threshold_for(ref.metrics[m], config) for m in guarded}
+    thresholds.update({m: t for m, t in config.fixed_thresholds.items() if m in ref.metrics})
     max_loss = None if config.max_loss_increase is None else ref.mean_loss * (1 + config.max_loss_increase / 100)
     rule = MetricTolerance(thresholds, engine.encoded.labels, engine.regression, max_loss)
     out = ConstraintOutcome(threshold=thresholds[main], thresholds=thresholds, max_loss=max_loss, rule=rule.describe())

@@ -121,7 +121,12 @@ def optimize(
                 save_candidate(model, ctx, t.state(), work / "best_so_far", config, config.goal)
                 last_save[0] = time.perf_counter()
 
-        if config.fidelity.texts > 0 and config.goal != "accuracy" and not spec.is_regression:
+        if (
+            config.fidelity.pool_size(spec.is_embedding) > 0
+            and config.goal != "accuracy"
+            # labelled pairs get a pool; a fidelity-only task ("fidelity") is its own pool
+            and (spec.extra.get("embedding") == "cosine" or not spec.is_regression)
+        ):
             engine = FidelityEngine(engine, ctx, fidelity_pool(ctx, _pool_texts(ctx, config, calibration)))
         trials = Trials(engine, work / LOG_FILE, spec.main_metric, on_accept, positions_sha(ctx.heldout_positions))
         if ctx.confirmation is not None:  # which examples decide and which certify, for anyone to check
@@ -171,6 +176,7 @@ def optimize(
                     attention_modes=modes,
                     k=config.attention.k,
                     phases=COARSE_PHASES if config.coarse_units_only else PHASES,
+                    fixed_thresholds=_fixed_thresholds(spec, config.fidelity),
                 )
                 if config.progress:
                     trials.progress(constraint_trial_bound(structure, cfg), f"search ({config.goal})")
@@ -306,6 +312,16 @@ def _kept_sizes(ctx, config: OptimizeConfig) -> tuple[int | None, int | None]:
     return vocab_rows, ctx.record.max_seq_length if config.artifact.trim_positions else None
 
 
+def _fixed_thresholds(spec, fidelity) -> dict[str, float]:
+    """Embedding models: the cosine levels the fidelity settings fix. With labelled pairs both (the task's metric
+    holds the promise); with texts only the mean cosine is the task's main metric, under the tolerance, and
+    only its 5th percentile is fixed."""
+    kind = spec.extra.get("embedding")
+    if kind == "cosine":
+        return {"cosine": fidelity.min_cosine, "cosine_p5": fidelity.min_cosine_p5}
+    return {"cosine_p5": fidelity.min_cosine_p5} if kind == "fidelity" else {}
+
+
 def _typical_length(ctx) -> int:
     return int(np.median(ctx.encoded.lengths)) if len(ctx.encoded) else 32
 
@@ -317,7 +333,8 @@ def _pool_texts(ctx, config: OptimizeConfig, calibration) -> list[tuple[str, ...
     from axformer.tasks.splits import apply_split
 
     train, _ = apply_split(ctx.data, ctx.split)
-    pick = np.sort(np.random.default_rng(config.sample_seed + 1).permutation(len(train))[: config.fidelity.texts])
+    size = config.fidelity.pool_size(ctx.data.spec.is_embedding)
+    pick = np.sort(np.random.default_rng(config.sample_seed + 1).permutation(len(train))[:size])
     texts = [train.texts[i] for i in pick] + list(calibration or [])
     kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
     return kept

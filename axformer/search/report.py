@@ -58,7 +58,7 @@ def build_report(
                     dev_split.labels,
                     run_model(
                         net,
-                        encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length),
+                        encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length, separate=spec.is_embedding),
                         spec.is_regression,
                         config.batch_size,
                         ctx.device,
@@ -72,9 +72,9 @@ def build_report(
     results["original"]["size_bytes"] = (weights_size(Path(model)) or None) if is_local(model) else None
     results["optimized"]["size_bytes"] = weights_size(work)
     dev_split = next(iter(ctx.data.dev.values()))
-    lat = measure_latency(
+    lat = measure_latency(  # an embedding model: one text per request
         {"original": original, "optimized": optimized},
-        encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length),
+        encode(ctx.tokenizer, dev_split, ctx.record.max_seq_length, separate=spec.is_embedding).ungrouped(),
         config.latency_examples,
         ctx.device,
     )
@@ -287,6 +287,11 @@ def fidelity_lines(r: SearchReport) -> list[str]:
     for name, v in f.items():
         if isinstance(v, dict) and "agreement" in v:
             parts.append(f"the same prediction on {v['agreement']:.2f}% of {v['texts']} {name}")
+        elif isinstance(v, dict) and "cosine" in v:
+            parts.append(
+                f"mean cosine {v['cosine']:.2f} (5th percentile {v['cosine_p5']:.2f}) to the original's embeddings "
+                f"of {v['texts']} {name}"
+            )
         elif isinstance(v, dict) and "mean_abs_difference" in v:
             parts.append(f"mean |output difference| {v['mean_abs_difference']:.4f} on {v['texts']} {name}")
     if not parts:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig
 
 from axformer.errors import AxformerError
 from axformer.surgery.adapters import get_adapter
@@ -81,14 +81,23 @@ def _state_dict(path: Path, device) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pruned(model: str, config: PretrainedConfig, device) -> torch.nn.Module:
-    """Rebuild a pruned model: stock modules at the original sizes, reduced to the saved structure, then its weights."""
+def load_pruned(model: str, config: PretrainedConfig, device, layout=None, bare: bool = False) -> torch.nn.Module:
+    """Rebuild a pruned model: stock modules at the original sizes, reduced to the saved structure, then its weights.
+
+    With a sentence-transformers ``layout``, or ``bare``: the transformer without a head (what ``AutoModel``
+    builds), inside an embedder (the bare transformer is its ``.transformer``)."""
     target = ModelStructure.from_dict(getattr(config, STRUCTURE_KEY))
     adapter = get_adapter(config)
     build = config.__class__.from_dict(config.to_dict())
     adapter.set_config_dims(build, list(range(len(target.present_layers))), target.ffn_dim)
     setattr(build, STRUCTURE_KEY, None)
-    net = AutoModelForSequenceClassification.from_config(build)
+    if layout is None and not bare:
+        net = AutoModelForSequenceClassification.from_config(build)
+    else:
+        from axformer.embedding.model import SentenceEmbedder
+
+        net = SentenceEmbedder(AutoModel.from_config(build), layout)
+    weights_of = net if layout is None and not bare else net.transformer
     present = set(target.present_layers)
     full = ModelStructure.full(
         target.num_layers, target.num_heads, target.head_dim, target.ffn_dim, target.hidden, target.ffn_matrices
@@ -97,7 +106,7 @@ def load_pruned(model: str, config: PretrainedConfig, device) -> torch.nn.Module
     adapter.prepare_rebuilt(net, target)
     apply_structure(net, target, adapter, current=full)
     state = _state_dict(Path(model), "cpu")
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing, unexpected = weights_of.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("axformer_heads")]
     if missing or unexpected:
         raise AxformerError(

@@ -44,6 +44,23 @@ def _spearman(y: np.ndarray, p: np.ndarray) -> float:
     return float(stats.spearmanr(y, p)[0])
 
 
+def row_cosines(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per row, the cosine of ``p`` to ``y``."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    denom = np.linalg.norm(y, axis=1) * np.linalg.norm(p, axis=1)
+    return (y * p).sum(1) / np.maximum(denom, 1e-12)
+
+
+def _cosine(y: np.ndarray, p: np.ndarray) -> float:
+    """Fidelity of an embedding model: mean cosine of its embeddings (``p``) to the original's (``y``)."""
+    return float(row_cosines(y, p).mean())
+
+
+def _cosine_p5(y: np.ndarray, p: np.ndarray) -> float:
+    """The worst 5% of texts: the 5th percentile of the cosines to the original's embeddings."""
+    return float(np.percentile(row_cosines(y, p), 5))
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": _accuracy,
     "f1": _f1,
@@ -51,6 +68,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "mcc": _mcc,
     "pearson": _pearson,
     "spearman": _spearman,
+    "cosine": _cosine,
+    "cosine_p5": _cosine_p5,
 }
 
 REGRESSION_METRICS = frozenset({"pearson", "spearman"})

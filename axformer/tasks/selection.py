@@ -24,6 +24,7 @@ class TaskSelection:
     label_column: str = "label"
     problem: str = "classification"
     labels: str | None = None  # comma-separated label names in id order
+    embedding: bool = False  # the model is a sentence-transformers embedding model: pairs scored by cosine
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -48,12 +49,18 @@ class TaskSelection:
                 raise AxformerError("a custom task needs --text-column (once, or twice for sentence pairs)")
             names = tuple(s.strip() for s in self.labels.split(",")) if self.labels else None
             name = self.task if self.task and self.task.lower() != "custom" else "custom"
-            return load_custom(
+            data = load_custom(
                 self.train, self.dev, tuple(self.text_column), self.label_column, self.problem, names, name=name
             )
-        if self.task is None:
+        elif self.task is None:
             raise AxformerError("missing --task; expected a task name (see 'axformer tasks') or --train/--dev files")
-        return load_task(self.task, self.data_dir, self.source)
+        else:
+            data = load_task(self.task, self.data_dir, self.source)
+        if self.embedding and not data.spec.is_embedding:
+            from axformer.tasks.similarity import as_embedding_task
+
+            data = as_embedding_task(data)
+        return data
 
     def load_if_given(self) -> TaskData | None:
         """The selected task, or None when nothing was selected (the stage falls back to the recorded task)."""

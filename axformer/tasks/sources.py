@@ -307,8 +307,12 @@ def load_custom(
             raise AxformerError(f"{opt} file {p} has suffix {p.suffix!r}; expected .csv, .tsv or .jsonl")
     if not text_columns or len(text_columns) > 2:
         raise AxformerError(f"--text-column given {len(text_columns)} times; expected one or two text columns")
-    if problem not in ("classification", "regression"):
-        raise AxformerError(f"--problem {problem!r}; expected classification or regression")
+    if problem not in ("classification", "regression", "similarity"):
+        raise AxformerError(f"--problem {problem!r}; expected classification, regression or similarity")
+    if problem == "similarity" and len(text_columns) != 2:
+        raise AxformerError(
+            f"--problem similarity scores text pairs; expected two --text-column options, got {len(text_columns)}"
+        )
     if problem == "classification" and label_names is None:
         label_names = _distinct_labels(train_path, label_column)
     spec = custom_task(
@@ -324,7 +328,7 @@ def load_custom(
     )
     train = read_table_split(train_path, spec, "train", text_columns, label_column)
     dev = read_table_split(dev_path, spec, "dev", text_columns, label_column)
-    return TaskData(
+    data = TaskData(
         spec=spec,
         train=train,
         dev={"dev": dev},
@@ -335,6 +339,11 @@ def load_custom(
             "label_names": list(label_names) if label_names else None,
         },
     )
+    if problem == "similarity":
+        from axformer.tasks.similarity import as_embedding_task
+
+        return as_embedding_task(data)
+    return data
 
 
 def load_decision_split(path: str | os.PathLike, data: TaskData) -> Split:
@@ -350,18 +359,22 @@ def load_decision_split(path: str | os.PathLike, data: TaskData) -> Split:
             raise AxformerError(f"--decision-data {path} has suffix {path.suffix!r}; expected .csv, .tsv or .jsonl")
         names = source.get("label_names")
         values = {n: i for i, n in enumerate(names)} if names else None
-        return read_table_split(
+        split = read_table_split(
             path, spec, "decision", tuple(source["text_columns"]), source["label_column"], True, values
         )
-    layout = spec.local
-    if layout is None:
-        raise AxformerError(
-            f"--decision-data: task {spec.name} has no file layout to read it with; give the task as custom files "
-            "(--train/--dev/--text-column) to use a decision file"
+    else:
+        layout = spec.local
+        if layout is None:
+            raise AxformerError(
+                f"--decision-data: task {spec.name} has no file layout to read it with; give the task as custom "
+                "files (--train/--dev/--text-column) to use a decision file"
+            )
+        split = read_table_split(
+            path, spec, "decision", layout.text_columns, layout.label_column, layout.header, layout.label_values
         )
-    return read_table_split(
-        path, spec, "decision", layout.text_columns, layout.label_column, layout.header, layout.label_values
-    )
+    if spec.is_embedding:  # scored like the task's own splits (see as_embedding_task)
+        split.labels = (split.labels / spec.extra["label_scale"]).astype(np.float32)
+    return split
 
 
 def _distinct_labels(path: Path, label_column: str) -> tuple[str, ...]:
@@ -437,4 +450,9 @@ def load_task_from_record(record: dict, data_dir: str | os.PathLike | None = Non
         )
     if kind == "local" and data_dir is None and default_data_dir() is None:
         data_dir = src.get("data_dir")
-    return load_task(record["name"], data_dir=data_dir, source="hub" if kind == "hub" and data_dir is None else "auto")
+    data = load_task(record["name"], data_dir=data_dir, source="hub" if kind == "hub" and data_dir is None else "auto")
+    if (record.get("extra") or {}).get("embedding"):
+        from axformer.tasks.similarity import as_embedding_task
+
+        return as_embedding_task(data)
+    return data

@@ -61,6 +61,11 @@ class TaskSpec:
         return self.label_names is None
 
     @property
+    def is_embedding(self) -> bool:
+        """An embedding model's task: no head; texts are embedded one by one (pairs scored by cosine)."""
+        return bool(self.extra.get("embedding"))
+
+    @property
     def num_labels(self) -> int:
         return 1 if self.label_names is None else len(self.label_names)
 

@@ -164,8 +164,8 @@ def train_model(
     spec = data.spec
     t_start = time.perf_counter()
     select_split = selection_subset(heldout, config)
-    enc_train = encode(tokenizer, train_part, config.max_seq_length)
-    enc_select = encode(tokenizer, select_split, config.max_seq_length)
+    enc_train = encode(tokenizer, train_part, config.max_seq_length, separate=spec.is_embedding)
+    enc_select = encode(tokenizer, select_split, config.max_seq_length, separate=spec.is_embedding)
     lengths = enc_train.lengths
     steps_per_epoch = math.ceil(len(enc_train) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -280,7 +280,7 @@ def train_model(
         net.load_state_dict(load_file(str(work / BEST), device=str(device)))
         result = Evaluation(task=spec.name, model=str(output))
         for name, part in {"heldout": heldout, **data.dev}.items():
-            enc = encode(tokenizer, part, config.max_seq_length)
+            enc = encode(tokenizer, part, config.max_seq_length, separate=spec.is_embedding)
             outs = run_model(net, enc, spec.is_regression, config.eval_batch_size, device, progress=f"evaluate {name}")
             result.splits[name] = score(spec, part.labels, outs)
             with open(work / f"predictions_{name}.jsonl", "w") as f:

@@ -1,0 +1,1 @@
+"""Sentence-embedding models: sentence-transformers' layout, pooling, similarity tasks and fidelity."""

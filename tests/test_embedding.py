@@ -1,0 +1,244 @@
+"""Sentence-embedding models: sentence-transformers' layout, pairs scored by cosine, fidelity, distillation,
+reloading where users work (SentenceTransformer, Auto classes) and the ONNX artifact's encode()."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from axformer.data.batching import collate, encode
+from axformer.errors import AxformerError
+from axformer.models.loading import load_embedder, load_model, load_tokenizer, save_model
+from axformer.surgery.prune import current_structure, prune
+from axformer.tasks.data import Split
+from axformer.tasks.sources import load_custom
+from tests.conftest import ARCHS, make_tiny_model_dir, make_tiny_sentence_model, write_similarity_files
+
+st = pytest.importorskip("sentence_transformers")
+
+TEXTS = ["red car blue", "the good movie was long", "bad", "a blue green car and a red one", "movie"]
+
+
+def embeddings(net, tok, texts=TEXTS) -> np.ndarray:
+    enc = encode(tok, Split("t", [(t,) for t in texts], np.zeros(len(texts))), 48)
+    with torch.no_grad():
+        return net(**collate(enc, np.arange(len(texts)), with_labels=False)).logits.numpy()
+
+
+def similarity_task(tmp_path):
+    train, dev = write_similarity_files(tmp_path / "sts")
+    return load_custom(train, dev, ("sentence1", "sentence2"), "score", "similarity", name="toy-sts")
+
+
+@pytest.mark.parametrize(("arch", "pooling", "normalize"), [
+    ("bert", "mean", True), ("bert", "cls", False), ("bert", "max", True), ("mpnet", "mean", True),
+    ("distilbert", "mean", True), ("roberta", "cls", True),
+])  # fmt: skip
+def test_embeddings_are_sentence_transformers_own(tmp_path, arch, pooling, normalize):
+    path = make_tiny_sentence_model(tmp_path / "st", arch, pooling, normalize)
+    ours = embeddings(load_embedder(str(path)), load_tokenizer(path))
+    theirs = st.SentenceTransformer(str(path), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_pairs_are_embedded_text_by_text_and_scored_by_cosine(tmp_path):
+    path = make_tiny_sentence_model(tmp_path / "st")
+    net, tok = load_embedder(str(path)), load_tokenizer(path)
+    pairs = [(TEXTS[0], TEXTS[1]), (TEXTS[2], TEXTS[3]), (TEXTS[4], TEXTS[0])]
+    enc = encode(tok, Split("p", pairs, np.array([0.1, 0.5, 0.9], np.float32)), 48, separate=True)
+    assert len(enc) == 3 and enc.group == 2 and len(enc.input_ids) == 6
+    assert enc.lengths.tolist() == [max(len(enc.input_ids[2 * i]), len(enc.input_ids[2 * i + 1])) for i in range(3)]
+    sub = enc.subset([2, 0])
+    assert [x.tolist() for x in sub.input_ids] == [enc.input_ids[i].tolist() for i in (4, 5, 0, 1)]
+    batch = collate(enc, np.array([1, 2]))
+    assert batch["input_ids"].shape[0] == 4 and int(batch["group_size"]) == 2
+    batch.pop("labels")
+    with torch.no_grad():
+        cos = net(**batch).logits[:, 0].numpy()
+    e = embeddings(net, tok)
+    expected = [e[2] @ e[3] / np.linalg.norm(e[2]) / np.linalg.norm(e[3]), e[4] @ e[0] / np.linalg.norm(e[4])]
+    np.testing.assert_allclose(cos, [expected[0], expected[1] / np.linalg.norm(e[0])], atol=1e-5)
+
+
+def test_similarity_tasks_scale_scores_and_refuse_classification(tmp_path):
+    data = similarity_task(tmp_path)
+    spec = data.spec
+    assert spec.is_embedding and spec.main_metric == "spearman" and spec.extra["label_scale"] == 5.0
+    assert data.train.labels.max() <= 1.0 and data.dev["dev"].labels.min() >= 0.0
+    from axformer.tasks.similarity import as_embedding_task
+    from tests.conftest import write_sentiment_files
+
+    train, dev = write_sentiment_files(tmp_path / "cls")
+    with pytest.raises(AxformerError, match="classification task; expected a similarity task"):
+        as_embedding_task(load_custom(train, dev, ("text",), "label", "classification"))
+
+
+def test_a_directory_that_is_not_a_sentence_transformers_model_is_refused(tmp_path, monkeypatch, capsys):
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    train, dev = write_similarity_files(tmp_path / "sts")
+    model = make_tiny_model_dir(tmp_path / "classifier", "bert", num_labels=1)
+    out = tmp_path / "eval"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "evaluate", str(model), "--embedding", "--task", "custom", "--train", str(train),
+        "--dev", str(dev), "--text-column", "sentence1", "--text-column", "sentence2", "--label-column", "score",
+        "--problem", "similarity", "-o", str(out),
+    )  # fmt: skip
+    assert_clean_failure(code, err, out, "not a sentence-transformers model \\(no modules.json\\)")
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "distilbert"])
+def test_a_pruned_embedder_loads_in_sentence_transformers(tmp_path, arch):
+    """Per-layer head counts no stock config expresses: SentenceTransformer(OUT) loads it (through AutoModel, which
+    `import axformer` taught the axformer-pruned type) and gives axformer's embeddings."""
+    import axformer  # noqa: F401
+
+    path = make_tiny_sentence_model(tmp_path / "st", arch)
+    data = similarity_task(tmp_path)
+    net, tok = load_model(str(path), data.spec), load_tokenizer(path)
+    prune(net, ["L0.attn.head1", "L2.attn.head0", "L1.ffn.group2of12"])
+    before = embeddings(net, tok)
+    save_model(net, tok, tmp_path / "pruned")
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["model_type"] == "axformer-pruned"
+    assert (tmp_path / "pruned" / "modules.json").is_file() and (tmp_path / "pruned" / "1_Pooling").is_dir()
+    again = load_model(tmp_path / "pruned", data.spec)
+    assert current_structure(again).to_dict() == current_structure(net).to_dict()
+    np.testing.assert_allclose(embeddings(again, tok), before, atol=1e-6)
+    theirs = st.SentenceTransformer(str(tmp_path / "pruned"), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, before, atol=1e-5)
+
+
+def test_masked_candidates_score_like_the_physically_pruned_embedder(tmp_path):
+    from axformer.evaluation.engine import EvaluationEngine
+    from axformer.inference import run_model
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    data = similarity_task(tmp_path)
+    net, tok = load_model(str(path), data.spec), load_tokenizer(path)
+    enc = encode(tok, data.dev["dev"], 48, separate=True)
+    engine = EvaluationEngine(net, enc, data.spec, batch_size=8)
+    removed = ["L0.attn.head2", "L1.ffn", "L2.ffn.group0of12"]
+    masked = engine.evaluate(removed)
+    engine.close()
+    pruned = load_model(str(path), data.spec)
+    prune(pruned, removed)
+    direct = run_model(pruned, enc, True, 8)
+    np.testing.assert_allclose(masked.logits, direct.logits, atol=1e-5)
+    np.testing.assert_allclose(masked.losses, direct.losses, atol=1e-5)
+    assert set(masked.metrics) == {"spearman", "pearson"}
+
+
+def test_fidelity_pool_measures_cosine_to_the_original_and_stops_exactly(tmp_path):
+    from axformer.evaluation.context import load_context
+    from axformer.evaluation.engine import EvaluationEngine, PartialResult
+    from axformer.evaluation.fidelity import COSINE, COSINE_P5, FidelityEngine, _CosineTooLow, fidelity_pool
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    data = similarity_task(tmp_path)
+    ctx = load_context(str(path), data, device="cpu")
+    pool = fidelity_pool(ctx, list(data.train.texts[:40]))
+    assert len(pool) == len({t for row in data.train.texts[:40] for t in row}) and pool.labels.shape[1] == 32
+    engine = FidelityEngine(EvaluationEngine(ctx.model, ctx.encoded, ctx.data.spec), ctx, pool)
+    assert engine.reference.metrics[COSINE] == pytest.approx(100.0, abs=1e-3)
+    worse = engine.evaluate(["L1.attn", "L2.ffn"])
+    assert worse.metrics[COSINE] < 100.0 and worse.metrics[COSINE_P5] <= worse.metrics[COSINE]
+    from axformer.tasks.metrics import compute_metrics
+
+    pruned = load_model(str(path), data.spec)
+    prune(pruned, ["L1.attn", "L2.ffn"])
+    expected = compute_metrics((COSINE,), pool.labels, embeddings(pruned, ctx.tokenizer, [t[0] for t in pool.texts]))
+    assert worse.metrics[COSINE] == pytest.approx(expected[COSINE], abs=1e-3)
+    engine.close()
+    stop = _CosineTooLow(90.0)  # mean loss (1 - cosine) may reach 0.1
+    done = np.array([True, True, False, False])
+    assert not stop.hopeless(PartialResult(done, np.array([0.2, 0.18, 0, 0]), np.zeros((4, 2))))  # 0.38/4 < 0.1
+    assert stop.hopeless(PartialResult(done, np.array([0.3, 0.2, 0, 0]), np.zeros((4, 2))))
+
+
+def test_optimize_compresses_an_embedding_model_end_to_end(tmp_path):
+    """The speed goal on a similarity task: fidelity guarded, recovery by embedding distillation, a result in
+    sentence-transformers' layout with its report; then the export's onnx/model.onnx encodes like PyTorch."""
+    from axformer.export.artifact import ExportConfig, export_model
+    from axformer.runtime.predictor import Predictor
+    from axformer.search.config import OptimizeConfig, Recovery, Tolerance
+    from axformer.search.optimize import optimize
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    data = similarity_task(tmp_path)
+    cfg = OptimizeConfig(goal="speed", device="cpu", progress=False, latency_examples=5, groups=4,
+                         tolerance=Tolerance(max_drop=5.0), recovery=Recovery(mode="distill", epochs=1.0))  # fmt: skip
+    report = optimize(str(path), data, None, tmp_path / "run", cfg)
+    out = tmp_path / "run"
+    assert {"cosine", "cosine_p5"} <= set(report["search"]["thresholds"])
+    fid = report["fidelity"]["training texts"]
+    assert 0 < fid["cosine_p5"] <= fid["cosine"] <= 100.0 + 1e-6
+    assert (out / "modules.json").is_file() and (out / "teacher_embeddings.npy").exists() is False
+    ours = embeddings(load_model(out), load_tokenizer(out))
+    theirs = st.SentenceTransformer(str(out), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+    art = tmp_path / "artifact"
+    export_model(out, art, ExportConfig(precision="fp32", device="cpu", max_examples=40))
+    assert (art / "onnx" / "model.onnx").is_file() and not (art / "model.onnx").exists()
+    assert (art / "modules.json").is_file() and (art / "1_Pooling" / "config.json").is_file()
+    with Predictor(art) as p:
+        np.testing.assert_allclose(p.encode(TEXTS), ours, atol=1e-4)
+        cos = p.predict([(TEXTS[0], TEXTS[1])])[0, 0]
+    assert cos == pytest.approx(float(ours[0] @ ours[1] / np.linalg.norm(ours[0]) / np.linalg.norm(ours[1])), abs=1e-4)
+    int8 = tmp_path / "int8"
+    export_model(out, int8, ExportConfig(precision="int8", device="cpu", max_examples=40, max_drop=100.0))
+    q = Predictor(int8).encode(TEXTS)
+    cosines = (q * ours).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(ours, axis=1)
+    assert cosines.min() > 0.9
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("deberta-v2", "modernbert")])
+def test_every_family_exports_an_embedding_graph(tmp_path, arch):
+    from axformer.export.onnx_export import export_onnx
+    from axformer.runtime.backends import OnnxModel
+
+    path = make_tiny_sentence_model(tmp_path / "st", arch)
+    net, tok = load_embedder(str(path)), load_tokenizer(path)
+    prune(net, ["L0.attn.head1", "L1.ffn.group2of12"])
+    export_onnx(net, tmp_path / "m.onnx")
+    runner = OnnxModel(tmp_path / "m.onnx")
+    assert runner.output_name == "sentence_embedding"
+    np.testing.assert_allclose(embeddings(runner, tok), embeddings(net, tok), atol=1e-4)
+
+
+def test_unlabelled_texts_only_run_every_stage(tmp_path):
+    """``--task none --calibration-texts``: the original's embeddings are the labels, fidelity is the metric, and
+    the pipeline runs through export, benchmark and report; the result reloads in sentence-transformers."""
+    import random
+
+    from axformer.pipeline.run import run_pipeline
+    from tests.conftest import WORDS
+    from tests.test_pipeline import _cfg
+
+    rng = random.Random(3)
+    texts = tmp_path / "texts.txt"
+    texts.write_text(
+        "".join(" ".join(rng.choice(WORDS[5:60]) for _ in range(rng.randint(2, 9))) + "\n" for _ in range(150))
+    )
+    model = make_tiny_sentence_model(tmp_path / "st")
+    out = tmp_path / "run"
+    cfg = _cfg(model, out, task="none", embedding=True)
+    cfg.search.calibration_texts = str(texts)
+    cfg.search.tolerance.max_drop, cfg.search.tolerance.max_loss_increase = 10.0, None
+    cfg.export.max_drop = 10.0
+    result = run_pipeline(cfg, progress=lambda m: None)
+    assert result.ran == ["analyze", "search", "export", "benchmark", "report"]
+    record = json.loads((out / "3-search" / "axformer.json").read_text())["task"]
+    assert record["name"] == "none" and record["source"]["kind"] == "texts"
+    search = json.loads((out / "3-search" / "report.json").read_text())
+    assert set(search["search"]["thresholds"]) == {"cosine", "cosine_p5"}
+    assert search["search"]["thresholds"]["cosine"] == pytest.approx(90.0)  # 100 - the tolerance
+    bench = json.loads((out / "5-benchmark" / "benchmark.json").read_text())
+    devs = [r["dev"]["metrics"]["cosine"] for r in bench["rows"]]
+    assert all(0 < c <= 100.0 + 1e-6 for c in devs)
+    assert (out / "4-export" / "onnx" / "model.onnx").is_file()
+    theirs = st.SentenceTransformer(str(out / "3-search"), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, embeddings(load_model(out / "3-search"), load_tokenizer(model)), atol=1e-5)
