@@ -673,7 +673,9 @@ def optimize_cmd(
         typer.Option(
             "--student-layers",
             help="fastformers: first distil into this many of the teacher's layers (e.g. 3) or these "
-            "layers (e.g. 0,2,5).",
+            "layers (e.g. 0,2,5). search: after the search, keep only these layers and win them back by "
+            "distillation (on the training texts and --calibration-texts); the certificate judges the student "
+            "and falls back to the searched model without it.",
         ),
     ] = None,
     heads: Annotated[int | None, typer.Option("--heads", help="fastformers: attention heads kept per layer.")] = None,

@@ -369,7 +369,7 @@ def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(
                                states_tried=1 + len(steps) - len(kept), decision_examples=10)  # fmt: skip
         return report, {"removed": [n for s in kept for n in s.removed], "attention": {}}
 
-    def fake_recover(model, ctx, work, config, state):
+    def fake_recover(model, ctx, work, config, state, calibration=None):
         calls.append(("recover", tuple(state["removed"])))
         return ("recovered", tuple(state["removed"])), {"mode": "distill"}
 

@@ -242,3 +242,99 @@ def test_unlabelled_texts_only_run_every_stage(tmp_path):
     assert (out / "4-export" / "onnx" / "model.onnx").is_file()
     theirs = st.SentenceTransformer(str(out / "3-search"), device="cpu").encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(theirs, embeddings(load_model(out / "3-search"), load_tokenizer(model)), atol=1e-5)
+
+
+def test_finetuning_an_embedding_model_trains_the_cosine_and_keeps_its_layout(tmp_path):
+    """``axformer finetune --embedding``: sentence-transformers' CosineSimilarityLoss on the pairs (no head is
+    added); the dev loss falls and the result is still a sentence-transformers model."""
+    from axformer.evaluation.scores import evaluate
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    data = similarity_task(tmp_path)
+    cfg = FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, max_seq_length=48, device="cpu")
+    res = finetune(str(path), data, tmp_path / "tuned", cfg)
+    before = evaluate(str(path), data, splits=("dev",), device="cpu").splits["dev"]
+    after = res.evaluation.splits["dev"]
+    assert after.loss < 0.5 * before.loss  # the cosines learn the scores' scale (word overlap ranks well untrained)
+    assert (res.output / "modules.json").is_file() and (res.output / "1_Pooling" / "config.json").is_file()
+    theirs = st.SentenceTransformer(str(res.output), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, embeddings(load_model(res.output), load_tokenizer(path)), atol=1e-5)
+
+
+def test_task_none_needs_an_embedding_model_and_texts(tmp_path, monkeypatch, capsys):
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    model = make_tiny_sentence_model(tmp_path / "st")
+    out = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "optimize", str(model), "--task", "none", "--embedding", "-o", str(out))
+    assert_clean_failure(code, err, out, "--task none compresses an embedding model on unlabelled texts; expected")
+    few = tmp_path / "few.txt"
+    few.write_text("one text\nanother text\n")
+    code, _, err = run_cli(monkeypatch, capsys, "optimize", str(model), "--task", "none", "--embedding",
+                           "--calibration-texts", str(few), "-o", str(out))  # fmt: skip
+    assert_clean_failure(code, err, out, "holds 2 distinct texts; fidelity-only compression needs at least 20")
+
+
+def test_the_benchmark_times_an_embedding_model_text_by_text(tmp_path):
+    """Every row of a similarity task's benchmark (padded baseline, ONNX Runtime baselines, peak memory):
+    dev Spearman of the pair cosines, and timing one text per request."""
+    from axformer.benchmark.run import BenchmarkConfig, benchmark
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    data = similarity_task(tmp_path)
+    net = load_model(str(path), data.spec)
+    prune(net, ["L1.ffn"])
+    save_model(net, load_tokenizer(path), tmp_path / "pruned")
+    cfg = BenchmarkConfig(lengths=(16,), latency_examples=6, throughput_examples=40, fixed_requests=2, rounds=1,
+                          instances=0, baseline_model=str(path))  # fmt: skip
+    result = benchmark([str(tmp_path / "pruned")], tmp_path / "bench", data, config=cfg, progress=lambda m: None)
+    rows = result["rows"]
+    assert len(rows) >= 4 and all(set(r["dev"]["metrics"]) == {"spearman", "pearson"} for r in rows)
+    assert all(r["peak_memory_mib"] is not None for r in rows)
+    unpruned = [r for r in rows if r["path"] == str(path)]
+    assert unpruned and unpruned[0]["dev"]["metrics"]["spearman"] == pytest.approx(
+        evaluate_spearman(load_embedder(str(path)), load_tokenizer(path), data), abs=1e-3
+    )
+
+
+def evaluate_spearman(net, tok, data) -> float:
+    from scipy import stats
+
+    dev = data.dev["dev"]
+    e1, e2 = embeddings(net, tok, [a for a, _ in dev.texts]), embeddings(net, tok, [b for _, b in dev.texts])
+    cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+    return 100 * float(stats.spearmanr(dev.labels, cos)[0])
+
+
+def test_a_distilled_student_is_one_more_step_and_distils_on_calibration_texts_but_no_dev_or_heldout_text(tmp_path):
+    import random
+
+    from axformer.search.config import FidelityDecision, OptimizeConfig, Recovery, Tolerance
+    from axformer.search.optimize import optimize
+    from axformer.tasks.splits import apply_split
+    from tests.conftest import WORDS
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    data = similarity_task(tmp_path)
+    rng = random.Random(5)
+    fresh = [" ".join(rng.choice(WORDS[5:60]) for _ in range(rng.randint(2, 7))) for _ in range(60)]
+    dev_texts = [t for pair in data.dev["dev"].texts for t in pair]
+    calibration = tmp_path / "texts.txt"
+    calibration.write_text("".join(t + "\n" for t in [*fresh, *dev_texts[:10], *fresh[:5]]))
+    cfg = OptimizeConfig(goal="speed", device="cpu", progress=False, latency_examples=5, groups=4,
+                         tolerance=Tolerance(max_drop=1.0), calibration_texts=str(calibration),
+                         fidelity=FidelityDecision(min_cosine=99.99, min_cosine_p5=99.9),  # the search removes nothing
+                         recovery=Recovery(mode="distill", epochs=1.0, student_layers="2"))  # fmt: skip
+    report = optimize(str(path), data, None, tmp_path / "run", cfg)
+    student = report["recovery"]["student"]
+    assert len(student["layers"]) == 2 and student["layers"][0] == 0 and student["layers"][-1] == 2
+    from axformer.models.record import ModelRecord
+
+    split = ModelRecord.load(tmp_path / "run").split
+    train, held = apply_split(data, split)
+    seen = {t for rows in (data.dev["dev"].texts, train.texts, held.texts) for row in rows for t in row}
+    expected = len({t for t in fresh if t not in seen})
+    assert report["recovery"]["budget"]["calibration_texts"] == expected
+    if student["kept"]:
+        assert len(current_structure(load_model(tmp_path / "run")).present_layers) == 2

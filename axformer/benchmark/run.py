@@ -284,7 +284,7 @@ def benchmark(
             rows[c.name].multi_instance = MultiInstance(instances, 1, float(np.median(rates)))
     if config.memory:
         for c in candidates:
-            own = encodings[c.name]
+            own = timed[c.name]
             widest = prepare(own.subset(thr_idx), 32, None, own.pad_token_id)[0]
             rows[c.name].peak_memory_mib = peak_memory_mib(
                 c.path, pad_to(widest, max_len, own.pad_token_id) if c.padded else widest

@@ -59,8 +59,13 @@ def distill(
     data_dir: str | os.PathLike | None = None,
     config: DistillConfig | None = None,
     overwrite: bool = False,
+    extra_texts: list[tuple[str, ...]] | None = None,
 ) -> FinetuneResult:
     """Distil ``teacher`` into a student and save the best held-out checkpoint to ``output``.
+
+    ``extra_texts``: unlabelled inputs added to the training part (the teacher's outputs are their targets; the
+    caller keeps dev texts out of them). An embedding model then distils on single texts: every distinct text
+    of the training pairs and the extra texts.
 
     The student is ``student`` (any model sharing the teacher's vocabulary; a
     new task head is made for a checkpoint without one; a model axformer
@@ -102,6 +107,16 @@ def distill(
         layers = parse_layers(student_layers, current_structure(net).present_layers)
         net = derive_student(net, layers)
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
+    if extra_texts and config.hard_weight > 0:
+        raise AxformerError(
+            f"{len(extra_texts)} unlabelled texts with --hard-weight {config.hard_weight}: they have no gold labels; "
+            "expected --hard-weight 0"
+        )
+    if data.spec.is_embedding and extra_texts and config.hard_weight == 0:  # pairs become their texts
+        singles = dict.fromkeys((t,) for row in [*train_part.texts, *extra_texts] for t in row)
+        train_part = Split(train_part.name, list(singles), np.zeros(len(singles), np.float32))
+    else:
+        extra = extra + list(extra_texts or [])
     if extra:  # unlabelled: the teacher's outputs are their targets (hard_weight is 0, validated)
         labels = np.zeros(len(extra), dtype=train_part.labels.dtype)
         train_part = Split(train_part.name, [*train_part.texts, *extra], np.concatenate([train_part.labels, labels]))
@@ -118,7 +133,8 @@ def distill(
         "teacher": teacher,
         "student_layers": layers,
         "structure": current_structure(net).summary(),
-        "added_windows": len(extra),
+        "added_windows": len(extra) - len(extra_texts or ()),
+        "extra_texts": len(extra_texts or ()),
     }
     key = {
         "teacher": teacher,
@@ -127,6 +143,7 @@ def distill(
         "structure": current_structure(net).to_dict(),
         "task": data.spec.name,
         "train": data.train.fingerprint(),
+        "extra_texts": len(extra_texts or ()),
     }
     return train_model(
         net,

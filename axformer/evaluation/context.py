@@ -178,7 +178,7 @@ def vocabulary_texts(
     texts = list(train.texts)
     if calibration_texts is not None:
         columns = tuple(calibration_columns or ()) or None
-        texts += load_calibration_texts(calibration_texts, ctx.data.spec.num_text_fields, columns)
+        texts += load_calibration_texts(calibration_texts, ctx.data.spec.input_fields, columns)
     kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
     return kept
 

@@ -143,9 +143,14 @@ class SearchStage(OptimizeConfig):
             raise AxformerError(f"search.strategy {self.strategy!r}; expected search or fastformers")
         if self.strategy == "fastformers":
             self.recipe().validate()
+        else:
+            self.optimize_config().validate()
 
     def optimize_config(self) -> OptimizeConfig:
-        return OptimizeConfig(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(OptimizeConfig)})
+        cfg = OptimizeConfig(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(OptimizeConfig)})
+        if self.strategy == "search" and self.student_layers is not None:  # the search, then a distilled student
+            cfg.recovery.student_layers = self.student_layers
+        return cfg
 
     def recipe(self):
         from axformer.distill import DistillConfig

@@ -174,7 +174,7 @@ def run_pipeline(
 
         spec = (data or task_for(cfg.model, None, cfg.data_dir)).spec
         columns = tuple(cfg.search.calibration_columns or ()) or None
-        load_calibration_texts(cfg.search.calibration_texts, spec.num_text_fields, columns)
+        load_calibration_texts(cfg.search.calibration_texts, spec.input_fields, columns)
     out.mkdir(parents=True, exist_ok=True)
     if from_stage is not None:
         for stage in STAGES[STAGES.index(from_stage) : -1]:

@@ -26,7 +26,7 @@ import torch
 
 from axformer.data.batching import Encoded, collate, encode, sorted_batches
 from axformer.errors import AxformerError
-from axformer.models.loading import load_tokenizer
+from axformer.models.loading import is_embedding_model, load_tokenizer
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import load_runnable, max_input_length
 from axformer.tasks.data import Split
@@ -110,8 +110,11 @@ class Predictor:
 
     @property
     def is_embedding(self) -> bool:
-        """An embedding model (its record says so): texts give embeddings, pairs their cosine."""
-        return bool(((self.record.task or {}).get("extra") or {}).get("embedding"))
+        """An embedding model (its record says so, or a sentence-transformers directory without a task head):
+        texts give embeddings, pairs their cosine."""
+        if self.record.task is not None:
+            return bool((self.record.task.get("extra") or {}).get("embedding"))
+        return is_embedding_model(str(self.path))
 
     def tokenize(self, texts: Texts) -> Encoded:
         """Token ids as in training: pairs together (a classifier), or text by text (an embedding model)."""

@@ -68,6 +68,9 @@ def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str
     extra = length - width
     out = {}
     for k, v in batch.items():
+        if v.dim() < 2:  # not a per-token input (group_size)
+            out[k] = v
+            continue
         fill = pad_id if k == "input_ids" else 0
         out[k] = torch.cat([v, torch.full((v.shape[0], extra), fill, dtype=v.dtype)], dim=1)
     return out

@@ -180,10 +180,15 @@ def _certify(ctx, config, original_logits, original_metrics: dict, candidate_log
 
 def state_of(steps: list[Step]) -> dict:
     """The search state (as ``Trials.state``) that these accepted steps make."""
-    return {
-        "removed": [n for s in steps for n in s.removed],
-        "attention": {str(c.layer): c.spec() for s in steps for c in s.changes},
-    }
+    removed = [n for s in steps for n in s.removed]
+    return {"removed": removed, "attention": {str(c.layer): c.spec() for c in live_changes(steps)}}
+
+
+def live_changes(steps: list[Step]) -> list:
+    """The steps' changes on layers that are still there (a later step, a student, may drop a layer whose
+    attention an earlier step approximated)."""
+    gone = {n for s in steps for n in s.removed}
+    return [c for s in steps for c in s.changes if f"L{c.layer}" not in gone]
 
 
 def certify_search(ctx, config, steps: list[Step], backtrack_failing: bool = True) -> tuple[Certification, dict]:
@@ -196,7 +201,7 @@ def certify_search(ctx, config, steps: list[Step], backtrack_failing: bool = Tru
 
         def certify_state(kept: list[Step]) -> Certificate:
             removed = [n for s in kept for n in s.removed]
-            changes = [c for s in kept for c in s.changes]
+            changes = live_changes(kept)
             ref = engine.reference
             return _certify(ctx, config, ref.logits, ref.metrics, engine.evaluate(removed, changes).logits)
 
@@ -240,7 +245,7 @@ def fidelity(
 
     from axformer.data.batching import encode
     from axformer.inference import run_model
-    from axformer.tasks.calibration import without
+    from axformer.tasks.calibration import as_inputs, without
     from axformer.tasks.data import Split
     from axformer.tasks.metrics import compute_metrics
     from axformer.tasks.splits import apply_split
@@ -251,17 +256,19 @@ def fidelity(
     pick = np.random.default_rng(config.sample_seed).permutation(len(train))[:max_training_texts]
     pools["training texts"] = [train.texts[i] for i in np.sort(pick)]
     out: dict = {}
+    per_text = spec.is_embedding  # every distinct text, embedded alone
     if calibration is not None:
-        dev = {t for split in ctx.data.dev.values() for t in split.texts}
-        texts = calibration
-        texts, removed = without(texts, dev)
+        dev = set(as_inputs([t for split in ctx.data.dev.values() for t in split.texts], per_text))
+        texts, removed = without(as_inputs(calibration, per_text), dev)
         out["calibration_file"] = str(config.calibration_texts)
         out["removed_dev_texts"] = removed
+        if len(texts) > max_training_texts:  # a large file: a seeded sample
+            pick = np.random.default_rng(config.sample_seed).permutation(len(texts))[:max_training_texts]
+            texts = [texts[i] for i in np.sort(pick)]
         if texts:
             pools["calibration texts"] = texts
     for name, texts in pools.items():
-        if spec.is_embedding:  # every distinct text, embedded alone
-            texts = [(t,) for t in dict.fromkeys(t for row in texts for t in row)]
+        texts = as_inputs(texts, per_text)
         split = Split(name, texts, np.zeros(len(texts), dtype=np.float32 if spec.is_regression else np.int64))
         enc = encode(ctx.tokenizer, split, ctx.record.max_seq_length)
         a = run_model(ctx.model.eval(), enc, spec.is_regression, config.batch_size, ctx.device, with_loss=False).logits

@@ -93,6 +93,11 @@ class Recovery:
     (FastFormers) distils the original model into the searched one."""
 
     mode: str | None = None
+    # distill: a student of these teacher layers ("3": spread evenly, first and last kept; "0,2,5": exactly
+    # those), taken after the search as one more step of it: the searched removals in the kept layers stay, the
+    # other layers go, and the distillation (on the training texts and --calibration-texts) must win it back.
+    # The certificate judges it; if it fails, the searched model without the student is recovered instead
+    student_layers: str | None = None
     # None: enough passes over the training part to see RECOVERY_EXAMPLES examples, from one to three epochs
     # (a small task gets three, SST-2 one); see ``axformer.search.recovery.recovery_epochs``
     epochs: float | None = None
@@ -107,6 +112,10 @@ class Recovery:
             raise AxformerError(f"--recover-windows {self.windows}; expected a number of windows per text (0: none)")
         if self.mode not in (None, *RECOVERY):
             raise AxformerError(f"--recover {self.mode!r}; expected one of {', '.join(RECOVERY)}")
+        if self.student_layers is not None and self.mode != "distill":
+            raise AxformerError(
+                f"--student-layers {self.student_layers} is won back by distillation; expected --recover distill"
+            )
         if self.epochs is not None and self.epochs <= 0:
             raise AxformerError(f"--recover-epochs {self.epochs}; expected a positive number of epochs")
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from axformer.attention.hard import supports_approximate_attention
+from axformer.distill.students import parse_layers
 from axformer.errors import AxformerError
 from axformer.evaluation.context import load_context, positions_sha, representativeness_warnings
 from axformer.evaluation.engine import EvaluationEngine
@@ -35,7 +36,7 @@ from axformer.models.loading import is_local
 from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.accuracy import trial_bound as accuracy_trial_bound
 from axformer.search.candidate import save_candidate
-from axformer.search.certificate import certify_model, certify_search, fidelity, state_of
+from axformer.search.certificate import Step, certify_model, certify_search, fidelity, state_of
 from axformer.search.config import OptimizeConfig
 from axformer.search.constraint import COARSE_PHASES, PHASES, ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
@@ -89,7 +90,7 @@ def optimize(
     ctx.warnings.extend(representativeness_warnings(ctx))
     calibration = (  # read (and refused if malformed) before any work
         load_calibration_texts(
-            config.calibration_texts, spec.num_text_fields, tuple(config.calibration_columns or ()) or None
+            config.calibration_texts, spec.input_fields, tuple(config.calibration_columns or ()) or None
         )
         if config.calibration_texts is not None
         else None
@@ -204,9 +205,18 @@ def optimize(
             ) from None
         trials.close()
         search_seconds = time.perf_counter() - t_search
-        state = trials.state()
+        student = _student_step(ctx, config, trials) if config.goal != "accuracy" else None
+        state = trials.state() if student is None else state_of(trials.steps)
         engine.close()
-        certification, state, optimized, recovery = _certify_and_recover(model, ctx, work, config, trials, state)
+        certification, state, optimized, recovery = _certify_and_recover(
+            model, ctx, work, config, trials, state, calibration
+        )
+        if recovery is not None and student is not None:
+            recovery["student"] = {
+                "layers": [i for i in current_structure(ctx.model).present_layers if f"L{i}" not in student.removed],
+                "removed": student.removed,
+                "kept": all(n in state["removed"] for n in student.removed),
+            }
         report = build_report(
             model,
             ctx,
@@ -231,7 +241,25 @@ def optimize(
     return report.to_dict()  # the report.json layout; SearchReport.from_dict reads it back
 
 
-def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials: Trials, state: dict):
+def _student_step(ctx, config: OptimizeConfig, trials: Trials) -> Step | None:
+    """``--student-layers``: the layers outside the student, as one more step after the search's own (so the
+    certificate's fallback undoes the student first)."""
+    if config.recovery.student_layers is None:
+        return None
+    removed = {n for s in trials.steps for n in s.removed}
+    present = [i for i in current_structure(ctx.model).present_layers if f"L{i}" not in removed]
+    layers = config.recovery.student_layers.strip()
+    if layers.isdigit() and int(layers) >= len(present):  # the search left no more layers than that
+        return None
+    kept = parse_layers(layers, present)
+    step = Step([f"L{i}" for i in present if i not in kept], [])
+    if step.removed:
+        trials.steps.append(step)
+        return step
+    return None
+
+
+def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials: Trials, state: dict, calibration=None):
     """The certificate is taken on the model that ships. With recovery, the searched state is recovered first
     and the *recovered* model certified (pruning that recovery wins back is not undone before it had its
     chance); if it fails, the searched model is backtracked until it passes on its own and shipped instead.
@@ -244,7 +272,7 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
         return certification, state, save_candidate(model, ctx, state, work, config, config.goal), None
     write_json(work / STATE_FILE, state)
     save_candidate(model, ctx, state, work, config, config.goal)
-    optimized, recovery = recover(model, ctx, work, config, state)
+    optimized, recovery = recover(model, ctx, work, config, state, calibration)
     if ctx.confirmation is None:
         return None, state, optimized, recovery
     after = certify_model(ctx, config, optimized)
@@ -261,7 +289,7 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
     if len(trials.steps) > 1:
         fewer = state_of(trials.steps[:-1])
         save_candidate(model, ctx, fewer, work, config, config.goal)
-        retried, second = recover(model, ctx, work, config, fewer)
+        retried, second = recover(model, ctx, work, config, fewer, calibration)
         certification.retry = certify_model(ctx, config, retried)
         certification.retry_undone = [trials.steps[-1].name]
         second["attempts"] = 2
@@ -329,12 +357,18 @@ def _typical_length(ctx) -> int:
 def _pool_texts(ctx, config: OptimizeConfig, calibration) -> list[tuple[str, ...]]:
     """The unlabelled inputs fidelity decides on: a seeded sample of the training part, plus the calibration
     texts, less every dev text (the dev set only reports)."""
-    from axformer.tasks.calibration import without
+    from axformer.tasks.calibration import as_inputs, without
     from axformer.tasks.splits import apply_split
 
     train, _ = apply_split(ctx.data, ctx.split)
     size = config.fidelity.pool_size(ctx.data.spec.is_embedding)
     pick = np.sort(np.random.default_rng(config.sample_seed + 1).permutation(len(train))[:size])
-    texts = [train.texts[i] for i in pick] + list(calibration or [])
-    kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
+    per_text = ctx.data.spec.is_embedding
+    extra = as_inputs(calibration or [], per_text)
+    if len(extra) > max(size, 1000):  # a large calibration file joins the pool as a seeded sample
+        extra = [
+            extra[i] for i in np.sort(np.random.default_rng(config.sample_seed + 2).permutation(len(extra))[:size])
+        ]
+    texts = as_inputs([train.texts[i] for i in pick], per_text) + extra
+    kept, _ = without(texts, set(as_inputs([t for s in ctx.data.dev.values() for t in s.texts], per_text)))
     return kept

@@ -57,7 +57,7 @@ def pretrained_origin(record) -> str | None:
     )
 
 
-def recover(model, ctx, work: Path, config, state: dict):
+def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple[str, ...]] | None = None):
     """Train the found structure again; the recovered model replaces the searched one in ``work``.
 
     ``continue`` fine-tunes from the searched weights. ``pretrained`` is
@@ -85,6 +85,19 @@ def recover(model, ctx, work: Path, config, state: dict):
     train_examples = len(train)
     windows = config.recovery.windows if config.recovery.mode == "distill" else 0
     added = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
+    # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
+    # every dev text (the dev set only reports), every held-out text (they decide and certify: trained on, they
+    # would flatter both) and the texts the training part has already
+    extra: list[tuple[str, ...]] = []
+    if config.recovery.mode == "distill" and calibration:
+        from axformer.tasks.calibration import as_inputs, without
+
+        per_text = ctx.data.spec.is_embedding
+        held = apply_split(ctx.data, ctx.split)[1]
+        rows = [*(t for split in ctx.data.dev.values() for t in split.texts), *train.texts, *held.texts]
+        rows += list(ctx.pool_split.texts) if ctx.pool_split is not None else []
+        extra, _ = without(as_inputs(calibration, per_text), set(as_inputs(rows, per_text)))
+    added += len(extra)
     common = {
         "epochs": recovery_epochs(config.recovery.epochs, train_examples + added),
         "learning_rate": config.recovery.learning_rate,
@@ -99,7 +112,9 @@ def recover(model, ctx, work: Path, config, state: dict):
     start = work
     if config.recovery.mode == "distill":
         cfg = DistillConfig(**common, windows=windows)
-        result = distill(model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True)
+        result = distill(
+            model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True, extra_texts=extra
+        )
     else:
         cfg = FinetuneConfig(**common)
         if config.recovery.mode == "pretrained":
@@ -133,6 +148,11 @@ def recover(model, ctx, work: Path, config, state: dict):
         "heldout_before": searched,
         "seconds": time.perf_counter() - t0,
         "config": asdict(cfg),
-        "budget": {"examples": train_examples, "windows": added, "epochs": cfg.epochs},
+        "budget": {
+            "examples": train_examples,
+            "windows": added - len(extra),
+            "calibration_texts": len(extra),
+            "epochs": cfg.epochs,
+        },
         "original_budget": training_budget(ctx.record),
     }

@@ -84,3 +84,9 @@ def without(texts: list[tuple[str, ...]], excluded: set[tuple[str, ...]]) -> tup
     """``texts`` less any that is in ``excluded`` (the dev texts), and how many were removed."""
     kept = [t for t in texts if t not in excluded]
     return kept, len(texts) - len(kept)
+
+
+def as_inputs(rows: list[tuple[str, ...]], per_text: bool) -> list[tuple[str, ...]]:
+    """Rows as model inputs: for an embedding model every distinct text alone (a pair's two texts are two
+    inputs, and exclusions compare text by text); otherwise the rows as they are."""
+    return list(dict.fromkeys((t,) for row in rows for t in row)) if per_text else list(rows)

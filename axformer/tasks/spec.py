@@ -66,6 +66,11 @@ class TaskSpec:
         return bool(self.extra.get("embedding"))
 
     @property
+    def input_fields(self) -> int:
+        """Texts in one model input (what a calibration file holds per line): an embedding model embeds one."""
+        return 1 if self.is_embedding else self.num_text_fields
+
+    @property
     def num_labels(self) -> int:
         return 1 if self.label_names is None else len(self.label_names)
 
