@@ -220,15 +220,16 @@ def test_unlabelled_texts_only_run_every_stage(tmp_path):
 
     rng = random.Random(3)
     texts = tmp_path / "texts.txt"
-    texts.write_text(
-        "".join(" ".join(rng.choice(WORDS[5:60]) for _ in range(rng.randint(2, 9))) + "\n" for _ in range(150))
-    )
+    lines = [" ".join(rng.choice(WORDS[5:60]) for _ in range(rng.randint(2, 9))) for _ in range(150)]
+    lines += [" ".join(rng.choice(WORDS[5:60]) for _ in range(300)) for _ in range(10)]  # later windows distilled too
+    texts.write_text("".join(t + "\n" for t in lines))
     model = make_tiny_sentence_model(tmp_path / "st")
     out = tmp_path / "run"
     cfg = _cfg(model, out, task="none", embedding=True)
     cfg.search.calibration_texts = str(texts)
     cfg.search.tolerance.max_drop, cfg.search.tolerance.max_loss_increase = 10.0, None
     cfg.export.max_drop = 10.0
+    cfg.search.recovery.mode, cfg.search.recovery.epochs = "distill", 1.0
     result = run_pipeline(cfg, progress=lambda m: None)
     assert result.ran == ["analyze", "search", "export", "benchmark", "report"]
     record = json.loads((out / "3-search" / "axformer.json").read_text())["task"]
@@ -236,6 +237,8 @@ def test_unlabelled_texts_only_run_every_stage(tmp_path):
     search = json.loads((out / "3-search" / "report.json").read_text())
     assert set(search["search"]["thresholds"]) == {"cosine", "cosine_p5"}
     assert search["search"]["thresholds"]["cosine"] == pytest.approx(90.0)  # 100 - the tolerance
+    if search["recovery"] is not None:  # something was removed: distilled on the texts and their later windows
+        assert search["recovery"]["budget"]["windows"] > 0
     bench = json.loads((out / "5-benchmark" / "benchmark.json").read_text())
     devs = [r["dev"]["metrics"]["cosine"] for r in bench["rows"]]
     assert all(0 < c <= 100.0 + 1e-6 for c in devs)
@@ -336,5 +339,22 @@ def test_a_distilled_student_is_one_more_step_and_distils_on_calibration_texts_b
     seen = {t for rows in (data.dev["dev"].texts, train.texts, held.texts) for row in rows for t in row}
     expected = len({t for t in fresh if t not in seen})
     assert report["recovery"]["budget"]["calibration_texts"] == expected
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Student (--student-layers): the teacher's layers 0, 2 kept" in text
+    assert f"plus {expected} unlabelled calibration texts" in text
     if student["kept"]:
         assert len(current_structure(load_model(tmp_path / "run")).present_layers) == 2
+
+
+def test_the_texts_task_labels_with_the_original_on_the_default_device(tmp_path):
+    from axformer.models.labelled_texts import texts_task
+
+    model = make_tiny_sentence_model(tmp_path / "st")
+    path = tmp_path / "texts.txt"
+    path.write_text("".join(f"{TEXTS[i % 5]} {i}\n" for i in range(40)))
+    data = texts_task(path, model, device="auto")
+    assert len(data.train) + len(data.dev["dev"]) == 40 and len(data.dev["dev"]) == 4
+    first = data.train.texts[0][0]
+    np.testing.assert_allclose(
+        data.train.labels[0], embeddings(load_embedder(str(model)), load_tokenizer(model), [first])[0], atol=1e-5
+    )

@@ -112,14 +112,15 @@ def distill(
             f"{len(extra_texts)} unlabelled texts with --hard-weight {config.hard_weight}: they have no gold labels; "
             "expected --hard-weight 0"
         )
-    if data.spec.is_embedding and extra_texts and config.hard_weight == 0:  # pairs become their texts
-        singles = dict.fromkeys((t,) for row in [*train_part.texts, *extra_texts] for t in row)
+    unlabelled = [*extra, *(extra_texts or [])]  # the teacher's outputs are their targets (hard_weight is 0)
+    if data.spec.is_embedding and unlabelled:  # an embedder distils on single texts: pairs become their texts
+        singles = dict.fromkeys((t,) for row in [*train_part.texts, *unlabelled] for t in row)
         train_part = Split(train_part.name, list(singles), np.zeros(len(singles), np.float32))
-    else:
-        extra = extra + list(extra_texts or [])
-    if extra:  # unlabelled: the teacher's outputs are their targets (hard_weight is 0, validated)
-        labels = np.zeros(len(extra), dtype=train_part.labels.dtype)
-        train_part = Split(train_part.name, [*train_part.texts, *extra], np.concatenate([train_part.labels, labels]))
+    elif unlabelled:
+        labels = np.zeros(len(unlabelled), dtype=train_part.labels.dtype)
+        train_part = Split(
+            train_part.name, [*train_part.texts, *unlabelled], np.concatenate([train_part.labels, labels])
+        )
     mapping = layer_map(net, t_net)
     if data.spec.is_embedding:
         from axformer.distill.embedding import EmbeddingDistillObjective
@@ -133,7 +134,7 @@ def distill(
         "teacher": teacher,
         "student_layers": layers,
         "structure": current_structure(net).summary(),
-        "added_windows": len(extra) - len(extra_texts or ()),
+        "added_windows": len(extra),
         "extra_texts": len(extra_texts or ()),
     }
     key = {

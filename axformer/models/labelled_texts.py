@@ -36,7 +36,9 @@ def texts_task(
     from axformer.inference import run_model
     from axformer.models.loading import load_embedder, load_tokenizer
     from axformer.tasks.calibration import load_calibration_texts
+    from axformer.utils.device import resolve_device
 
+    device = str(resolve_device(device))
     texts = list(dict.fromkeys(load_calibration_texts(path, 1, columns)))
     if len(texts) < 20:
         raise AxformerError(

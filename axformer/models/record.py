@@ -61,7 +61,10 @@ class ModelRecord:
         """The record of a model directory, or an empty one for a model axformer has not seen."""
         path = Path(directory) / RECORD_FILE
         if not path.is_file():
-            return cls()
+            # a sentence-transformers model states the length it is run at (all-MiniLM-L6-v2: 256)
+            st = Path(directory) / "sentence_bert_config.json"
+            length = read_json(st).get("max_seq_length") if st.is_file() else None
+            return cls(max_seq_length=int(length)) if length else cls()
         return cls.from_dict(read_json(path))
 
 

@@ -189,6 +189,14 @@ def report_markdown(r: SearchReport) -> str:
         ]
         if rec.get("budget"):
             lines[-1] += " " + budget_sentence(rec)
+        if rec.get("student"):
+            st = rec["student"]
+            fate = "it ships" if st["kept"] else "it failed its certificate and was undone"
+            lines += [
+                "",
+                f"Student (--student-layers): the teacher's layers {', '.join(map(str, st['layers']))} kept after the "
+                f"search and distilled; {fate}.",
+            ]
     for note in s.attention_notes:
         lines += ["", f"Approximate attention: {note}."]
     if s.units == "coarse":
@@ -214,6 +222,8 @@ def budget_sentence(rec: dict) -> str:
     b, o = rec["budget"], rec.get("original_budget")
     labels = "the original's outputs as targets" if rec["mode"] == "distill" else "gold labels"
     windows = f" plus {b['windows']} later windows of long ones" if b.get("windows") else ""
+    if b.get("calibration_texts"):
+        windows += f" plus {b['calibration_texts']} unlabelled calibration texts"
     said = f"It trained on {b['examples']} training examples{windows} x {b['epochs']:g} epochs ({labels})"
     if not o:
         return said + "; the original's training budget is not recorded (it was not fine-tuned by axformer)."
