@@ -29,13 +29,13 @@ class EmbeddingDistillObjective:
         self.teacher = teacher.eval().requires_grad_(False)
         self.config = config
         self.cache: torch.Tensor | None = None
-        self.group = 1
+        self.enc: Encoded | None = None
 
     def describe(self) -> dict:
         return {"objective": "embedding distillation (MSE)", "hard": self.config.hard_weight}
 
     def prepare(self, work: Path, enc_train: Encoded, device: torch.device) -> None:
-        self.group = enc_train.group
+        self.enc = enc_train
         path = work / TEACHER_EMBEDDINGS
         if path.exists():
             emb = np.load(path)
@@ -57,8 +57,7 @@ class EmbeddingDistillObjective:
         labels = batch.pop("labels")
         group = batch.pop("group_size", None)
         emb = net(**batch).logits  # one row per text
-        idx = np.asarray(indices, dtype=np.int64)
-        rows = (idx[:, None] * self.group + np.arange(self.group)).reshape(-1)
+        rows = self.enc.rows(indices)  # the batch's sequences, in collate's order
         target = self.cache[torch.as_tensor(rows, device=self.cache.device)]
         terms = {"embedding": ((emb.float() - target) ** 2).sum(-1).mean()}
         if self.config.hard_weight > 0 and group is not None:

@@ -37,12 +37,8 @@ class SentenceLayout:
     pooling: str
     normalize: bool
     max_seq_length: int | None
-    include_prompt: bool = True
     source: str | None = None  # the directory the module files are copied from
     module_dirs: tuple[str, ...] = field(default=())  # sub-directories of the non-transformer modules
-
-    def to_dict(self) -> dict:
-        return {"pooling": self.pooling, "normalize": self.normalize, "max_seq_length": self.max_seq_length}
 
 
 def is_sentence_model(path: str | os.PathLike) -> bool:
@@ -106,7 +102,6 @@ def read_layout(path: str | os.PathLike) -> SentenceLayout:
         pooling=_pooling_mode(pooling_cfg, pooling_dir / "config.json"),
         normalize="Normalize" in kinds,
         max_seq_length=int(max_len) if max_len else None,
-        include_prompt=bool(pooling_cfg.get("include_prompt", True)),
         source=str(root.resolve()),
         module_dirs=tuple(m["path"] for m in modules[1:] if m.get("path")),
     )
