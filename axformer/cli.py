@@ -600,6 +600,15 @@ def optimize_cmd(
             "(the original's outputs as targets; default 2, 0: none).",
         ),
     ] = None,
+    quantization_aware: Annotated[
+        bool | None,
+        typer.Option(
+            "--quantization-aware/--no-quantization-aware",
+            help="--recover distill into an int4 artifact: round what the artifact stores in int4 while the "
+            "student trains, so the distillation wins back the rounding too (default: on; it also distils an "
+            "unpruned model then).",
+        ),
+    ] = None,
     confirm_fraction: Annotated[
         float | None,
         typer.Option(
@@ -774,6 +783,7 @@ def optimize_cmd(
             "learning_rate": recover_lr,
             "max_train_examples": recover_max_train_examples,
             "windows": recover_windows,
+            "quantization_aware": quantization_aware,
         },
     }
     sections = {

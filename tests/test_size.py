@@ -216,6 +216,38 @@ def test_a_size_target_the_formats_meet_removes_nothing(tuned_tiny, tmp_path):
     assert hard["removed"] and hard["search"]["predicted_ratio"] > easy["search"]["predicted_ratio"]
 
 
+def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tuned_tiny, tmp_path):
+    """With --recover distill and int4 matrices and tables, the rounding is something to win back: the unpruned
+    model is distilled quantization-aware, certified as it will be stored (its weights on the int4 grid), and
+    --no-quantization-aware leaves it alone."""
+    import torch
+
+    from axformer.models.loading import load_model
+    from axformer.search.config import ArtifactFormat, OptimizeConfig, Recovery, Tolerance
+    from axformer.search.optimize import optimize
+    from axformer.surgery.fake_quant import fake_quantize, quantization_aware
+
+    model, data, _ = tuned_tiny
+    fmt = ArtifactFormat("int4", "int4", 16, True, table_block_size=32)
+    common = {"goal": "size", "groups": 4, "device": "cpu", "progress": False, "latency_examples": 5,
+              "artifact": fmt, "target_size": 2.0, "tolerance": Tolerance(max_drop=5.0)}  # fmt: skip
+    rounded = optimize(
+        model, data, None, tmp_path / "qat",
+        OptimizeConfig(**common, recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3)),
+    )  # fmt: skip
+    assert rounded["removed"] == [] and rounded["recovery"]["config"]["qat_block_size"] == 16
+    assert rounded["certification"]["recovery"] is not None  # the certificate judged the rounded model
+    net = load_model(tmp_path / "qat")
+    for path in quantization_aware(load_model(tmp_path / "qat"), 4, 16, table_block_size=32):
+        w = net.get_submodule(path).weight.data
+        torch.testing.assert_close(fake_quantize(w, 4, 32 if "embeddings" in path else 16), w, rtol=0, atol=0)
+    plain = optimize(
+        model, data, None, tmp_path / "plain",
+        OptimizeConfig(**common, recovery=Recovery(mode="distill", epochs=1, quantization_aware=False)),
+    )  # fmt: skip
+    assert plain["removed"] == [] and plain.get("recovery") is None
+
+
 def test_mixed_precision_plans_the_embedding_tables_like_matrices(tuned_tiny, tmp_path):
     """The tables join the plan with their own measured sensitivity; with an unbounded tolerance every table and
     MatMul ends up in int4, ranked per parameter for the size objective."""

@@ -15,26 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import torch
 from tqdm.auto import tqdm
 
 from axformer.evaluation.engine import EvaluationEngine
-
-
-def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None) -> torch.Tensor:
-    """Symmetric round-to-nearest quantisation and back, one scale per output row (or row block)."""
-    qmax = 2 ** (bits - 1) - 1
-    w = weight.float()
-    out_f, in_f = w.shape
-    if block_size:
-        pad = (-in_f) % block_size
-        wp = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, block_size)
-        scale = wp.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
-        q = torch.clamp(torch.round(wp / scale), -qmax, qmax) * scale
-        return q.reshape(out_f, -1)[:, :in_f].to(weight.dtype)
-    scale = (w.abs().amax(1).clamp_min(1e-12) / qmax).float()
-    zero = torch.zeros(out_f, dtype=torch.int32, device=w.device)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax).to(weight.dtype)
+from axformer.surgery.fake_quant import fake_quantize
 
 
 @dataclass
@@ -72,25 +56,6 @@ def encoder_linears(engine: EvaluationEngine) -> list[tuple[int, str, str]]:
         (orig, name, paths[id(linear)])
         for orig, name, linear in engine.adapter.named_linears(engine.model, engine.structure.present_layers)
     ]
-
-
-def embedding_tables(model) -> dict[str, str]:
-    """axformer's names for the embedding lookup tables (``embeddings.word``, ``.position``, ``.token_type``) ->
-    their module paths: matrices a precision plan can quantise like any other."""
-    paths = {id(m): n for n, m in model.named_modules()}
-    out = {}
-    word = model.get_input_embeddings()
-    if isinstance(word, torch.nn.Embedding):
-        out["embeddings.word"] = paths[id(word)]
-    block = getattr(getattr(model, "base_model", model), "embeddings", None)
-    for attr, name in (
-        ("position_embeddings", "embeddings.position"),
-        ("token_type_embeddings", "embeddings.token_type"),
-    ):
-        table = getattr(block, attr, None)
-        if isinstance(table, torch.nn.Embedding):
-            out[name] = paths[id(table)]
-    return out
 
 
 @dataclass

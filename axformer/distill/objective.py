@@ -42,9 +42,20 @@ class DistillConfig(FinetuneConfig):
     # later windows of long training texts added as unlabelled inputs (teacher targets), per text; see
     # axformer.distill.augment
     windows: int = 0
+    # quantization-aware distillation (axformer.surgery.fake_quant): the encoder's matrices rounded to the int4
+    # grid of blocks of this many input features in every forward pass (None: trained in fp32), Q/K/V too unless
+    # qat_attention_inputs is off (they stay in a fused int8 Attention then), and the embedding tables in blocks
+    # of qat_table_block_size along the hidden axis (None: tables not rounded). The saved weights are on the grid
+    qat_block_size: int | None = None
+    qat_attention_inputs: bool = True
+    qat_table_block_size: int | None = None
 
     def validate(self) -> None:
         super().validate()
+        for name in ("qat_block_size", "qat_table_block_size"):
+            size = getattr(self, name)
+            if size is not None and (size < 16 or size & (size - 1)):
+                raise AxformerError(f"{name} {size}; expected a power of two of at least 16, or none")
         if self.temperature <= 0:
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}

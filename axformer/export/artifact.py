@@ -138,8 +138,9 @@ class _Sensitivity:
     def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
         todo = [c for c in components if f"{c}@int{bits}" not in self.rows]
         if todo:
-            from axformer.analysis.quantization import FakeQuant, embedding_tables, encoder_linears
+            from axformer.analysis.quantization import FakeQuant, encoder_linears
             from axformer.evaluation.engine import EvaluationEngine
+            from axformer.surgery.fake_quant import embedding_tables
 
             engine = EvaluationEngine(self.ctx.model, self.ctx.encoded, self.ctx.data.spec, 64, self.ctx.device)
             try:
@@ -194,7 +195,7 @@ def _linear_weights(model) -> dict[str, np.ndarray]:
 
 
 def _table_weights(model) -> dict[str, np.ndarray]:
-    from axformer.analysis.quantization import embedding_tables
+    from axformer.surgery.fake_quant import embedding_tables
 
     return {
         name: model.get_submodule(path).weight.detach().cpu().numpy() for name, path in embedding_tables(model).items()

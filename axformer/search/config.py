@@ -106,6 +106,10 @@ class Recovery:
     max_train_examples: int | None = None
     # distill: later windows of long training texts, per text, as extra unlabelled inputs (axformer.distill.augment)
     windows: int = 2
+    # distill into an int4 artifact (--artifact matrices or embeddings int4): round what the artifact stores in
+    # int4 during the distillation (quantization-aware training, axformer.surgery.fake_quant), so that it wins back
+    # the rounding too; an unpruned model is then distilled as well, since the rounding is something to win back
+    quantization_aware: bool = True
 
     def validate(self) -> None:
         if self.windows < 0:

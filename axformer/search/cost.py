@@ -183,8 +183,8 @@ def artifact_bytes(model, fmt, vocab_rows: int | None = None, max_length: int | 
     """
     from torch import nn
 
-    from axformer.analysis.quantization import embedding_tables
     from axformer.surgery.adapters import get_adapter
+    from axformer.surgery.fake_quant import embedding_tables
 
     tables = {id(model.get_submodule(p)): n for n, p in embedding_tables(model).items()}
     adapter = get_adapter(model)

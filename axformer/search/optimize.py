@@ -41,7 +41,7 @@ from axformer.search.config import OptimizeConfig
 from axformer.search.constraint import COARSE_PHASES, PHASES, ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
 from axformer.search.cost import CostModel, byte_model, calibrate_latency
-from axformer.search.recovery import pretrained_origin, recover
+from axformer.search.recovery import pretrained_origin, recover, rounding
 from axformer.search.report import build_report, report_markdown
 from axformer.search.trials import Trials
 from axformer.surgery.prune import current_structure
@@ -265,7 +265,8 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
     chance); if it fails, the searched model is backtracked until it passes on its own and shipped instead.
     Without recovery, the searched model is certified and backtracked."""
     certification = None
-    if config.recovery.mode is None or not trials.steps:  # nothing removed: nothing to win back
+    # nothing removed and nothing rounded to int4 in training: nothing to win back
+    if config.recovery.mode is None or (not trials.steps and not rounding(config)):
         if ctx.confirmation is not None:
             certification, state = certify_search(ctx, config, trials.steps)
         write_json(work / STATE_FILE, state)

@@ -50,6 +50,20 @@ def training_budget(record) -> dict | None:
     return None
 
 
+def rounding(config) -> dict:
+    """The DistillConfig settings of quantization-aware recovery: what the artifact will store in int4, rounded to
+    its grid while the student trains (nothing without --recover distill, or with --no-quantization-aware)."""
+    art = config.artifact
+    if config.recovery.mode != "distill" or not config.recovery.quantization_aware:
+        return {}
+    out = {}
+    if art.matrices == "int4":
+        out |= {"qat_block_size": art.block_size, "qat_attention_inputs": art.int4_attention}
+    if art.embeddings == "int4":
+        out["qat_table_block_size"] = art.table_block_size or art.block_size
+    return out
+
+
 def pretrained_origin(record) -> str | None:
     """The pre-trained checkpoint the model was first fine-tuned from, as its axformer.json records it."""
     return next(
@@ -111,7 +125,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     t0 = time.perf_counter()
     start = work
     if config.recovery.mode == "distill":
-        cfg = DistillConfig(**common, windows=windows)
+        cfg = DistillConfig(**common, windows=windows, **rounding(config))
         result = distill(
             model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True, extra_texts=extra
         )

@@ -28,6 +28,7 @@ from axformer.evaluation import Evaluation, predictions_rows, score
 from axformer.inference import per_example_loss, run_model
 from axformer.models.loading import save_model
 from axformer.models.record import ModelRecord
+from axformer.surgery.fake_quant import freeze
 from axformer.tasks.data import Split, TaskData
 from axformer.tasks.splits import SplitRecord
 from axformer.utils.io import atomic_output_dir, claim_work_dir, run_key, write_json
@@ -278,6 +279,7 @@ def train_model(
         bar.close()
 
         net.load_state_dict(load_file(str(work / BEST), device=str(device)))
+        freeze(net)  # quantization-aware training ends here: the weights are saved (and scored) on their grid
         result = Evaluation(task=spec.name, model=str(output))
         for name, part in {"heldout": heldout, **data.dev}.items():
             enc = encode(tokenizer, part, config.max_seq_length, separate=spec.is_embedding)

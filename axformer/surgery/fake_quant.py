@@ -1,0 +1,113 @@
+"""Weights rounded to the grid ONNX Runtime will store them on, for measuring and for training.
+
+Two users: the quantization sensitivity analysis (one matrix rounded at a time, to see what it costs) and
+quantization-aware distillation (every matrix the artifact will store in int4 rounded in the forward pass,
+gradients passed straight through, so training can move the weights to where rounding costs least). Both
+must round exactly as the export does, or the analysis measures a different model and the training optimises
+for a grid the artifact does not use. The rules, checked against ONNX Runtime in the tests:
+
+- int4 (``MatMulNBits``, ``GatherBlockQuantized``, symmetric): blocks of ``block_size`` input features per
+  output row (per table row for an embedding table); the block's value of largest magnitude, with its sign,
+  is level -8, so the levels are ``scale * [-8 .. 7]`` with ``scale = that value / -8``.
+- int8 (dynamic per-channel weights): one scale per output row, ``max |w| / 127``, levels ``-127 .. 127``.
+
+A model whose weights were trained on the int4 grid and frozen there (``freeze``) is re-quantised by ONNX
+Runtime to the very same values: the largest value of each block sits on level -8 and keeps its scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils import parametrize
+
+from axformer.surgery.adapters import get_adapter
+from axformer.surgery.prune import current_structure
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None) -> torch.Tensor:
+    """``weight`` ([out, in], or [rows, hidden] for a table) rounded to the export's grid and back."""
+    w = weight.float()
+    out_f, in_f = w.shape
+    if block_size:
+        levels = 2 ** (bits - 1)
+        pad = (-in_f) % block_size
+        wp = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, block_size)
+        peak = wp.gather(-1, wp.abs().argmax(-1, keepdim=True))  # signed value of largest magnitude
+        scale = peak / -levels
+        scale = torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale)
+        q = torch.clamp(torch.round(wp / scale), -levels, levels - 1) * scale
+        return q.reshape(out_f, -1)[:, :in_f].to(weight.dtype)
+    qmax = 2 ** (bits - 1) - 1
+    scale = (w.abs().amax(1).clamp_min(1e-12) / qmax).float()
+    zero = torch.zeros(out_f, dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax).to(weight.dtype)
+
+
+def embedding_tables(model) -> dict[str, str]:
+    """axformer's names for the embedding lookup tables (``embeddings.word``, ``.position``, ``.token_type``) ->
+    their module paths: matrices a precision plan can quantise like any other."""
+    paths = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    word = model.get_input_embeddings()
+    if isinstance(word, torch.nn.Embedding):
+        out["embeddings.word"] = paths[id(word)]
+    block = getattr(getattr(model, "base_model", model), "embeddings", None)
+    for attr, name in (
+        ("position_embeddings", "embeddings.position"),
+        ("token_type_embeddings", "embeddings.token_type"),
+    ):
+        table = getattr(block, attr, None)
+        if isinstance(table, torch.nn.Embedding):
+            out[name] = paths[id(table)]
+    return out
+
+
+class _RoundedWeight(torch.nn.Module):
+    """A parametrization: the forward pass sees the rounded weight, the gradient reaches the latent one unchanged
+    (the straight-through estimator)."""
+
+    def __init__(self, bits: int, block_size: int | None):
+        super().__init__()
+        self.bits, self.block_size = bits, block_size
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (fake_quantize(w, self.bits, self.block_size) - w).detach()
+
+
+def quantization_aware(
+    model: torch.nn.Module,
+    bits: int = 4,
+    block_size: int | None = 32,
+    table_block_size: int | None = None,
+    attention_inputs: bool = True,
+) -> list[str]:
+    """Round the encoder's matrices (blocks of ``block_size``; None: not them; Q/K/V only with
+    ``attention_inputs``) and the embedding tables (blocks of ``table_block_size``; None: not them) in every forward
+    pass from now on; returns the module paths. The state dict then holds the latent weights under
+    ``parametrizations``: a model in this state is trained and checkpointed, and ``freeze`` ends it."""
+    structure = current_structure(model)
+    paths = {id(m): n for n, m in model.named_modules()}
+    targets = []
+    if block_size:
+        targets = [
+            (paths[id(linear)], block_size)
+            for _, name, linear in get_adapter(model).named_linears(model, structure.present_layers)
+            if attention_inputs or not name.endswith((".attn.q", ".attn.k", ".attn.v", ".attn.qkv"))
+        ]
+    if table_block_size:
+        targets += [(path, table_block_size) for path in embedding_tables(model).values()]
+    for path, block in targets:
+        module = model.get_submodule(path)
+        if not parametrize.is_parametrized(module, "weight"):
+            parametrize.register_parametrization(module, "weight", _RoundedWeight(bits, block))
+    return [p for p, _ in targets]
+
+
+def freeze(model: torch.nn.Module) -> None:
+    """End quantization-aware training: each rounded weight becomes the plain weight, on the grid (a no-op for a
+    model that was never made quantization-aware)."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight") and isinstance(
+            module.parametrizations["weight"][0], _RoundedWeight
+        ):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
