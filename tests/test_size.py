@@ -237,6 +237,10 @@ def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tun
     )  # fmt: skip
     assert rounded["removed"] == [] and rounded["recovery"]["config"]["qat_block_size"] == 16
     assert rounded["certification"]["recovery"] is not None  # the certificate judged the rounded model
+    assert (
+        "Quantization-aware: matrices in blocks of 16 and embedding tables in blocks of 32"
+        in (tmp_path / "qat" / "report.md").read_text()
+    )
     net = load_model(tmp_path / "qat")
     for path in quantization_aware(load_model(tmp_path / "qat"), 4, 16, table_block_size=32):
         w = net.get_submodule(path).weight.data

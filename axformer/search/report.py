@@ -189,6 +189,15 @@ def report_markdown(r: SearchReport) -> str:
         ]
         if rec.get("budget"):
             lines[-1] += " " + budget_sentence(rec)
+        qat = rec.get("config", {})
+        if qat.get("qat_block_size") or qat.get("qat_table_block_size"):
+            parts = [f"matrices in blocks of {qat['qat_block_size']}"] if qat.get("qat_block_size") else []
+            if qat.get("qat_table_block_size"):
+                parts.append(f"embedding tables in blocks of {qat['qat_table_block_size']}")
+            lines[-1] += (
+                " Quantization-aware: " + " and ".join(parts) + " rounded to the int4 artifact's grid in training; "
+                "the weights are saved on it, so the certified model computes what the int4 export computes."
+            )
         if rec.get("student"):
             st = rec["student"]
             fate = "it ships" if st["kept"] else "it failed its certificate and was undone"
