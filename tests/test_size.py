@@ -218,8 +218,8 @@ def test_a_size_target_the_formats_meet_removes_nothing(tuned_tiny, tmp_path):
 
 def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tuned_tiny, tmp_path):
     """With --recover distill and int4 matrices and tables, the rounding is something to win back: the unpruned
-    model is distilled quantization-aware, certified as it will be stored (its weights on the int4 grid), and
-    --no-quantization-aware leaves it alone."""
+    model is distilled quantization-aware (--quantization-aware), certified as it will be stored (its weights on the
+    int4 grid); by default it is left alone."""
     import torch
 
     from axformer.models.loading import load_model
@@ -233,7 +233,8 @@ def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tun
               "artifact": fmt, "target_size": 2.0, "tolerance": Tolerance(max_drop=5.0)}  # fmt: skip
     rounded = optimize(
         model, data, None, tmp_path / "qat",
-        OptimizeConfig(**common, recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3)),
+        OptimizeConfig(**common, recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3,
+                                                   quantization_aware=True)),
     )  # fmt: skip
     assert rounded["removed"] == [] and rounded["recovery"]["config"]["qat_block_size"] == 16
     assert rounded["certification"]["recovery"] is not None  # the certificate judged the rounded model
@@ -247,7 +248,7 @@ def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tun
         torch.testing.assert_close(fake_quantize(w, 4, 32 if "embeddings" in path else 16), w, rtol=0, atol=0)
     plain = optimize(
         model, data, None, tmp_path / "plain",
-        OptimizeConfig(**common, recovery=Recovery(mode="distill", epochs=1, quantization_aware=False)),
+        OptimizeConfig(**common, recovery=Recovery(mode="distill", epochs=1)),
     )  # fmt: skip
     assert plain["removed"] == [] and plain.get("recovery") is None
 
