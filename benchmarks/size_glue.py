@@ -34,6 +34,7 @@ from axformer.export.size import breakdown_of
 
 STORE = Path("benchmarks/results/size_glue.json")
 TABLE = Path("benchmarks/results/size_glue.md")
+NOTES = Path("benchmarks/results/size_glue_notes.md")  # what a row needs said beside it (kept across runs)
 
 
 def _dev_coverage(original_dir: Path, artifact_dir: Path, dev_texts) -> dict:
@@ -183,6 +184,8 @@ def _table(rows: list[dict]) -> str:
         )
         lines.append(f"- {r['task']}: {parts}")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in sorted(rows, key=lambda r: r["task"])]
+    if NOTES.exists():
+        lines += ["", NOTES.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
