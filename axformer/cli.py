@@ -863,6 +863,31 @@ def distill_cmd(
         float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
     ] = 0.0,
     attention_weight: Annotated[float, typer.Option(help="Weight of the attention-map MSE.")] = 0.0,
+    qat_block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--qat-block-size",
+            help="Quantization-aware: round the encoder's matrices to ONNX Runtime's int4 grid in blocks of this "
+            "many inputs while training (the student's weights are saved on it; export it with --precision int4 "
+            "--int4-block-size B). Default: trained in fp32.",
+        ),
+    ] = None,
+    qat_table_block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--qat-table-block-size",
+            help="Quantization-aware: round the embedding tables to the int4 grid in blocks of this many (export "
+            "with --embeddings int4 --int4-table-block-size T).",
+        ),
+    ] = None,
+    qat_attention_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--qat-attention-inputs/--no-qat-attention-inputs",
+            help="With --qat-block-size: Q, K and V too (export with --int4-attention); off: they stay fp32 here "
+            "and int8 in the fused attention.",
+        ),
+    ] = True,
     no_teacher_cache: Annotated[
         bool,
         typer.Option("--no-teacher-cache", help="Run the teacher at every step even when only its logits are needed."),
@@ -913,6 +938,9 @@ def distill_cmd(
         hidden_weight=hidden_weight,
         attention_weight=attention_weight,
         cache_teacher=not no_teacher_cache,
+        qat_block_size=qat_block_size,
+        qat_table_block_size=qat_table_block_size,
+        qat_attention_inputs=qat_attention_inputs,
     )
     config.validate()
     data = selection.load_if_given()
