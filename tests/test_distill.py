@@ -319,12 +319,13 @@ def test_cli_distill_bad_input(tmp_path, tuned_tiny):
         ["optimize", str(teacher), "--strategy", "fastformers", "-o", str(tmp_path / "o3")],
         ["distill", "--teacher", str(teacher), "-o", str(tmp_path / "o4"), "--student-layers", "1",
          "--qat-block-size", "24"],
+        ["export", str(teacher), "-o", str(tmp_path / "o5"), "--precision", "int4", "--int4-block-size", "24"],
     ]  # fmt: skip
     for args in runs:
         p = subprocess.run([sys.executable, "-m", "axformer", *args], capture_output=True, text=True)
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
-        assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4))
+        assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 5))
 
 
 def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_path, monkeypatch):

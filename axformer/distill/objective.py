@@ -23,6 +23,7 @@ from axformer.data.batching import Encoded
 from axformer.distill.losses import attention_mse, hidden_mse, soft_cross_entropy
 from axformer.errors import AxformerError
 from axformer.inference import per_example_loss, run_model
+from axformer.surgery.fake_quant import check_block_size
 from axformer.training.loop import FinetuneConfig
 
 TEACHER_CACHE = "teacher_logits.npy"
@@ -52,10 +53,8 @@ class DistillConfig(FinetuneConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("qat_block_size", "qat_table_block_size"):
-            size = getattr(self, name)
-            if size is not None and (size < 16 or size & (size - 1)):
-                raise AxformerError(f"{name} {size}; expected a power of two of at least 16, or none")
+        check_block_size(self.qat_block_size, "--qat-block-size")
+        check_block_size(self.qat_table_block_size, "--qat-table-block-size")
         if self.temperature <= 0:
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}

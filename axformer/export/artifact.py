@@ -42,6 +42,7 @@ from axformer.models.record import ModelRecord
 from axformer.runtime.backends import ONNX_FILE, SENTENCE_ONNX_FILE, OnnxModel
 from axformer.runtime.timing import prepare, time_candidates
 from axformer.surgery.adapters import get_adapter
+from axformer.surgery.fake_quant import check_block_size
 from axformer.surgery.prune import current_structure
 from axformer.surgery.vocabulary import VocabularyConfig
 from axformer.tasks.data import TaskData
@@ -97,6 +98,8 @@ class ExportConfig:
         if self.embeddings not in EMBEDDING_PRECISIONS:
             raise AxformerError(f"--embeddings {self.embeddings!r}; expected one of {', '.join(EMBEDDING_PRECISIONS)}")
         self.vocabulary.validate()
+        check_block_size(self.int4_block_size, "--int4-block-size")
+        check_block_size(self.int4_table_block_size, "--int4-table-block-size")
         if self.objective not in ("metric", "size"):
             raise AxformerError(f"export objective {self.objective!r}; expected metric or size")
         if self.max_drop < 0:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from axformer.attention.hard import MODES
 from axformer.errors import AxformerError
+from axformer.surgery.fake_quant import check_block_size
 from axformer.utils.config import from_mapping, to_mapping
 
 GOALS = ("accuracy", "speed", "size")
@@ -207,8 +208,8 @@ class ArtifactFormat:
         for name in ("matrices", "embeddings"):
             if getattr(self, name) not in ("fp32", "int8", "int4"):
                 raise AxformerError(f"search.artifact.{name} {getattr(self, name)!r}; expected fp32, int8 or int4")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise AxformerError(f"int4 block size {self.block_size}; expected a power of two of at least 16")
+        check_block_size(self.block_size, "int4 block size")
+        check_block_size(self.table_block_size, "int4 table block size")
 
 
 @dataclass

@@ -20,8 +20,15 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parametrize
 
+from axformer.errors import AxformerError
 from axformer.surgery.adapters import get_adapter
 from axformer.surgery.prune import current_structure
+
+
+def check_block_size(size: int | None, option: str) -> None:
+    """An int4 block size ONNX Runtime's 4-bit kernels take: a power of two of at least 16 (None: not used)."""
+    if size is not None and (size < 16 or size & (size - 1)):
+        raise AxformerError(f"{option} {size}; expected an int4 block size, a power of two of at least 16")
 
 
 def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None) -> torch.Tensor:
