@@ -203,6 +203,73 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
         precision.apply_plan = orig
 
 
+def test_size_ladder_rounds_further_and_stops_at_the_byte_target(tmp_path, monkeypatch):
+    """Scripted: every matrix costs 4 bytes in int8, 3 in int4/16, 2.5 in int4 (blocks of 32), 2 in int4/128; each
+    int4 matrix costs a point, a coarse one two. The size objective climbs the finer and coarser rungs as far as the
+    tolerance allows; with a byte target every rung stops at the shortest prefix reaching it."""
+    import axformer.export.precision as precision
+    from axformer.export.precision import plan_mixed_precision
+    from axformer.export.quantize import WeightNode
+
+    nodes = [WeightNode(f"mm{i}", "MatMul", f"w{i}", (4, 4), f"L{i}.ffn.up") for i in range(6)]
+    sens4 = {f"L{i}.ffn.up@int4": float(6 - i) for i in range(6)}  # mm5 least sensitive
+    cost = {"int8": 4.0, "int4/16": 3.0, "int4": 2.5, "int4/128": 2.0}
+    loss = {"int8": 0.0, "int4/16": 0.5, "int4": 1.0, "int4/128": 2.0}
+    plans = []
+
+    def fake_apply(source, target, plan, block_size, table_block_size=None):
+        plans.append(dict(plan))
+        target.write_bytes(b"x" * int(2 * sum(cost[p] for p in plan.values())))
+        return target
+
+    monkeypatch.setattr(precision, "apply_plan", fake_apply)
+
+    def score(_path):
+        return 90.0 - sum(loss[v] for v in plans[-1].values())
+
+    def plan(threshold, target=None):
+        return plan_mixed_precision(
+            tmp_path / "f.onnx", nodes, lambda bits, comps: sens4, score, threshold, tmp_path,
+            objective="size", target_bytes=target,
+        )  # fmt: skip
+
+    # 4.5 points: four int4 (least sensitive first), then of the two left in int8 the less sensitive goes to
+    # int4/16 for half a point; coarser blocks cost a point more each: none fits
+    r = plan(85.5)
+    assert r.plan == {"mm0": "int8", "mm1": "int4/16", "mm2": "int4", "mm3": "int4", "mm4": "int4", "mm5": "int4"}
+    assert r.metric == 85.5 and r.size_bytes == int(2 * (4 + 3 + 4 * 2.5))
+    assert [p.step for p in r.probes][0] == "int8->fp32" and {"int8->int4", "int8->int4/16"} <= {
+        p.step for p in r.probes
+    }
+    # unbounded: everything in the coarsest blocks
+    assert set(plan(0.0).plan.values()) == {"int4/128"}
+    # a target of 44 bytes (all int8: 48) needs two int4 matrices (42), not the four the tolerance allows
+    r = plan(85.5, target=44)
+    assert sorted(n for n, v in r.plan.items() if v == "int4") == ["mm4", "mm5"] and r.size_bytes == 42
+    assert set(r.plan.values()) == {"int8", "int4"} and r.target_bytes == 44
+    # a target reached by int8 alone rounds nothing to int4
+    assert set(plan(85.5, target=48).plan.values()) == {"int8"}
+
+
+def test_apply_plan_writes_each_int4_matrix_in_its_own_block_size(tiny_task, tmp_path):
+    from axformer.export.onnx_export import export_onnx
+    from axformer.export.quantize import apply_plan, weight_nodes
+    from axformer.models.loading import load_model
+
+    model, _, _ = tiny_task
+    raw = export_onnx(load_model(model), tmp_path / "raw.onnx")
+    matmuls = [n.node for n in weight_nodes(onnx.load(str(raw))) if n.op_type == "MatMul"][:3]
+    plan = {matmuls[0]: "int4", matmuls[1]: "int4/16", matmuls[2]: "int4/64"}
+    out = apply_plan(raw, tmp_path / "mixed.onnx", plan, block_size=32)
+    blocks = {
+        n.name: next(a.i for a in n.attribute if a.name == "block_size")
+        for n in onnx.load(str(out)).graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    assert sorted(blocks.values()) == [16, 32, 64]
+    assert not list(tmp_path.glob("*stage*"))  # the per-block intermediate files are removed
+
+
 def test_export_cli_bad_input(monkeypatch, capsys, tiny_task, tmp_path):
     model, _, (train, dev) = tiny_task
     out = tmp_path / "out"

@@ -69,6 +69,9 @@ class ExportConfig:
     # what mixed precision ranks int4 candidates by: "metric" (least sensitive first) or "size" (least
     # sensitive per parameter first: the large tables that cost little go first)
     objective: str = "metric"
+    # mixed precision stops rounding once the artifact is this many times smaller than the reference model in
+    # fp32 (the size goal's --target-size); None: as far as the tolerance allows
+    target_size: float | None = None
     vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
     # unlabelled texts whose tokens the pruned vocabulary keeps too (the search's --calibration-texts)
     calibration_texts: str | None = None
@@ -102,6 +105,8 @@ class ExportConfig:
         check_block_size(self.int4_table_block_size, "--int4-table-block-size")
         if self.objective not in ("metric", "size"):
             raise AxformerError(f"export objective {self.objective!r}; expected metric or size")
+        if self.target_size is not None and not self.target_size > 1:
+            raise AxformerError(f"export target_size {self.target_size}; expected a factor above 1 (or none)")
         if self.max_drop < 0:
             raise AxformerError(f"--max-drop {self.max_drop}; expected a non-negative number of points")
         if not 0 <= self.confirm_fraction < 1:
@@ -330,6 +335,12 @@ def export_model(
         ),
     )
     unpruned = (net, ctx.tokenizer, ctx.encoded, ctx.confirmation_encoded)
+    # the reference's fp32 weights are the baseline of the size ratio (as the size search counts it)
+    target_bytes = (
+        None
+        if config.target_size is None
+        else int(4 * sum(p.numel() for p in ref_net.parameters()) / config.target_size)
+    )
     int4_matrices = config.precision == "int4" or (config.precision == "mixed" and config.int4_attention)
 
     with tempfile.TemporaryDirectory(prefix="axformer-export-") as tmp:
@@ -367,7 +378,7 @@ def export_model(
             mixed = plan_mixed_precision(
                 fp32_path, nodes, sens, lambda p: evaluate(p).metrics[main], threshold, tmp,
                 config.int4_block_size, int4_ops, objective=config.objective,
-                table_block_size=config.int4_table_block_size,
+                table_block_size=config.int4_table_block_size, target_bytes=target_bytes,
             )  # fmt: skip
             info["mixed"] = {
                 **mixed.to_dict(),

@@ -1,4 +1,4 @@
-"""Mixed precision guided by quantization sensitivity: per weight matrix fp32, int8 or int4.
+"""Mixed precision guided by quantization sensitivity: per weight matrix fp32, int8 or int4 (at its own block size).
 
 The approximate-computing paper quantises the less significant weights
 harder. Here significance is the analysis's quantization sensitivity (the
@@ -15,6 +15,16 @@ simulation:
    goes first); the longest prefix that keeps the tolerance is found by
    bisection (sensitivity order makes the metric close to monotone in the
    prefix length; every probe is recorded).
+3. for the size objective, two more rungs of the same ladder, each a prefix
+   found the same way: the matrices still int8 (the most int4-sensitive) go to
+   int4 in blocks half as long (0.75 bytes a weight instead of about 1), and the
+   least sensitive int4 matrices to blocks four times as long (0.53 instead of
+   0.625).
+
+With a byte target (the size goal's ``--target-size``), every rung stops at the
+shortest prefix that reaches it: matrices the target does not need stay in the
+finer format, because each one rounded is a decision that can cost accuracy on
+data the plan never saw.
 """
 
 from __future__ import annotations
@@ -23,26 +33,34 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from axformer.export.quantize import WeightNode, apply_plan
+from axformer.export.quantize import WeightNode, apply_plan, int4_format
 
 
 @dataclass
 class PlanProbe:
-    int8_to_fp32: int
-    int4: int
-    metric: float
+    step: str  # the rung: "int8->fp32", "int8->int4", "int8->int4/16", "int4->int4/128"
+    count: int  # matrices moved on that rung
+    metric: float | None  # None: only the size was needed (the shortest prefix reaching the byte target)
     size_bytes: int
 
 
 @dataclass
 class MixedPlan:
-    plan: dict[str, str]  # node -> fp32/int8/int4
+    plan: dict[str, str]  # node -> fp32, int8, int4 (the default block) or int4/B
     components: dict[str, str]  # axformer component (or node) name -> precision
     metric: float
+    size_bytes: int
+    target_bytes: int | None = None
     probes: list[PlanProbe] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"components": self.components, "metric": self.metric, "probes": [asdict(p) for p in self.probes]}
+        return {
+            "components": self.components,
+            "metric": self.metric,
+            "size_bytes": self.size_bytes,
+            "target_bytes": self.target_bytes,
+            "probes": [asdict(p) for p in self.probes],
+        }
 
 
 def _parts(component: str) -> list[str]:
@@ -66,6 +84,17 @@ def _sensitivity(node: WeightNode, rows: dict[str, float], bits: int) -> float:
     return float("inf") if v is None else v
 
 
+def size_rungs(block_size: int) -> list[tuple[str, str]]:
+    """The rungs after plain int4 for the size objective, as (from, to) formats; ONNX Runtime's 4-bit MatMul takes
+    power-of-two blocks from 16."""
+    rungs = []
+    if block_size // 2 >= 16:
+        rungs.append(("int8", int4_format(block_size // 2)))
+    if block_size < 128:
+        rungs.append(("int4", int4_format(min(4 * block_size, 128))))
+    return rungs
+
+
 def plan_mixed_precision(
     fused: Path,
     nodes: list[WeightNode],
@@ -76,23 +105,21 @@ def plan_mixed_precision(
     block_size: int = 32,
     int4_ops: tuple[str, ...] = ("MatMul",),
     table_block_size: int | None = None,
-    objective: str = "metric",  # "size": int4 candidates ranked by sensitivity per parameter
+    objective: str = "metric",  # "size": int4 candidates ranked by sensitivity per parameter, and finer rungs
+    target_bytes: int | None = None,  # stop each rung as soon as the file is this small
 ) -> MixedPlan:
     probes: list[PlanProbe] = []
 
-    def build(n_fp32: int, n_int4: int, by8: list[WeightNode], by4: list[WeightNode]) -> tuple[dict[str, str], float]:
-        plan = {n.node: "int8" for n in nodes}
-        for n in by8[:n_fp32]:
-            plan[n.node] = "fp32"
-        for n in [m for m in by4 if plan[m.node] == "int8"][:n_int4]:
-            plan[n.node] = "int4"
-        path = apply_plan(
-            fused, work / f"plan_{n_fp32}_{n_int4}.onnx", plan, block_size, table_block_size=table_block_size
-        )
-        metric = score(path)
-        probes.append(PlanProbe(n_fp32, n_int4, metric, path.stat().st_size))
+    def probe(plan: dict[str, str], step: str, count: int, scored: bool = True) -> tuple[float | None, int]:
+        path = apply_plan(fused, work / f"plan_{len(probes)}.onnx", plan, block_size, table_block_size=table_block_size)
+        size = path.stat().st_size
+        metric = score(path) if scored else None
+        probes.append(PlanProbe(step, count, metric, size))
         path.unlink()  # probes of a large model add up; the plan is re-applied at the end
-        return plan, metric
+        return metric, size
+
+    def reached(size: int) -> bool:
+        return target_bytes is not None and size <= target_bytes
 
     matmuls = [n for n in nodes if n.op_type in int4_ops]
     rows4 = sensitivity(4, [m.component for m in matmuls if m.component])
@@ -102,26 +129,49 @@ def plan_mixed_precision(
         return s / max(n.shape[0] * n.shape[1], 1) if objective == "size" else s
 
     by4 = sorted(matmuls, key=rank4)
-    n_fp32 = 0
-    plan, metric = build(0, 0, [], by4)
-    by8: list[WeightNode] = []
+    plan = {n.node: "int8" for n in nodes}
+    metric, size = probe(plan, "int8->fp32", 0)
     if metric < threshold:  # int8 sensitivities are only needed when plain int8 is not good enough
         rows8 = sensitivity(8, [c for n in nodes if n.component for c in _parts(n.component)])
         by8 = sorted(nodes, key=lambda n: -_sensitivity(n, rows8, 8))
-    while metric < threshold and n_fp32 < len(nodes):
-        n_fp32 = min(len(nodes), max(1, 2 * n_fp32))
-        plan, metric = build(n_fp32, 0, by8, by4)
-    best = (plan, metric)
-    if metric >= threshold:
-        candidates = len([m for m in by4 if plan[m.node] == "int8"])
-        lo, hi = 0, candidates  # lo passes; find the largest passing prefix
+        n_fp32 = 0
+        while metric < threshold and n_fp32 < len(nodes):
+            n_fp32 = min(len(nodes), max(1, 2 * n_fp32))
+            plan = {n.node: "int8" for n in nodes} | {n.node: "fp32" for n in by8[:n_fp32]}
+            metric, size = probe(plan, "int8->fp32", n_fp32)
+    rungs = [("int8", "int4")] + (size_rungs(block_size) if objective == "size" else [])
+    for step, (source, target) in enumerate(rungs):
+        if metric < threshold or reached(size):
+            break
+        # the finer and coarser rungs are MatMul blocks; the tables keep their own block size
+        candidates = [m for m in by4 if plan[m.node] == source and (step == 0 or m.op_type == "MatMul")]
+        label = f"{source}->{target}"
+
+        def prefix(
+            k: int, base: dict[str, str] = plan, moved: list[WeightNode] = candidates, to: str = target
+        ) -> dict[str, str]:
+            return base | {m.node: to for m in moved[:k]}
+
+        found = {0: (metric, size)}
+        lo, hi = 0, len(candidates)  # lo passes; find the largest passing prefix
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            p, m = build(n_fp32, mid, by8, by4)
-            if m >= threshold:
-                lo, best = mid, (p, m)
+            found[mid] = probe(prefix(mid), label, mid)
+            if found[mid][0] >= threshold:
+                lo = mid
             else:
                 hi = mid - 1
-    plan, metric = best
+        chosen = lo
+        if lo > 0 and reached(found[lo][1]):  # the shortest prefix that reaches the target (sizes fall with k)
+            a, b = 0, lo
+            while b - a > 1:
+                mid = (a + b) // 2
+                s = found[mid][1] if mid in found else probe(prefix(mid), label, mid, scored=False)[1]
+                a, b = (a, mid) if reached(s) else (mid, b)
+            if found.get(b, (None,))[0] is None:
+                found[b] = probe(prefix(b), label, b)
+            chosen = b if found[b][0] >= threshold else lo
+        plan = prefix(chosen)
+        metric, size = found[chosen]
     names = {n.node: n.component or n.node for n in nodes}
-    return MixedPlan(plan, {names[k]: v for k, v in plan.items()}, metric, probes)
+    return MixedPlan(plan, {names[k]: v for k, v in plan.items()}, metric, size, target_bytes, probes)

@@ -183,6 +183,20 @@ def convert_fp16(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     return Path(target)
 
 
+def int4_format(block: int) -> str:
+    """A plan's name for int4 in blocks of ``block`` (plain "int4" is the export's default block size)."""
+    return f"int4/{block}"
+
+
+def int4_block(fmt: str, default: int) -> int | None:
+    """The block size of an int4 plan entry (None: not int4)."""
+    if fmt == "int4":
+        return default
+    if fmt.startswith("int4/"):
+        return int(fmt.split("/", 1)[1])
+    return None
+
+
 def apply_plan(
     source: str | os.PathLike,
     target: str | os.PathLike,
@@ -191,26 +205,30 @@ def apply_plan(
     per_channel: bool = True,
     table_block_size: int | None = None,
 ) -> Path:
-    """Write ``source`` with each weight node in its planned precision (node name -> fp32/int8/int4; MatMul and
-    Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32). int4 tables use
-    ``table_block_size`` (default: ``block_size``): a table row is looked up, not multiplied, so it can take
-    coarser blocks than a matrix at less cost.
+    """Write ``source`` with each weight node in its planned precision (node name -> fp32, int8, int4 or int4/B for
+    blocks of B; MatMul and Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32).
+    Plain int4 tables use ``table_block_size`` (default: ``block_size``): a table row is looked up, not multiplied,
+    so it can take coarser blocks than a matrix at less cost.
     """
     target = Path(target)
     tmp = target.with_name(target.stem + ".int4-stage.onnx")
-    int4 = [n for n, p in plan.items() if p == "int4"]
     fp32 = [n for n, p in plan.items() if p == "fp32"]
     ops = {n.name: n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node}
+    groups: dict[tuple[str, int], list[str]] = {}  # one quantizer pass per op and block size
+    for n, p in plan.items():
+        block = int4_block(p, (table_block_size or block_size) if ops[n] == "Gather" else block_size)
+        if block is not None:
+            groups.setdefault((ops[n], block), []).append(n)
     stage = source
-    for op, block in (("MatMul", block_size), ("Gather", table_block_size or block_size)):
-        nodes = [n for n in int4 if ops[n] == op]
-        if nodes:
-            stage = quantize_int4(stage, tmp.with_name(f"{tmp.stem}-{op}.onnx"), nodes, block, op_types=(op,))
+    stages = []
+    for (op, block), nodes in sorted(groups.items()):
+        stages.append(tmp.with_name(f"{tmp.stem}-{op}-{block}.onnx"))
+        stage = quantize_int4(stage, stages[-1], nodes, block, op_types=(op,))
     tables = [n for n, p in plan.items() if p == "int8" and ops.get(n) in EMBEDDING_OPS]
     op_types = DEFAULT_INT8_OPS + tuple(sorted({ops[n] for n in tables}))
     if tables:  # only the planned tables: a Gather the plan does not name (shapes, other lookups) stays as it is
         fp32 = fp32 + [n for n, op in ops.items() if op in EMBEDDING_OPS and n not in set(tables)]
     quantize_int8(stage, target, per_channel, op_types, exclude=fp32)
-    for op in ("MatMul", "Gather"):
-        tmp.with_name(f"{tmp.stem}-{op}.onnx").unlink(missing_ok=True)
+    for path in stages:
+        path.unlink(missing_ok=True)
     return target

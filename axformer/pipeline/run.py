@@ -266,6 +266,8 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
         promised = 0.0 if cfg.search.goal == "accuracy" else cfg.search.tolerance.max_drop
         if promised is not None:
             config.max_drop = min(config.max_drop, promised)
+        if cfg.search.goal == "size" and config.target_size is None:  # mixed precision rounds only what it needs
+            config.target_size = cfg.search.target_size
     config.fallback = True
     if config.calibration_texts is None:  # a pruned vocabulary keeps the user's production words too
         config.calibration_texts = cfg.search.calibration_texts
