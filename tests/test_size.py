@@ -254,8 +254,9 @@ def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tun
 
 
 def test_mixed_precision_plans_the_embedding_tables_like_matrices(tuned_tiny, tmp_path):
-    """The tables join the plan with their own measured sensitivity; with an unbounded tolerance every table and
-    MatMul ends up in int4, ranked per parameter for the size objective."""
+    """The tables and the pooler join the plan with their own measured sensitivity; with an unbounded tolerance
+    every table and matrix ends up in int4 (the matrices in the coarsest blocks), ranked per parameter for the
+    size objective. The uniform int4 artifact keeps the head in int8, as the size search counts it."""
     model, data, _ = tuned_tiny
     r = export_model(
         model,
@@ -269,3 +270,14 @@ def test_mixed_precision_plans_the_embedding_tables_like_matrices(tuned_tiny, tm
     assert r["mixed"]["sensitivities_measured"] >= 3  # the tables' own sensitivities were measured
     assert any(k.endswith(".attn.q") for k in components)  # Q/K/V planned on their own (attention unfused)
     assert r["size"]["parts"]["embeddings"].get("int4", 0) > 0
+    assert components["head.bert.pooler.dense"] == "int4/64"  # blocks of 16 -> the coarser rung's 64
+    assert all(v == "int4/64" for k, v in components.items() if k.startswith("L"))
+    assert r["size"]["parts"]["head"].get("int4", 0) > 0
+    uniform = export_model(
+        model,
+        tmp_path / "int4",
+        ExportConfig(precision="int4", embeddings="int4", int4_attention=True, int4_block_size=16, device="cpu",
+                     max_drop=100),
+        data,
+    )  # fmt: skip
+    assert uniform["size"]["parts"]["head"].get("int4", 0) == 0 and uniform["size"]["parts"]["head"]["int8"] > 0

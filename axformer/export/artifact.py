@@ -34,7 +34,14 @@ from axformer.evaluation.context import load_context, vocabulary_texts
 from axformer.export.fusion import fuse
 from axformer.export.onnx_export import OPSET, export_onnx
 from axformer.export.precision import plan_mixed_precision
-from axformer.export.quantize import EMBEDDING_OPS, apply_plan, convert_fp16, name_weight_nodes, quantize_int8
+from axformer.export.quantize import (
+    EMBEDDING_OPS,
+    apply_plan,
+    convert_fp16,
+    gemm_as_matmul,
+    name_weight_nodes,
+    quantize_int8,
+)
 from axformer.export.size import directory_bytes, size_breakdown
 from axformer.inference import run_model
 from axformer.models.loading import load_model
@@ -135,29 +142,28 @@ class _Sensitivity:
                 )
             self.rows = {f"{r['name']}@int{r['bits']}": float(r["delta_loss"]) for r in rows}
 
-    def _block(self, layer: int) -> int:
-        """Embedding tables (layer -1) are rounded in their own block size."""
-        return (
-            (self.config.int4_table_block_size or self.config.int4_block_size)
-            if layer < 0
-            else self.config.int4_block_size
-        )
+    def _block(self, name: str) -> int:
+        """Embedding tables are rounded in their own block size."""
+        if name.startswith("embeddings."):
+            return self.config.int4_table_block_size or self.config.int4_block_size
+        return self.config.int4_block_size
 
     def __call__(self, bits: int, components: list[str]) -> dict[str, float]:
         todo = [c for c in components if f"{c}@int{bits}" not in self.rows]
         if todo:
             from axformer.analysis.quantization import FakeQuant, encoder_linears
             from axformer.evaluation.engine import EvaluationEngine
-            from axformer.surgery.fake_quant import embedding_tables
+            from axformer.surgery.fake_quant import embedding_tables, head_matrices
 
             engine = EvaluationEngine(self.ctx.model, self.ctx.encoded, self.ctx.data.spec, 64, self.ctx.device)
             try:
                 ref = engine.reference.mean_loss
-                tables = [(-1, name, path) for name, path in embedding_tables(engine.model).items()]
-                for layer, name, path in tables + encoder_linears(engine):
+                # tables and head matrices as layer -1: the whole model is recomputed from the input
+                outside = {**embedding_tables(engine.model), **head_matrices(engine.model)}
+                for layer, name, path in [(-1, n, p) for n, p in outside.items()] + encoder_linears(engine):
                     if name in todo:
                         r = engine.evaluate(
-                            changes=[FakeQuant(layer, name, path, bits, self._block(layer) if bits < 8 else None)]
+                            changes=[FakeQuant(layer, name, path, bits, self._block(name) if bits < 8 else None)]
                         )
                         self.rows[f"{name}@int{bits}"] = r.mean_loss - ref
                         self.measured += 1
@@ -195,11 +201,18 @@ def _fastest(
 
 
 def _linear_weights(model) -> dict[str, np.ndarray]:
+    """The matrices a plan names: the encoder's (``L3.ffn.up``) and the head's (``head.bert.pooler.dense``)."""
+    from axformer.surgery.fake_quant import head_matrices
+
     adapter = get_adapter(model)
-    return {
+    encoder = {
         name: linear.weight.detach().cpu().numpy()
         for _, name, linear in adapter.named_linears(model, current_structure(model).present_layers)
     }
+    head = {
+        name: model.get_submodule(path).weight.detach().cpu().numpy() for name, path in head_matrices(model).items()
+    }
+    return encoder | head
 
 
 def _table_weights(model) -> dict[str, np.ndarray]:
@@ -220,11 +233,14 @@ def _plan_nodes(path: Path, net, config: ExportConfig) -> list:
 
 
 def _uniform_plan(nodes: list, matrices: str, embeddings: str) -> dict[str, str]:
-    """Every matrix in ``matrices`` (int4 only where a 4-bit kernel exists) and every table in ``embeddings``."""
+    """Every encoder matrix in ``matrices`` (int4 only where a 4-bit kernel exists) and every table in
+    ``embeddings``; the head's matrices are int8 unless fp32 (the size search counts them so; a mixed plan may
+    round them further by their measured sensitivity)."""
     plan = {}
     for n in nodes:
         fmt = embeddings if n.op_type in EMBEDDING_OPS else matrices
-        if fmt == "int4" and n.op_type not in ("MatMul", "Gather"):
+        outside = n.op_type not in EMBEDDING_OPS and (n.component is None or n.component.startswith("head."))
+        if fmt == "int4" and (n.op_type not in ("MatMul", "Gather") or outside):
             fmt = "int8"
         plan[n.node] = fmt
     return plan
@@ -362,14 +378,14 @@ def export_model(
             """The fp32 graph: exported, then fused as far as the planned formats allow."""
             raw = export_onnx(net.to("cpu"), tmp / f"raw{tag}.onnx", config.opset)
             if not config.fusion:
-                return raw
+                return gemm_as_matmul(raw, tmp / f"matmul{tag}.onnx")
             fused = fuse(
                 raw, tmp / f"fused{tag}.onnx", net.config.model_type, net.config.hidden_size,
                 net.config.num_attention_heads, attention=not (int4_matrices and config.int4_attention),
                 embedding=config.embeddings != "int4",
             )  # fmt: skip
             info["fusion"] = {"fused_operators": fused.fused, "pinned_head_counts": fused.pinned_reshapes}
-            return fused.path
+            return gemm_as_matmul(fused.path, tmp / f"matmul{tag}.onnx")
 
         def mixed_plan(fp32_path: Path, tag: str):
             nodes = _plan_nodes(fp32_path, net, config)

@@ -173,6 +173,17 @@ def quantize_int4(
     return Path(target)
 
 
+def gemm_as_matmul(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """The exporter writes a head's dense layers (on one token: 2-D) as Gemm; ONNX Runtime's int8 quantizer turns
+    them into MatMul + Add itself, its 4-bit quantizer does not. Doing it first makes them plannable matrices."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    model = ONNXModel(onnx.load(str(source)))
+    model.replace_gemm_with_matmul()
+    onnx.save(model.model, str(target))
+    return Path(target)
+
+
 def convert_fp16(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """fp16 weights and compute with fp32 inputs/outputs (for CUDA; CPUs gain nothing from it)."""
     from onnxruntime.transformers.onnx_model import OnnxModel

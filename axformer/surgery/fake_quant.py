@@ -69,6 +69,20 @@ def embedding_tables(model) -> dict[str, str]:
     return out
 
 
+def head_matrices(model) -> dict[str, str]:
+    """The weight matrices outside the encoder's layers, but for the output projection (a pooler, a classification
+    head's dense layer): ``head.<module path>`` -> module path. A pooler is as large as an attention matrix; a
+    precision plan rounds it like one, by its own measured sensitivity."""
+    adapter = get_adapter(model)
+    encoder = {id(m) for _, _, m in adapter.named_linears(model, current_structure(model).present_layers)}
+    outputs = getattr(model.config, "num_labels", None)
+    return {
+        f"head.{path}": path
+        for path, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and id(m) not in encoder and m.out_features != outputs
+    }
+
+
 class _RoundedWeight(torch.nn.Module):
     """A parametrization: the forward pass sees the rounded weight, the gradient reaches the latent one unchanged
     (the straight-through estimator)."""
