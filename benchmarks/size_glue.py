@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import commit, environment_line, run_axformer, run_suffix
+from _common import commit, cpu_name, environment_line, run_axformer, run_suffix
 
 from axformer.benchmark.result import BenchmarkResult
 from axformer.benchmark.run import DYNAMIC, ORT_FP32, ORT_INT8
@@ -101,6 +101,7 @@ def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_
     dev_texts = next(iter(data.dev.values())).texts
     return {
         "commit": commit(),
+        "cpu": cpu_name(),
         "task": task,
         "metric": main,
         "dev": {"original": original.dev.metrics[main], "ort_int8": int8.dev.metrics[main],
@@ -131,7 +132,7 @@ def _table(rows: list[dict]) -> str:
     lines = [
         "# Ten times smaller within 1 point: smallest-within-1 on GLUE",
         "",
-        f"Produced by `python benchmarks/size_glue.py` ({environment_line()}). MiniLM (all-MiniLM-L6-v2) "
+        f"Produced by `python benchmarks/size_glue.py` ({environment_line()}; each row's CPU in its last column: int8 kernels round differently on different CPUs). MiniLM (all-MiniLM-L6-v2) "
         "fine-tuned by `benchmarks/finetune_baselines.py`. Sizes in MiB (2^20 bytes) read from the written "
         "files: the model file, and in brackets what serving needs (model, config, tokenizer). Ratio: the "
         "original's model file over this one. Dev: the task's main metric in points, of each row as deployed; "
@@ -142,8 +143,8 @@ def _table(rows: list[dict]) -> str:
         "",
         "| task | original fp32 | ORT int8 (unpruned) | smallest-within-1 | ratio "
         "| dev: original / ORT int8 / artifact | batch-1 p50: original / ORT int8 / artifact "
-        "| dev tokens outside / unknown | vocabulary alone (fp32 dev) | artifact | wall time | code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dev tokens outside / unknown | vocabulary alone (fp32 dev) | artifact | wall time | code | cpu |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r["task"]):
         f, s, d, lat, tok = r["file_bytes"], r["serving_bytes"], r["dev"], r["latency_ms"], r["dev_tokens"]
@@ -157,11 +158,11 @@ def _table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['task']} ({r['metric']}) | {_mib(f['original'])} ({_mib(s['original'])}) "
             f"| {_mib(f['ort_int8'])} ({_mib(s['ort_int8'])}) | {_mib(f['artifact'])} ({_mib(s['artifact'])}) "
-            f"| {ratio:.1f}x | {d['original']:.2f} / {d['ort_int8']:.2f} / {d['artifact']:.2f} "
+            f"| {ratio:.2f}x | {d['original']:.2f} / {d['ort_int8']:.2f} / {d['artifact']:.2f} "
             f"({d['artifact'] - d['original']:+.2f}) | {lat['original']:.2f} / {lat['ort_int8']:.2f} / "
             f"{lat['artifact']:.2f} ms | {tok['outside_percent']:.2f}% / {tok['unknown_after_percent']:.2f}% "
             f"| {voc['fp32']:.2f} -> {voc['fp32_pruned_vocabulary']:.2f} | {art} | {r['seconds'] / 60:.1f} min "
-            f"| {r['commit']} |"
+            f"| {r['commit']} | {r['cpu']} |"
         )
     lines += [
         "",
