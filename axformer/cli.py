@@ -38,7 +38,7 @@ TaskOpt = Annotated[
     typer.Option(
         "--task",
         "-t",
-        help="Task name (sst2, mrpc, stsb, cola, rte, qqp, mnli, qnli, wnli, boolq, cb, superglue-rte, "
+        help="Task name (sst2, mrpc, stsb, cola, rte, qqp, mnli, qnli, wnli, boolq, cb, superglue-rte, squad, "
         "bbcnews) or 'custom'.",
     ),
 ]
@@ -63,7 +63,8 @@ ProblemOpt = Annotated[
     str,
     typer.Option(
         "--problem",
-        help="Custom task: classification, regression, or similarity (pairs with a score, for embedding models).",
+        help="Custom task: classification, regression, similarity (pairs with a score, for embedding models), or "
+        "extractive-qa (SQuAD JSON or JSONL files with question, context and answers).",
     ),
 ]
 LabelsOpt = Annotated[
@@ -81,6 +82,14 @@ EmbeddingOpt = Annotated[
         "scored by the cosine of their embeddings (stsb, or --problem similarity).",
     ),
 ]
+DocStrideOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--doc-stride",
+        help="Question answering: tokens by which the context windows overlap (default 128; windows are "
+        "--max-seq-length long, default 384 for QA).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N].")]
 
 
@@ -95,6 +104,7 @@ _TASK_PARAMS: tuple[tuple[str, object, object], ...] = (
     ("problem", ProblemOpt, "classification"),
     ("labels", LabelsOpt, None),
     ("embedding", EmbeddingOpt, False),
+    ("doc_stride", DocStrideOpt, None),
 )
 
 
@@ -187,7 +197,7 @@ def tasks_cmd() -> None:
             t.name,
             t.benchmark,
             "pair" if t.num_text_fields == 2 else "single",
-            "regression" if t.is_regression else ", ".join(t.label_names),
+            "answer span" if t.is_qa else "regression" if t.is_regression else ", ".join(t.label_names),
             ", ".join(metrics),
         )
     console.print(table)
@@ -204,7 +214,9 @@ def finetune_cmd(
     warmup_ratio: float = 0.06,
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
-    max_seq_length: int = 128,
+    max_seq_length: Annotated[
+        int | None, typer.Option(help="Tokens per input (default 128; 384 for question answering).")
+    ] = None,
     max_train_examples: Annotated[
         int | None, typer.Option(help="Train on a seeded subset of this many examples.")
     ] = None,

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from axformer.data.batching import Encoded, collate, sorted_batches
+from axformer.data.batching import Encoded, QAEncoded, collate, sorted_batches
 
 
 @dataclass
 class Outputs:
-    logits: np.ndarray  # (n, num_labels), in the split's order
+    logits: np.ndarray  # (n, num_labels), in the split's order; QA: (windows, tokens, 2) start and end logits
     losses: np.ndarray  # (n,) per-example loss: cross-entropy, or squared error for regression
+    windows: QAEncoded | None = None  # QA: which question each window belongs to, and its offsets
 
     @property
     def mean_loss(self) -> float:
@@ -23,6 +24,9 @@ class Outputs:
 
     def predictions(self, regression: bool) -> np.ndarray:
         return predictions(self.logits, regression)
+
+
+SPAN_PAD = -1e4  # the logit of a padding position in a stored window
 
 
 def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
@@ -35,7 +39,12 @@ def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     """The loss the model is trained with, per example: the quantity AxFormer's search compares.
 
-    A regression onto vectors (an embedding model against the original's embeddings) costs ``1 - cosine``."""
+    A regression onto vectors (an embedding model against the original's embeddings) costs ``1 - cosine``. Span
+    logits (batch, tokens, 2) against (start, end) positions cost the mean of the two cross-entropies, as
+    transformers' QA heads are trained."""
+    if logits.dim() == 3:
+        start = F.cross_entropy(logits[..., 0].float(), labels[:, 0], reduction="none")
+        return (start + F.cross_entropy(logits[..., 1].float(), labels[:, 1], reduction="none")) / 2
     if regression and logits.shape[-1] > 1:
         return 1.0 - F.cosine_similarity(logits.float(), labels.float(), dim=-1)
     if regression:
@@ -63,9 +72,14 @@ def run_model(
         batch = collate(enc, idx, device)
         labels = batch.pop("labels")
         out = model(**batch).logits
-        if logits is None:
-            logits = np.zeros((n, out.shape[-1]), dtype=np.float32)
-        logits[idx] = out.float().cpu().numpy()
+        if logits is None:  # span logits: padded to the longest window with a logit no span takes
+            shape = (n, int(enc.lengths.max()), out.shape[-1]) if out.dim() == 3 else (n, out.shape[-1])
+            logits = np.full(shape, SPAN_PAD if out.dim() == 3 else 0.0, dtype=np.float32)
+        if out.dim() == 3:
+            logits[idx, : out.shape[1]] = out.float().cpu().numpy()
+        else:
+            logits[idx] = out.float().cpu().numpy()
         if with_loss:
             losses[idx] = per_example_loss(out, labels, regression).cpu().numpy()
-    return Outputs(logits if logits is not None else np.zeros((0, 1), np.float32), losses)
+    windows = enc if isinstance(enc, QAEncoded) else None
+    return Outputs(logits if logits is not None else np.zeros((0, 1), np.float32), losses, windows)

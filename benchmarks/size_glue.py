@@ -132,7 +132,8 @@ def _table(rows: list[dict]) -> str:
     lines = [
         "# Ten times smaller within 1 point: smallest-within-1 on GLUE",
         "",
-        f"Produced by `python benchmarks/size_glue.py` ({environment_line()}; each row's CPU in its last column: int8 kernels round differently on different CPUs). MiniLM (all-MiniLM-L6-v2) "
+        f"Produced by `python benchmarks/size_glue.py` ({environment_line()}; each row's CPU in its last column: "
+        "int8 kernels round differently on different CPUs). MiniLM (all-MiniLM-L6-v2) "
         "fine-tuned by `benchmarks/finetune_baselines.py`. Sizes in MiB (2^20 bytes) read from the written "
         "files: the model file, and in brackets what serving needs (model, config, tokenizer). Ratio: the "
         "original's model file over this one. Dev: the task's main metric in points, of each row as deployed; "

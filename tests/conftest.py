@@ -414,3 +414,49 @@ def tiny_task(tmp_path):
     data = load_custom(train, dev, ("text",), "label", "classification", None, "toy")
     model = make_tiny_model_dir(tmp_path / "model", "bert", labels=["neg", "pos"])
     return model, data, (train, dev)
+
+
+def make_tiny_qa_model_dir(directory: Path, arch: str = "bert", seed: int = 0) -> Path:
+    """A saved random-weight extractive QA model (a span head: start and end logits per token) plus tokenizer."""
+    from transformers import AutoModelForQuestionAnswering
+
+    torch.manual_seed(seed)
+    return _save_tiny(AutoModelForQuestionAnswering.from_config(tiny_config(arch)), directory, arch)
+
+
+def write_qa_files(directory: Path, n_train: int = 40, n_dev: int = 12, fmt: str = "jsonl") -> tuple[Path, Path]:
+    """A tiny, learnable QA task in several articles: "what is good?" asks for the word after "good", "what is
+    bad?" for the word after "bad", somewhere in a context of filler words (long enough for several windows)."""
+    import json
+    import random
+
+    from axformer.tasks.qa_files import QAExample, write_squad
+
+    rng = random.Random(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        examples = []
+        for a in range(n):
+            words = [rng.choice(WORDS[10:40]) for _ in range(rng.randint(14, 30))]
+            good, bad = rng.choice(WORDS[40:60]), rng.choice(WORDS[40:60])
+            i, j = sorted(rng.sample(range(len(words)), 2))
+            words[j:j] = ["bad", bad]
+            words[i:i] = ["good", good]
+            context = " ".join(words)
+            for q, marker, answer in (("what is good?", "good", good), ("what is bad?", "bad", bad)):
+                start = context.index(f"{marker} {answer}") + len(marker) + 1
+                examples.append(QAExample(f"{name}-{a}-{marker}", q, context, (answer,), (start,), f"{name} {a}"))
+        path = directory / f"{name}.{fmt}"
+        if fmt == "json":
+            write_squad(examples, path)
+        else:
+            path.write_text(
+                "".join(
+                    json.dumps({"id": e.id, "title": e.article, "question": e.question, "context": e.context,
+                                "answers": {"text": list(e.answers), "answer_start": list(e.starts)}}) + "\n"
+                    for e in examples
+                )
+            )  # fmt: skip
+        paths.append(path)
+    return paths[0], paths[1]

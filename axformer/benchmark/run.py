@@ -167,6 +167,7 @@ def benchmark(
     first = models[0]
     data = task_for(first, data, data_dir)
     spec = data.spec
+    spec.require_stage("benchmark")
     dev_name, dev_split = next(iter(data.dev.items()))
     if not len(dev_split) or (not spec.is_regression and dev_split.labels.min() < 0):
         raise AxformerError(

@@ -61,11 +61,66 @@ class Encoded:
         )
 
 
+@dataclass
+class QAEncoded(Encoded):
+    """The windows of a question answering split, one row each: labels are (start, end) token positions, and
+    each window knows its question (``example``, an index into ``contexts``) and its tokens' context offsets."""
+
+    example: np.ndarray | None = None
+    offsets: list | None = None
+    contexts: list[str] | None = None
+
+    def subset(self, indices) -> QAEncoded:
+        idx = np.asarray(indices, dtype=np.int64)
+        return QAEncoded(
+            [self.input_ids[i] for i in idx],
+            [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None,
+            self.labels[idx],
+            self.pad_token_id,
+            1,
+            self.example[idx],
+            [self.offsets[i] for i in idx],
+            self.contexts,
+        )
+
+
+def encode_qa(tokenizer, split: Split, max_length: int) -> QAEncoded:
+    """Windows of every question's context (``split.doc_stride`` tokens of overlap), labelled with the first gold
+    answer's span where a window holds it whole."""
+    from axformer.data.qa_windows import make_windows
+
+    examples = list(split.labels)
+    w = make_windows(
+        tokenizer,
+        [e.question for e in examples],
+        [e.context for e in examples],
+        [e.starts[0] for e in examples],
+        [e.answers[0] for e in examples],
+        max_length,
+        split.doc_stride,
+    )
+    types = w.token_type_ids if "token_type_ids" in tokenizer.model_input_names else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return QAEncoded(
+        [np.asarray(x, dtype=np.int64) for x in w.input_ids],
+        [np.asarray(x, dtype=np.int64) for x in types] if types is not None else None,
+        np.stack([w.start_positions, w.end_positions], axis=1),
+        pad,
+        1,
+        w.example,
+        w.offsets,
+        [e.context for e in examples],
+    )
+
+
 def encode(tokenizer, split: Split, max_length: int, chunk: int = 4096, separate: bool = False) -> Encoded:
     """Tokenise once; pairs are truncated longest-first, the same way in training and inference.
 
     ``separate``: every text of an example is its own sequence (a bi-encoder embeds the two texts of a pair
-    apart), kept together as one example of ``group`` sequences."""
+    apart), kept together as one example of ``group`` sequences. A question answering split becomes its
+    windows (:func:`encode_qa`)."""
+    if split.is_qa:
+        return encode_qa(tokenizer, split, max_length)
     if separate and split.texts and len(split.texts[0]) > 1:
         width = len(split.texts[0])
         flat = Split(split.name, [(t,) for row in split.texts for t in row], split.labels)

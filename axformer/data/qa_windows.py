@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from axformer.errors import AxformerError
+from axformer.tasks.qa_files import DOC_STRIDE, MAX_SEQ_LENGTH
 
-MAX_SEQ_LENGTH = 384
-DOC_STRIDE = 128
 N_BEST = 20
 MAX_ANSWER_LENGTH = 30
 

@@ -98,7 +98,14 @@ def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> di
 
 def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig) -> None:
     ctx = load_context(
-        model, data, None, config.importance_examples, 0, config.distill.device, config.distill.allow_pickle
+        model,
+        data,
+        None,
+        config.importance_examples,
+        0,
+        config.distill.device,
+        config.distill.allow_pickle,
+        stage="distill",
     )
     engine = EvaluationEngine(ctx.model, ctx.encoded, data.spec, config.distill.eval_batch_size, ctx.device)
     try:

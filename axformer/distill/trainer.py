@@ -77,6 +77,7 @@ def distill(
     config.validate()
     teacher = str(teacher)
     data = teacher_task(teacher, data, data_dir)
+    data.spec.require_stage("distill")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     # the split recorded with the teacher (or, for a teacher axformer did not train, with the student the search
@@ -107,6 +108,8 @@ def distill(
     if student_layers is not None:
         layers = parse_layers(student_layers, current_structure(net).present_layers)
         net = derive_student(net, layers)
+    if config.max_seq_length is None:
+        config.max_seq_length = data.spec.default_max_length
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
     if extra_texts and config.hard_weight > 0:
         raise AxformerError(

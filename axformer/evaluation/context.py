@@ -73,6 +73,7 @@ def load_context(
     confirm_fraction: float = 0.0,
     confirm_max_examples: int | None = 2000,
     decision_data: str | os.PathLike | None = None,
+    stage: str = "analyze",
 ) -> TaskContext:
     """Load the model and its task, and pick the held-out examples (the split recorded with the model).
 
@@ -82,6 +83,7 @@ def load_context(
     model = str(model)
     record = ModelRecord.load(model) if is_local(model) else ModelRecord()
     data = task_for(model, data, data_dir)
+    data.spec.require_stage(stage)
     warnings: list[str] = []
     split = record.split
     if split is not None and record.task is not None and record.task.get("name") != data.spec.name:

@@ -52,7 +52,23 @@ class Evaluation:
         return {"task": self.task, "model": self.model, "splits": {k: v.to_dict() for k, v in self.splits.items()}}
 
 
+def qa_predictions(labels: np.ndarray, outputs: Outputs) -> list[tuple[str, float]]:
+    """Each question's best answer span over its windows (text, score), transformers' post-processing."""
+    from axformer.data.qa_windows import best_answers
+
+    if outputs.windows is None:
+        raise AxformerError("question answering outputs without their windows; run the model on encode_qa's output")
+    contexts = [e.context for e in labels]
+    return best_answers(outputs.windows, contexts, outputs.logits[..., 0], outputs.logits[..., 1])
+
+
 def score(spec: TaskSpec, labels: np.ndarray, outputs: Outputs) -> SplitResult:
+    if spec.is_qa:  # SQuAD's exact match and F1 over questions; the loss is the windows' start/end cross-entropy
+        from axformer.evaluation.squad_metrics import squad_scores
+
+        answers = [text for text, _ in qa_predictions(labels, outputs)]
+        metrics = squad_scores(answers, [e.answers for e in labels])
+        return SplitResult(len(labels), outputs.mean_loss, metrics, spec.main_metric)
     preds = outputs.predictions(spec.is_regression)
     return SplitResult(len(labels), outputs.mean_loss, compute_metrics(spec.metrics, labels, preds), spec.main_metric)
 
@@ -80,6 +96,10 @@ def evaluation_splits(
 
 
 def predictions_rows(spec: TaskSpec, split: Split, outputs: Outputs):
+    if spec.is_qa:
+        for i, (e, (text, sc)) in enumerate(zip(split.labels, qa_predictions(split.labels, outputs))):
+            yield {"index": i, "id": e.id, "prediction": text, "score": round(sc, 4), "answers": list(e.answers)}
+        return
     if np.ndim(split.labels) > 1:  # targets are the original's embeddings: each text's cosine to its target
         from axformer.tasks.metrics import row_cosines
 

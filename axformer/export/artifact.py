@@ -330,6 +330,7 @@ def export_model(
         config.allow_pickle,
         confirm_fraction=config.confirm_fraction,
         decision_data=config.decision_data,
+        stage="export",
     )
     spec = ctx.data.spec
     main = spec.main_metric

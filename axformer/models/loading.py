@@ -19,6 +19,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -30,6 +31,7 @@ from axformer.attention.hard import install_from_config
 from axformer.embedding.layout import is_sentence_model, read_layout
 from axformer.embedding.model import SentenceEmbedder
 from axformer.errors import AxformerError
+from axformer.models.span_head import QA_SUFFIX, install_span_logits
 from axformer.surgery import restore as surgery_restore
 from axformer.surgery.restore import mark_if_not_stock
 from axformer.tasks.spec import TaskSpec
@@ -78,7 +80,17 @@ def _load_config(model: str, **kwargs: Any) -> PretrainedConfig:
 
 
 def has_task_head(config: PretrainedConfig) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    return head_kind(config) is not None
+
+
+def head_kind(config: PretrainedConfig) -> str | None:
+    """The task head a checkpoint declares: "classification" (also regression), "qa" (a span head), or None."""
+    for a in config.architectures or []:
+        if a.endswith("ForSequenceClassification"):
+            return "classification"
+        if a.endswith(QA_SUFFIX):
+            return "qa"
+    return None
 
 
 def _label_names(config: PretrainedConfig) -> list[str] | None:
@@ -90,7 +102,10 @@ def _label_names(config: PretrainedConfig) -> list[str] | None:
 
 def configure_for_task(config: PretrainedConfig, spec: TaskSpec) -> None:
     config.num_labels = spec.num_labels
-    if spec.is_regression:
+    if spec.is_qa:  # a span head: a start and an end logit per token, no labels
+        config.problem_type = None
+        config.id2label = {0: "start", 1: "end"}
+    elif spec.is_regression:
         config.problem_type = "regression"
         config.id2label = {0: "score"}
     else:
@@ -132,8 +147,10 @@ def load_model(
         if had_head and not new_head:
             check_head_fits(config, task, model)
         configure_for_task(config, task)
+    span = task.is_qa if task is not None else head_kind(config) == "qa"
+    auto = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
     try:
-        net, info = AutoModelForSequenceClassification.from_pretrained(
+        net, info = auto.from_pretrained(
             model,
             config=config,
             use_safetensors=None if allow_pickle else True,
@@ -211,9 +228,10 @@ def load_embedder(model: str, allow_pickle: bool = False, device: torch.device |
 
 def _install_approximations(net: PreTrainedModel) -> None:
     install_from_config(net)
+    install_span_logits(net)
 
 
-_HEAD_PREFIXES = ("classifier", "pre_classifier", "score", "pooler", "sequence_summary")
+_HEAD_PREFIXES = ("classifier", "pre_classifier", "score", "pooler", "sequence_summary", "qa_outputs")
 
 
 def _is_head_key(key: str) -> bool:
@@ -222,7 +240,17 @@ def _is_head_key(key: str) -> bool:
 
 
 def check_head_fits(config: PretrainedConfig, spec: TaskSpec, where: str) -> None:
-    """Refuse a checkpoint whose head cannot serve ``spec`` (size or label names)."""
+    """Refuse a checkpoint whose head cannot serve ``spec`` (kind, size or label names)."""
+    kind = head_kind(config)
+    wanted = "qa" if spec.is_qa else "classification"
+    if kind is not None and kind != wanted:
+        names = {"qa": "a question answering (span) head", "classification": "a classification head"}
+        raise AxformerError(
+            f"model {where} has {names[kind]} but task {spec.display_name} needs {names[wanted]}; "
+            "pass --new-head to replace the head (fine-tuning only)"
+        )
+    if spec.is_qa:
+        return
     if config.num_labels != spec.num_labels:
         raise AxformerError(
             f"model {where} has a {config.num_labels}-output head but task {spec.display_name} needs "

@@ -198,6 +198,7 @@ class PipelineConfig:
     problem: str = "classification"
     labels: str | None = None
     embedding: bool = False  # a sentence-transformers model: pairs scored by the cosine of their embeddings
+    doc_stride: int | None = None  # question answering: overlap of the context windows
     output: str | None = None
     preset: str | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

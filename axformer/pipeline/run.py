@@ -157,6 +157,8 @@ def run_pipeline(
         require_model_dir(cfg.model)
     refuse_overwriting_inputs(out, [cfg.model, cfg.train, cfg.dev, cfg.data_dir])
     data = _texts_data(cfg) if (cfg.task or "").lower() == TEXTS_TASK else cfg.selection().load_if_given()
+    if data is not None:  # before hours of fine-tuning, not after
+        data.spec.require_stage("optimize")
     finetune_needed = needs_finetuning(cfg.model, data)
     if finetune_needed and data is None:
         raise AxformerError(

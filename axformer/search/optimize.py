@@ -85,6 +85,7 @@ def optimize(
         confirm_fraction=cert.fraction,
         confirm_max_examples=cert.max_examples,
         decision_data=config.decision_data,
+        stage="optimize",
     )
     spec = ctx.data.spec
     ctx.warnings.extend(representativeness_warnings(ctx))

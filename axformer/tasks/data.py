@@ -17,14 +17,20 @@ class Split:
 
     name: str
     texts: list[tuple[str, ...]]
-    labels: np.ndarray  # int64 class ids, or float32 scores for regression
+    labels: np.ndarray  # int64 class ids, float32 scores for regression, QAExample objects for extractive QA
+    # extractive QA: (question, context) texts, encoded as windows of the context that overlap by this many tokens
+    doc_stride: int | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> Split:
         idx = np.asarray(indices, dtype=np.int64)
-        return Split(name or self.name, [self.texts[i] for i in idx], self.labels[idx])
+        return Split(name or self.name, [self.texts[i] for i in idx], self.labels[idx], self.doc_stride)
+
+    @property
+    def is_qa(self) -> bool:
+        return self.doc_stride is not None
 
     def fingerprint(self) -> str:
         """A hash of texts and labels, to detect that a recorded split no longer fits the data."""

@@ -15,7 +15,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from axformer.errors import AxformerError
+from axformer.tasks.data import Split
+
+# transformers' QA examples' defaults: windows of 384 tokens overlapping by 128
+MAX_SEQ_LENGTH = 384
+DOC_STRIDE = 128
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,24 @@ def _checked(path: Path, where: str, qid: str, question, context, texts, starts,
     return QAExample(str(qid), question, context, tuple(texts), tuple(starts), article)
 
 
+def qa_example(where: str, record: dict, path: Path | str = "hub") -> QAExample:
+    """One question from a record in the hub's (and the JSONL files') layout: id, title, question, context and
+    answers {"text": [...], "answer_start": [...]}; checked like a file's."""
+    answers = record.get("answers") if isinstance(record.get("answers"), dict) else {}
+    return _checked(
+        Path(path), where, record.get("id", where), record.get("question"), record.get("context"),
+        answers.get("text"), answers.get("answer_start"), str(record.get("title") or record.get("context")),
+    )  # fmt: skip
+
+
+def qa_split(name: str, examples: list[QAExample], doc_stride: int) -> Split:
+    """A task split of questions: texts (question, context), labels the examples themselves (gold answers,
+    offsets, article), inputs windows of the context overlapping by ``doc_stride`` tokens."""
+    labels = np.empty(len(examples), dtype=object)
+    labels[:] = examples
+    return Split(name, [(e.question, e.context) for e in examples], labels, doc_stride)
+
+
 def read_qa_file(path: str | os.PathLike) -> QAFile:
     """A SQuAD-layout JSON file (``{"data": [{"title", "paragraphs": [{"context", "qas"}]}]}``) or JSONL."""
     path = Path(path)
@@ -80,12 +105,7 @@ def read_qa_file(path: str | os.PathLike) -> QAFile:
                     f"{path}: line {n} lacks {', '.join(missing)}; expected question, context and answers "
                     "({'text': [...], 'answer_start': [...]})"
                 )
-            answers = row["answers"] if isinstance(row["answers"], dict) else {}
-            qid = row.get("id", f"line {n}")
-            out.examples.append(
-                _checked(path, f"line {n}", qid, row["question"], row["context"], answers.get("text"),
-                         answers.get("answer_start"), str(row.get("title") or row["context"]))
-            )  # fmt: skip
+            out.examples.append(qa_example(f"line {n}", {"id": f"line {n}", **row}, path))
     else:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

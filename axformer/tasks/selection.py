@@ -25,6 +25,7 @@ class TaskSelection:
     problem: str = "classification"
     labels: str | None = None  # comma-separated label names in id order
     embedding: bool = False  # the model is a sentence-transformers embedding model: pairs scored by cosine
+    doc_stride: int | None = None  # extractive QA: overlap of the context windows (default 128 tokens)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -45,17 +46,18 @@ class TaskSelection:
         if self.is_custom:
             if self.train is None or self.dev is None:
                 raise AxformerError("a custom task needs both --train and --dev files")
-            if not self.text_column:
+            if not self.text_column and self.problem != "extractive-qa":  # QA files name their own fields
                 raise AxformerError("a custom task needs --text-column (once, or twice for sentence pairs)")
             names = tuple(s.strip() for s in self.labels.split(",")) if self.labels else None
             name = self.task if self.task and self.task.lower() != "custom" else "custom"
             data = load_custom(
-                self.train, self.dev, tuple(self.text_column), self.label_column, self.problem, names, name=name
-            )
+                self.train, self.dev, tuple(self.text_column or ()), self.label_column, self.problem, names,
+                name=name, doc_stride=self.doc_stride,
+            )  # fmt: skip
         elif self.task is None:
             raise AxformerError("missing --task; expected a task name (see 'axformer tasks') or --train/--dev files")
         else:
-            data = load_task(self.task, self.data_dir, self.source)
+            data = load_task(self.task, self.data_dir, self.source, doc_stride=self.doc_stride)
         if self.embedding and not data.spec.is_embedding:
             from axformer.tasks.similarity import as_embedding_task
 

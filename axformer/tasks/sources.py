@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 from axformer.errors import AxformerError
 from axformer.tasks.data import Split, TaskData
 from axformer.tasks.spec import LocalLayout, TaskSpec, custom_task, get_task
+
+PROBLEMS = ("classification", "regression", "similarity", "extractive-qa")
 
 DATA_DIR_ENV = "AXFORMER_DATA_DIR"
 
@@ -149,9 +152,10 @@ def read_table_split(
 # ------------------------------------------------------------- local layouts
 
 
-def _find_task_dir(layout: LocalLayout, data_dir: Path, benchmark: str) -> Path | None:
+def _find_task_dir(layout: LocalLayout, data_dir: Path, benchmark: str, display: str = "") -> Path | None:
     first_file = next(iter(layout.files.values()))
-    for cand in (data_dir, data_dir / layout.folder, data_dir / benchmark / layout.folder):
+    folders = (layout.folder, display) if display and display != layout.folder else (layout.folder,)
+    for cand in (data_dir, *(data_dir / f for f in folders), *(data_dir / benchmark / f for f in folders)):
         if (cand / first_file).is_file():
             return cand
     return None
@@ -161,7 +165,7 @@ def load_local(spec: TaskSpec, data_dir: Path) -> TaskData:
     layout = spec.local
     if layout is None:
         raise AxformerError(f"task {spec.name} has no official directory layout; it cannot be read from --data-dir")
-    task_dir = _find_task_dir(layout, data_dir, spec.benchmark)
+    task_dir = _find_task_dir(layout, data_dir, spec.benchmark, spec.display_name)
     if task_dir is None:
         first = next(iter(layout.files.values()))
         raise AxformerError(
@@ -171,6 +175,9 @@ def load_local(spec: TaskSpec, data_dir: Path) -> TaskData:
         )
     splits = {}
     for split_name, file_name in layout.files.items():
+        if layout.fmt == "squad":
+            splits[split_name] = _read_qa_split(task_dir / file_name, split_name, spec)
+            continue
         splits[split_name] = read_table_split(
             task_dir / file_name,
             spec,
@@ -186,6 +193,14 @@ def load_local(spec: TaskSpec, data_dir: Path) -> TaskData:
         dev=splits,
         source={"kind": "local", "data_dir": str(task_dir.resolve())},
     )
+
+
+def _read_qa_split(path: Path, name: str, spec: TaskSpec) -> Split:
+    from axformer.tasks.qa_files import DOC_STRIDE, qa_split, read_qa_file
+
+    if not path.is_file():
+        raise AxformerError(f"{spec.display_name} {name} file {path} does not exist; expected SQuAD's JSON layout")
+    return qa_split(name, read_qa_file(path).examples, spec.extra.get("doc_stride", DOC_STRIDE))
 
 
 # ---------------------------------------------------------------------- hub
@@ -219,6 +234,12 @@ def load_hub(spec: TaskSpec) -> TaskData:
                     f"hub dataset {hub.path}/{hub.name} has no column {col!r}; its columns are "
                     f"{', '.join(ds.column_names)}"
                 )
+        if spec.is_qa:
+            from axformer.tasks.qa_files import DOC_STRIDE, qa_example, qa_split
+
+            examples = [qa_example(f"row {i}", dict(r), f"{hub.path}:{theirs}") for i, r in enumerate(ds)]
+            splits[ours] = qa_split(ours, examples, spec.extra.get("doc_stride", DOC_STRIDE))
+            continue
         texts = list(zip(*(ds[c] for c in hub.text_columns)))
         labels = ds[hub.label_column]
         if not spec.is_regression and any(l < 0 for l in labels):
@@ -293,8 +314,9 @@ def load_custom(
     problem: str = "classification",
     label_names: tuple[str, ...] | None = None,
     name: str = "custom",
+    doc_stride: int | None = None,
 ) -> TaskData:
-    """A task over the user's CSV/TSV/JSONL files.
+    """A task over the user's CSV/TSV/JSONL files (extractive QA: SQuAD JSON or JSONL).
 
     For classification the label set is ``label_names`` when given, else the
     sorted distinct training labels; a dev label outside it is an error.
@@ -305,10 +327,12 @@ def load_custom(
             raise AxformerError(f"{opt} file {p} does not exist")
         if p.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
             raise AxformerError(f"{opt} file {p} has suffix {p.suffix!r}; expected .csv, .tsv or .jsonl")
+    if problem == "extractive-qa":
+        return _load_custom_qa(train_path, dev_path, name, doc_stride)
     if not text_columns or len(text_columns) > 2:
         raise AxformerError(f"--text-column given {len(text_columns)} times; expected one or two text columns")
-    if problem not in ("classification", "regression", "similarity"):
-        raise AxformerError(f"--problem {problem!r}; expected classification, regression or similarity")
+    if problem not in PROBLEMS:
+        raise AxformerError(f"--problem {problem!r}; expected one of {', '.join(PROBLEMS)}")
     if problem == "similarity" and len(text_columns) != 2:
         raise AxformerError(
             f"--problem similarity scores text pairs; expected two --text-column options, got {len(text_columns)}"
@@ -344,6 +368,22 @@ def load_custom(
 
         return as_embedding_task(data)
     return data
+
+
+def _load_custom_qa(train_path: Path, dev_path: Path, name: str, doc_stride: int | None) -> TaskData:
+    """Questions with answers in the user's SQuAD-layout JSON or JSONL files (``qa_files`` checks every offset)."""
+    from axformer.tasks.qa_files import DOC_STRIDE, qa_split, read_qa_file
+
+    stride = DOC_STRIDE if doc_stride is None else doc_stride
+    if stride < 1:
+        raise AxformerError(f"--doc-stride {stride}; expected a positive number of tokens")
+    extra = {"problem": "extractive-qa", "doc_stride": stride, "train_file": str(train_path.resolve()),
+             "dev_file": str(dev_path.resolve())}  # fmt: skip
+    spec = custom_task(None, 2, name=name, extra=extra)
+    train = qa_split("train", read_qa_file(train_path).examples, stride)
+    dev = qa_split("dev", read_qa_file(dev_path).examples, stride)
+    source = {"kind": "custom", **extra, "text_columns": ["question", "context"], "label_column": "answers"}
+    return TaskData(spec=spec, train=train, dev={"dev": dev}, source=source)
 
 
 def load_decision_split(path: str | os.PathLike, data: TaskData) -> Split:
@@ -408,7 +448,9 @@ def default_data_dir() -> Path | None:
     return Path(env) if env else None
 
 
-def load_task(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, source: str = "auto") -> TaskData:
+def load_task(
+    task: str | TaskSpec, data_dir: str | os.PathLike | None = None, source: str = "auto", doc_stride: int | None = None
+) -> TaskData:
     """Load a benchmark task by name.
 
     ``source``: "local" (``data_dir`` or $AXFORMER_DATA_DIR in the official
@@ -416,6 +458,12 @@ def load_task(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, s
     or set, else the hub. Bundled tasks (BBC News) ignore it.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if doc_stride is not None:
+        if not spec.is_qa:
+            raise AxformerError(f"--doc-stride applies to question answering; {spec.display_name} is not a QA task")
+        if doc_stride < 1:
+            raise AxformerError(f"--doc-stride {doc_stride}; expected a positive number of tokens")
+        spec = replace(spec, extra={**spec.extra, "doc_stride": doc_stride})
     if spec.benchmark == "builtin":
         return load_bbcnews(spec)
     if spec.benchmark == "custom":
@@ -447,10 +495,16 @@ def load_task_from_record(record: dict, data_dir: str | os.PathLike | None = Non
             src.get("problem", "classification"),
             tuple(src["label_names"]) if src.get("label_names") else None,
             record["name"],
+            src.get("doc_stride"),
         )
     if kind == "local" and data_dir is None and default_data_dir() is None:
         data_dir = src.get("data_dir")
-    data = load_task(record["name"], data_dir=data_dir, source="hub" if kind == "hub" and data_dir is None else "auto")
+    data = load_task(
+        record["name"],
+        data_dir=data_dir,
+        source="hub" if kind == "hub" and data_dir is None else "auto",
+        doc_stride=(record.get("extra") or {}).get("doc_stride"),
+    )
     if (record.get("extra") or {}).get("embedding"):
         from axformer.tasks.similarity import as_embedding_task
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from axformer.errors import AxformerError
 
+QA_STAGES = ("finetune", "evaluate")  # the stages that handle extractive question answering
+
 
 @dataclass(frozen=True)
 class LocalLayout:
@@ -27,7 +29,7 @@ class LocalLayout:
     text_columns: tuple[str | int, ...]
     label_column: str | int
     header: bool = True
-    fmt: str = "tsv"  # "tsv" or "jsonl"
+    fmt: str = "tsv"  # "tsv", "jsonl" or "squad" (SQuAD's JSON: articles, paragraphs, questions)
     label_values: dict[str, int] | None = None
 
 
@@ -57,8 +59,18 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def is_qa(self) -> bool:
+        """Extractive question answering: the answer is a span of the context (start and end logits per token)."""
+        return self.extra.get("problem") == "extractive-qa"
+
+    @property
+    def default_max_length(self) -> int:
+        """Tokens per model input unless the user says otherwise: a QA window holds a question and a context."""
+        return 384 if self.is_qa else 128
+
+    @property
     def is_regression(self) -> bool:
-        return self.label_names is None
+        return self.label_names is None and not self.is_qa
 
     @property
     def is_embedding(self) -> bool:
@@ -72,7 +84,18 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
+        if self.is_qa:
+            return 2  # a start and an end logit per token
         return 1 if self.label_names is None else len(self.label_names)
+
+    def require_stage(self, stage: str) -> None:
+        """Refuse, in one line, a stage that does not handle this task's family yet (question answering: fine-tuning
+        and evaluation only, so far)."""
+        if self.is_qa and stage not in QA_STAGES:
+            raise AxformerError(
+                f"{stage} does not handle question answering yet ({self.display_name}); expected one of "
+                f"{', '.join(QA_STAGES)} for QA tasks"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -245,6 +268,31 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         _superglue(
             "superglue-rte", "RTE", "rte", ("premise", "hypothesis"), _NLI2, ("accuracy",), "accuracy", raw=_NLI2
         ),
+        # SQuAD v1.1: the official files in DIR/squad (or DIR/SQuAD), or the hub's rajpurkar/squad
+        TaskSpec(
+            name="squad",
+            display_name="SQuAD",
+            benchmark="squad",
+            num_text_fields=2,
+            label_names=None,
+            metrics=("f1", "exact_match"),
+            main_metric="f1",
+            local=LocalLayout(
+                folder="squad",
+                files={"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
+                text_columns=("question", "context"),
+                label_column="answers",
+                fmt="squad",
+            ),
+            hub=HubSource(
+                "rajpurkar/squad",
+                "plain_text",
+                {"train": "train", "dev": "validation"},
+                ("question", "context"),
+                "answers",
+            ),  # fmt: skip
+            extra={"problem": "extractive-qa"},
+        ),
         TaskSpec(
             name="bbcnews",
             display_name="BBC News",
@@ -264,6 +312,9 @@ _ALIASES = {
     "bbc": "bbcnews",
     "bbc-news": "bbcnews",
     "mnli-m": "mnli",
+    "squad-v1": "squad",
+    "squad1.1": "squad",
+    "squad-v1.1": "squad",
 }
 
 
@@ -294,9 +345,12 @@ def custom_task(
     main_metric: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> TaskSpec:
-    """A task over the user's own files: classification when label names are given, else regression."""
+    """A task over the user's own files: classification when label names are given, extractive QA when ``extra``
+    says so, else regression."""
     if metrics is None:
-        if label_names is None:
+        if (extra or {}).get("problem") == "extractive-qa":
+            metrics = ("f1", "exact_match")
+        elif label_names is None:
             metrics = ("pearson", "spearman")
         elif len(label_names) == 2:
             metrics = ("accuracy", "f1", "mcc")

@@ -48,8 +48,12 @@ def make_heldout_split(train: Split, fraction: float = 0.15, seed: int = 42, str
             f"training split has {n} examples: too few to hold out {fraction:.0%} and keep some for training"
         )
     labels = train.labels
-    strat = labels if stratify and labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
-    _, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed, stratify=strat)
+    if train.is_qa:  # questions on one context are too alike to be split between the parts: whole articles
+        held = _heldout_articles(train, fraction, seed)
+        strat = None
+    else:
+        strat = labels if stratify and labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
+        _, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed, stratify=strat)
     return SplitRecord(
         fraction=fraction,
         seed=seed,
@@ -58,6 +62,27 @@ def make_heldout_split(train: Split, fraction: float = 0.15, seed: int = 42, str
         train_fingerprint=train.fingerprint(),
         heldout_indices=sorted(int(i) for i in held),
     )
+
+
+def article_groups(split: Split) -> np.ndarray:
+    """Per question, its article's number (the article, or the context where a file has no titles)."""
+    keys: dict[str, int] = {}
+    return np.asarray([keys.setdefault(e.article or e.context, len(keys)) for e in split.labels], dtype=np.int64)
+
+
+def _heldout_articles(train: Split, fraction: float, seed: int) -> np.ndarray:
+    """Seeded whole articles holding about ``fraction`` of the questions."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    groups = article_groups(train)
+    if groups.max() < 1:
+        raise AxformerError(
+            "the training questions all share one article (or context): a held-out split by article needs at "
+            "least two; give the file several articles (titles) or contexts"
+        )
+    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    _, held = next(splitter.split(np.arange(len(train)), groups=groups))
+    return held
 
 
 def apply_split(data: TaskData, record: SplitRecord) -> tuple[Split, Split]:

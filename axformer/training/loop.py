@@ -49,7 +49,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    max_seq_length: int = 128
+    max_seq_length: int | None = None  # None: the task's default (128; 384 for question answering)
     max_train_examples: int | None = None
     heldout_fraction: float = 0.15
     seed: int = 42
@@ -164,6 +164,8 @@ def train_model(
     """
     spec = data.spec
     t_start = time.perf_counter()
+    if config.max_seq_length is None:
+        config.max_seq_length = spec.default_max_length
     select_split = selection_subset(heldout, config)
     enc_train = encode(tokenizer, train_part, config.max_seq_length, separate=spec.is_embedding)
     enc_select = encode(tokenizer, select_split, config.max_seq_length, separate=spec.is_embedding)
