@@ -83,6 +83,71 @@ def test_finetune_and_evaluate_a_custom_qa_task(monkeypatch, capsys, tmp_path):
     assert code == 0 and "exact_match" in stdout, err
 
 
+@pytest.fixture(scope="module")
+def tuned_qa(tmp_path_factory):
+    """A tiny BERT span head fine-tuned on the toy QA task (learnable: the word after good / bad)."""
+    from axformer.tasks.sources import load_custom
+    from axformer.training.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("qa")
+    train, dev = write_qa_files(root / "data")
+    data = load_custom(train, dev, (), "label", "extractive-qa", None, "toyqa", doc_stride=12)
+    base = make_tiny_model_dir(root / "base", "bert")
+    config = FinetuneConfig(epochs=10, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu",
+                            new_head=True)  # fmt: skip
+    finetune(base, data, root / "tuned", config)
+    return root / "tuned", data
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_qa_artifact_has_optimums_outputs_and_scores_like_pytorch(tuned_qa, tmp_path, precision):
+    """start_logits/end_logits [batch, sequence] (ORTModelForQuestionAnswering's layout), the same logits as the
+    PyTorch model (fp32 to 1e-4), and the same SQuAD scores through axformer evaluate."""
+    import onnx
+
+    from axformer.data.batching import encode
+    from axformer.evaluation.scores import evaluate
+    from axformer.export.artifact import ExportConfig, export_model
+    from axformer.inference import run_model
+    from axformer.models.loading import load_model, load_tokenizer
+    from axformer.runtime.backends import load_runnable
+
+    model, data = tuned_qa
+    out = tmp_path / precision
+    r = export_model(model, out, ExportConfig(precision=precision, device="cpu", max_drop=100), data)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["start_logits", "end_logits"]
+    assert all(o.type.tensor_type.shape.dim[1].dim_param for o in graph.output)  # dynamic sequence length
+    enc = encode(load_tokenizer(model), data.dev["dev"], 32)
+    ref = run_model(load_model(model, data.spec), enc, False).logits
+    got = run_model(load_runnable(out), enc, False).logits
+    assert np.abs(got - ref).max() <= (1e-4 if precision == "fp32" else 0.25)
+    torch_f1 = evaluate(model, splits=("dev",), device="cpu").splits["dev"].metrics
+    onnx_f1 = evaluate(out, splits=("dev",), device="cpu").splits["dev"].metrics
+    if precision == "fp32":
+        assert onnx_f1 == pytest.approx(torch_f1)
+    assert r["validation"]["onnx"]["metrics"].keys() == {"f1", "exact_match"}
+    # a service's view: questions and contexts in, answer texts and scores out, the same from both backends
+    from axformer.runtime.predictor import Predictor
+
+    dev = data.dev["dev"]
+    questions, contexts = [e.question for e in dev.labels], [e.context for e in dev.labels]
+    with Predictor(out) as served, Predictor(model) as eager:
+        got_answers, ref_answers = served.answer(questions, contexts), eager.answer(questions, contexts)
+    assert all(isinstance(t, str) and np.isfinite(sc) for t, sc in got_answers)
+    if precision == "fp32":
+        assert [t for t, _ in got_answers] == [t for t, _ in ref_answers]
+    with pytest.raises(AxformerError, match="questions and 1 contexts"):
+        Predictor(out).answer(questions, contexts[:1])
+
+
+def test_qa_exports_refuse_what_they_do_not_handle_yet(monkeypatch, capsys, tuned_qa, tmp_path):
+    model, _ = tuned_qa
+    out = tmp_path / "mixed"
+    code, _, err = run_cli(monkeypatch, capsys, "export", model, "-o", out, "--precision", "mixed", "--device", "cpu")
+    assert_clean_failure(code, err, out, "question answering exports in fp32, int8, fp16 or auto precision")
+
+
 def test_qa_input_errors_are_one_line(monkeypatch, capsys, tmp_path):
     train, dev = write_qa_files(tmp_path / "data", n_train=4, n_dev=2)
     base = make_tiny_model_dir(tmp_path / "base", "bert")

@@ -53,10 +53,18 @@ def peak_memory_mib(path: str, batch: dict[str, torch.Tensor], device: str = "cp
     q = ctx.Queue()
     p = ctx.Process(target=_peak_child, args=(path, {k: v.numpy() for k, v in batch.items()}, device, q))
     p.start()
+    import queue
+
     try:
-        _, after = q.get(timeout=600)
-    except Exception:
-        return None
+        for _ in range(600):  # a child that died (import error, out of memory) gives up at once, not in 10 min
+            try:
+                _, after = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not p.is_alive():
+                    return None
+        else:
+            return None
     finally:
         p.join(timeout=30)
     return after / 1024.0  # ru_maxrss is in KiB on Linux

@@ -87,18 +87,32 @@ class QAEncoded(Encoded):
 def encode_qa(tokenizer, split: Split, max_length: int) -> QAEncoded:
     """Windows of every question's context (``split.doc_stride`` tokens of overlap), labelled with the first gold
     answer's span where a window holds it whole."""
-    from axformer.data.qa_windows import make_windows
-
     examples = list(split.labels)
-    w = make_windows(
+    return encode_questions(
         tokenizer,
         [e.question for e in examples],
         [e.context for e in examples],
-        [e.starts[0] for e in examples],
-        [e.answers[0] for e in examples],
         max_length,
         split.doc_stride,
+        [e.starts[0] for e in examples],
+        [e.answers[0] for e in examples],
     )
+
+
+def encode_questions(
+    tokenizer,
+    questions: list[str],
+    contexts: list[str],
+    max_length: int,
+    doc_stride: int,
+    starts: list[int] | None = None,
+    answers: list[str] | None = None,
+) -> QAEncoded:
+    """Windows of (question, context) pairs; labelled (start, end) where the first gold answers are given, else
+    (0, 0): what a service answering questions feeds the model."""
+    from axformer.data.qa_windows import make_windows
+
+    w = make_windows(tokenizer, questions, contexts, starts, answers, max_length, doc_stride)
     types = w.token_type_ids if "token_type_ids" in tokenizer.model_input_names else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return QAEncoded(
@@ -109,7 +123,7 @@ def encode_qa(tokenizer, split: Split, max_length: int) -> QAEncoded:
         1,
         w.example,
         w.offsets,
-        [e.context for e in examples],
+        list(contexts),
     )
 
 

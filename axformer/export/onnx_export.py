@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from axformer.errors import AxformerError
+from axformer.models.span_head import SPAN_OUTPUTS
 
 OPSET = 17
 
@@ -25,26 +26,32 @@ def model_input_names(model: PreTrainedModel) -> list[str]:
     return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params]
 
 
-def output_name(model) -> str:
-    """``logits`` for a task head; an embedding model's graph gives ``sentence_embedding`` (sentence-transformers'
-    name for the pooled, normalised output)."""
+def output_names(model) -> list[str]:
+    """``logits`` for a task head; a span (QA) head gives ``start_logits`` and ``end_logits`` [batch, sequence];
+    an embedding model's graph gives ``sentence_embedding`` (sentence-transformers' name for the pooled,
+    normalised output)."""
     from axformer.embedding.model import SentenceEmbedder
+    from axformer.models.span_head import is_span_model
 
-    return "sentence_embedding" if isinstance(model, SentenceEmbedder) else "logits"
+    if isinstance(model, SentenceEmbedder):
+        return ["sentence_embedding"]
+    return list(SPAN_OUTPUTS) if is_span_model(model) else ["logits"]
 
 
 class _LogitsOnly(torch.nn.Module):
-    def __init__(self, model: PreTrainedModel, names: list[str]) -> None:
+    def __init__(self, model: PreTrainedModel, names: list[str], span: bool = False) -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.span = model, names, span
 
     def forward(self, *inputs):
-        return self.model(**dict(zip(self.names, inputs))).logits
+        out = self.model(**dict(zip(self.names, inputs)))
+        return (out.start_logits, out.end_logits) if self.span else out.logits
 
 
 def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OPSET, seq_len: int = 16) -> Path:
-    """Write ``model`` to ``path`` as ONNX (inputs: int64 [batch, sequence]; output: logits [batch, labels], or
-    an embedding model's sentence_embedding [batch, dimension]).
+    """Write ``model`` to ``path`` as ONNX (inputs: int64 [batch, sequence]; output: logits [batch, labels], a
+    span head's start_logits and end_logits [batch, sequence], or an embedding model's sentence_embedding
+    [batch, dimension]).
 
     Uses the TorchScript-based exporter, and eager attention (instead of SDPA)
     while tracing: those graphs are the ones ONNX Runtime's transformer
@@ -66,8 +73,9 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
         "token_type_ids": torch.zeros(2, seq_len, dtype=torch.long, device=device),
     }
     dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
-    output = output_name(model)
-    dynamic[output] = {0: "batch"}
+    outputs = output_names(model)
+    span = outputs == list(SPAN_OUTPUTS)
+    dynamic.update({o: {0: "batch", 1: "sequence"} if span else {0: "batch"} for o in outputs})
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -75,11 +83,11 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
             # the wrapper must be in eval mode too: the exporter restores the *wrapper's* mode on the
             # whole module tree afterwards, which would silently switch dropout on in the caller's model
             torch.onnx.export(
-                _LogitsOnly(model, names).eval(),
+                _LogitsOnly(model, names, span).eval(),
                 tuple(dummy[n] for n in names),
                 str(tmp),
                 input_names=names,
-                output_names=[output],
+                output_names=outputs,
                 dynamic_axes=dynamic,
                 opset_version=opset,
                 do_constant_folding=True,

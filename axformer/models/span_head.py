@@ -14,6 +14,7 @@ import torch
 from transformers.utils import ModelOutput
 
 QA_SUFFIX = "ForQuestionAnswering"
+SPAN_OUTPUTS = ("start_logits", "end_logits")  # the ONNX outputs, as Optimum's ORTModelForQuestionAnswering reads them
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from axformer.errors import AxformerError
+from axformer.models.span_head import SPAN_OUTPUTS
 
 ONNX_FILE = "model.onnx"
 SENTENCE_ONNX_FILE = "onnx/model.onnx"  # sentence-transformers' ONNX layout (embedding artifacts)
@@ -74,7 +75,10 @@ class OnnxModel:
             ) from None
         self.path = path
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name  # logits, or sentence_embedding
+        outputs = [o.name for o in self.session.get_outputs()]
+        # logits, sentence_embedding, or a span head's start_logits and end_logits (stacked as logits)
+        self.output_names = outputs if outputs[:2] == list(SPAN_OUTPUTS) else outputs[:1]
+        self.output_name = self.output_names[0]
         self.training = False
 
     def eval(self) -> OnnxModel:
@@ -84,9 +88,10 @@ class OnnxModel:
         return self
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(
-            [self.output_name], {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names}
-        )[0]
+        out = self.session.run(
+            self.output_names, {k: np.asarray(v, dtype=np.int64) for k, v in feed.items() if k in self.input_names}
+        )
+        return np.stack(out, axis=-1) if len(out) == 2 else out[0]
 
     def __call__(self, **batch) -> SimpleNamespace:
         from axformer.embedding.model import score_groups

@@ -26,6 +26,7 @@ import torch
 
 from axformer.data.batching import Encoded, collate, encode, sorted_batches
 from axformer.errors import AxformerError
+from axformer.inference import SPAN_PAD
 from axformer.models.loading import is_embedding_model, load_tokenizer
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import load_runnable, max_input_length
@@ -129,6 +130,29 @@ class Predictor:
             raise AxformerError("encode takes single texts; score pairs with predict([(a, b), ...])")
         return self.predict_encoded(self.tokenize(list(texts)), batch_size)
 
+    @property
+    def is_qa(self) -> bool:
+        return (self.record.task or {}).get("extra", {}).get("problem") == "extractive-qa"
+
+    def answer(
+        self, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 32
+    ) -> list[tuple[str, float]]:
+        """Extractive question answering: per question, the best answer span of its context over all the context's
+        windows (the training's length and document stride) and its score (start + end logit), as transformers'
+        QA post-processing picks it."""
+        from axformer.data.batching import encode_questions
+        from axformer.data.qa_windows import best_answers
+        from axformer.tasks.qa_files import DOC_STRIDE
+
+        if not self.is_qa:
+            raise AxformerError(f"{self.path} is not a question answering model; expected one fine-tuned for QA")
+        if len(questions) != len(contexts):
+            raise AxformerError(f"{len(questions)} questions and {len(contexts)} contexts; expected one context each")
+        stride = (self.record.task.get("extra") or {}).get("doc_stride", DOC_STRIDE)
+        enc = encode_questions(self.tokenizer, list(questions), list(contexts), self.max_length, stride)
+        logits = self.predict_encoded(enc, batch_size)
+        return best_answers(enc, list(contexts), logits[..., 0], logits[..., 1])
+
     def batches(self, enc: Encoded, batch_size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
         return [
             (idx, {k: v.numpy() for k, v in collate(enc, idx, "cpu", with_labels=False).items()})
@@ -140,9 +164,13 @@ class Predictor:
         outs = self.run_batches([b for _, b in parts])
         logits = None
         for (idx, _), out in zip(parts, outs):
-            if logits is None:
-                logits = np.zeros((len(enc), out.shape[-1]), dtype=np.float32)
-            logits[idx] = out
+            if logits is None:  # span logits (batch, tokens, 2): padded to the longest window
+                shape = (len(enc), int(enc.lengths.max()), 2) if out.ndim == 3 else (len(enc), out.shape[-1])
+                logits = np.full(shape, SPAN_PAD if out.ndim == 3 else 0.0, dtype=np.float32)
+            if out.ndim == 3:
+                logits[idx, : out.shape[1]] = out
+            else:
+                logits[idx] = out
         return logits if logits is not None else np.zeros((0, 1), np.float32)
 
     def predict(self, texts: Texts, batch_size: int = 32) -> np.ndarray:
