@@ -19,7 +19,10 @@ def test_predictor_gives_the_same_predictions_in_every_mode(tiny_task, tmp_path)
         single = Predictor(path).predict(texts, batch_size=8)
         with Predictor(path, instances=2) as p:  # multi-instance, PyTorch and ONNX Runtime alike
             multi = p.predict(texts, batch_size=8)
-        np.testing.assert_array_equal(multi, single)  # identical within a backend, whatever the mode
+        # the same predictions within a backend, whatever the mode; logits to float rounding: a kernel splits its
+        # sums by thread count (one thread per instance here, two alone), which on some CPUs moves the last bit
+        np.testing.assert_allclose(multi, single, rtol=0, atol=1e-6)
+        assert (multi.argmax(-1) == single.argmax(-1)).all()
         by_backend[str(path)] = single
     onnx_logits = by_backend[str(tmp_path / "onnx")]
     np.testing.assert_array_equal(by_backend[str(model)], ref)

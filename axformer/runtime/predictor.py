@@ -10,7 +10,8 @@ multi-instance throughput.
   fed batches from one queue. On a CPU with few cores, several single-threaded
   instances usually beat one multi-threaded one at batch throughput because
   small matrix products do not parallelise well.
-Predictions are the same in every mode (tested).
+Predictions are the same in every mode, logits to float rounding (kernels split their sums by thread count;
+tested).
 """
 
 from __future__ import annotations
