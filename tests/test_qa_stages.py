@@ -141,6 +141,47 @@ def test_a_qa_artifact_has_optimums_outputs_and_scores_like_pytorch(tuned_qa, tm
         Predictor(out).answer(questions, contexts[:1])
 
 
+def test_masked_equals_physically_pruned_span_logits(tuned_qa, tmp_path):
+    """A QA head through surgery: the engine's soft masks and physical removal give the same start/end logits, and
+    the pruned model saves and reloads as a QA model with them."""
+    import copy
+
+    import torch
+
+    from axformer.data.batching import collate, encode
+    from axformer.models.loading import load_model, load_tokenizer, save_model
+    from axformer.surgery.masks import SoftMask
+    from axformer.surgery.prune import prune
+
+    model, data = tuned_qa
+    net = load_model(model, data.spec).eval()
+    tok = load_tokenizer(model)
+    batch = collate(encode(tok, data.dev["dev"], 32), np.arange(8), "cpu", with_labels=False)
+    removed = ["L0.attn.head1", "L1.ffn", "L2.attn.head0", "L2.ffn.group0of4"]
+    with torch.inference_mode():
+        with SoftMask(net) as mask:
+            mask.set(removed)
+            masked = net(**batch).logits
+        pruned = copy.deepcopy(net)
+        prune(pruned, removed)
+        torch.testing.assert_close(pruned(**batch).logits, masked, rtol=0, atol=1e-5)
+        assert masked.shape[-1] == 2
+        save_model(pruned, tok, tmp_path / "pruned")
+        again = load_model(tmp_path / "pruned", data.spec).eval()
+        torch.testing.assert_close(again(**batch).logits, masked, rtol=0, atol=1e-5)
+
+
+def test_analyze_scores_a_qa_model_by_its_f1(monkeypatch, capsys, tuned_qa, tmp_path):
+    model, _ = tuned_qa
+    out = tmp_path / "analysis"
+    code, _, err = run_cli(monkeypatch, capsys, "analyze", model, "-o", out, "--scorers", "ablation,gradient",
+                           "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    sig = json.loads((out / "significance.json").read_text())
+    rows = sig["ablation"]["rows"] if isinstance(sig["ablation"], dict) else sig["ablation"]
+    assert rows and all(np.isfinite(r["delta_loss"]) and 0 <= r["metric"] <= 100 for r in rows)
+
+
 def test_qa_exports_refuse_what_they_do_not_handle_yet(monkeypatch, capsys, tuned_qa, tmp_path):
     model, _ = tuned_qa
     out = tmp_path / "mixed"

@@ -69,6 +69,7 @@ class QAEncoded(Encoded):
     example: np.ndarray | None = None
     offsets: list | None = None
     contexts: list[str] | None = None
+    answers: list[tuple[str, ...]] | None = None  # each question's gold answers (scoring); None when serving
 
     def subset(self, indices) -> QAEncoded:
         idx = np.asarray(indices, dtype=np.int64)
@@ -81,6 +82,7 @@ class QAEncoded(Encoded):
             self.example[idx],
             [self.offsets[i] for i in idx],
             self.contexts,
+            self.answers,
         )
 
 
@@ -88,7 +90,7 @@ def encode_qa(tokenizer, split: Split, max_length: int) -> QAEncoded:
     """Windows of every question's context (``split.doc_stride`` tokens of overlap), labelled with the first gold
     answer's span where a window holds it whole."""
     examples = list(split.labels)
-    return encode_questions(
+    enc = encode_questions(
         tokenizer,
         [e.question for e in examples],
         [e.context for e in examples],
@@ -97,6 +99,8 @@ def encode_qa(tokenizer, split: Split, max_length: int) -> QAEncoded:
         [e.starts[0] for e in examples],
         [e.answers[0] for e in examples],
     )
+    enc.answers = [e.answers for e in examples]
+    return enc
 
 
 def encode_questions(

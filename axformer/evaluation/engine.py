@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from axformer.data.batching import Encoded, collate, sorted_batches
-from axformer.inference import per_example_loss, predictions
+from axformer.evaluation.squad_metrics import answer_metrics
+from axformer.inference import SPAN_PAD, per_example_loss, predictions
 from axformer.surgery.adapters import Adapter, get_adapter
 from axformer.surgery.components import parse
 from axformer.surgery.masks import SoftMask
@@ -228,9 +229,14 @@ class EvaluationEngine:
                 stack.enter_context(c.applied(self.model, self.adapter))
             for b, idx in enumerate(tqdm(self.batches, desc=desc, disable=not (self.progress and desc), leave=False)):
                 out = self._pass(b, start)
-                if logits is None:
-                    logits = np.zeros((self.n, out.shape[-1]), dtype=np.float32)
-                logits[idx] = out.float().cpu().numpy()
+                if logits is None:  # span logits (windows, tokens, 2): padded to the longest window
+                    span = out.dim() == 3
+                    shape = (self.n, int(self.encoded.lengths.max()), 2) if span else (self.n, out.shape[-1])
+                    logits = np.full(shape, SPAN_PAD if span else 0.0, dtype=np.float32)
+                if out.dim() == 3:
+                    logits[idx, : out.shape[1]] = out.float().cpu().numpy()
+                else:
+                    logits[idx] = out.float().cpu().numpy()
                 losses[idx] = per_example_loss(out, self._labels[b], self.regression).cpu().numpy()
                 done[idx] = True
                 if (
@@ -252,8 +258,10 @@ class EvaluationEngine:
             time.perf_counter() - t0,
         )
         if complete:
-            result.metrics = compute_metrics(
-                self.spec.metrics, self.encoded.labels, result.predictions(self.regression)
+            result.metrics = (
+                answer_metrics(self.encoded, result.logits)
+                if self.spec.is_qa
+                else compute_metrics(self.spec.metrics, self.encoded.labels, result.predictions(self.regression))
             )
         self.passes += 1
         return result

@@ -64,10 +64,11 @@ def qa_predictions(labels: np.ndarray, outputs: Outputs) -> list[tuple[str, floa
 
 def score(spec: TaskSpec, labels: np.ndarray, outputs: Outputs) -> SplitResult:
     if spec.is_qa:  # SQuAD's exact match and F1 over questions; the loss is the windows' start/end cross-entropy
-        from axformer.evaluation.squad_metrics import squad_scores
+        from axformer.evaluation.squad_metrics import answer_metrics
 
-        answers = [text for text, _ in qa_predictions(labels, outputs)]
-        metrics = squad_scores(answers, [e.answers for e in labels])
+        if outputs.windows is None:
+            raise AxformerError("question answering outputs without their windows; run the model on encode_qa's output")
+        metrics = answer_metrics(outputs.windows, outputs.logits)
         return SplitResult(len(labels), outputs.mean_loss, metrics, spec.main_metric)
     preds = outputs.predictions(spec.is_regression)
     return SplitResult(len(labels), outputs.mean_loss, compute_metrics(spec.metrics, labels, preds), spec.main_metric)

@@ -45,3 +45,14 @@ def per_question(predictions: list[str], golds: list[tuple[str, ...]]) -> tuple[
 def squad_scores(predictions: list[str], golds: list[tuple[str, ...]]) -> dict[str, float]:
     em, f1 = per_question(predictions, golds)
     return {"exact_match": 100.0 * float(em.mean()), "f1": 100.0 * float(f1.mean())}
+
+
+def answer_metrics(windows, logits: np.ndarray) -> dict[str, float]:
+    """SQuAD's scores of span logits (windows, tokens, 2) over the questions of ``windows`` (a ``QAEncoded``
+    with its gold answers): every evaluation of a QA model, in every stage, scores through here."""
+    from axformer.data.qa_windows import best_answers
+
+    if windows.answers is None:
+        raise ValueError("windows without gold answers cannot be scored")
+    found = best_answers(windows, windows.contexts, logits[..., 0], logits[..., 1])
+    return squad_scores([text for text, _ in found], windows.answers)

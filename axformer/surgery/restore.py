@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+)
 
 from axformer.errors import AxformerError
 from axformer.surgery.adapters import get_adapter
@@ -92,7 +98,8 @@ def load_pruned(model: str, config: PretrainedConfig, device, layout=None, bare:
     adapter.set_config_dims(build, list(range(len(target.present_layers))), target.ffn_dim)
     setattr(build, STRUCTURE_KEY, None)
     if layout is None and not bare:
-        net = AutoModelForSequenceClassification.from_config(build)
+        span = any(a.endswith("ForQuestionAnswering") for a in config.architectures or [])  # a QA (span) head
+        net = (AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification).from_config(build)
     else:
         from axformer.embedding.model import SentenceEmbedder
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from axformer.errors import AxformerError
 
-QA_STAGES = ("finetune", "evaluate", "export")  # the stages that handle extractive question answering
+QA_STAGES = ("finetune", "evaluate", "export", "analyze")  # the stages that handle extractive question answering
 
 
 @dataclass(frozen=True)
