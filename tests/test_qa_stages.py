@@ -182,6 +182,22 @@ def test_analyze_scores_a_qa_model_by_its_f1(monkeypatch, capsys, tuned_qa, tmp_
     assert rows and all(np.isfinite(r["delta_loss"]) and 0 <= r["metric"] <= 100 for r in rows)
 
 
+def test_benchmark_scores_and_times_a_qa_artifact_against_the_baselines(tuned_qa, tmp_path):
+    from axformer.benchmark.run import DYNAMIC, ORT_INT8, BenchmarkConfig, benchmark
+    from axformer.export.artifact import ExportConfig, export_model
+
+    model, data = tuned_qa
+    export_model(model, tmp_path / "int8", ExportConfig(precision="int8", device="cpu", max_drop=100), data)
+    config = BenchmarkConfig(baseline_model=str(model), lengths=(), latency_examples=8, throughput_examples=16,
+                             rounds=1, warmup=0, instances=0, memory=False)  # fmt: skip
+    result = benchmark([str(tmp_path / "int8")], tmp_path / "bench", data, config=config, progress=lambda m: None)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert {DYNAMIC, ORT_INT8} <= set(rows) and len(rows) == 5
+    for r in rows.values():
+        assert set(r["dev"]["metrics"]) == {"f1", "exact_match"} and r["timing"]["latency_p50_ms"] > 0
+    assert rows[DYNAMIC]["dev"]["metrics"]["f1"] >= 30  # the tuned model, scored on the dev questions
+
+
 def test_qa_exports_refuse_what_they_do_not_handle_yet(monkeypatch, capsys, tuned_qa, tmp_path):
     model, _ = tuned_qa
     out = tmp_path / "mixed"

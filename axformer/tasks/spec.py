@@ -12,7 +12,13 @@ from typing import Any
 
 from axformer.errors import AxformerError
 
-QA_STAGES = ("finetune", "evaluate", "export", "analyze")  # the stages that handle extractive question answering
+QA_STAGES = (
+    "finetune",
+    "evaluate",
+    "export",
+    "analyze",
+    "benchmark",
+)  # the stages that handle extractive question answering
 
 
 @dataclass(frozen=True)
