@@ -198,6 +198,42 @@ def test_benchmark_scores_and_times_a_qa_artifact_against_the_baselines(tuned_qa
     assert rows[DYNAMIC]["dev"]["metrics"]["f1"] >= 30  # the tuned model, scored on the dev questions
 
 
+def test_span_distillation_loss_matches_a_direct_computation():
+    """Start and end are each a distribution over the window's real tokens: padding gets no probability and a
+    teacher row wider than the batch is cut to it."""
+    import torch
+    import torch.nn.functional as F
+
+    from axformer.distill.losses import soft_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 2, generator=g), torch.randn(2, 7, 2, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    t = 2.0
+    want = []
+    for b, n in ((0, 5), (1, 3)):
+        for k in range(2):
+            p = F.softmax(teacher[b, :n, k] / t, dim=0)
+            want.append(-(p * F.log_softmax(student[b, :n, k] / t, dim=0)).sum())
+    expected = torch.stack(want).mean() * t * t
+    torch.testing.assert_close(soft_cross_entropy(student, teacher, t, mask), expected)
+
+
+def test_distillation_moves_a_smaller_qa_student_to_its_teacher(tuned_qa, tmp_path):
+    from axformer.distill import DistillConfig, distill
+    from axformer.models.loading import load_model
+
+    teacher, data = tuned_qa
+    cfg = DistillConfig(epochs=4, learning_rate=3e-3, batch_size=16, device="cpu", eval_max_examples=None)
+    res = distill(teacher, tmp_path / "student", student_layers="0,2", data=data, config=cfg)
+    student = load_model(res.output, data.spec)
+    assert type(student).__name__.endswith("ForQuestionAnswering") and student.config.num_hidden_layers == 2
+    assert set(res.evaluation.splits["heldout"].metrics) == {"f1", "exact_match"}
+    assert res.evaluation.splits["dev"].metrics["f1"] >= 30  # the teacher's answers, learned by two layers
+    with pytest.raises(AxformerError, match="question answering distils on its training questions"):
+        distill(teacher, tmp_path / "s2", student_layers="1", data=data, config=cfg, extra_texts=[("a", "b")])
+
+
 def test_qa_exports_refuse_what_they_do_not_handle_yet(monkeypatch, capsys, tuned_qa, tmp_path):
     model, _ = tuned_qa
     out = tmp_path / "mixed"

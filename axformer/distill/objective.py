@@ -136,7 +136,7 @@ class DistillObjective:
             teacher_logits = t_out.logits
         terms: dict[str, torch.Tensor] = {}
         if c.soft_weight > 0:
-            terms["soft"] = soft_cross_entropy(out.logits, teacher_logits, c.temperature)
+            terms["soft"] = soft_cross_entropy(out.logits, teacher_logits, c.temperature, batch["attention_mask"])
         if c.hard_weight > 0:
             terms["hard"] = per_example_loss(out.logits, labels, self.regression).mean()
         mask = batch["attention_mask"]

@@ -110,6 +110,11 @@ def distill(
         net = derive_student(net, layers)
     if config.max_seq_length is None:
         config.max_seq_length = data.spec.default_max_length
+    if data.spec.is_qa and (config.windows or extra_texts):  # a QA input is a question with its context's windows
+        raise AxformerError(
+            "question answering distils on its training questions (every window of each context) only; expected "
+            "no --windows and no --calibration-texts"
+        )
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
     if extra_texts and config.hard_weight > 0:
         raise AxformerError(

@@ -12,13 +12,8 @@ from typing import Any
 
 from axformer.errors import AxformerError
 
-QA_STAGES = (
-    "finetune",
-    "evaluate",
-    "export",
-    "analyze",
-    "benchmark",
-)  # the stages that handle extractive question answering
+# the stages that handle extractive question answering (the search does not yet)
+QA_STAGES = ("finetune", "evaluate", "analyze", "distill", "export", "benchmark")
 
 
 @dataclass(frozen=True)
