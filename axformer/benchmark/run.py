@@ -169,7 +169,7 @@ def benchmark(
     spec = data.spec
     spec.require_stage("benchmark")
     dev_name, dev_split = next(iter(data.dev.items()))
-    if not len(dev_split) or (spec.label_names is not None and dev_split.labels.min() < 0):
+    if not len(dev_split) or not dev_split.is_labelled:
         raise AxformerError(
             f"the {dev_name} split of {spec.name} has no labels; the benchmark needs a labelled dev set"
         )

@@ -76,7 +76,7 @@ def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> di
     net = load_runnable(path)
     entry = {"stage": kind, "path": str(path), "seconds": seconds}
     for name, split in {"heldout": heldout, **data.dev}.items():
-        if len(split) and (data.spec.is_regression or split.labels.min() >= 0):
+        if len(split) and split.is_labelled:
             entry[name] = score(
                 data.spec,
                 split.labels,

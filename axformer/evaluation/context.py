@@ -211,7 +211,7 @@ def representativeness_warnings(ctx: TaskContext, length_ratio: float = 1.5, lab
                 f"the deciding held-out examples are {ours:.0f} tokens long (median) and the {name} set {theirs:.0f}: "
                 "decisions were made on inputs unlike the reported ones"
             )
-        if not ctx.data.spec.is_regression and split.labels.min() >= 0:
+        if ctx.data.spec.label_names is not None and split.labels.min() >= 0:
             k = int(max(ctx.heldout.labels.max(), split.labels.max())) + 1
             p = np.bincount(ctx.heldout.labels, minlength=k) / len(ctx.heldout)
             q = np.bincount(split.labels, minlength=k) / len(split)

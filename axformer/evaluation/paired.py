@@ -84,6 +84,38 @@ def paired_bootstrap(
     }
 
 
+def paired_bootstrap_means(
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, PairedDifference]:
+    """The same paired percentile bootstrap for metrics that are means of per-example scores in points (SQuAD's
+    exact match and F1 per question): ``scores`` maps each metric to (original, candidate) per example."""
+    n = len(next(iter(scores.values()))[0])
+    rng = np.random.default_rng(seed)
+    diffs = {m: np.empty(resamples) for m in scores}
+    for start in range(0, resamples, 250):
+        idx = rng.integers(0, n, size=(min(250, resamples - start), n))
+        for m, (o, c) in scores.items():
+            diffs[m][start : start + len(idx)] = (np.asarray(c)[idx] - np.asarray(o)[idx]).mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    return {
+        m: PairedDifference(
+            metric=m,
+            original=float(np.mean(o)),
+            candidate=float(np.mean(c)),
+            difference=float(np.mean(c) - np.mean(o)),
+            low=float(np.percentile(diffs[m], tail)),
+            high=float(np.percentile(diffs[m], 100 - tail)),
+            confidence=confidence,
+            examples=n,
+            resamples=resamples,
+        )
+        for m, (o, c) in scores.items()
+    }
+
+
 def _cosine_stats(metrics, cosines: np.ndarray) -> dict:
     """``cosine`` (mean) and ``cosine_p5`` (5th percentile) of per-example cosines, in points, along the last
     axis (one value, or one per resample)."""

@@ -64,6 +64,10 @@ class ModelRecord:
             # a sentence-transformers model states the length it is run at (all-MiniLM-L6-v2: 256)
             st = Path(directory) / "sentence_bert_config.json"
             length = read_json(st).get("max_seq_length") if st.is_file() else None
+            config = Path(directory) / "config.json"
+            architectures = (read_json(config).get("architectures") or []) if config.is_file() else []
+            if length is None and any(a.endswith("ForQuestionAnswering") for a in architectures):
+                length = 384  # a QA model's windows, as transformers' QA examples run it
             return cls(max_seq_length=int(length)) if length else cls()
         return cls.from_dict(read_json(path))
 

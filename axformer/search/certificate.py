@@ -51,6 +51,13 @@ def certify(
     end of the drop's confidence interval is (a stricter promise that small splits rarely keep).
     """
     differences = paired_bootstrap(metrics, labels, original, candidate, resamples, confidence, seed)
+    return certificate_of(differences, main_metric, len(labels), allowed_drop, rule, confidence)
+
+
+def certificate_of(
+    differences: dict, main_metric: str, examples: int, allowed_drop: dict[str, float], rule: str, confidence: float
+) -> Certificate:
+    """The verdict on measured paired differences (see :func:`certify`)."""
     guarded = {m: differences[m] for m in allowed_drop}
     if rule == "bound":
         passed = all(-d.low <= allowed_drop[m] + 1e-9 for m, d in guarded.items())
@@ -62,7 +69,7 @@ def certify(
     return Certificate(
         passed=passed,
         rule=f"{what} on the confirmation split is within the allowance (points: {limits})",
-        examples=len(labels),
+        examples=examples,
         main_metric=main_metric,
         differences=differences,
         allowed_drop=dict(allowed_drop),
@@ -161,9 +168,26 @@ def _confirmation_engine(ctx, config):
 
 def _certify(ctx, config, original_logits, original_metrics: dict, candidate_logits) -> Certificate:
     spec = ctx.data.spec
+    c = config.certificate
+    if spec.is_qa:  # per question: SQuAD's exact match and F1 of each model's best span, resampled by question
+        from axformer.data.qa_windows import best_answers
+        from axformer.evaluation.paired import paired_bootstrap_means
+        from axformer.evaluation.squad_metrics import per_question
+
+        windows = ctx.confirmation_encoded
+
+        def per_example(logits) -> dict[str, np.ndarray]:
+            found = best_answers(windows, windows.contexts, logits[..., 0], logits[..., 1])
+            em, f1 = per_question([t for t, _ in found], windows.answers)
+            return {"exact_match": 100 * em, "f1": 100 * f1}
+
+        o, k = per_example(original_logits), per_example(candidate_logits)
+        differences = paired_bootstrap_means({m: (o[m], k[m]) for m in spec.metrics}, c.resamples, c.confidence,
+                                             config.sample_seed)  # fmt: skip
+        allowed = allowances(config, original_metrics, spec.main_metric)
+        return certificate_of(differences, spec.main_metric, len(windows.answers), allowed, c.rule, c.confidence)
     regression = spec.is_regression
     original, candidate = predictions(original_logits, regression), predictions(candidate_logits, regression)
-    c = config.certificate
     return certify(
         spec.metrics,
         spec.main_metric,
@@ -251,6 +275,8 @@ def fidelity(
     from axformer.tasks.splits import apply_split
 
     spec = ctx.data.spec
+    if spec.is_qa:
+        return {"note": "not measured for question answering (agreement of answer spans is not built yet)"}
     pools: dict[str, list[tuple[str, ...]]] = {}
     train, _ = apply_split(ctx.data, ctx.split)
     pick = np.random.default_rng(config.sample_seed).permutation(len(train))[:max_training_texts]

@@ -126,6 +126,7 @@ def optimize(
         if (
             config.fidelity.pool_size(spec.is_embedding) > 0
             and config.goal != "accuracy"
+            and not spec.is_qa  # agreement of answer spans on unlabelled questions: not built yet
             # labelled pairs get a pool; a fidelity-only task ("fidelity") is its own pool
             and (spec.extra.get("embedding") == "cosine" or not spec.is_regression)
         ):

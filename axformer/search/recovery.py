@@ -97,13 +97,14 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         apply_split(ctx.data, ctx.split)[0], config.recovery.max_train_examples, FinetuneConfig.seed
     )
     train_examples = len(train)
-    windows = config.recovery.windows if config.recovery.mode == "distill" else 0
+    # a QA example already is every window of its context
+    windows = config.recovery.windows if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
     added = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
     # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
     # every dev text (the dev set only reports), every held-out text (they decide and certify: trained on, they
     # would flatter both) and the texts the training part has already
     extra: list[tuple[str, ...]] = []
-    if config.recovery.mode == "distill" and calibration:
+    if config.recovery.mode == "distill" and calibration and not ctx.data.spec.is_qa:
         from axformer.tasks.calibration import as_inputs, without
 
         per_text = ctx.data.spec.is_embedding

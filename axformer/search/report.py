@@ -52,7 +52,7 @@ def build_report(
                 run_model(net, ctx.confirmation_encoded, spec.is_regression, config.batch_size, ctx.device),
             ).to_dict()
         for dev_name, dev_split in ctx.data.dev.items():
-            if len(dev_split) and (spec.is_regression or dev_split.labels.min() >= 0):
+            if len(dev_split) and dev_split.is_labelled:
                 entry[dev_name] = score(
                     spec,
                     dev_split.labels,

@@ -32,6 +32,13 @@ class Split:
     def is_qa(self) -> bool:
         return self.doc_stride is not None
 
+    @property
+    def is_labelled(self) -> bool:
+        """Gold labels throughout (unlabelled class ids are -1, as GLUE's test files have them)."""
+        if self.is_qa or self.labels.dtype.kind not in "iu":
+            return True
+        return not len(self.labels) or int(self.labels.min()) >= 0
+
     def fingerprint(self) -> str:
         """A hash of texts and labels, to detect that a recorded split no longer fits the data."""
         h = hashlib.sha256()

@@ -13,7 +13,7 @@ from typing import Any
 from axformer.errors import AxformerError
 
 # the stages that handle extractive question answering (the search does not yet)
-QA_STAGES = ("finetune", "evaluate", "analyze", "distill", "export", "benchmark")
+QA_STAGES = ("finetune", "evaluate", "analyze", "optimize", "distill", "export", "benchmark")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ def partition(split: Split, fraction: float, seed: int = 0) -> tuple[np.ndarray,
             f"the held-out split has {n} examples: too few to keep {fraction:.0%} of them for the "
             "certificate; lower --confirm-fraction (0 turns the certificate off) or hold out more data"
         )
+    if split.is_qa:  # whole articles on each side, as in the held-out split
+        second = _heldout_articles(split, fraction, seed)
+        return np.setdiff1d(np.arange(n), second), np.sort(second)
     labels = split.labels
     strat = labels if labels.dtype.kind in "iu" and np.min(np.bincount(labels)) >= 2 else None
     first, second = train_test_split(np.arange(n), test_size=n_second, random_state=seed, stratify=strat)
