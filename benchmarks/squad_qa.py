@@ -90,7 +90,8 @@ def main() -> None:
         ("finetune", tuned, ["axformer", "finetune", "MINILM", *task, "-o", str(tuned), "--epochs", args.epochs,
                              "--lr", args.lr, "--batch-size", "16", "--eval-max-examples", "500"]
          + (["--max-train-examples", args.max_train_questions] if args.max_train_questions else [])),
-        ("export int8", int8, ["axformer", "export", str(tuned), "-o", str(int8), "--precision", "int8"]),
+        ("export int8", int8, ["axformer", "export", str(tuned), "-o", str(int8), "--precision", "int8",
+                              "--max-drop", "100"]),  # measured, not promised: the table reports its F1
         ("benchmark", bench, ["axformer", "benchmark", str(int8), "--baseline-model", str(tuned), "-o", str(bench)]),
     ]  # fmt: skip
     for name, target, cmd in steps:
