@@ -29,6 +29,20 @@ class Outputs:
 SPAN_PAD = -1e4  # the logit of a padding position in a stored window
 
 
+def store_logits(logits: np.ndarray | None, idx, out: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Write a batch's logits into the split's array (made on the first batch): rows ``idx``; span logits
+    (batch, tokens, 2) padded to ``width`` tokens with a logit no span takes."""
+    if logits is None:
+        span = out.ndim == 3
+        shape = (n, width, out.shape[-1]) if span else (n, out.shape[-1])
+        logits = np.full(shape, SPAN_PAD if span else 0.0, dtype=np.float32)
+    if out.ndim == 3:
+        logits[idx, : out.shape[1]] = out
+    else:
+        logits[idx] = out
+    return logits
+
+
 def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
     """Class ids, scores, or (a regression onto vectors: embeddings) the vectors themselves."""
     if not regression:
@@ -72,13 +86,7 @@ def run_model(
         batch = collate(enc, idx, device)
         labels = batch.pop("labels")
         out = model(**batch).logits
-        if logits is None:  # span logits: padded to the longest window with a logit no span takes
-            shape = (n, int(enc.lengths.max()), out.shape[-1]) if out.dim() == 3 else (n, out.shape[-1])
-            logits = np.full(shape, SPAN_PAD if out.dim() == 3 else 0.0, dtype=np.float32)
-        if out.dim() == 3:
-            logits[idx, : out.shape[1]] = out.float().cpu().numpy()
-        else:
-            logits[idx] = out.float().cpu().numpy()
+        logits = store_logits(logits, idx, out.float().cpu().numpy(), n, int(enc.lengths.max()))
         if with_loss:
             losses[idx] = per_example_loss(out, labels, regression).cpu().numpy()
     windows = enc if isinstance(enc, QAEncoded) else None

@@ -38,7 +38,7 @@ from transformers import PreTrainedModel
 
 from axformer.data.batching import Encoded, collate, sorted_batches
 from axformer.evaluation.squad_metrics import answer_metrics
-from axformer.inference import SPAN_PAD, per_example_loss, predictions
+from axformer.inference import per_example_loss, predictions, store_logits
 from axformer.surgery.adapters import Adapter, get_adapter
 from axformer.surgery.components import parse
 from axformer.surgery.masks import SoftMask
@@ -229,14 +229,8 @@ class EvaluationEngine:
                 stack.enter_context(c.applied(self.model, self.adapter))
             for b, idx in enumerate(tqdm(self.batches, desc=desc, disable=not (self.progress and desc), leave=False)):
                 out = self._pass(b, start)
-                if logits is None:  # span logits (windows, tokens, 2): padded to the longest window
-                    span = out.dim() == 3
-                    shape = (self.n, int(self.encoded.lengths.max()), 2) if span else (self.n, out.shape[-1])
-                    logits = np.full(shape, SPAN_PAD if span else 0.0, dtype=np.float32)
-                if out.dim() == 3:
-                    logits[idx, : out.shape[1]] = out.float().cpu().numpy()
-                else:
-                    logits[idx] = out.float().cpu().numpy()
+                width = int(self.encoded.lengths.max())
+                logits = store_logits(logits, idx, out.float().cpu().numpy(), self.n, width)
                 losses[idx] = per_example_loss(out, self._labels[b], self.regression).cpu().numpy()
                 done[idx] = True
                 if (

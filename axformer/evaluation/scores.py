@@ -58,8 +58,7 @@ def qa_predictions(labels: np.ndarray, outputs: Outputs) -> list[tuple[str, floa
 
     if outputs.windows is None:
         raise AxformerError("question answering outputs without their windows; run the model on encode_qa's output")
-    contexts = [e.context for e in labels]
-    return best_answers(outputs.windows, contexts, outputs.logits[..., 0], outputs.logits[..., 1])
+    return best_answers(outputs.windows, outputs.windows.contexts, outputs.logits[..., 0], outputs.logits[..., 1])
 
 
 def score(spec: TaskSpec, labels: np.ndarray, outputs: Outputs) -> SplitResult:

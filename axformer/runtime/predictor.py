@@ -27,7 +27,7 @@ import torch
 
 from axformer.data.batching import Encoded, collate, encode, sorted_batches
 from axformer.errors import AxformerError
-from axformer.inference import SPAN_PAD
+from axformer.inference import store_logits
 from axformer.models.loading import is_embedding_model, load_tokenizer
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import load_runnable, max_input_length
@@ -165,13 +165,7 @@ class Predictor:
         outs = self.run_batches([b for _, b in parts])
         logits = None
         for (idx, _), out in zip(parts, outs):
-            if logits is None:  # span logits (batch, tokens, 2): padded to the longest window
-                shape = (len(enc), int(enc.lengths.max()), 2) if out.ndim == 3 else (len(enc), out.shape[-1])
-                logits = np.full(shape, SPAN_PAD if out.ndim == 3 else 0.0, dtype=np.float32)
-            if out.ndim == 3:
-                logits[idx, : out.shape[1]] = out
-            else:
-                logits[idx] = out
+            logits = store_logits(logits, idx, out, len(enc), int(enc.lengths.max()))
         return logits if logits is not None else np.zeros((0, 1), np.float32)
 
     def predict(self, texts: Texts, batch_size: int = 32) -> np.ndarray:
