@@ -57,3 +57,60 @@ def run_suffix(extra: str) -> str:
 
     parts = [Path(a).stem if "/" in a else a.lstrip("-") for a in shlex.split(extra)]
     return re.sub(r"[^A-Za-z0-9.=]+", "-", "-".join(parts)).strip("-")
+
+
+def preset_outcome(out: Path) -> dict:
+    """What an ``axformer optimize`` run in ``out`` promised and delivered: the main metric of the original and the
+    result on the deciding examples, the confirmation examples and the dev set (the deployed artifact's, from the
+    benchmark), the certificate, the recovery, the artifact's precision and its batch-1 speed-ups over the original
+    (PyTorch, dynamic length) and over ONNX Runtime int8 of the unpruned model, measured in one benchmark run."""
+    import json
+
+    from axformer.benchmark.result import BenchmarkResult
+    from axformer.benchmark.run import DYNAMIC, ORT_INT8
+    from axformer.search.result import SearchReport
+
+    out = Path(out)
+    search = SearchReport.from_dict(json.loads((out / "3-search" / "report.json").read_text()))
+    bench = BenchmarkResult.from_dict(json.loads((out / "5-benchmark" / "benchmark.json").read_text()))
+    main = search.task.main_metric
+    original, artifact = bench.row(DYNAMIC), bench.rows[-1]
+    int8 = bench.row(ORT_INT8)
+    o, p = search.original, search.optimized
+    c = search.certification
+    export = json.loads((out / "4-export" / "export.json").read_text())
+    rec = search.recovery
+    return {
+        "metric": main,
+        "decision": [o.heldout.metrics[main], p.heldout.metrics[main]],
+        "confirmation": [o.confirmation.metrics[main], p.confirmation.metrics[main]] if o.confirmation else None,
+        "dev": [original.dev.metrics[main], artifact.dev.metrics[main]],
+        "certificate": None if c is None else {"passed": c.shipped.passed, "undone": c.shipped_undone},
+        "removed": len(search.removed),
+        "recovery": None
+        if not rec
+        else {
+            "mode": rec["mode"],
+            "budget": rec.get("budget"),
+            "original_budget": rec.get("original_budget"),
+            "reverted": bool(c and c.recovery_reverted),
+        },
+        "precision": export["precision"],
+        "fallback": bool(export.get("fallback")),
+        "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+    }
+
+
+def recovery_text(r: dict) -> str:
+    """A preset outcome's recovery in a table cell: mode, its data budget next to the original's, reverted or not."""
+    rec = r.get("recovery")
+    if not rec:
+        return "-"
+    b, o = rec.get("budget"), rec.get("original_budget")
+    text = rec["mode"]
+    if b:
+        text += f" {b['examples']} x {b['epochs']:g}"
+    if o:
+        text += f" (original {o['examples']} x {o['epochs']:g})"
+    return text + (", reverted" if rec.get("reverted") else "")

@@ -23,61 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-from _common import commit, environment_line, run_axformer, run_suffix
-
-from axformer.benchmark.result import BenchmarkResult
-from axformer.benchmark.run import DYNAMIC, ORT_INT8
-from axformer.search.result import SearchReport
+from _common import commit, environment_line, preset_outcome, recovery_text, run_axformer, run_suffix
 
 STORE = Path("benchmarks/results/promises_glue.json")
 TABLE = Path("benchmarks/results/promises_glue.md")
 
 
-def _recovery_text(r: dict) -> str:
-    rec = r.get("recovery")
-    if not rec:
-        return "-"
-    b, o = rec.get("budget"), rec.get("original_budget")
-    text = rec["mode"]
-    if b:
-        text += f" {b['examples']} x {b['epochs']:g}"
-    if o:
-        text += f" (original {o['examples']} x {o['epochs']:g})"
-    return text + (", reverted" if rec.get("reverted") else "")
-
-
 def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> dict:
-    search = SearchReport.from_dict(json.loads((out / "3-search" / "report.json").read_text()))
-    bench = BenchmarkResult.from_dict(json.loads((out / "5-benchmark" / "benchmark.json").read_text()))
-    main = search.task.main_metric
-    original, artifact = bench.row(DYNAMIC), bench.rows[-1]
-    int8 = bench.row(ORT_INT8)
-    o, p = search.original, search.optimized
-    c = search.certification
-    export = json.loads((out / "4-export" / "export.json").read_text())
-    rec = search.recovery
     return {
         "commit": commit(),
         "task": task,
         "preset": preset,
-        "metric": main,
-        "decision": [o.heldout.metrics[main], p.heldout.metrics[main]],
-        "confirmation": [o.confirmation.metrics[main], p.confirmation.metrics[main]] if o.confirmation else None,
-        "dev": [original.dev.metrics[main], artifact.dev.metrics[main]],
-        "certificate": None if c is None else {"passed": c.shipped.passed, "undone": c.shipped_undone},
-        "removed": len(search.removed),
-        "recovery": None
-        if not rec
-        else {
-            "mode": rec["mode"],
-            "budget": rec.get("budget"),
-            "original_budget": rec.get("original_budget"),
-            "reverted": bool(c and c.recovery_reverted),
-        },
-        "precision": export["precision"],
-        "fallback": bool(export.get("fallback")),
-        "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
-        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        **preset_outcome(out),
         "seconds": seconds,
         "command": " ".join(shlex.quote(x) for x in cmd),
     }
@@ -109,7 +66,7 @@ def _table(rows: list[dict]) -> str:
         artifact = r["precision"] + (" (fallback)" if r["fallback"] else "")
         lines.append(
             f"| {r['task']} ({r['metric']}) | {r['preset']} | {pair(r['decision'])} | {pair(r['confirmation'])} | "
-            f"{pair(r['dev'])} | {cert_text} | {r['removed']} | {_recovery_text(r)} | {artifact}"
+            f"{pair(r['dev'])} | {cert_text} | {r['removed']} | {recovery_text(r)} | {artifact}"
             f" | {r['speedup_vs_original']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x | {r['seconds'] / 60:.1f} min"
             f" | {r.get('commit', 'before 3b3901c')} |"
         )

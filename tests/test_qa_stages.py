@@ -142,8 +142,8 @@ def test_a_qa_artifact_has_optimums_outputs_and_scores_like_pytorch(tuned_qa, tm
 
 
 def test_masked_equals_physically_pruned_span_logits(tuned_qa, tmp_path):
-    """A QA head through surgery: the engine's soft masks and physical removal give the same start/end logits, and
-    the pruned model saves and reloads as a QA model with them."""
+    """A QA head through surgery: the engine's soft masks and physical removal give the same start/end logits, the
+    pruned model saves and reloads as a QA model with them, and its ONNX artifact computes them too."""
     import copy
 
     import torch
@@ -169,6 +169,18 @@ def test_masked_equals_physically_pruned_span_logits(tuned_qa, tmp_path):
         save_model(pruned, tok, tmp_path / "pruned")
         again = load_model(tmp_path / "pruned", data.spec).eval()
         torch.testing.assert_close(again(**batch).logits, masked, rtol=0, atol=1e-5)
+    # ONNX parity of the pruned span model: its artifact gives the same start/end logits on every window
+    from axformer.export.artifact import ExportConfig, export_model
+    from axformer.inference import run_model
+    from axformer.runtime.backends import load_runnable
+
+    export_model(
+        tmp_path / "pruned", tmp_path / "onnx", ExportConfig(precision="fp32", device="cpu", max_drop=100), data
+    )
+    enc = encode(tok, data.dev["dev"], 32)
+    ref = run_model(again, enc, False).logits
+    got = run_model(load_runnable(tmp_path / "onnx"), enc, False).logits
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4
 
 
 def test_analyze_scores_a_qa_model_by_its_f1(monkeypatch, capsys, tuned_qa, tmp_path):

@@ -55,7 +55,8 @@ def markdown(result: BenchmarkResult) -> str:
             else ""
         ),
         "",
-        "What was measured: the dev metric of every row on the whole dev set; batch-1 latency per "
+        "What was measured: the dev metric of every row on the whole dev set (the padded baseline runs the "
+        "dynamic-length row's weights with the padding masked, so its dev metric is that row's); batch-1 latency per "
         "request (p50/p95) on real dev texts, "
         "each padded only to its own length except the 'padded' baseline (padded to the maximum "
         "length, as a pipeline does out of the box); "
