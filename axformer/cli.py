@@ -1169,6 +1169,13 @@ def benchmark_cmd(
         bool, typer.Option("--no-memory", help="Skip the peak-memory measurement (one process per candidate).")
     ] = False,
     fixed_batch: Annotated[int, typer.Option(help="Batch size of the fixed-length throughput pass.")] = 8,
+    breakdown_requests: Annotated[
+        int,
+        typer.Option(
+            help="ONNX rows: dev requests served one at a time on the lean path (session options chosen by timing) "
+            "for the breakdown of one request; 0 skips it."
+        ),
+    ] = 100,
     chain: Annotated[
         list[str] | None,
         typer.Option(
@@ -1198,6 +1205,7 @@ def benchmark_cmd(
         price_per_hour=price_per_hour,
         memory=not no_memory,
         fixed_batch=fixed_batch,
+        breakdown_requests=breakdown_requests,
         chain=list(chain) if chain else None,
     )
     config.validate()

@@ -23,6 +23,7 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
         rounds=2,
         instances=2,
         price_per_hour=1.0,
+        breakdown_requests=6,
     )
     result = benchmark([str(model), str(art)], tmp_path / "bench", data, None, cfg, progress=lambda m: None)
     rows = {r["name"]: r for r in result["rows"]}
@@ -43,7 +44,16 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
     r = result["rows"][-1]
     best = max(r["timing"]["throughput_per_s"], r["multi_instance"]["throughput_per_s"])
     assert abs(r["usd_per_100m"] - 1.0 * 1e8 / (best * 3600)) < 1e-6
+    # every ONNX row served one request at a time on the lean path, its options chosen by timing
+    for r in result["rows"]:
+        assert (r["lean"] is not None) == (r["kind"] == "onnx")
+        if r["lean"]:
+            assert r["lean"]["choice"] in [
+                {k: v for k, v in c.items() if k != "ms_per_request"} for c in r["lean"]["choices"]
+            ]
+            assert r["lean"]["breakdown"]["run"] > 0 and r["lean"]["breakdown"]["predictor"] > 0
     md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "One request end to end" in md
     assert (
         "ONNX Runtime int8" in md
         and "onnxruntime" in md

@@ -284,11 +284,70 @@ def test_the_confirmation_part_takes_whole_articles(tuned_qa):
     assert decided and confirmed and decided.isdisjoint(confirmed)
 
 
-def test_qa_exports_refuse_what_they_do_not_handle_yet(monkeypatch, capsys, tuned_qa, tmp_path):
+def test_qa_artifacts_take_every_size_format(tuned_qa, tmp_path):
+    """What the size goal writes works for a span model too. A pruned vocabulary (kept from the questions and
+    contexts of the fine-tuning articles) answers exactly as the whole one on texts of kept words; int4 matrices
+    with int4 embedding tables give start/end logits close to the fp32 artifact's at a quarter of its weight bytes,
+    and axformer evaluate scores it."""
+    from axformer.data.batching import encode
+    from axformer.evaluation.scores import evaluate
+    from axformer.export.artifact import ExportConfig, export_model
+    from axformer.inference import run_model
+    from axformer.models.loading import load_tokenizer
+    from axformer.runtime.backends import load_runnable
+    from axformer.runtime.predictor import Predictor
+    from axformer.surgery.vocabulary import VocabularyConfig
+
+    model, data = tuned_qa
+    dev = data.dev["dev"]
+    questions, contexts = [e.question for e in dev.labels], [e.context for e in dev.labels]
+
+    def export(name: str, **kw):
+        return tmp_path / name, export_model(
+            model, tmp_path / name, ExportConfig(device="cpu", max_drop=100, **kw), data
+        )
+
+    def logits(path):
+        return run_model(load_runnable(path), encode(load_tokenizer(path), dev, 32), False).logits
+
+    fp32, full = export("fp32", precision="fp32")
+    pruned, r = export("vocabulary", precision="fp32", vocabulary=VocabularyConfig(prune=True, trim_positions=True))
+    assert r["compaction"]["vocabulary"]["kept_size"] < len(load_tokenizer(model))
+    with Predictor(fp32) as whole, Predictor(pruned) as kept:
+        ref, got = whole.answer(questions, contexts), kept.answer(questions, contexts)
+    assert [text for text, _ in got] == [text for text, _ in ref]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in ref], rtol=0, atol=1e-4)
+    small, r = export(
+        "int4", precision="int4", embeddings="int4", int4_attention=True, int4_block_size=32, int4_table_block_size=32
+    )
+    assert r["precision"] == "int4"
+    weights = r["size"]["file_bytes"] - r["size"]["graph_bytes"]  # a tiny model's graph outweighs its weights
+    assert weights < (full["size"]["file_bytes"] - full["size"]["graph_bytes"]) / 4
+    assert np.abs(logits(small) - logits(fp32)).max() <= 0.5
+    assert evaluate(small, splits=("dev",), device="cpu").splits["dev"].metrics.keys() == {"f1", "exact_match"}
+
+
+def test_smallest_within_1_runs_on_a_qa_model(tuned_qa, tmp_path):
+    """The size preset end to end on a span model: the search counts the artifact's bytes, the export writes int4
+    with a pruned vocabulary (or falls back and says so), and the summary's bytes are the file's."""
+    import copy
+
+    from axformer.pipeline.config import PipelineConfig
+    from axformer.pipeline.run import run_pipeline
+    from tests.test_pipeline import LIGHT
+
     model, _ = tuned_qa
-    out = tmp_path / "mixed"
-    code, _, err = run_cli(monkeypatch, capsys, "export", model, "-o", out, "--precision", "mixed", "--device", "cpu")
-    assert_clean_failure(code, err, out, "question answering exports in fp32, int8, fp16 or auto precision")
+    over = copy.deepcopy(LIGHT)
+    del over["search"]["goal"], over["export"]["precision"]
+    over["search"]["recovery"] = {"mode": "distill", "epochs": 1, "learning_rate": 3e-3}
+    over.update({"model": str(model), "output": str(tmp_path / "run")})
+    for section in ("analyze", "search", "export"):
+        over[section]["device"] = "cpu"
+    result = run_pipeline(PipelineConfig.build(preset="smallest-within-1", overrides=over), progress=lambda m: None)
+    assert result.ran == ["analyze", "search", "export", "benchmark", "report"]
+    export = json.loads((tmp_path / "run" / "4-export" / "export.json").read_text())
+    assert export["precision"] in ("int4", "mixed", "fp32") and "vocabulary" in export["compaction"]
+    assert export["size_bytes"] == (tmp_path / "run" / "4-export" / "model.onnx").stat().st_size
 
 
 def test_qa_input_errors_are_one_line(monkeypatch, capsys, tmp_path):

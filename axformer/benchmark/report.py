@@ -105,8 +105,40 @@ def markdown(result: BenchmarkResult) -> str:
         "from (quantization changes bytes, not counts).",
         "",
     ]
+    lines += lean_markdown(result)
     lines += cumulative_markdown(result)
     return "\n".join(lines)
+
+
+def lean_markdown(result: BenchmarkResult) -> list[str]:
+    """Where one request's time goes, text in and answer out, on the lean path and through Predictor."""
+    served = [r for r in result.rows if r.lean]
+    if not served:
+        return []
+    lines = [
+        "## One request end to end (batch 1, text in, answer out)",
+        "",
+        "The lean path (`axformer.runtime.lean.LeanSession`) calls the fast tokenizer's backend once and feeds its ids "
+        "to the session as they are, with session options chosen by timing them here; Predictor goes through "
+        "its batch path (split, sort, torch tensors, scatter). Medians over "
+        f"{result.config.get('breakdown_requests')} dev requests, ms.",
+        "",
+        "| model | session options (fastest here) | tokenize | prepare inputs | session run | post-process "
+        "| lean total | Predictor total | Predictor overhead over the run | lean speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in served:
+        b, c = r.lean.breakdown, r.lean.choice
+        options = (
+            f"{c['threads']} thread{'s' if c['threads'] > 1 else ''}, spinning {'on' if c['spinning'] else 'off'}, "
+            f"{c['graph_level']}, {c['execution']}"
+        )
+        lines.append(
+            f"| {r.name} | {options} | {b['tokenize']:.3f} | {b['prepare']:.3f} | {b['run']:.3f} | {b['post']:.3f} "
+            f"| {b['lean']:.3f} | {b['predictor']:.3f} | {b['predictor_overhead']:.3f} "
+            f"| {b['predictor'] / b['lean']:.2f}x |"
+        )
+    return lines + [""]
 
 
 def cumulative(result: BenchmarkResult) -> list[Step]:

@@ -36,6 +36,17 @@ class MultiInstance:
 
 
 @dataclass
+class LeanRequest:
+    """One request end to end on the lean batch-1 path (``axformer.runtime.lean``): the session options timed fastest
+    here, every option's median, and where the time goes (ms: tokenize, prepare, run, post, lean total, and the
+    same request through Predictor with its overhead over the session run)."""
+
+    choice: dict
+    choices: list[dict]
+    breakdown: dict[str, float]
+
+
+@dataclass
 class Row:
     name: str
     path: str
@@ -52,6 +63,7 @@ class Row:
     flops_per_token: float | None = None
     usd_per_100m: float | None = None
     cost_basis: str | None = None
+    lean: LeanRequest | None = None  # ONNX rows of classification, regression and embedding tasks
 
 
 @dataclass

@@ -28,7 +28,15 @@ import torch
 from axformer.benchmark.measure import Candidate, peak_memory_mib
 from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.benchmark.report import cumulative, markdown, plot
-from axformer.benchmark.result import BenchmarkResult, BenchmarkTask, MultiInstance, Row, Scores, TimingSummary
+from axformer.benchmark.result import (
+    BenchmarkResult,
+    BenchmarkTask,
+    LeanRequest,
+    MultiInstance,
+    Row,
+    Scores,
+    TimingSummary,
+)
 from axformer.data.batching import Encoded, encode
 from axformer.errors import AxformerError
 from axformer.evaluation import score
@@ -67,6 +75,8 @@ class BenchmarkConfig:
         DEFAULT_PRICE_PER_HOUR  # USD per machine hour (assumed unless given); 0: cost column omitted
     )
     memory: bool = True
+    # ONNX rows: one request end to end on the lean batch-1 path, with session options chosen by timing
+    breakdown_requests: int = 100  # 0: skip
     seed: int = 0
     chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
     max_drop_for_baseline_exports: float = 100.0  # baselines are reported, never rejected
@@ -76,6 +86,8 @@ class BenchmarkConfig:
             raise AxformerError(f"--lengths {self.lengths}; expected token counts of at least 2")
         if self.rounds < 1 or self.latency_examples < 1:
             raise AxformerError("--rounds and --latency-examples must be positive")
+        if self.breakdown_requests < 0:
+            raise AxformerError(f"--breakdown-requests {self.breakdown_requests}; expected a count (0: skip)")
         if self.price_per_hour < 0:
             raise AxformerError(f"--price-per-hour {self.price_per_hour}; expected a non-negative price in USD")
 
@@ -273,6 +285,8 @@ def benchmark(
                     p.run_batches(batches)
                     rates.append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - t1))
             rows[c.name].multi_instance = MultiInstance(instances, 1, float(np.median(rates)))
+    if config.breakdown_requests and not spec.is_qa:
+        _lean_requests(candidates, rows, dev_split, spec.is_embedding, config, progress)
     if config.memory:
         for c in candidates:
             own = timed[c.name]
@@ -310,6 +324,25 @@ def benchmark(
     plot(result, output / "tradeoff.png")
     (output / "benchmark.md").write_text(markdown(result))
     return result.to_dict()
+
+
+def _lean_requests(candidates, rows, dev_split, embedding: bool, config: BenchmarkConfig, progress) -> None:
+    """Every ONNX row served one request at a time on the lean path: session options chosen by timing on half of
+    the sampled dev requests, the breakdown measured on all of them."""
+    from axformer.runtime.lean import choose_session, request_breakdown
+
+    # an embedding model serves single texts; a classifier a text or a pair, as in its task
+    texts = [t for row in dev_split.texts for t in row] if embedding else list(dev_split.texts)
+    pick = np.random.default_rng(config.seed + 1).permutation(len(texts))[: config.breakdown_requests]
+    requests = [texts[i] if embedding else (texts[i][0] if len(texts[i]) == 1 else tuple(texts[i])) for i in pick]
+    for c in candidates:
+        if c.padded or not is_onnx_artifact(c.path):
+            continue
+        progress(f"one request end to end on the lean path: {c.name}")
+        choice, table = choose_session(c.path, requests[: max(1, len(requests) // 2)], rounds=max(2, config.rounds))
+        rows[c.name].lean = LeanRequest(
+            asdict(choice), table, request_breakdown(c.path, requests, choice, rounds=config.rounds)
+        )
 
 
 def environment() -> dict:

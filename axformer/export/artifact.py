@@ -333,12 +333,6 @@ def export_model(
         stage="export",
     )
     spec = ctx.data.spec
-    if spec.is_qa and (config.precision in ("mixed", "int4") or config.vocabulary.prune or config.embeddings != "fp32"):
-        raise AxformerError(
-            f"question answering exports in fp32, int8, fp16 or auto precision with fp32 embedding tables and the "
-            f"whole vocabulary so far; got --precision {config.precision}, --embeddings {config.embeddings}"
-            + (", --prune-vocabulary" if config.vocabulary.prune else "")
-        )
     main = spec.main_metric
     net = ctx.model.eval()
     reference = score(spec, ctx.heldout.labels, run_model(net, ctx.encoded, spec.is_regression, 64, ctx.device))

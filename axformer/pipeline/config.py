@@ -121,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "throughput_examples": 128,
             "memory": False,
             "instances": 0,
+            "breakdown_requests": 40,
         },
     },
 }
