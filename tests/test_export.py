@@ -317,3 +317,14 @@ def test_int8_minilm_keeps_sst2_heldout_accuracy(minilm_sst2, tmp_path):
     assert r["fusion"]["fused_operators"]["Attention"] == 6
     assert abs(r["validation"]["drop"]) <= 1.0
     assert r["size_bytes"] < 0.75 * sum(f.stat().st_size for f in tuned.glob("*.safetensors"))
+
+
+def test_int8_weights_take_7_bits_where_the_kernel_saturates():
+    """ONNX Runtime's uint8 x int8 kernel saturates on AVX2/AVX-512 without VNNI: reduce_range there only."""
+    from axformer.export.quantize import saturates_u8s8
+
+    assert saturates_u8s8("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
+    assert saturates_u8s8("flags\t\t: avx2 avx512f avx512bw\n")
+    assert not saturates_u8s8("flags\t\t: avx2 avx512f avx512_vnni\n")
+    assert not saturates_u8s8("flags\t\t: avx2 avx_vnni\n")
+    assert not saturates_u8s8("Features\t: fp asimd\n")  # ARM: no x86 kernel, nothing to reduce
