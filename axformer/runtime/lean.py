@@ -13,11 +13,11 @@ the benchmark's report.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -99,11 +99,15 @@ class LeanSession:
             )
         self.path, self.choice = path, choice or SessionChoice()
         tokenizer = load_tokenizer(path)
-        if not getattr(tokenizer, "is_fast", False):
+        if not getattr(tokenizer, "is_fast", False) or not (Path(path) / "tokenizer.json").is_file():
             raise AxformerError(f"{path} has no fast tokenizer (tokenizer.json); the lean path calls its Rust backend")
         # the backend as transformers drives it in encode(): longest-first truncation to the model's length, no
-        # padding (one request), special tokens from its post-processor
-        self.backend = copy.deepcopy(tokenizer.backend_tokenizer)
+        # padding (one request), special tokens from its post-processor. Read from tokenizer.json, not copied:
+        # a copy goes through the tokenizers serializer, which keeps one token per id and so drops the shared ids
+        # of a pruned vocabulary (its unknown token among them)
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
         self.backend.no_padding()
         self.backend.enable_truncation(max_input_length(path), strategy="longest_first")
         self.session = ort.InferenceSession(
