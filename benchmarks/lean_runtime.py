@@ -22,7 +22,7 @@ from _common import commit, environment_line, run_axformer
 
 from axformer.models.record import task_for
 from axformer.runtime.backends import is_onnx_artifact
-from axformer.runtime.lean import choose_session, request_breakdown
+from axformer.runtime.lean import as_request, choose_session, request_breakdown
 
 STORE = Path("benchmarks/results/lean_runtime.json")
 TABLE = Path("benchmarks/results/lean_runtime.md")
@@ -40,7 +40,7 @@ def _measure(model: Path, out: Path, requests: int, rounds: int, data_dir: str |
     data = task_for(str(art), data_dir=data_dir)
     dev = next(iter(data.dev.values()))
     pick = np.random.default_rng(seed).permutation(len(dev))[:requests]
-    texts = [dev.texts[i][0] if len(dev.texts[i]) == 1 else tuple(dev.texts[i]) for i in pick]
+    texts = [as_request(dev.texts[i]) for i in pick]
     choice, table = choose_session(art, texts[: max(1, requests // 2)], rounds=rounds)
     return {
         "model": str(model),

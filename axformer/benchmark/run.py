@@ -329,12 +329,12 @@ def benchmark(
 def _lean_requests(candidates, rows, dev_split, embedding: bool, config: BenchmarkConfig, progress) -> None:
     """Every ONNX row served one request at a time on the lean path: session options chosen by timing on half of
     the sampled dev requests, the breakdown measured on all of them."""
-    from axformer.runtime.lean import choose_session, request_breakdown
+    from axformer.runtime.lean import as_request, choose_session, request_breakdown
 
     # an embedding model serves single texts; a classifier a text or a pair, as in its task
     texts = [t for row in dev_split.texts for t in row] if embedding else list(dev_split.texts)
     pick = np.random.default_rng(config.seed + 1).permutation(len(texts))[: config.breakdown_requests]
-    requests = [texts[i] if embedding else (texts[i][0] if len(texts[i]) == 1 else tuple(texts[i])) for i in pick]
+    requests = [texts[i] if embedding else as_request(texts[i]) for i in pick]
     for c in candidates:
         if c.padded or not is_onnx_artifact(c.path):
             continue

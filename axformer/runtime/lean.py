@@ -27,6 +27,11 @@ from axformer.runtime.backends import is_onnx_artifact, max_input_length, onnx_f
 Request = str | tuple[str, str]
 
 
+def as_request(texts: Sequence[str]) -> Request:
+    """A task example's texts (a 1- or 2-tuple, as splits hold them) as one lean request."""
+    return texts[0] if len(texts) == 1 else (texts[0], texts[1])
+
+
 @dataclass(frozen=True)
 class SessionChoice:
     """ONNX Runtime session options for batch-1 serving."""
