@@ -172,6 +172,46 @@ def test_distillation_moves_a_derived_student_to_its_teacher(tuned_tiny, tmp_pat
     assert not (tmp_path / "student" / "teacher_logits.npy").exists()
 
 
+def test_teacher_outputs_are_kept_between_distillations_of_the_same_teacher_and_texts(
+    tuned_tiny, tmp_path, monkeypatch
+):
+    """The search's recovery retry distils from the same original on the same texts: the second run reads the
+    teacher's kept outputs (the teacher is never run) and trains the very same student; a teacher with other
+    weights, or other inputs, is a different key."""
+    import axformer.distill.objective as objective
+    from axformer.data.batching import encode
+    from axformer.distill import DistillConfig, distill
+    from axformer.models.loading import load_tokenizer
+
+    teacher, data, _ = tuned_tiny
+    kept = tmp_path / "kept"
+    cfg = {"epochs": 1, "learning_rate": 3e-3, "batch_size": 16, "max_seq_length": 32, "device": "cpu", "seed": 0}
+    first = distill(teacher, tmp_path / "a", student_layers="1", data=data,
+                    config=DistillConfig(**cfg, teacher_cache_dir=str(kept)))  # fmt: skip
+    assert len(list(kept.glob("teacher-*.npy"))) == 1
+    assert not (tmp_path / "a" / "teacher_logits.npy").exists()  # the run's own copy is still temporary
+
+    def never(*a, **k):
+        raise AssertionError("the teacher ran although its outputs were kept")
+
+    monkeypatch.setattr(objective, "run_model", never)
+    second = distill(teacher, tmp_path / "b", student_layers="1", data=data,
+                     config=DistillConfig(**cfg, teacher_cache_dir=str(kept)))  # fmt: skip
+    a, b = load_model(first.output).state_dict(), load_model(second.output).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    net = load_model(teacher)
+    enc = encode(load_tokenizer(teacher), data.dev["dev"], 32)
+    key = objective.teacher_key(net, enc, False)
+    assert key == objective.teacher_key(load_model(teacher), enc, False)
+    assert key != objective.teacher_key(net, enc, True)
+    shorter = type(enc)(enc.input_ids[:-1], enc.token_type_ids, enc.labels[:-1], enc.pad_token_id)
+    assert key != objective.teacher_key(net, shorter, False)
+    with torch.no_grad():
+        next(net.parameters()).add_(1e-3)
+    assert key != objective.teacher_key(net, enc, False)
+
+
 def test_hidden_and_attention_losses_train_a_narrower_student(tuned_tiny, tmp_path):
     """A student of another width (a learned projection) and fewer heads, with every loss term on."""
     from transformers import AutoModelForSequenceClassification, BertConfig

@@ -12,6 +12,8 @@ for the teacher again.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,22 @@ from axformer.training.loop import FinetuneConfig
 TEACHER_CACHE = "teacher_logits.npy"
 
 
+def teacher_key(teacher: nn.Module, enc: Encoded, regression: bool) -> str:
+    """What the teacher's outputs on ``enc`` depend on, hashed: its weights and buffers, the exact token ids (and
+    token types) in order, and the problem kind. Any difference is a different key, never a stale cache."""
+    h = hashlib.sha256(b"regression" if regression else b"classification")
+    for name, t in teacher.state_dict().items():
+        h.update(name.encode())
+        t = t.detach().cpu()
+        h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
+    for i, ids in enumerate(enc.input_ids):
+        h.update(np.asarray(ids, np.int64).tobytes())
+        if enc.token_type_ids is not None:
+            h.update(np.asarray(enc.token_type_ids[i], np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:32]
+
+
 @dataclass
 class DistillConfig(FinetuneConfig):
     """Training hyper-parameters plus the loss weights. Defaults follow FastFormers: soft cross-entropy at T=1 only."""
@@ -40,6 +58,10 @@ class DistillConfig(FinetuneConfig):
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
     cache_teacher: bool = True
+    # a directory where the teacher's outputs stay after the run, keyed by the teacher's weights and the exact
+    # inputs: a second distillation from the same teacher on the same texts (the search's recovery retry) reads
+    # them instead of running the teacher again (77 s of the demo's 12 minutes on this machine)
+    teacher_cache_dir: str | None = None
     # later windows of long training texts added as unlabelled inputs (teacher targets), per text; see
     # axformer.distill.augment
     windows: int = 0
@@ -113,6 +135,11 @@ class DistillObjective:
         if self.needs_states or not self.config.cache_teacher:
             return
         path = work / TEACHER_CACHE
+        kept = None if self.config.teacher_cache_dir is None else Path(self.config.teacher_cache_dir)
+        if kept is not None:
+            kept = kept / f"teacher-{teacher_key(self.teacher, enc_train, self.regression)}.npy"
+            if kept.exists() and not path.exists():
+                shutil.copyfile(kept, path)
         if path.exists():
             logits = np.load(path)
         else:
@@ -121,6 +148,10 @@ class DistillObjective:
             ).logits
             np.save(path.with_suffix(".tmp.npy"), logits)
             path.with_suffix(".tmp.npy").replace(path)
+        if kept is not None and not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, kept.with_suffix(".tmp"))
+            kept.with_suffix(".tmp").replace(kept)
         self.cache = torch.from_numpy(logits).to(device)
 
     def loss(self, net, batch, indices):

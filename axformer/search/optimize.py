@@ -41,7 +41,7 @@ from axformer.search.config import OptimizeConfig
 from axformer.search.constraint import COARSE_PHASES, PHASES, ConstraintSearchConfig, constraint_search
 from axformer.search.constraint import trial_bound as constraint_trial_bound
 from axformer.search.cost import CostModel, byte_model, calibrate_latency
-from axformer.search.recovery import pretrained_origin, recover, rounding
+from axformer.search.recovery import TEACHER_OUTPUTS, pretrained_origin, recover, rounding
 from axformer.search.report import build_report, report_markdown
 from axformer.search.trials import Trials
 from axformer.surgery.prune import current_structure
@@ -238,6 +238,7 @@ def optimize(
         write_json(work / "report.json", report.to_dict())
         (work / "report.md").write_text(report_markdown(report))
         shutil.rmtree(work / "best_so_far", ignore_errors=True)
+        shutil.rmtree(work / TEACHER_OUTPUTS, ignore_errors=True)
         for f in ("run.json",):
             (work / f).unlink(missing_ok=True)
     return report.to_dict()  # the report.json layout; SearchReport.from_dict reads it back

@@ -29,6 +29,7 @@ from axformer.training.finetune import FinetuneConfig, finetune, training_subset
 
 RECOVERY_EXAMPLES = 6000  # example passes an automatic recovery aims for
 MAX_AUTO_EPOCHS = 3.0
+TEACHER_OUTPUTS = "teacher-outputs"  # in the search's directory while it recovers; removed when the search ends
 
 
 def recovery_epochs(epochs: float | None, train_examples: int) -> float:
@@ -126,7 +127,9 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     t0 = time.perf_counter()
     start = work
     if config.recovery.mode == "distill":
-        cfg = DistillConfig(**common, windows=windows, **rounding(config))
+        # a retry distils from the same original on the same texts: its teacher outputs are kept in between
+        kept = str(work / TEACHER_OUTPUTS)
+        cfg = DistillConfig(**common, windows=windows, teacher_cache_dir=kept, **rounding(config))
         result = distill(
             model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True, extra_texts=extra
         )
