@@ -557,7 +557,8 @@ def optimize_cmd(
         typer.Option(
             "--rule",
             help="accuracy: paired (default: keep a change only if its per-example loss improvement over the "
-            "original is significant, Bonferroni over the trials) or axformer (the published rule).",
+            "model it changes is significant and, for classification, it fixes significantly more answers than it "
+            "breaks; Bonferroni over the trials) or axformer (the published rule).",
         ),
     ] = None,
     alpha: Annotated[float | None, typer.Option("--alpha", help="accuracy, --rule paired: error rate.")] = None,

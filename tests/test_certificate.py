@@ -167,7 +167,7 @@ def test_paired_accuracy_rule_matches_hand_computed_thresholds():
     rule.accepted(0.5, np.full(4, 0.5, np.float32))
     assert not rule.accepts(_result([0.45, 0.5, 0.5, 0.5]))  # a real improvement on the original, not on 0.5
     calls = []
-    rule.current_losses = lambda: calls.append(1) or np.full(4, 0.6, np.float32)
+    rule.current = lambda: calls.append(1) or (np.full(4, 0.6, np.float32), np.zeros((4, 2), np.float32))
     rule.accepted(0.6)
     assert rule.accepts(_result([0.4, 0.4, 0.4, 0.4])) and rule.accepts(_result([0.4, 0.4, 0.4, 0.4]))
     assert calls == [1]
@@ -187,8 +187,8 @@ def test_accuracy_search_with_the_paired_rule_keeps_only_real_improvements():
     lucky = np.where(np.arange(n) < 21, 0.0, 1.6).astype(np.float32)  # mean 0.76, 21 of 40 not worse
     script = {"L1.ffn": base - 0.2, "L0.ffn": lucky}
 
-    class Engine:
-        spec = type("S", (), {"main_metric": "accuracy"})()
+    class Engine:  # scripted losses only: the paired rule's test on answers is tested on its own (below)
+        spec = type("S", (), {"main_metric": "mse", "is_regression": True, "is_qa": False, "is_embedding": False})()
 
         def __init__(self):
             self.reference = _result(base)
@@ -209,6 +209,45 @@ def test_accuracy_search_with_the_paired_rule_keeps_only_real_improvements():
     for rule, kept in (("axformer", ["L1.ffn", "L0.ffn"]), ("paired", ["L1.ffn"])):
         cfg = AccuracySearchConfig(groups=2, attention_modes=(), rule=rule)
         assert accuracy_search(Trials(Engine(), None, "accuracy"), structure, cfg).removed == kept, rule
+
+
+def test_paired_rule_tests_answers_by_the_exact_sign_test():
+    """Classification: a loss improvement must also fix significantly more answers than it breaks. Hand-computed:
+    11 fixed, 0 broken: P = 0.5^11 = 4.88e-4 < 0.05 / 100; 10 fixed, 0 broken: 9.77e-4 > 5e-4; 14 fixed and 2
+    broken: P(X >= 14 | 16, 0.5) = 137 / 65536 = 2.09e-3. A change that only makes the model more confident (the
+    same answers, lower loss on every example) is refused."""
+    from axformer.evaluation.engine import CandidateResult
+    from axformer.search.acceptance import PairedImprovement
+
+    n = 40
+    labels = np.ones(n, np.int64)
+    wrong = np.tile([[1.0, 0.0]], (n, 1)).astype(np.float32)  # the current model: every answer wrong
+
+    def candidate(fixed: int, base=wrong):
+        logits = base.copy()
+        logits[:fixed] = [0.0, 1.0]
+        return CandidateResult((), (), np.full(n, 0.5, np.float32), logits, True, n, 0, 0.0, {})
+
+    def rule(trials=100, base=wrong):
+        return PairedImprovement(np.ones(n, np.float32), 1.0, 0.05, trials, labels=labels, baseline_logits=base)
+
+    assert rule().answers_p_value(candidate(11).logits) == pytest.approx(0.5**11)
+    assert rule().accepts(candidate(11))
+    assert not rule().accepts(candidate(10))  # 9.77e-4 is above 0.05 / 100
+    assert rule(trials=50).accepts(candidate(10))  # ... and below 0.05 / 50
+    assert not rule().accepts(candidate(0))  # lower loss everywhere, the same answers: not more accurate
+    half = wrong.copy()
+    half[14:16] = [0.0, 1.0]  # the current model gets examples 14 and 15 right; the candidate breaks them
+    mixed = candidate(14, base=half)
+    mixed.logits[14:16] = [1.0, 0.0]
+    assert rule(base=half).answers_p_value(mixed.logits) == pytest.approx(137 / 65536)
+    # an accepted candidate's answers become the bar; replayed from a log, the current state is re-evaluated
+    r = rule(trials=1)
+    first = candidate(11)
+    assert r.accepts(first)
+    r.accepted(first.mean_loss, first.losses)
+    assert np.array_equal(r.baseline_logits, first.logits)
+    assert not r.accepts(candidate(11))  # the same answers again fix nothing (and the loss is not lower)
 
 
 def test_an_unknown_accuracy_rule_is_refused(monkeypatch, capsys, tiny_bert, tmp_path):

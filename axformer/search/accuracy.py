@@ -67,9 +67,12 @@ def accuracy_search(
     trials: Trials, structure, config: AccuracySearchConfig, hard_attention_supported: bool = True
 ) -> SearchOutcome:
     ref = trials.engine.reference
-    rule = make_rule(config, ref, trial_bound(structure, config, hard_attention_supported))
+    spec = trials.engine.spec
+    answers = not (spec.is_regression or spec.is_qa or spec.is_embedding)
+    labels = trials.engine.encoded.labels if answers else None
+    rule = make_rule(config, ref, trial_bound(structure, config, hard_attention_supported), labels)
     if isinstance(rule, PairedImprovement):
-        rule.current_losses = trials.current_losses
+        rule.current = trials.current_result
     out = SearchOutcome(rule=rule.describe())
     present = structure.present_layers
 
@@ -129,8 +132,11 @@ def trial_bound(structure, config: AccuracySearchConfig, hard_attention_supporte
     return n
 
 
-def make_rule(config: AccuracySearchConfig, reference, trials: int):
-    """The acceptance rule the accuracy search decides with."""
+def make_rule(config: AccuracySearchConfig, reference, trials: int, labels=None):
+    """The acceptance rule the accuracy search decides with (``labels``: a classification task's deciding
+    labels, for the paired rule's test on answers)."""
     if config.rule == "paired":
-        return PairedImprovement(reference.losses, reference.mean_loss, config.alpha, trials)
+        return PairedImprovement(
+            reference.losses, reference.mean_loss, config.alpha, trials, labels=labels, baseline_logits=reference.logits
+        )
     return AxFormerAcceptance(reference.losses, reference.mean_loss, config.fraction)

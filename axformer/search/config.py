@@ -50,8 +50,9 @@ class AxFormerRule:
     slack: float = 1.1  # descend into a block's units when its loss is below slack x the best loss
     fraction: float = 0.5  # axformer rule: share of examples that must not get worse
     prune_layers: list[int] | None = None  # order of the pruning phase (default: last to first; []: skip)
-    # "paired" (default): a change is kept only if its per-example loss improvement over the original is real
-    # (paired, Bonferroni over the trials); "axformer": the published two-part test, to reproduce the paper
+    # "paired" (default): a change is kept only if its per-example loss improvement over the model it changes is
+    # real and, for classification, it fixes more answers than it breaks (both paired, Bonferroni over the
+    # trials; axformer.search.acceptance.PairedImprovement); "axformer": the published two-part test
     rule: str = "paired"
     alpha: float = 0.05
 

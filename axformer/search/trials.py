@@ -99,10 +99,12 @@ class Trials:
             self.engine.set_base(self.removed, self.changes)
             self._base_dirty = False
 
-    def current_losses(self) -> np.ndarray:
-        """Per-example losses of the accepted state (one full evaluation, not a trial: nothing is logged)."""
+    def current_result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-example losses and logits of the accepted state (one full evaluation, not a trial: nothing is
+        logged)."""
         self.sync_base()
-        return self.engine.evaluate((), ()).losses
+        result = self.engine.evaluate((), ())
+        return result.losses, result.logits
 
     def run(
         self,
