@@ -711,6 +711,15 @@ def optimize_cmd(
             "by importance).",
         ),
     ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget",
+            help="fastformers: minutes for the whole job. The teacher is timed here first, the distillations' "
+            "epochs planned to fit what the earlier stages left and the export and benchmark will need, the plan "
+            "printed; each distillation also stops at its planned time, keeping its best checkpoint.",
+        ),
+    ] = None,
     scorers: Annotated[
         list[str] | None,
         typer.Option(
@@ -772,6 +781,7 @@ def optimize_cmd(
         "heads": heads,
         "ffn": ffn,
         "budget": budget,
+        "time_budget": time_budget,
         "tolerance": {
             "max_drop": max_drop,
             "max_rel_drop": max_rel_drop,

@@ -5,6 +5,7 @@ teacher.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -321,6 +322,55 @@ def test_fastformers_recipe_runs_every_stage_and_resumes(tuned_tiny, tmp_path):
         fastformers_recipe(teacher, out, cfg, data)
 
 
+def test_time_budget_plans_the_recipe_and_keeps_to_it(tuned_tiny, tmp_path, capsys):
+    """--time-budget: the teacher is timed, the distillations get the epochs that fit (far fewer than the 400
+    asked for), the plan is printed before anything runs, and the recipe ends within the budget (planned and
+    actual recorded per stage). A budget shorter than the fixed stages is refused in one line."""
+    from axformer.distill import DistillConfig
+    from axformer.distill.recipe import RecipeConfig, fastformers_recipe
+
+    teacher, data, _ = tuned_tiny
+    budget = 0.5  # minutes
+
+    def config(minutes):
+        return RecipeConfig(
+            student_layers="1", heads=2, ffn=24, export=None, time_budget=minutes,
+            distill=DistillConfig(epochs=400, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu",
+                                  eval_max_examples=None),
+        )  # fmt: skip
+
+    t0 = time.perf_counter()
+    report = fastformers_recipe(teacher, tmp_path / "ff", config(budget), data)
+    wall = time.perf_counter() - t0
+    plan = report["plan"]
+    assert (
+        "plan:" in capsys.readouterr().err + capsys.readouterr().out
+        or (tmp_path / "ff" / "stages" / "plan.json").exists()
+    )
+    assert 0 < plan["epochs"] < 400
+    assert plan["budget_seconds"] == 60 * budget and plan["stages"][0]["stage"] == "1-distilled"
+    assert sum(s["seconds"] for s in plan["stages"]) == pytest.approx(60 * budget, rel=0.05)
+    assert wall <= 60 * budget * 1.25, (wall, report["seconds"], plan)
+    md = (tmp_path / "ff" / "recipe.md").read_text()
+    assert "| stage | planned | actual |" in md and "| 3-distilled-again |" in md
+    assert not (tmp_path / "ff" / "stages" / "teacher-outputs").exists()
+    with pytest.raises(AxformerError, match=r"--time-budget 0\.0 min is too short for this recipe: .* give at least"):
+        fastformers_recipe(teacher, tmp_path / "short", config(0.001), data)
+
+
+def test_a_distillation_stops_at_its_time_limit_with_its_best_checkpoint(tuned_tiny, tmp_path):
+    from axformer.distill import DistillConfig, distill
+    from axformer.models.record import ModelRecord
+
+    teacher, data, _ = tuned_tiny
+    cfg = DistillConfig(epochs=50, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu",
+                        max_seconds=0.0)  # fmt: skip
+    res = distill(teacher, tmp_path / "s", student_layers="1", data=data, config=cfg)
+    stage = ModelRecord.load(res.output).history[-1]
+    assert stage["stopped_by_time"] and stage["steps"] == 1 and stage["best_step"] == 1
+    assert load_model(res.output) is not None
+
+
 def test_search_recovers_by_distillation(tuned_tiny, tmp_path):
     from axformer.models.record import ModelRecord
     from axformer.search.optimize import OptimizeConfig, optimize
@@ -360,12 +410,15 @@ def test_cli_distill_bad_input(tmp_path, tuned_tiny):
         ["distill", "--teacher", str(teacher), "-o", str(tmp_path / "o4"), "--student-layers", "1",
          "--qat-block-size", "24"],
         ["export", str(teacher), "-o", str(tmp_path / "o5"), "--precision", "int4", "--int4-block-size", "24"],
+        ["optimize", str(teacher), "--time-budget", "30", "-o", str(tmp_path / "o6")],  # the search strategy
+        ["optimize", str(teacher), "--strategy", "fastformers", "--student-layers", "1", "--time-budget", "-1",
+         "-o", str(tmp_path / "o7")],
     ]  # fmt: skip
     for args in runs:
         p = subprocess.run([sys.executable, "-m", "axformer", *args], capture_output=True, text=True)
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
-        assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 5))
+        assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
 
 
 def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_path, monkeypatch):

@@ -29,6 +29,8 @@ from axformer.surgery.fake_quant import check_block_size
 from axformer.training.loop import FinetuneConfig
 
 TEACHER_CACHE = "teacher_logits.npy"
+# where a search or a recipe keeps the teacher's outputs between its distillations (removed when it ends)
+TEACHER_OUTPUTS = "teacher-outputs"
 
 
 def teacher_key(teacher: nn.Module, enc: Encoded, regression: bool) -> str:

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from axformer.analysis.gradient import gradient_importance
 from axformer.data.batching import encode
-from axformer.distill.objective import DistillConfig
+from axformer.distill.budget import RecipePlan, StagePlan, plan_recipe
+from axformer.distill.objective import TEACHER_OUTPUTS, DistillConfig
 from axformer.distill.students import BUDGETS, prune_by_importance
 from axformer.distill.trainer import distill, teacher_task
 from axformer.errors import AxformerError
@@ -36,7 +40,8 @@ from axformer.runtime.backends import is_onnx_artifact, load_runnable
 from axformer.surgery.prune import apply_structure, count_parameters, current_structure
 from axformer.tasks.data import TaskData
 from axformer.tasks.splits import apply_split
-from axformer.utils.io import write_json
+from axformer.utils.device import resolve_device
+from axformer.utils.io import read_json, write_json
 from axformer.utils.stages import StageRunner
 
 
@@ -52,6 +57,10 @@ class RecipeConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: str | None = "int8"  # precision of the final export stage (see axformer export); None: no export
     export_max_drop: float = 1.0
+    # minutes the recipe must fit in: the distillations' epochs are planned from a measurement of the teacher on
+    # this machine (axformer.distill.budget), the plan printed before anything starts; None: the epochs as given
+    time_budget: float | None = None
+    downstream_passes: int = 0  # example passes after the recipe within the same budget (the pipeline's stages)
 
     def validate(self) -> None:
         if self.heads is None and self.ffn is None and self.student_layers is None:
@@ -65,6 +74,8 @@ class RecipeConfig:
 
             if self.export not in PRECISIONS:
                 raise AxformerError(f"--export {self.export!r}; expected one of {', '.join(PRECISIONS)} or none")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise AxformerError(f"--time-budget {self.time_budget}; expected a positive number of minutes")
         self.distill.validate()
 
 
@@ -136,6 +147,21 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
     tmp.replace(output)
 
 
+def _plan(model: str, data: TaskData, config: RecipeConfig, stages_dir: Path) -> RecipePlan | None:
+    """The time budget's plan, made once and kept with the stages (a resumed recipe keeps to the same plan)."""
+    if config.time_budget is None:
+        return None
+    path = stages_dir / "plan.json"
+    if path.exists():
+        saved = read_json(path)
+        return RecipePlan(**{**saved, "stages": [StagePlan(**x) for x in saved["stages"]]})
+    device = resolve_device(config.distill.device)
+    plan = plan_recipe(model, data, config, 60 * config.time_budget, device, config.downstream_passes)
+    tqdm.write(plan.table())
+    write_json(path, plan.to_dict())
+    return plan
+
+
 def fastformers_recipe(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -167,21 +193,40 @@ def fastformers_recipe(
     def run(name: str, fn) -> Path:  # each stage's directory appears only when the stage is complete
         return runner.run(name, stages_dir / name, fn, done=Path.exists)
 
+    t0 = time.perf_counter()
+    plan = _plan(model, data, config, stages_dir)
+    # both distillations learn from the same teacher on the same texts: its outputs are computed once
+    distill_config = replace(config.distill, teacher_cache_dir=str(stages_dir / TEACHER_OUTPUTS))
+    if plan is not None:
+        distill_config.epochs = plan.epochs
+
+    def distill_config_for(stage: str) -> DistillConfig:
+        """A distillation's training ends when the plan's schedule says (measured from this call's start, the
+        stages before it at their planned length): time an earlier stage overran comes out of its training."""
+        planned = plan.stage(stage) if plan is not None else None
+        if planned is None or planned.training_seconds is None:
+            return distill_config
+        earlier = plan.stages[: plan.stages.index(planned)]
+        before = sum(s.seconds for s in earlier if not (stages_dir / s.stage).exists())
+        deadline = t0 + before + planned.training_seconds
+        return replace(distill_config, max_seconds=max(deadline - time.perf_counter(), 0.0))
+
     current = Path(model)
     done: list[tuple[str, Path]] = [("teacher", current)]
     if config.student_layers is not None:
+        cfg1 = distill_config_for("1-distilled")
         current = run(
             "1-distilled",
-            lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=config.distill),
+            lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=cfg1),
         )
         done.append(("1-distilled", current))
     if config.heads is not None or config.ffn is not None:
         pruned = run("2-pruned", lambda p: _prune_stage(current, data, p, config))
         done.append(("2-pruned", pruned))
-        current = run(
-            "3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=config.distill)
-        )
+        cfg3 = distill_config_for("3-distilled-again")
+        current = run("3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=cfg3))
         done.append(("3-distilled-again", current))
+    shutil.rmtree(stages_dir / TEACHER_OUTPUTS, ignore_errors=True)
     final_torch = current
     if config.export is not None:
         from axformer.export.artifact import ExportConfig, export_model
@@ -201,7 +246,9 @@ def fastformers_recipe(
             ),
         )
         done.append((f"4-export-{config.export}", exported))
+    t_summaries = time.perf_counter()
     stages = [_summary(path, data, times.get(name), name) for name, path in done]
+    times["summaries"] = time.perf_counter() - t_summaries
     # the final PyTorch model, reloadable with one call, at the top of the output directory
     for f in final_torch.iterdir():
         if f.is_file():
@@ -214,6 +261,8 @@ def fastformers_recipe(
         "stages": stages,
         "final": str(final_torch),
         "deploy": str(done[-1][1]),
+        "plan": None if plan is None else plan.to_dict(),
+        "seconds": dict(times),
     }
     write_json(output / "recipe.json", report)
     (output / "recipe.md").write_text(recipe_markdown(report))
@@ -250,6 +299,27 @@ def recipe_markdown(r: dict) -> str:
             "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    plan = r.get("plan")
+    if plan:
+        actual = r.get("seconds", {})
+        lines += [
+            "",
+            f"Time budget {plan['budget_seconds'] / 60:.1f} min, planned from the models timed here (student "
+            f"training step {1e3 * plan['train_s_per_example']:.2f} ms per example): "
+            + (
+                f"{plan['epochs']:.2f} epochs per distillation." if plan["epochs"] is not None else "nothing to distil."
+            ),
+            "",
+            "| stage | planned | actual |",
+            "|---|---|---|",
+            *(
+                f"| {s['stage']} | {s['seconds'] / 60:.2f} min | "
+                + (f"{actual[s['stage']] / 60:.2f} min |" if s["stage"] in actual else "- |")
+                for s in plan["stages"]
+            ),
+            f"| total | {sum(s['seconds'] for s in plan['stages']) / 60:.2f} min | "
+            f"{sum(actual.values()) / 60:.2f} min |",
+        ]
     lines += [
         "",
         "Stage time: wall time of the stage on this machine (distillation includes the teacher's "

@@ -134,6 +134,9 @@ class SearchStage(OptimizeConfig):
 
     strategy: str = "search"
     student_layers: str | None = None
+    # fastformers: minutes for the whole job; the recipe plans its distillations within what the stages before
+    # it left, keeping back what the export and benchmark will need (axformer.distill.budget)
+    time_budget: float | None = None
     heads: int | None = None
     ffn: int | None = None
     budget: str = "uniform"
@@ -142,6 +145,11 @@ class SearchStage(OptimizeConfig):
         super().validate()
         if self.strategy not in ("search", "fastformers"):
             raise AxformerError(f"search.strategy {self.strategy!r}; expected search or fastformers")
+        if self.time_budget is not None and self.strategy != "fastformers":
+            raise AxformerError(
+                f"--time-budget {self.time_budget:g} plans the FastFormers recipe's distillations; use it with "
+                "--strategy fastformers"
+            )
         if self.strategy == "fastformers":
             self.recipe().validate()
         else:
@@ -173,6 +181,7 @@ class SearchStage(OptimizeConfig):
             importance_examples=self.max_examples,
             export=None,
             distill=distill,
+            time_budget=self.time_budget,
         )
 
 

@@ -229,11 +229,29 @@ def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     analyze(model, data, cfg.data_dir, path, config)
 
 
+def _recipe_budget(cfg: PipelineConfig, data, path: Path) -> tuple[float, int]:
+    """The recipe's share of ``--time-budget``: what the stages before it left (their recorded times), and the
+    example passes of the export's precision checks and of the benchmark that must still fit after it."""
+    times = path.parent / "times.json"
+    spent = sum(v for k, v in read_json(times).items() if k != "search") if times.exists() else 0.0
+    left = cfg.search.time_budget - spent / 60
+    if left <= 0:
+        raise AxformerError(f"--time-budget {cfg.search.time_budget:g} min was spent before the search started")
+    b = cfg.benchmark
+    dev = sum(len(s) for s in data.dev.values())
+    rows = 6  # original padded and dynamic, ONNX Runtime fp32 and int8, the searched model, the artifact
+    per_row = dev + b.rounds * (b.latency_examples + b.throughput_examples) + b.breakdown_requests
+    heldout = cfg.export.max_examples or 1000
+    return left, rows * per_row + 3 * heldout
+
+
 def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     if cfg.search.strategy == "fastformers":
         from axformer.distill.recipe import fastformers_recipe
 
         recipe = cfg.search.recipe()
+        if recipe.time_budget is not None:
+            recipe.time_budget, recipe.downstream_passes = _recipe_budget(cfg, data, path)
         if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
             fastformers_recipe(model, path, recipe, data, cfg.data_dir)
         write_json(

@@ -18,6 +18,7 @@ from pathlib import Path
 from axformer.attention.hard import set_attention
 from axformer.distill import DistillConfig, distill
 from axformer.distill.augment import later_windows
+from axformer.distill.objective import TEACHER_OUTPUTS
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.inference import run_model
@@ -29,7 +30,6 @@ from axformer.training.finetune import FinetuneConfig, finetune, training_subset
 
 RECOVERY_EXAMPLES = 6000  # example passes an automatic recovery aims for
 MAX_AUTO_EPOCHS = 3.0
-TEACHER_OUTPUTS = "teacher-outputs"  # in the search's directory while it recovers; removed when the search ends
 
 
 def recovery_epochs(epochs: float | None, train_examples: int) -> float:

@@ -58,6 +58,9 @@ class FinetuneConfig:
     # positions in the held-out split that may select the checkpoint (None: all); recovery after a certified
     # search passes the decision part, so checkpoint selection never sees the confirmation examples
     selection_positions: list[int] | None = None
+    # stop after this many seconds of training (a time budget's safety net; None: run every step), keeping the
+    # best checkpoint evaluated so far
+    max_seconds: float | None = None
     checkpoint_every: int = 50  # steps between resumable checkpoints
     new_head: bool = False
     allow_pickle: bool = False
@@ -224,6 +227,7 @@ def train_model(
         bar = tqdm(total=total_steps, initial=step, desc=f"{stage['stage']} {spec.display_name}", unit="step")
         running, seen, parts = 0.0, 0, {}
         epoch_batches: dict[int, list[np.ndarray]] = {}
+        stopped_early = False
         while step < total_steps:
             epoch = step // steps_per_epoch
             if epoch not in epoch_batches:
@@ -250,7 +254,8 @@ def train_model(
                 parts[k] = parts.get(k, 0.0) + v
             bar.update(1)
             bar.set_postfix(loss=f"{running / seen:.4f}")
-            evaluated = step % eval_every == 0 or step == total_steps
+            out_of_time = config.max_seconds is not None and time.perf_counter() - t_start > config.max_seconds
+            evaluated = step % eval_every == 0 or step == total_steps or out_of_time
             if evaluated:
                 ev = evaluate_now()
                 entry = {
@@ -278,6 +283,10 @@ def train_model(
                 )
             if evaluated or step % config.checkpoint_every == 0:
                 save_checkpoint()  # also after each evaluation, so best.safetensors never runs ahead of the checkpoint
+            if out_of_time and step < total_steps:  # evaluated just now: the best checkpoint so far is kept
+                stopped_early = True
+                tqdm.write(f"stopped at step {step}/{total_steps}: {config.max_seconds:.0f} s of training spent")
+                break
         bar.close()
 
         net.load_state_dict(load_file(str(work / BEST), device=str(device)))
@@ -298,6 +307,7 @@ def train_model(
             "objective": objective.describe(),
             "best_step": best["step"],
             "steps": step,
+            "stopped_by_time": stopped_early,
             "num_train_examples": len(train_part),
             "wall_time_s": round(wall, 1),
             "device": str(device),

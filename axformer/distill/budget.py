@@ -1,0 +1,188 @@
+"""A time budget for the FastFormers recipe: measure, plan the epochs that fit, print the plan, then keep to it.
+
+The recipe's cost is dominated by its two distillations, whose length is the one thing a plan can choose
+(epochs, fractions allowed). Everything else (the teacher's outputs, computed once and kept for both
+distillations; gradient importance; the held-out evaluations that select checkpoints; the final export and
+summaries) is a fixed cost. Both are priced from one measurement on this machine before anything starts: the
+forward and forward+backward seconds per training example of the teacher and of the recipe's own students
+(built with the recipe's sizes), on a sample of the real training inputs at their real lengths. The plan gives
+each distillation the same number of epochs (FastFormers' recipe does), as many as fit, never more than
+configured; each distillation's training also stops when the plan's schedule says it must (time an earlier
+stage overran comes out of it), keeping the best checkpoint so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from axformer.data.batching import collate, encode
+from axformer.distill.students import derive_student, parse_layers, prune_by_importance
+from axformer.errors import AxformerError
+from axformer.inference import per_example_loss
+from axformer.models.loading import load_model, load_tokenizer
+from axformer.surgery.prune import apply_structure, current_structure
+from axformer.tasks.data import TaskData
+from axformer.training.finetune import training_split, training_subset
+
+MIN_EPOCHS = 0.05  # below this a distillation is not worth running: the budget is refused instead
+EXPORT_EVALUATIONS = 3  # precisions the export evaluates on the held-out split (int8, mixed, fp32 at most)
+# conversion, graph fusion and quantization, besides the precision checks priced from the measurement (an
+# allowance: the demo's whole export stage, checks included, took 42 s on a 2-core AMD EPYC)
+EXPORT_FIXED_S = 30.0
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    seconds: float
+    epochs: float | None = None
+    what: str = ""
+    # of a distillation: the part before its final evaluation (where the schedule ends its training)
+    training_seconds: float | None = None
+
+
+@dataclass
+class RecipePlan:
+    budget_seconds: float
+    forward_s_per_example: float  # the teacher, measured
+    train_s_per_example: float  # the first student trained, forward + backward, measured
+    train_examples: int
+    epochs: float | None  # of each distillation (None: the recipe distils nothing)
+    stages: list[StagePlan] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def stage(self, name: str) -> StagePlan | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        lines = [
+            f"time budget {self.budget_seconds / 60:.1f} min; measured here per training example: teacher "
+            f"forward {1e3 * self.forward_s_per_example:.2f} ms, student training step "
+            f"{1e3 * self.train_s_per_example:.2f} ms ({self.train_examples} examples)",
+            "plan:",
+        ]
+        for s in self.stages:
+            epochs = f", {s.epochs:.2f} epochs" if s.epochs is not None else ""
+            lines.append(f"  {s.stage:<22} {s.seconds / 60:6.1f} min{epochs}  ({s.what})")
+        lines.append(f"  {'total':<22} {self.seconds / 60:6.1f} min")
+        return "\n".join(lines)
+
+
+def _per_example_seconds(net, enc, batch_size: int, device, regression: bool) -> tuple[float, float]:
+    """(forward, forward + backward) seconds per example of ``net`` on ``enc``, after one warm-up pass."""
+    n = len(enc)
+    batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+    def run(train_step: bool) -> float:
+        net.train(train_step)
+        t0 = time.perf_counter()
+        for idx in batches:
+            batch = collate(enc, idx, device)
+            labels = batch.pop("labels")
+            if train_step:
+                per_example_loss(net(**batch).logits, labels, regression).mean().backward()
+                net.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    net(**batch)
+        return (time.perf_counter() - t0) / n
+
+    run(False)  # warm-up
+    return run(False), run(True)
+
+
+def measure(model: str, data: TaskData, train, config, device, examples: int = 64) -> dict[str, tuple[float, float]]:
+    """Per example, (forward, forward + backward) seconds of the teacher and of the recipe's own students,
+    built here with the recipe's sizes (which heads and neurons a student keeps does not change its cost: the
+    pruned one keeps the first ones), on a seeded sample of the training inputs at their real lengths. Small
+    models are dominated by per-step overheads that no parameter count predicts, so they are timed, not scaled."""
+    d = config.distill
+    net = load_model(model, data.spec, device=device)
+    tok = load_tokenizer(model)
+    sample = train.subset(np.sort(np.random.default_rng(0).permutation(len(train))[: min(examples, len(train))]))
+    enc = encode(tok, sample, d.max_seq_length or data.spec.default_max_length, separate=data.spec.is_embedding)
+    regression = data.spec.is_regression
+    out = {"teacher": _per_example_seconds(net, enc, d.batch_size, device, regression)}
+    student = copy.deepcopy(net)
+    if config.student_layers is not None:
+        present = current_structure(student).present_layers
+        student = derive_student(student, parse_layers(config.student_layers, present))
+        out["student"] = _per_example_seconds(student, enc, d.batch_size, device, regression)
+    if config.heads is not None or config.ffn is not None:
+        structure = current_structure(student)
+        width = max(len(structure.layers[i].heads) for i in structure.present_layers)
+        neurons = max(len(structure.layers[i].neurons) for i in structure.present_layers)
+        first = np.tile(-np.arange(max(width, neurons), dtype=float), (len(structure.layers), 1))
+        target = prune_by_importance(structure, first[:, :width], first[:, :neurons], config.heads, config.ffn,
+                                     config.budget)  # fmt: skip
+        out["pruned"] = _per_example_seconds(apply_structure(student, target), enc, d.batch_size, device, regression)
+    return out
+
+
+def plan_recipe(
+    model: str, data: TaskData, config, budget_seconds: float, device, downstream_passes: int = 0
+) -> RecipePlan:
+    """Epochs for each distillation so that the whole recipe fits ``budget_seconds`` (see the module doc).
+
+    ``downstream_passes``: example passes that follow the recipe within the same budget (the pipeline's export
+    and benchmark), priced at the teacher's forward time (an upper bound: the benchmark also runs the original).
+    """
+    d = config.distill
+    _, _, train_part, heldout = training_split(model, data, d)
+    timed = measure(model, data, train_part, config, device)
+    forward = timed["teacher"][0]
+    n = len(training_subset(train_part, d.max_train_examples, d.seed))
+    select = min(len(heldout), d.eval_max_examples or len(heldout))
+    scored = len(heldout) + sum(len(s) for s in data.dev.values())  # what every final evaluation scores
+    students = [k for k in ("student", "pruned") if k in timed]
+    teacher_outputs = n * forward  # once, kept for both distillations
+    importance = min(config.importance_examples or len(heldout), len(heldout))
+    prune_s = importance * timed["student" if "student" in timed else "teacher"][1] if "pruned" in timed else 0.0
+    last = timed[students[-1]] if students else timed["teacher"]
+    export_s = EXPORT_FIXED_S + EXPORT_EVALUATIONS * len(heldout) * last[0] if config.export is not None else 0.0
+    summaries = sum(scored * timed[k][0] for k in ("teacher", *students)) + (export_s > 0) * scored * last[0]
+    after = EXPORT_FIXED_S + downstream_passes * forward if downstream_passes else 0.0
+    finals = {k: scored * timed[k][0] for k in students}  # each distillation's final evaluation
+    spend = teacher_outputs + sum(finals.values()) + prune_s + export_s + summaries + after
+    per_epoch = {k: n * timed[k][1] + select * timed[k][0] for k in students}  # training and its selection pass
+    epochs = None
+    if students:
+        fit = (budget_seconds - spend) / sum(per_epoch.values())
+        if fit < MIN_EPOCHS:
+            need = spend + MIN_EPOCHS * sum(per_epoch.values())
+            raise AxformerError(
+                f"--time-budget {budget_seconds / 60:.1f} min is too short for this recipe: its fixed stages need "
+                f"about {spend / 60:.1f} min and one epoch of its distillations {sum(per_epoch.values()) / 60:.1f} "
+                f"min on this machine; give at least {need / 60:.1f} min"
+            )
+        epochs = min(d.epochs, fit)
+    stages: list[StagePlan] = []
+    for k, name, what in (
+        ("student", "1-distilled", f"layers {config.student_layers}"),
+        ("pruned", "3-distilled-again", f"heads {config.heads}, ffn {config.ffn}"),
+    ):
+        if k not in timed:
+            continue
+        if k == "pruned":
+            stages.append(StagePlan("2-pruned", prune_s, None, f"gradient importance on {importance} examples"))
+        own = teacher_outputs if k == students[0] else 0.0
+        training = own + epochs * per_epoch[k]
+        stages.append(StagePlan(name, training + finals[k], epochs, what, training))
+    if config.export is not None:
+        stages.append(StagePlan(f"4-export-{config.export}", export_s, None, "conversion and precision checks"))
+    stages.append(StagePlan("summaries", summaries, None, "every stage scored on held-out and dev"))
+    if downstream_passes:
+        stages.append(StagePlan("export and benchmark", after, None, f"{downstream_passes} example passes"))
+    train_s = timed[students[0]][1] if students else timed["teacher"][1]
+    return RecipePlan(budget_seconds, forward, train_s, n, epochs, stages)
