@@ -613,6 +613,15 @@ def optimize_cmd(
             "(the original's outputs as targets; default 2, 0: none).",
         ),
     ] = None,
+    recover_augment: Annotated[
+        int | None,
+        typer.Option(
+            "--recover-augment",
+            help="--recover distill: perturbed copies of every training text added as unlabelled inputs (words "
+            "replaced from the training texts' own vocabulary, deleted or swapped; never a dev or held-out text; "
+            "default 0).",
+        ),
+    ] = None,
     quantization_aware: Annotated[
         bool | None,
         typer.Option(
@@ -807,6 +816,7 @@ def optimize_cmd(
             "learning_rate": recover_lr,
             "max_train_examples": recover_max_train_examples,
             "windows": recover_windows,
+            "augment": recover_augment,
             "quantization_aware": quantization_aware,
         },
     }
@@ -882,6 +892,14 @@ def distill_cmd(
             help="Later windows of each long training text added as unlabelled inputs (teacher targets; 0: none)."
         ),
     ] = 0,
+    augment: Annotated[
+        int,
+        typer.Option(
+            help="Perturbed copies of every training text added as unlabelled inputs (teacher targets; words "
+            "replaced from the training texts' vocabulary, deleted or swapped; dev and held-out texts never; 0: none)."
+        ),
+    ] = 0,
+    augment_rate: Annotated[float, typer.Option(help="Share of words each --augment copy perturbs.")] = 0.15,
     hidden_weight: Annotated[
         float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
     ] = 0.0,
@@ -958,6 +976,8 @@ def distill_cmd(
         soft_weight=soft_weight,
         hard_weight=hard_weight,
         windows=windows,
+        augment=augment,
+        augment_rate=augment_rate,
         hidden_weight=hidden_weight,
         attention_weight=attention_weight,
         cache_teacher=not no_teacher_cache,

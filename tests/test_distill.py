@@ -483,3 +483,65 @@ def test_later_windows_are_the_parts_of_long_texts_the_model_never_reads(tmp_pat
     assert later_windows(tok, [(long, long)], max_length=12, per_text=2) == []
     with pytest.raises(AxformerError, match="no gold labels"):
         DistillConfig(windows=2, hard_weight=1.0).validate()
+
+
+def test_perturbed_copies_stay_in_domain_and_never_repeat_a_reserved_text():
+    """Seeded; every word of a copy is a word of the training texts; pairs are perturbed field by field; a copy
+    equal to a training text or to an excluded (dev, held-out) text is dropped; the rate is checked."""
+    from axformer.distill.augment import perturbed_copies
+
+    texts = [("the film was good",), ("a dull and slow film",), ("good acting",), ("bad",)]
+    a = perturbed_copies(texts, 5, 0.3, seed=1)
+    assert a == perturbed_copies(texts, 5, 0.3, seed=1) and a != perturbed_copies(texts, 5, 0.3, seed=2)
+    vocabulary = {w for (t,) in texts for w in t.split()}
+    assert a and all(set(t.split()) <= vocabulary for (t,) in a)
+    assert not set(a) & set(texts) and len(set(a)) == len(a)
+    reserved = set(a[:3])
+    b = perturbed_copies(texts, 5, 0.3, seed=1, exclude=reserved)
+    assert not set(b) & reserved and set(b) == set(a) - reserved
+    pairs = perturbed_copies([("one two three", "four five six")], 20, 0.3, seed=0)
+    assert pairs and all(len(p) == 2 and p[0] and p[1] for p in pairs)
+    assert all(set(p[0].split()) | set(p[1].split()) <= {"one", "two", "three", "four", "five", "six"} for p in pairs)
+    assert perturbed_copies(texts, 0) == []
+    with pytest.raises(ValueError, match="rate"):
+        perturbed_copies(texts, 1, 0.0)
+
+
+def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(tuned_tiny, tmp_path, monkeypatch):
+    """The trainer's inputs are the training part plus its perturbed copies, none of them a dev or held-out text
+    (the copies are asked to exclude every one of them), and the copies are recorded; --augment with a gold-label
+    loss, or a negative count, is refused."""
+    import axformer.distill.trainer as trainer
+    from axformer.distill import DistillConfig, distill
+    from axformer.distill.augment import perturbed_copies
+    from axformer.training.finetune import training_split
+
+    teacher, data, _ = tuned_tiny
+    seen = {}
+
+    def capture(net, tokenizer, data, split, train_part, heldout, *a, **k):
+        seen.update(train=list(train_part.texts), heldout=set(heldout.texts), stage=a[3])
+        raise KeyboardInterrupt
+
+    exclusions = []
+
+    def spy(texts, copies, rate, seed, exclude):
+        exclusions.append(set(exclude))
+        return perturbed_copies(texts, copies, rate, seed, exclude)
+
+    monkeypatch.setattr(trainer, "train_model", capture)
+    monkeypatch.setattr(trainer, "perturbed_copies", spy)
+    cfg = DistillConfig(epochs=1, batch_size=16, max_seq_length=32, device="cpu", augment=3, augment_rate=0.3)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, tmp_path / "s", student_layers="1", data=data, config=cfg)
+    _, _, train_part, heldout = training_split(teacher, data, cfg)
+    dev = {t for part in data.dev.values() for t in part.texts}
+    assert exclusions[0] >= dev | set(heldout.texts)
+    added = seen["train"][len(train_part) :]
+    assert seen["train"][: len(train_part)] == list(train_part.texts) and len(added) > len(train_part)
+    assert not set(added) & (dev | set(heldout.texts)) and seen["stage"]["augmented_texts"] == len(added)
+    labelled = DistillConfig(epochs=1, max_seq_length=32, device="cpu", augment=1, hard_weight=1.0)
+    with pytest.raises(AxformerError, match="no gold labels"):
+        distill(teacher, tmp_path / "h", student_layers="1", data=data, config=labelled)
+    with pytest.raises(AxformerError, match="--augment -1"):
+        DistillConfig(augment=-1).validate()

@@ -1,13 +1,26 @@
-"""More distillation input where the task has little: the parts of long training texts the model never reads.
+"""More distillation input where the task has little: the parts of long training texts the model never reads,
+and perturbed copies of the training texts.
 
 A model run at ``max_seq_length`` tokens sees only the start of a long text (a BBC article is ~500 tokens, the
 demo runs at 128). The later windows of the same texts are in-domain inputs no decision or evaluation uses, and
 distillation needs no labels: the teacher's outputs on them are the targets. Windows come from the fast
 tokenizer's overflow (the tokenizer's own truncation, decoded back to text), so they split where the tokenizer
 would. Pair tasks (two text fields) get none: a later window of one field has no partner.
+
+Perturbed copies (``perturbed_copies``) follow TinyBERT's and EDA's observation that a student learns the
+teacher's function better from inputs *near* the training texts than from the same texts again: each word is,
+with a small probability, replaced by a word drawn from the training texts' own word distribution (so the
+replacements stay in-domain and in the tokenizer's vocabulary), deleted, or swapped with its neighbour. The
+teacher labels the copies; no gold label is assumed to survive the perturbation (hard-label weight must be 0).
+Copies that coincide with a text the caller excludes (every dev and held-out text: they report, decide and
+certify) or with a training text are dropped.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
 
 
 def later_windows(tokenizer, texts: list[tuple[str, ...]], max_length: int, per_text: int) -> list[tuple[str, ...]]:
@@ -26,3 +39,49 @@ def later_windows(tokenizer, texts: list[tuple[str, ...]], max_length: int, per_
             if text:
                 out.append((text,))
     return out
+
+
+def perturbed_copies(
+    texts: list[tuple[str, ...]],
+    copies: int,
+    rate: float = 0.15,
+    seed: int = 0,
+    exclude: set[tuple[str, ...]] | frozenset = frozenset(),
+) -> list[tuple[str, ...]]:
+    """``copies`` perturbed versions of every text (every field of a pair perturbed on its own), less those in
+    ``exclude`` or among ``texts``, deduplicated, in a seeded order that does not depend on ``exclude``."""
+    if copies <= 0 or not texts:
+        return []
+    if not 0 < rate < 1:
+        raise ValueError(f"perturbation rate {rate}; expected a share of words between 0 and 1")
+    counts = Counter(w for row in texts for field in row for w in field.split())
+    words = np.array(list(counts))
+    cdf = np.cumsum(np.array([counts[w] for w in words], dtype=np.float64))
+    cdf /= cdf[-1]
+    rng = np.random.default_rng(seed)
+    known = set(texts)
+    out: dict[tuple[str, ...], None] = {}
+    for _ in range(copies):
+        for row in texts:
+            new = tuple(_perturb(field.split(), rate, rng, words, cdf) for field in row)
+            if new not in known and new not in exclude and all(new):
+                out[new] = None
+    return list(out)
+
+
+def _perturb(tokens: list[str], rate: float, rng: np.random.Generator, words: np.ndarray, cdf: np.ndarray) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        if rng.random() >= rate:
+            out.append(tokens[i])
+        else:
+            op = rng.random()
+            if op < 0.5:
+                out.append(str(words[min(int(np.searchsorted(cdf, rng.random())), len(words) - 1)]))
+            elif op < 0.75 and i + 1 < len(tokens):
+                out += [tokens[i + 1], tokens[i]]
+                i += 1
+            # else: deleted
+        i += 1
+    return " ".join(out)

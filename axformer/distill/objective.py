@@ -67,6 +67,10 @@ class DistillConfig(FinetuneConfig):
     # later windows of long training texts added as unlabelled inputs (teacher targets), per text; see
     # axformer.distill.augment
     windows: int = 0
+    # perturbed copies of every training text added as unlabelled inputs (teacher targets), and the share of
+    # words each perturbation touches; see axformer.distill.augment.perturbed_copies
+    augment: int = 0
+    augment_rate: float = 0.15
     # quantization-aware distillation (axformer.surgery.fake_quant): the encoder's matrices rounded to the int4
     # grid of blocks of this many input features in every forward pass (None: trained in fp32), Q/K/V too unless
     # qat_attention_inputs is off (they stay in a fused int8 Attention then), and the embedding tables in blocks
@@ -79,6 +83,10 @@ class DistillConfig(FinetuneConfig):
         super().validate()
         check_block_size(self.qat_block_size, "--qat-block-size")
         check_block_size(self.qat_table_block_size, "--qat-table-block-size")
+        if self.augment < 0:
+            raise AxformerError(f"--augment {self.augment}; expected a number of copies per text (0: none)")
+        if not 0 < self.augment_rate < 1:
+            raise AxformerError(f"--augment-rate {self.augment_rate}; expected a share of words between 0 and 1")
         if self.temperature <= 0:
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from axformer.distill.augment import later_windows
+from axformer.distill.augment import later_windows, perturbed_copies
 from axformer.distill.objective import DistillConfig, DistillObjective
 from axformer.distill.students import derive_student, layer_map, parse_layers
 from axformer.errors import AxformerError
@@ -110,18 +110,22 @@ def distill(
         net = derive_student(net, layers)
     if config.max_seq_length is None:
         config.max_seq_length = data.spec.default_max_length
-    if data.spec.is_qa and (config.windows or extra_texts):  # a QA input is a question with its context's windows
-        raise AxformerError(
+    if data.spec.is_qa and (config.windows or extra_texts or config.augment):  # a QA input is a question with
+        raise AxformerError(  # its context's windows
             "question answering distils on its training questions (every window of each context) only; expected "
-            "no --windows and no --calibration-texts"
+            "no --windows, no --augment and no --calibration-texts"
         )
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
-    if extra_texts and config.hard_weight > 0:
+    # perturbed copies of the training texts, never a text that reports, decides or certifies
+    reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
+    augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
+    if (extra_texts or augmented) and config.hard_weight > 0:
         raise AxformerError(
-            f"{len(extra_texts)} unlabelled texts with --hard-weight {config.hard_weight}: they have no gold labels; "
-            "expected --hard-weight 0"
+            f"{len(extra_texts or ()) + len(augmented)} unlabelled texts (--calibration-texts, --augment) with "
+            f"--hard-weight {config.hard_weight}: they have no gold labels; expected --hard-weight 0"
         )
-    unlabelled = [*extra, *(extra_texts or [])]  # the teacher's outputs are their targets (hard_weight is 0)
+    # the teacher's outputs are their targets (hard_weight is 0)
+    unlabelled = [*extra, *augmented, *(extra_texts or [])]
     if data.spec.is_embedding and unlabelled:  # an embedder distils on single texts: pairs become their texts
         singles = dict.fromkeys((t,) for row in [*train_part.texts, *unlabelled] for t in row)
         train_part = Split(train_part.name, list(singles), np.zeros(len(singles), np.float32))
@@ -149,6 +153,7 @@ def distill(
         "student_layers": layers,
         "structure": current_structure(net).summary(),
         "added_windows": len(extra),
+        "augmented_texts": len(augmented),
         "extra_texts": len(extra_texts or ()),
         "quantization_aware": {"bits": 4, "matrices": len(rounded)} if rounded else None,
     }

@@ -108,6 +108,8 @@ class Recovery:
     max_train_examples: int | None = None
     # distill: later windows of long training texts, per text, as extra unlabelled inputs (axformer.distill.augment)
     windows: int = 2
+    # distill: perturbed copies of every training text as extra unlabelled inputs (axformer.distill.augment)
+    augment: int = 0
     # distill into an int4 artifact (--artifact matrices or embeddings int4): round what the artifact stores in
     # int4 during the distillation (quantization-aware training, axformer.surgery.fake_quant), so that it wins back
     # the rounding too; an unpruned model is then distilled as well, since the rounding is something to win back.
@@ -116,6 +118,8 @@ class Recovery:
     quantization_aware: bool = False
 
     def validate(self) -> None:
+        if self.augment < 0:
+            raise AxformerError(f"--recover-augment {self.augment}; expected a number of copies per text (0: none)")
         if self.windows < 0:
             raise AxformerError(f"--recover-windows {self.windows}; expected a number of windows per text (0: none)")
         if self.mode not in (None, *RECOVERY):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from axformer.attention.hard import set_attention
 from axformer.distill import DistillConfig, distill
-from axformer.distill.augment import later_windows
+from axformer.distill.augment import later_windows, perturbed_copies
 from axformer.distill.objective import TEACHER_OUTPUTS
 from axformer.errors import AxformerError
 from axformer.evaluation import score
@@ -100,7 +100,11 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     train_examples = len(train)
     # a QA example already is every window of its context
     windows = config.recovery.windows if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
-    added = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
+    n_windows = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
+    augment = config.recovery.augment if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
+    reserved = {t for part in (*ctx.data.dev.values(), apply_split(ctx.data, ctx.split)[1]) for t in part.texts}
+    n_augmented = len(perturbed_copies(train.texts, augment, DistillConfig.augment_rate, DistillConfig.seed, reserved))
+    added = n_windows + n_augmented
     # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
     # every dev text (the dev set only reports), every held-out text (they decide and certify: trained on, they
     # would flatter both) and the texts the training part has already
@@ -129,7 +133,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     if config.recovery.mode == "distill":
         # a retry distils from the same original on the same texts: its teacher outputs are kept in between
         kept = str(work / TEACHER_OUTPUTS)
-        cfg = DistillConfig(**common, windows=windows, teacher_cache_dir=kept, **rounding(config))
+        cfg = DistillConfig(**common, windows=windows, augment=augment, teacher_cache_dir=kept, **rounding(config))
         result = distill(
             model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True, extra_texts=extra
         )
@@ -168,7 +172,8 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         "config": asdict(cfg),
         "budget": {
             "examples": train_examples,
-            "windows": added - len(extra),
+            "windows": n_windows,
+            "augmented_texts": n_augmented,
             "calibration_texts": len(extra),
             "epochs": cfg.epochs,
         },
