@@ -117,8 +117,10 @@ def distill(
         )
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
     # perturbed copies of the training texts, never a text that reports, decides or certifies
-    reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
-    augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
+    augmented = []
+    if config.augment:
+        reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
+        augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
     if (extra_texts or augmented) and config.hard_weight > 0:
         raise AxformerError(
             f"{len(extra_texts or ()) + len(augmented)} unlabelled texts (--calibration-texts, --augment) with "

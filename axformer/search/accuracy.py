@@ -67,9 +67,10 @@ def accuracy_search(
     trials: Trials, structure, config: AccuracySearchConfig, hard_attention_supported: bool = True
 ) -> SearchOutcome:
     ref = trials.engine.reference
-    spec = trials.engine.spec
-    answers = not (spec.is_regression or spec.is_qa or spec.is_embedding)
-    labels = trials.engine.encoded.labels if answers else None
+    labels = None  # the paired rule's test on answers: a classification task's deciding labels
+    if config.rule == "paired":
+        spec = trials.engine.spec
+        labels = None if spec.is_regression or spec.is_qa or spec.is_embedding else trials.engine.encoded.labels
     rule = make_rule(config, ref, trial_bound(structure, config, hard_attention_supported), labels)
     if isinstance(rule, PairedImprovement):
         rule.current = trials.current_result
