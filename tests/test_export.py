@@ -92,6 +92,36 @@ def test_export_falls_back_to_a_precision_that_holds_and_says_so(tuned_tiny, tmp
     assert json.loads((tmp_path / "art" / "export.json").read_text())["precision"] == r["precision"]
 
 
+def test_an_artifact_that_changes_answers_gives_way_when_none_may_change(tuned_tiny, tmp_path, monkeypatch):
+    """The accuracy goal's export (max_changed_answers 0): an int8 artifact that answers otherwise than the
+    exported model on any check example falls back (here int8 is made to flip answers by scaling its weights;
+    its metric drop is allowed, its changed answers are not), the share is recorded per artifact, and the fp32
+    artifact, the model's own function, ships."""
+    import axformer.export.artifact as artifact
+
+    def flipping(source, target, *args, **kwargs):
+        m = onnx.load(str(source))
+        for init in m.graph.initializer:
+            if len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
+                w = onnx.numpy_helper.to_array(init)
+                init.CopyFrom(onnx.numpy_helper.from_array((w * -1.0).astype(np.float32), init.name))
+        onnx.save(m, str(target))
+        return target
+
+    monkeypatch.setattr(artifact, "quantize_int8", flipping)
+    monkeypatch.setattr(artifact, "apply_plan", lambda source, target, *a, **k: flipping(source, target))
+    model, data, _ = tuned_tiny
+    cfg = ExportConfig(precision="int8", device="cpu", fallback=True, max_drop=100.0, max_changed_answers=0.0)
+    r = export_model(model, tmp_path / "art", cfg, data)
+    fb = r["fallback"]
+    assert "changed more than 0% of the exported model's answers" in fb["note"] and r["precision"] == "fp32"
+    changed = r["changed_answers"]
+    assert changed["int8.onnx"] > 0 and r["validation"]["drop"] == pytest.approx(0.0, abs=1e-9)
+    # without the limit, the same int8 artifact ships (its drop is within --max-drop 100)
+    loose = export_model(model, tmp_path / "loose", ExportConfig(precision="int8", device="cpu", max_drop=100.0), data)
+    assert loose["precision"] == "int8" and "changed_answers" not in loose
+
+
 def test_int8_mixed_and_fp16_exports_write_quantized_graphs(tiny_task, tmp_path):
     model, data, _ = tiny_task
     r8 = export_model(model, tmp_path / "int8", ExportConfig(precision="int8", device="cpu", max_drop=100), data)

@@ -286,6 +286,8 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
         promised = 0.0 if cfg.search.goal == "accuracy" else cfg.search.tolerance.max_drop
         if promised is not None:
             config.max_drop = min(config.max_drop, promised)
+        if cfg.search.goal == "accuracy" and config.max_changed_answers is None:
+            config.max_changed_answers = 0.0  # "more accurate" keeps the certified model's answers exactly
         if cfg.search.goal == "size" and config.target_size is None:  # mixed precision rounds only what it needs
             config.target_size = cfg.search.target_size
     config.fallback = True
