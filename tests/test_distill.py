@@ -347,9 +347,10 @@ def test_time_budget_plans_the_recipe_and_keeps_to_it(tuned_tiny, tmp_path, caps
         "plan:" in capsys.readouterr().err + capsys.readouterr().out
         or (tmp_path / "ff" / "stages" / "plan.json").exists()
     )
-    assert 0 < plan["epochs"] < 400
+    assert 0 < plan["epochs"] <= 400  # as many as fit (on a CPU like this one, far fewer than asked)
     assert plan["budget_seconds"] == 60 * budget and plan["stages"][0]["stage"] == "1-distilled"
-    assert sum(s["seconds"] for s in plan["stages"]) == pytest.approx(60 * budget, rel=0.05)
+    planned = sum(s["seconds"] for s in plan["stages"])
+    assert planned == pytest.approx(60 * budget, rel=0.05) if plan["epochs"] < 400 else planned <= 60 * budget
     assert wall <= 60 * budget * 1.25, (wall, report["seconds"], plan)
     md = (tmp_path / "ff" / "recipe.md").read_text()
     assert "| stage | planned | actual |" in md and "| 3-distilled-again |" in md
