@@ -384,13 +384,13 @@ def export_model(
         def check(path: Path):
             """(result, drop): an artifact that changes more answers than allowed counts as an infinite drop."""
             encoded = ctx.confirmation_encoded if confirmed else ctx.encoded
-            result = evaluate(path, check_split, encoded)
+            outputs = run_model(OnnxModel(path, device=onnx_device), encoded, spec.is_regression, 64, "cpu")
+            result = score(spec, check_split.labels, outputs)  # the artifact runs once for both checks
             drop = check_reference.metrics[main] - result.metrics[main]
             if answers_checked and info["precision"] != "fp32":  # fp32 is the exported model's own function
                 if "answers" not in own:
                     own["answers"] = run_model(net.eval(), encoded, False, 64, ctx.device).predictions(False)
-                theirs = run_model(OnnxModel(path, device=onnx_device), encoded, False, 64, "cpu").predictions(False)
-                changed = 100.0 * float((theirs != own["answers"]).mean())
+                changed = 100.0 * float((outputs.predictions(False) != own["answers"]).mean())
                 info.setdefault("changed_answers", {})[path.name] = changed
                 if changed > config.max_changed_answers:
                     drop = float("inf")
