@@ -62,7 +62,7 @@ class DistillConfig(FinetuneConfig):
     cache_teacher: bool = True
     # a directory where the teacher's outputs stay after the run, keyed by the teacher's weights and the exact
     # inputs: a second distillation from the same teacher on the same texts (the search's recovery retry) reads
-    # them instead of running the teacher again (77 s of the demo's 12 minutes on this machine)
+    # them instead of running the teacher again (77 s per pass in the demo on an AMD EPYC)
     teacher_cache_dir: str | None = None
     # later windows of long training texts added as unlabelled inputs (teacher targets), per text; see
     # axformer.distill.augment

@@ -100,9 +100,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {
             "goal": "speed",
             "tolerance": {"max_drop": 1.0},
-            # 1.6x over PyTorch at batch 1 (predicted) is about 1.5x over ONNX Runtime int8 of the original once
-            # exported to int8 (measured here); more took three layers, which distillation did not win back
-            "target_speedup": 1.6,
+            # two layers out predict 1.48x over PyTorch at batch 1 and measured 1.47-1.50x over ONNX Runtime int8
+            # of the original once exported to int8 (docs/promises.md, runs 6-7); a 1.6x target went on to remove
+            # an attention block, whose distilled model failed its certificate by one example and cost a second
+            # distillation (half the demo's time); more took three layers, which distillation did not win back
+            "target_speedup": 1.45,
             "max_examples": 300,
             "latency_examples": 60,
             "groups": 6,
