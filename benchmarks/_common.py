@@ -93,7 +93,9 @@ def preset_outcome(out: Path) -> dict:
             "mode": rec["mode"],
             "budget": rec.get("budget"),
             "original_budget": rec.get("original_budget"),
-            "reverted": bool(c and c.recovery_reverted),
+            # shipped unrecovered: every recovery failed its certificate (a retry that passed ships recovered)
+            "reverted": bool(c and c.recovery is not None and not c.shipped_recovered),
+            "retried": bool(c and c.retry is not None and c.retry.passed),
         },
         "precision": export["precision"],
         "fallback": bool(export.get("fallback")),
@@ -102,15 +104,21 @@ def preset_outcome(out: Path) -> dict:
     }
 
 
+# unlabelled inputs a distillation adds to the training examples, as the recovery's budget records them
+EXTRA_INPUTS = (("windows", "windows"), ("augmented_texts", "perturbed"), ("calibration_texts", "calibration"))
+
+
 def recovery_text(r: dict) -> str:
-    """A preset outcome's recovery in a table cell: mode, its data budget next to the original's, reverted or not."""
+    """A preset outcome's recovery in a table cell: mode, its data budget next to the original's, and whether it
+    shipped unrecovered (reverted) or recovered at its second attempt (retry shipped)."""
     rec = r.get("recovery")
     if not rec:
         return "-"
     b, o = rec.get("budget"), rec.get("original_budget")
     text = rec["mode"]
     if b:
-        text += f" {b['examples']} x {b['epochs']:g}"
+        added = [(b[k], what) for k, what in EXTRA_INPUTS if b.get(k)]
+        text += f" {b['examples']}" + "".join(f" + {n} {what}" for n, what in added) + f" x {b['epochs']:g}"
     if o:
         text += f" (original {o['examples']} x {o['epochs']:g})"
-    return text + (", reverted" if rec.get("reverted") else "")
+    return text + (", reverted" if rec.get("reverted") else ", retry shipped" if rec.get("retried") else "")
