@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from axformer.evaluation.paired import paired_bootstrap, paired_standard_error, resampled_metrics
-from axformer.search.certificate import Step, allowances, backtrack, certify
+from axformer.search.certificate import AnswerChanges, Step, allowances, backtrack, certify
 from axformer.search.trials import Trials
 from axformer.tasks.metrics import compute_metrics
 
@@ -54,11 +54,14 @@ def test_certificate_rules_and_allowances():
     labels = np.zeros(400, dtype=np.int64)
     candidate = labels.copy()
     candidate[:2] = 1  # a 0.5-point drop
-    est = certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 1.0}, "estimate", 500)
+    est = certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 1.0}, "estimate", 500,
+                  classification=True)  # fmt: skip
     assert est.passed and est.main.difference == pytest.approx(-0.5)
     # its interval reaches past a 0.6-point allowance: the bound rule refuses what the estimate accepts
     assert certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 0.6}, "estimate", 500).passed
     assert not certify(["accuracy"], "accuracy", labels, labels, candidate, {"accuracy": 0.6}, "bound", 500).passed
+
+    assert est.answers == AnswerChanges(changed=2, fixed=0, broken=2)
 
     class Cfg:
         goal = "speed"
@@ -126,6 +129,14 @@ def test_the_certificate_uses_only_examples_the_decisions_never_saw(tuned_tiny, 
         - conf["original"]["confirmation"]["metrics"]["accuracy"]
     )
     assert cert["certificate"]["passed"] and "Certificate (passed)" in (tmp_path / "run" / "report.md").read_text()
+    # the changed answers, counted on the same confirmation examples, add up to the measured accuracy difference
+    a = cert["certificate"]["answers"]
+    assert a["fixed"] + a["broken"] <= a["changed"] <= len(confirmation)
+    assert 100 * (a["fixed"] - a["broken"]) / len(confirmation) == pytest.approx(main["candidate"] - main["original"])
+    assert (
+        f"It answers {a['changed']} of the {len(confirmation)} confirmation examples differently"
+        in (tmp_path / "run" / "report.md").read_text()
+    )
 
 
 def test_confirm_fraction_out_of_range_is_refused(monkeypatch, capsys, tiny_bert, tmp_path):

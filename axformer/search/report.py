@@ -266,6 +266,13 @@ def certification_lines(r: SearchReport) -> list[str]:
         f"examples {main} {d.original:.2f} -> {d.candidate:.2f} ({d.difference:+.2f}; {d.confidence:.0%} paired "
         f"bootstrap interval {d.low:+.2f} .. {d.high:+.2f}).",
     ]
+    if shipped.answers is not None:
+        a = shipped.answers
+        lines.append(
+            f"It answers {a.changed} of the {shipped.examples} confirmation examples differently from the original "
+            f"({100 * a.changed / max(shipped.examples, 1):.1f}%: {a.fixed} now right, {a.broken} now wrong); the "
+            "more answers a model changes, the wider the interval, whatever the estimate."
+        )
     if c.undone and not c.shipped_recovered:
         s = c.searched.main
         lines.append(
