@@ -188,7 +188,8 @@ def request_breakdown(
 
     Each round times the lean path over every request, then the batch path over every request: alternated
     request by request, one session's spinning worker threads still spin while the other runs, and on 2 cores
-    that doubled the measured session run (12.9 ms against 5.9 ms for the same session timed alone)."""
+    that doubled the measured session run (MRPC int8, ``benchmarks/lean_runtime.py`` at 1f980d8: 12.9 ms
+    against 5.9 ms for the same session timed alone)."""
     from axformer.runtime.predictor import Predictor
 
     lean = LeanSession(path, choice)
