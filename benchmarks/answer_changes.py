@@ -42,7 +42,8 @@ def main() -> None:
         texts = list(split.texts)
         a = AnswerChanges.of(np.asarray(split.labels), _answers(args.reference, texts), _answers(args.candidate, texts))
         p = binomtest(a.fixed, a.fixed + a.broken, 0.5, alternative="less").pvalue if a.fixed + a.broken else 1.0
-        print(f"| {name} | {len(texts)} | {a.changed} ({100 * a.changed / len(texts):.2f}%) | {a.fixed} | {a.broken} | {p:.3f} |")
+        share = 100 * a.changed / len(texts)
+        print(f"| {name} | {len(texts)} | {a.changed} ({share:.2f}%) | {a.fixed} | {a.broken} | {p:.3f} |")
 
 
 if __name__ == "__main__":
