@@ -372,10 +372,23 @@ def test_a_distillation_stops_at_its_time_limit_with_its_best_checkpoint(tuned_t
     assert load_model(res.output) is not None
 
 
-def test_search_recovers_by_distillation(tuned_tiny, tmp_path):
+def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch):
+    """Recovery by distillation, with perturbed copies: made once (the recovery counts them to plan its epochs
+    and hands them to the trainer), and the copies the budget records are the ones the trainer trained on."""
+    import axformer.distill.trainer as trainer
+    import axformer.search.recovery as recovery
+    from axformer.distill.augment import perturbed_copies
     from axformer.models.record import ModelRecord
     from axformer.search.optimize import OptimizeConfig, optimize
 
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return perturbed_copies(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "perturbed_copies", counted)
+    monkeypatch.setattr(trainer, "perturbed_copies", counted)
     model, data, _ = tuned_tiny
     report = optimize(
         model,
@@ -389,11 +402,14 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path):
             progress=False,
             latency_examples=10,
             tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
-            recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3),
+            recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3, augment=2),
         ),
     )
     assert report["recovery"]["mode"] == "distill" and "heldout_before" in report["recovery"]
     history = ModelRecord.load(tmp_path / "rec").history
+    copies = report["recovery"]["budget"]["augmented_texts"]
+    assert calls == [1] * report["recovery"].get("attempts", 1) and copies > 0
+    assert history[-1]["augmented_texts"] == copies
     assert [h["stage"] for h in history[-2:]] == ["optimize", "distill"] and history[-1]["teacher"] == str(model)
     assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
     assert "distilled from the original model" in (tmp_path / "rec" / "report.md").read_text()

@@ -61,6 +61,7 @@ def distill(
     config: DistillConfig | None = None,
     overwrite: bool = False,
     extra_texts: list[tuple[str, ...]] | None = None,
+    augmented: list[tuple[str, ...]] | None = None,
 ) -> FinetuneResult:
     """Distil ``teacher`` into a student and save the best held-out checkpoint to ``output``.
 
@@ -117,10 +118,13 @@ def distill(
         )
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
     # perturbed copies of the training texts, never a text that reports, decides or certifies
-    augmented = []
-    if config.augment:
-        reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
-        augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
+    # ``augmented``: the perturbed copies when the caller already made them (the search's recovery counts them
+    # to plan its epochs); otherwise made here
+    if augmented is None:
+        augmented = []
+        if config.augment:
+            reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
+            augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
     if (extra_texts or augmented) and config.hard_weight > 0:
         raise AxformerError(
             f"{len(extra_texts or ()) + len(augmented)} unlabelled texts (--calibration-texts, --augment) with "

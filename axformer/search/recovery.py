@@ -102,11 +102,11 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     windows = config.recovery.windows if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
     n_windows = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
     augment = config.recovery.augment if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
-    n_augmented = 0
-    if augment:  # the trainer makes the same copies (same texts, rate and seed, the same texts reserved)
+    copies: list[tuple[str, ...]] = []
+    if augment:  # made once here (counted to plan the epochs) and handed to the trainer
         reserved = {t for part in (*ctx.data.dev.values(), apply_split(ctx.data, ctx.split)[1]) for t in part.texts}
-        rate, seed = DistillConfig.augment_rate, DistillConfig.seed
-        n_augmented = len(perturbed_copies(train.texts, augment, rate, seed, reserved))
+        copies = perturbed_copies(train.texts, augment, DistillConfig.augment_rate, DistillConfig.seed, reserved)
+    n_augmented = len(copies)
     added = n_windows + n_augmented
     # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
     # every dev text (the dev set only reports), every held-out text (they decide and certify: trained on, they
@@ -138,7 +138,14 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         kept = str(work / TEACHER_OUTPUTS)
         cfg = DistillConfig(**common, windows=windows, augment=augment, teacher_cache_dir=kept, **rounding(config))
         result = distill(
-            model, work / "recovered", student=work, data=ctx.data, config=cfg, overwrite=True, extra_texts=extra
+            model,
+            work / "recovered",
+            student=work,
+            data=ctx.data,
+            config=cfg,
+            overwrite=True,
+            extra_texts=extra,
+            augmented=copies,
         )
     else:
         cfg = FinetuneConfig(**common)
