@@ -4,6 +4,7 @@ teacher.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -413,6 +414,33 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch):
     assert [h["stage"] for h in history[-2:]] == ["optimize", "distill"] and history[-1]["teacher"] == str(model)
     assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
     assert "distilled from the original model" in (tmp_path / "rec" / "report.md").read_text()
+
+
+def test_pipeline_time_budget_plans_from_the_models_own_task(tuned_tiny, tmp_path, monkeypatch, capsys):
+    """``axformer optimize MODEL --strategy fastformers --time-budget`` on a fine-tuned model given without --task
+    (the usual call): the plan counts the examples of the task recorded with the model (it crashed on the
+    missing data), fits what the budget left, and the whole job (export and benchmark) ends within it."""
+    from tests.test_cli import run_cli
+
+    teacher, _, _ = tuned_tiny
+    out, budget = tmp_path / "out", 1.0  # minutes
+    config = tmp_path / "quick.yaml"  # a short benchmark: the budget keeps back what it will need
+    config.write_text(
+        "benchmark:\n  rounds: 1\n  latency_examples: 10\n  throughput_examples: 32\n  breakdown_requests: 0\n"
+        "  lengths: []\n  memory: false\n  instances: 0\n"
+    )
+    t0 = time.perf_counter()
+    code, _, err = run_cli(
+        monkeypatch, capsys, "optimize", teacher, "-o", out, "--config", config, "--strategy", "fastformers",
+        "--student-layers", "1", "--heads", "2", "--recover-epochs", "200", "--time-budget", str(budget),
+        "--scorer", "none", "--device", "cpu",
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    assert code == 0, err
+    plan = json.loads((out / "3-search" / "recipe.json").read_text())["plan"]
+    assert 0 < plan["budget_seconds"] <= 60 * budget and 0 < plan["epochs"] < 200
+    assert (out / "4-export" / "export.json").exists() and (out / "5-benchmark" / "benchmark.json").exists()
+    assert wall <= 60 * budget * 1.5, wall
 
 
 def test_cli_distill_bad_input(tmp_path, tuned_tiny):

@@ -251,6 +251,9 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
 
         recipe = cfg.search.recipe()
         if recipe.time_budget is not None:
+            from axformer.models.record import task_for
+
+            data = task_for(model, data, cfg.data_dir)  # without --task: the model's own (the plan counts examples)
             recipe.time_budget, recipe.downstream_passes = _recipe_budget(cfg, data, path)
         if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
             fastformers_recipe(model, path, recipe, data, cfg.data_dir)
