@@ -39,7 +39,7 @@ from axformer.models.record import ModelRecord
 from axformer.runtime.backends import is_onnx_artifact, load_runnable
 from axformer.surgery.prune import apply_structure, count_parameters, current_structure
 from axformer.tasks.data import TaskData
-from axformer.tasks.splits import apply_split
+from axformer.tasks.splits import apply_split, partition
 from axformer.utils.device import resolve_device
 from axformer.utils.io import read_json, write_json
 from axformer.utils.stages import StageRunner
@@ -61,6 +61,10 @@ class RecipeConfig:
     # this machine (axformer.distill.budget), the plan printed before anything starts; None: the epochs as given
     time_budget: float | None = None
     downstream_passes: int = 0  # example passes after the recipe within the same budget (the pipeline's stages)
+    # the share of the held-out split kept for the certificate (the pipeline's --confirm-fraction): checkpoint
+    # selection and gradient importance use the rest only, so the export's check on it is a model's first sight
+    # of those examples; 0: every decision uses the whole held-out split
+    confirm_fraction: float = 0.0
 
     def validate(self) -> None:
         if self.heads is None and self.ffn is None and self.student_layers is None:
@@ -74,6 +78,8 @@ class RecipeConfig:
 
             if self.export not in PRECISIONS:
                 raise AxformerError(f"--export {self.export!r}; expected one of {', '.join(PRECISIONS)} or none")
+        if not 0 <= self.confirm_fraction < 1:
+            raise AxformerError(f"--confirm-fraction {self.confirm_fraction}; expected a value from 0 to below 1")
         if self.time_budget is not None and self.time_budget <= 0:
             raise AxformerError(f"--time-budget {self.time_budget}; expected a positive number of minutes")
         self.distill.validate()
@@ -117,6 +123,7 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
         config.distill.device,
         config.distill.allow_pickle,
         stage="distill",
+        confirm_fraction=config.confirm_fraction,  # importance on the deciding examples only
     )
     engine = EvaluationEngine(ctx.model, ctx.encoded, data.spec, config.distill.eval_batch_size, ctx.device)
     try:
@@ -197,6 +204,9 @@ def fastformers_recipe(
     plan = _plan(model, data, config, stages_dir)
     # both distillations learn from the same teacher on the same texts: its outputs are computed once
     distill_config = replace(config.distill, teacher_cache_dir=str(stages_dir / TEACHER_OUTPUTS))
+    if config.confirm_fraction > 0:  # checkpoints are chosen on the deciding part, never on the confirmation one
+        heldout = apply_split(data, ModelRecord.load(model).split)[1]
+        distill_config.selection_positions = [int(i) for i in partition(heldout, config.confirm_fraction)[0]]
     if plan is not None:
         distill_config.epochs = plan.epochs
 

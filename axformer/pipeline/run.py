@@ -250,6 +250,7 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
         from axformer.distill.recipe import fastformers_recipe
 
         recipe = cfg.search.recipe()
+        recipe.confirm_fraction = cfg.search.certificate.fraction  # the export certifies on the rest
         if recipe.time_budget is not None:
             from axformer.models.record import task_for
 
@@ -281,8 +282,9 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
     # precision that breaks the limit falls back to mixed, then fp32, and the report says so
     if config.reference_model is None:
         config.reference_model = original
+    # the examples no decision used (the search's, or the recipe's checkpoint selection and importance)
+    config.confirm_fraction = cfg.search.certificate.fraction
     if cfg.search.strategy == "search":
-        config.confirm_fraction = cfg.search.certificate.fraction
         config.decision_data = cfg.search.decision_data
         # the artifact keeps the search's promise: no worse than the original for the accuracy goal, within the
         # search's tolerance for speed and size
