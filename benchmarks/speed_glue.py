@@ -1,0 +1,184 @@
+"""Four times faster than ONNX Runtime int8 of the unpruned model? The FastFormers recipe with a real data budget.
+
+Usage:  python benchmarks/speed_glue.py [--tasks sst2 mrpc stsb rte cola] [--data-dir ../shared/data/glue]
+                                        [--time-budget 55] [--extra "--student-layers 3 --heads 8 --ffn 768"]
+
+For each task it takes the fine-tuned baseline (runs/baselines/T, from benchmarks/finetune_baselines.py) and runs,
+timed, the whole job
+
+    axformer optimize runs/baselines/T --preset fastest-within-1 --strategy fastformers <extra>
+                      --recover-epochs 3 --time-budget MIN
+
+(distil into fewer of the teacher's layers over the *whole* training part, prune heads and FFN neurons by
+gradient importance, distil again, export at the fastest precision within the tolerance, benchmark against the
+baselines in one run). ``--time-budget`` plans the distillations' epochs to fit (up to the 3 asked). Per task the
+table shows every row of the job's own benchmark (PyTorch padded and dynamic, ONNX Runtime fp32 and int8 of the
+unpruned model, the distilled PyTorch model, the deployed artifact): the dev main metric, batch-1 p50/p95 on dev
+texts, batch-32 throughput, cost per 100M requests; then the artifact's speed-up over ONNX Runtime int8 and the
+job's wall time by stage. Rows accumulate in benchmarks/results/speed_glue.json (keyed by task and command), so
+tasks can be run one at a time; the table is benchmarks/results/speed_glue.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from _common import commit, cpu_name, environment_line, run_axformer, run_suffix
+
+STORE = Path("benchmarks/results/speed_glue.json")
+TABLE = Path("benchmarks/results/speed_glue.md")
+DEFAULT_EXTRA = "--student-layers 3 --heads 8 --ffn 768"
+
+
+def _row(task: str, out: Path, cmd: list[str], seconds: float) -> dict:
+    from axformer.benchmark.result import BenchmarkResult
+    from axformer.benchmark.run import ORT_INT8
+
+    bench = BenchmarkResult.from_dict(json.loads((out / "5-benchmark" / "benchmark.json").read_text()))
+    main = bench.task.main_metric
+    recipe = json.loads((out / "3-search" / "recipe.json").read_text())
+    export = json.loads((out / "4-export" / "export.json").read_text())
+    times = json.loads((out / "times.json").read_text()) if (out / "times.json").exists() else {}
+    artifact, int8 = bench.rows[-1], bench.row(ORT_INT8)
+    return {
+        "commit": commit(),
+        "cpu": cpu_name(),
+        "task": task,
+        "metric": main,
+        "rows": [
+            {
+                "name": "artifact" if r is artifact else ("distilled (PyTorch)" if not r.baseline else r.name),
+                "dev": r.dev.metrics.get(main),
+                "p50": r.timing.latency_p50_ms,
+                "p95": r.timing.latency_p95_ms,
+                "batch32": r.timing.throughput_per_s,
+                "usd": r.usd_per_100m,
+                "mib": None if r.size_bytes is None else r.size_bytes / 2**20,
+            }
+            for r in bench.rows
+        ],
+        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        "speedup_vs_original": bench.rows[1].timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        "dev_change": artifact.dev.metrics[main] - bench.rows[1].dev.metrics[main],
+        "precision": export["precision"],
+        # the export's check against the original: on the confirmation examples (no decision of the recipe used
+        # them) or, for a run without a certificate, on the held-out examples that selected its checkpoints
+        "check": {
+            "on": export["validation"]["checked_on"],
+            "examples": export["validation"]["onnx"]["num_examples"],
+            "original": export["validation"]["pytorch"]["metrics"][main],
+            "artifact": export["validation"]["onnx"]["metrics"][main],
+        },
+        "fallback": bool(export.get("fallback")),
+        # each recipe stage's held-out and dev metric (PyTorch or ONNX, as the stage made it) and wall time
+        "recipe_stages": [
+            {
+                "stage": s["stage"],
+                "heldout": s["heldout"]["metrics"][main],
+                "dev": next((v["metrics"][main] for k, v in s.items() if k == bench.task.dev_split), None),
+                "seconds": s["seconds"],
+            }
+            for s in recipe["stages"]
+        ],
+        "planned_seconds": {s["stage"]: s["seconds"] for s in (recipe.get("plan") or {}).get("stages", [])},
+        "epochs": (recipe.get("plan") or {}).get("epochs"),
+        "stage_seconds": times,
+        # this invocation's wall time; a resumed job's stages are in stage_seconds
+        "seconds": seconds,
+        "command": " ".join(shlex.quote(x) for x in cmd),
+    }
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [
+        "# Four times faster than ONNX Runtime int8 of the unpruned model: the FastFormers recipe on the full data",
+        "",
+        f"Produced by `python benchmarks/speed_glue.py` ({environment_line()}). MiniLM (all-MiniLM-L6-v2) fine-tuned "
+        "by `benchmarks/finetune_baselines.py`. Every row of a task comes from the job's own benchmark stage: one "
+        "run, medians of interleaved rounds; batch-1 p50/p95 on dev texts (dynamic length except the padded "
+        "baseline), batch-32 throughput on dev texts, cost per 100M requests at the benchmark's price per hour. "
+        "Dev: the task's main metric in points on the whole dev set, as deployed.",
+        "",
+    ]
+    for r in rows:
+        lines += [
+            f"## {r['task']} ({r['metric']}), code {r['commit']}, {r['cpu']}",
+            "",
+            f"`{r['command']}`",
+            "",
+            "| row | dev | batch-1 p50 ms | p95 ms | batch-32 ex/s | USD / 100M | size MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in r["rows"]:
+            lines.append(
+                f"| {x['name']} | {_fmt(x['dev'])} | {_fmt(x['p50'])} | {_fmt(x['p95'])} | {_fmt(x['batch32'], '.0f')} "
+                f"| {_fmt(x['usd'])} | {_fmt(x['mib'], '.1f')} |"
+            )
+        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in r["stage_seconds"].items())
+        recipe = "; ".join(
+            f"{s['stage']}: held-out {_fmt(s['heldout'])}, dev {_fmt(s['dev'])}, "
+            f"{_fmt(None if s['seconds'] is None else s['seconds'] / 60, '.1f')} min"
+            + (f" (planned {r['planned_seconds'][s['stage']] / 60:.1f})" if s["stage"] in r["planned_seconds"] else "")
+            for s in r["recipe_stages"]
+        )
+        epochs = "" if r["epochs"] is None else f" The budget gave each distillation {r['epochs']:.2f} epochs."
+        # rows of an older version of this script lack these
+        original = f" ({r['speedup_vs_original']:.2f}x the original in PyTorch)" if "speedup_vs_original" in r else ""
+        c = r.get("check")
+        check = (
+            ""
+            if c is None
+            else f" Export check on {c['examples']} {c['on']} examples: {c['original']:.2f} -> {c['artifact']:.2f} "
+            f"({c['artifact'] - c['original']:+.2f})."
+        )
+        lines += [
+            "",
+            f"Artifact ({r['precision']}{', fallback' if r['fallback'] else ''}): dev {r['dev_change']:+.2f} points "
+            f"against the original in PyTorch, **{r['speedup_vs_ort_int8']:.2f}x** ONNX Runtime int8 of the unpruned "
+            f"model at batch 1{original}.{check} Wall time by "
+            f"stage (minutes): {stages or '-'}.{epochs} Recipe stages: {recipe or '-'}.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", nargs="*", default=["sst2", "mrpc", "stsb", "rte", "cola"])
+    ap.add_argument("--data-dir", default=os.environ.get("AXFORMER_DATA_DIR", "../shared/data/glue"))
+    ap.add_argument("--time-budget", type=float, default=55.0)
+    ap.add_argument("--extra", default=DEFAULT_EXTRA, help="more options of axformer optimize (the student)")
+    ap.add_argument("--out", default="runs/speed")
+    args = ap.parse_args()
+    store = json.loads(STORE.read_text()) if STORE.exists() else []
+    for task in args.tasks:
+        base = Path("runs/baselines") / task
+        if not (base / "config.json").exists():
+            sys.exit(f"no fine-tuned baseline at {base}; run benchmarks/finetune_baselines.py --tasks {task} first")
+        out = Path(args.out) / f"{task}-{run_suffix(args.extra)}-budget-{args.time_budget:g}"
+        cmd = [
+            "axformer", "optimize", str(base), "--preset", "fastest-within-1", "--strategy", "fastformers",
+            *shlex.split(args.extra), "--recover-epochs", "3", "--time-budget", f"{args.time_budget:g}",
+            "--data-dir", args.data_dir, "-o", str(out),
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        run_axformer(cmd)
+        row = _row(task, out, cmd, time.perf_counter() - t0)
+        store = [r for r in store if (r["task"], r["command"]) != (task, row["command"])] + [row]
+        STORE.write_text(json.dumps(store, indent=1))
+        TABLE.write_text(_table(sorted(store, key=lambda r: r["task"])))
+        print(TABLE.read_text())
+
+
+if __name__ == "__main__":
+    main()
