@@ -486,6 +486,38 @@ def test_pipeline_time_budget_plans_from_the_models_own_task(tuned_tiny, tmp_pat
     assert wall <= 60 * budget * 1.5, wall
 
 
+def test_recipe_that_fails_its_certificate_ships_the_original(tuned_tiny, tmp_path, monkeypatch, capsys):
+    """The recipe cannot undo one change at a time: when its model breaks the tolerance on the confirmation
+    examples even in fp32 (scripted here), the pipeline exports the original instead and the report says why."""
+    import axformer.export.artifact as artifact
+    from tests.test_cli import run_cli
+
+    teacher, _, _ = tuned_tiny
+    real = artifact.export_model
+
+    def failing_recipe(model, output, config=None, *args, **kwargs):
+        report = real(model, output, config, *args, **kwargs)
+        if str(model) != str(teacher):  # the recipe's model: as if it lost 5 points on the confirmation part
+            report["validation"]["drop"] = 5.0
+        return report
+
+    monkeypatch.setattr(artifact, "export_model", failing_recipe)
+    config = tmp_path / "quick.yaml"
+    config.write_text("benchmark:\n  rounds: 1\n  latency_examples: 5\n  throughput_examples: 16\n"
+                      "  breakdown_requests: 0\n  lengths: []\n  memory: false\n  instances: 0\n")  # fmt: skip
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "optimize", teacher, "-o", out, "--config", config, "--strategy", "fastformers",
+        "--student-layers", "1", "--heads", "2", "--recover-epochs", "1", "--scorer", "none", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    export = json.loads((out / "4-export" / "export.json").read_text())
+    assert export["backtracked"]["drop"] == 5.0 and export["model"] == str(teacher)
+    assert export["validation"]["drop"] <= 1.0  # the original's own artifact keeps the tolerance
+    assert "shipped the original instead" in (out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["export_backtracked"]["checked_on"] == "confirmation"
+
+
 def test_cli_distill_bad_input(tmp_path, tuned_tiny):
     import subprocess
     import sys

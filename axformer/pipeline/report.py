@@ -215,6 +215,8 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
         )
         if export.get("fallback"):
             promise.append(export["fallback"]["note"] + ".")
+        if export.get("backtracked"):  # first: what follows describes the original's artifact
+            promise.insert(0, export["backtracked"]["note"][0].upper() + export["backtracked"]["note"][1:] + ".")
     if promise:
         section("The promise, on examples no decision used", " ".join(promise))
     if search is not None and search.certification is not None:
@@ -230,6 +232,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
     if export is not None:
         summary["export_precision"] = export["precision"]
         summary["export_fallback"] = export.get("fallback")
+        summary["export_backtracked"] = export.get("backtracked")
     if bench is not None:
         rows = bench.rows
         original = next(r for r in rows if r.baseline and not r.padded and r.kind == "pytorch")

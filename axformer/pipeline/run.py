@@ -299,7 +299,21 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
     if config.calibration_texts is None:  # a pruned vocabulary keeps the user's production words too
         config.calibration_texts = cfg.search.calibration_texts
         config.calibration_columns = cfg.search.calibration_columns
-    export_model(model, path, config, data, cfg.data_dir)
+    report = export_model(model, path, config, data, cfg.data_dir)
+    failed = report["validation"]
+    if cfg.search.strategy == "fastformers" and failed["drop"] > config.max_drop:
+        # the recipe has no smaller step to undo (the search backtracks change by change): when even its fp32
+        # artifact breaks the tolerance on the examples none of its decisions saw, the original ships instead
+        report = export_model(original, path, config, data, cfg.data_dir, overwrite=True)
+        report["backtracked"] = {
+            "model": str(model),
+            "drop": failed["drop"],
+            "checked_on": failed["checked_on"],
+            "note": f"the recipe's model lost {failed['drop']:.2f} points of {failed['pytorch']['main_metric']} "
+            f"against the original on the {failed['checked_on']} examples, more than --max-drop {config.max_drop}; "
+            "shipped the original instead",
+        }
+        write_json(path / "export.json", report)
 
 
 def _benchmark(models: list[str], baseline: str, data, cfg: PipelineConfig, path: Path) -> None:
