@@ -76,6 +76,8 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float) -> dict:
             "artifact": export["validation"]["onnx"]["metrics"][main],
         },
         "fallback": bool(export.get("fallback")),
+        # the recipe's model failed its certificate and the original's artifact shipped (its drop, where checked)
+        "backtracked": export.get("backtracked"),
         # each recipe stage's held-out and dev metric (PyTorch or ONNX, as the stage made it) and wall time
         "recipe_stages": [
             {
@@ -141,6 +143,12 @@ def _table(rows: list[dict]) -> str:
             else f" Export check on {c['examples']} {c['on']} examples: {c['original']:.2f} -> {c['artifact']:.2f} "
             f"({c['artifact'] - c['original']:+.2f})."
         )
+        if r.get("backtracked"):
+            b = r["backtracked"]
+            check = (
+                f" The recipe's model lost {b['drop']:.2f} points on the {b['checked_on']} examples: it failed its "
+                f"certificate and the artifact is the original's.{check}"
+            )
         lines += [
             "",
             f"Artifact ({r['precision']}{', fallback' if r['fallback'] else ''}): dev {r['dev_change']:+.2f} points "
