@@ -216,7 +216,7 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
         if export.get("fallback"):
             promise.append(export["fallback"]["note"] + ".")
         if export.get("backtracked"):  # first: what follows describes the original's artifact
-            promise.insert(0, export["backtracked"]["note"][0].upper() + export["backtracked"]["note"][1:] + ".")
+            promise.insert(0, export["backtracked"]["note"] + ".")
     if promise:
         section("The promise, on examples no decision used", " ".join(promise))
     if search is not None and search.certification is not None:

@@ -309,7 +309,7 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
             "model": str(model),
             "drop": failed["drop"],
             "checked_on": failed["checked_on"],
-            "note": f"the recipe's model lost {failed['drop']:.2f} points of {failed['pytorch']['main_metric']} "
+            "note": f"The recipe's model lost {failed['drop']:.2f} points of {failed['pytorch']['main_metric']} "
             f"against the original on the {failed['checked_on']} examples, more than --max-drop {config.max_drop}; "
             "shipped the original instead",
         }
