@@ -34,6 +34,33 @@ def test_export_writes_the_optimum_layout_and_validates(tiny_task, tmp_path):
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
 
 
+def test_unchecked_export_runs_no_model_and_writes_the_same_graph(tiny_task, tmp_path, monkeypatch):
+    """The benchmark's baselines are exported without the check (their dev rows are their check): no PyTorch or
+    ONNX Runtime pass over held-out examples, the same artifact; a checked export without a confirmation part
+    scores the reference once, not twice; a precision that must be chosen by checking refuses ``check=False``."""
+    import axformer.export.artifact as artifact
+
+    model, data, _ = tiny_task
+    calls: list[str] = []
+    real = artifact.run_model
+    monkeypatch.setattr(artifact, "run_model", lambda m, *a, **k: calls.append(type(m).__name__) or real(m, *a, **k))
+    checked = export_model(model, tmp_path / "checked", ExportConfig(precision="int8", device="cpu"), data)
+    assert checked["validation"]["checked_on"] == "heldout"
+    assert calls.count("OnnxModel") == 1 and len(calls) == 2, calls  # the reference once, the artifact once
+    calls.clear()
+    unchecked = export_model(
+        model, tmp_path / "unchecked", ExportConfig(precision="int8", device="cpu", check=False), data
+    )
+    assert calls == [] and unchecked["validation"] is None
+    a, b = (onnx.load(str(tmp_path / d / "model.onnx")) for d in ("checked", "unchecked"))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
+    for bad in (ExportConfig("auto", check=False), ExportConfig("int8", check=False, fallback=True)):
+        with pytest.raises(AxformerError, match="without its check"):
+            bad.validate()
+
+
 def test_export_fails_loudly_beyond_max_drop(tiny_task, tmp_path, monkeypatch):
     """A broken quantizer (here: one that zeroes every weight) must not yield an artifact."""
     import axformer.export.artifact as artifact

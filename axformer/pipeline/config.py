@@ -259,6 +259,8 @@ class PipelineConfig:
             ):
                 search["tolerance"] = {**tolerance, "max_drop": None}
             values["search"] = search
+        if isinstance(values.get("benchmark"), dict):  # retired: the baselines are exported unchecked
+            values["benchmark"] = {k: v for k, v in values["benchmark"].items() if k != "max_drop_for_baseline_exports"}
         analyze = values.get("analyze")
         if isinstance(analyze, dict) and "scorers" not in analyze:
             # the analysis feeds the report (and mixed precision); by default the scores that cost minutes
