@@ -1081,6 +1081,13 @@ def export_cmd(
         int | None,
         typer.Option(help="int4 embedding tables: hidden features per scale block (default: --int4-block-size)."),
     ] = None,
+    int4_rounding: Annotated[
+        str,
+        typer.Option(
+            help="int4/mixed: how int4 matrices are rounded: gptq (fitted on training texts; the layer outputs move "
+            "least) or nearest."
+        ),
+    ] = "gptq",
     significance: Annotated[
         Path | None,
         typer.Option(
@@ -1114,6 +1121,7 @@ def export_cmd(
         exclude_nodes=list(exclude_node or []),
         int4_block_size=int4_block_size,
         int4_table_block_size=int4_table_block_size,
+        int4_rounding=int4_rounding,
         embeddings=embeddings,
         int4_attention=int4_attention,
         vocabulary=VocabularyConfig(prune_vocabulary, keep_characters, trim_positions, min_count=min_count),

@@ -59,6 +59,9 @@ PRECISIONS = ("fp32", "int8", "int4", "fp16", "mixed", "auto")
 EMBEDDING_PRECISIONS = ("fp32", "int8", "int4")
 
 
+INT4_ROUNDINGS = ("gptq", "nearest")
+
+
 @dataclass
 class ExportConfig:
     precision: str = "int8"
@@ -68,6 +71,10 @@ class ExportConfig:
     exclude_nodes: list[str] = field(default_factory=list)
     int4_block_size: int = 32
     int4_table_block_size: int | None = None  # int4 embedding tables' block (None: int4_block_size)
+    # how int4 matrices are rounded: "gptq" (fitted on training texts so each layer's output moves least:
+    # half the logit error of "nearest" on held-out examples, axformer.export.gptq) or "nearest"
+    int4_rounding: str = "gptq"
+    gptq_examples: int = 512  # training (and calibration) texts GPTQ's input statistics are read from
     # the embedding tables (word, position, token type): fp32, int8, or int4 (then looked up unfused, as
     # GatherBlockQuantized); with mixed precision they join the plan as matrices of their own
     embeddings: str = "fp32"
@@ -121,6 +128,10 @@ class ExportConfig:
         self.vocabulary.validate()
         check_block_size(self.int4_block_size, "--int4-block-size")
         check_block_size(self.int4_table_block_size, "--int4-table-block-size")
+        if self.int4_rounding not in INT4_ROUNDINGS:
+            raise AxformerError(f"--int4-rounding {self.int4_rounding!r}; expected one of {', '.join(INT4_ROUNDINGS)}")
+        if self.gptq_examples < 1:
+            raise AxformerError(f"gptq_examples {self.gptq_examples}; expected a positive number of texts")
         if self.objective not in ("metric", "size"):
             raise AxformerError(f"export objective {self.objective!r}; expected metric or size")
         if self.target_size is not None and not self.target_size > 1:
@@ -262,6 +273,34 @@ def _uniform_plan(nodes: list, matrices: str, embeddings: str) -> dict[str, str]
     return plan
 
 
+def _gptq_calibration(ctx, config: ExportConfig):
+    """GPTQ's inputs: a seeded sample of the texts the pruned vocabulary is built from (the part of the training
+    data the model was fine-tuned on, and the user's calibration texts; never a held-out or dev text), read by the
+    tokenizer the artifact ships with."""
+    from axformer.data.batching import encode
+    from axformer.export.gptq import Calibration
+    from axformer.tasks.data import Split
+    from axformer.tasks.splits import apply_split
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    if ctx.data.spec.is_qa:  # questions over contexts: encoded as the windows the model reads
+        train, _ = apply_split(ctx.data, ctx.split)
+        split = train.subset(np.sort(rng.permutation(len(train))[: config.gptq_examples]), "calibration")
+    else:
+        texts = vocabulary_texts(ctx, config.calibration_texts, config.calibration_columns)
+        pick = np.sort(rng.permutation(len(texts))[: config.gptq_examples])
+        split = Split("calibration", [texts[i] for i in pick], np.zeros(len(pick), dtype=np.int64))
+    enc = encode(ctx.tokenizer, split, ctx.record.max_seq_length, separate=ctx.data.spec.is_embedding)
+    calibration = Calibration.from_encoded(enc)
+    return calibration, {
+        "method": "gptq",
+        "examples": len(split),
+        "sequences": len(calibration.feeds),
+        "seconds_to_encode": time.perf_counter() - t0,
+    }
+
+
 def _prune_vocabulary(ctx, net, config: ExportConfig, work: Path) -> tuple[object, object, dict]:
     """The model and tokenizer with the vocabulary (and positions) the size goal keeps, and what that did to the
     held-out texts; the context's encodings are redone with the pruned tokenizer, so every later check feels it."""
@@ -389,6 +428,11 @@ def export_model(
         info: dict = {"precision": config.precision, "fusion": None}
         if config.vocabulary.prune or config.vocabulary.trim_positions:
             net, _, info["compaction"] = _prune_vocabulary(ctx, net, config, tmp)
+        calibration = None
+        if config.int4_rounding == "gptq" and config.precision in ("int4", "mixed"):
+            calibration, info["int4_rounding"] = _gptq_calibration(ctx, config)
+        else:
+            info["int4_rounding"] = {"method": "nearest"}
 
         def evaluate(path: Path, split=None, encoded=None):
             split, encoded = (ctx.heldout, ctx.encoded) if split is None else (split, encoded)
@@ -434,7 +478,7 @@ def export_model(
             mixed = plan_mixed_precision(
                 fp32_path, nodes, sens, lambda p: evaluate(p).metrics[main], threshold, tmp,
                 config.int4_block_size, int4_ops, objective=config.objective,
-                table_block_size=config.int4_table_block_size, target_bytes=target_bytes,
+                table_block_size=config.int4_table_block_size, target_bytes=target_bytes, calibration=calibration,
             )  # fmt: skip
             info["mixed"] = {
                 **mixed.to_dict(),
@@ -448,6 +492,7 @@ def export_model(
                 config.int4_block_size,
                 config.per_channel,
                 config.int4_table_block_size,
+                calibration,
             )
 
         fp32_path = graph(net, "")
@@ -467,6 +512,7 @@ def export_model(
                     config.int4_block_size,
                     config.per_channel,
                     config.int4_table_block_size,
+                    calibration,
                 )
         elif config.precision == "fp16":
             current = convert_fp16(current, tmp / "fp16.onnx")

@@ -32,8 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from axformer.export.quantize import WeightNode, apply_plan, int4_format
+
+if TYPE_CHECKING:
+    from axformer.export.gptq import Calibration
 
 
 @dataclass
@@ -107,11 +111,15 @@ def plan_mixed_precision(
     table_block_size: int | None = None,
     objective: str = "metric",  # "size": int4 candidates ranked by sensitivity per parameter, and finer rungs
     target_bytes: int | None = None,  # stop each rung as soon as the file is this small
+    calibration: Calibration | None = None,  # int4 matrices rounded by GPTQ on these inputs (None: to nearest)
 ) -> MixedPlan:
     probes: list[PlanProbe] = []
 
     def probe(plan: dict[str, str], step: str, count: int, scored: bool = True) -> tuple[float | None, int]:
-        path = apply_plan(fused, work / f"plan_{len(probes)}.onnx", plan, block_size, table_block_size=table_block_size)
+        path = apply_plan(
+            fused, work / f"plan_{len(probes)}.onnx", plan, block_size, table_block_size=table_block_size,
+            calibration=calibration,
+        )  # fmt: skip
         size = path.stat().st_size
         metric = score(path) if scored else None
         probes.append(PlanProbe(step, count, metric, size))

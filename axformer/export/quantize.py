@@ -13,10 +13,14 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+if TYPE_CHECKING:
+    from axformer.export.gptq import Calibration
 
 DEFAULT_INT8_OPS = ("MatMul", "Attention")
 EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")  # a lookup table: int8 either way, int4 only unfused (Gather)
@@ -236,11 +240,13 @@ def apply_plan(
     block_size: int = 32,
     per_channel: bool = True,
     table_block_size: int | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write ``source`` with each weight node in its planned precision (node name -> fp32, int8, int4 or int4/B for
     blocks of B; MatMul and Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32).
     Plain int4 tables use ``table_block_size`` (default: ``block_size``): a table row is looked up, not multiplied,
-    so it can take coarser blocks than a matrix at less cost.
+    so it can take coarser blocks than a matrix at less cost. With ``calibration`` the int4 matrices are rounded
+    by GPTQ on its inputs (:mod:`axformer.export.gptq`), else to the nearest level; tables always to the nearest.
     """
     target = Path(target)
     tmp = target.with_name(target.stem + ".int4-stage.onnx")
@@ -253,6 +259,10 @@ def apply_plan(
             groups.setdefault((ops[n], block), []).append(n)
     stage = source
     stages = []
+    matrices = {n: block for (op, block), nodes in groups.items() if op == "MatMul" for n in nodes}
+    if calibration is not None and matrices:
+        stages.append(tmp.with_name(f"{tmp.stem}-gptq.onnx"))
+        stage = calibration.round_matrices(stage, stages[-1], matrices)
     for (op, block), nodes in sorted(groups.items()):
         stages.append(tmp.with_name(f"{tmp.stem}-{op}-{block}.onnx"))
         stage = quantize_int4(stage, stages[-1], nodes, block, op_types=(op,))

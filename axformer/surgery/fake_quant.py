@@ -132,3 +132,51 @@ def freeze(model: torch.nn.Module) -> None:
             module.parametrizations["weight"][0], _RoundedWeight
         ):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+@torch.no_grad()
+def gptq_round(
+    weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, block_size: int = 32, damping: float = 0.01
+) -> torch.Tensor:
+    """``weight`` ([out, in]) rounded to the export's int4 grid by GPTQ (Frantar et al., 2023) instead of to the
+    nearest level: input features are rounded one at a time and each rounding error is spread over the features
+    not yet rounded, weighted by ``hessian`` (``X^T X`` of the layer's inputs, [in, in]), so the layer's *output*
+    on inputs like those moves least, not each weight.
+
+    The result lies on ONNX Runtime's own grid, so its RTN quantizer stores exactly these values: each block's
+    scale is fixed from its value of largest magnitude when the block starts, and that element is put on level
+    -8 whatever the error updates did to it (the peak then still decides the scale when ONNX Runtime re-reads
+    the block). ONNX Runtime's own GPTQ (from Neural Compressor) re-quantizes its result with a different scale
+    rule, which rounds a second time: that is why this exists."""
+    w = weight.detach().double().clone()
+    out_f, in_f = w.shape
+    levels = 2 ** (bits - 1)
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damping * torch.diag(h).mean() * torch.eye(in_f, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros_like(w)
+    lazy = max(block_size, 128 // block_size * block_size)  # whole blocks per lazy update
+    rows = torch.arange(out_f)
+    for i1 in range(0, in_f, lazy):
+        i2 = min(i1 + lazy, in_f)
+        w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(out_f, i2 - i1, dtype=w.dtype), hinv[i1:i2, i1:i2]
+        scale = peak_col = None
+        for i in range(i2 - i1):
+            if (i1 + i) % block_size == 0:
+                blk = w1[:, i : i + block_size]
+                at = blk.abs().argmax(1)
+                scale = blk[rows, at] / -levels
+                scale = torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale)
+                peak_col = at + i
+            col = w1[:, i]
+            qc = torch.clamp(torch.round(col / scale), -levels, levels - 1)
+            qc = torch.where(peak_col == i, torch.full_like(qc, -levels), qc) * scale
+            q[:, i1 + i] = qc
+            e = (col - qc) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return fake_quantize(q.to(weight.dtype), bits, block_size)  # the same levels, scales as fp32 computes them
