@@ -1,8 +1,9 @@
 """Weights rounded to the grid ONNX Runtime will store them on, for measuring and for training.
 
-Two users: the quantization sensitivity analysis (one matrix rounded at a time, to see what it costs) and
+Three users: the quantization sensitivity analysis (one matrix rounded at a time, to see what it costs),
 quantization-aware distillation (every matrix the artifact will store in int4 rounded in the forward pass,
-gradients passed straight through, so training can move the weights to where rounding costs least). Both
+gradients passed straight through, so training can move the weights to where rounding costs least), and the
+export's GPTQ (``gptq_round``: the levels chosen for the layer's output, on the same grid). All three
 must round exactly as the export does, or the analysis measures a different model and the training optimises
 for a grid the artifact does not use. The rules, checked against ONNX Runtime in the tests:
 
