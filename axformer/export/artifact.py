@@ -140,7 +140,9 @@ class ExportConfig:
             raise AxformerError(f"--max-drop {self.max_drop}; expected a non-negative number of points")
         if not 0 <= self.confirm_fraction < 1:
             raise AxformerError(f"export confirm_fraction {self.confirm_fraction}; expected a value from 0 to below 1")
-        if not self.check and (self.precision in ("auto", "mixed") or self.fallback or self.max_changed_answers):
+        if not self.check and (
+            self.precision in ("auto", "mixed") or self.fallback or self.max_changed_answers is not None
+        ):
             raise AxformerError(
                 f"export without its check cannot choose a precision ({self.precision}, fallback "
                 f"{self.fallback}); expected check on, or a fixed precision"
@@ -284,7 +286,8 @@ def _gptq_calibration(ctx, config: ExportConfig):
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
-    if ctx.data.spec.is_qa:  # questions over contexts: encoded as the windows the model reads
+    if ctx.data.spec.is_qa:  # questions over contexts, encoded as the windows the model reads: the training part
+        # only (calibration texts are unlabelled single texts, not question/context pairs)
         train, _ = apply_split(ctx.data, ctx.split)
         split = train.subset(np.sort(rng.permutation(len(train))[: config.gptq_examples]), "calibration")
     else:
@@ -429,10 +432,11 @@ def export_model(
         if config.vocabulary.prune or config.vocabulary.trim_positions:
             net, _, info["compaction"] = _prune_vocabulary(ctx, net, config, tmp)
         calibration = None
-        if config.int4_rounding == "gptq" and config.precision in ("int4", "mixed"):
-            calibration, info["int4_rounding"] = _gptq_calibration(ctx, config)
-        else:
-            info["int4_rounding"] = {"method": "nearest"}
+        if config.precision in ("int4", "mixed"):  # the only formats with int4 matrices
+            if config.int4_rounding == "gptq":
+                calibration, info["int4_rounding"] = _gptq_calibration(ctx, config)
+            else:
+                info["int4_rounding"] = {"method": "nearest"}
 
         def evaluate(path: Path, split=None, encoded=None):
             split, encoded = (ctx.heldout, ctx.encoded) if split is None else (split, encoded)

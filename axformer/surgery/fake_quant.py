@@ -32,6 +32,14 @@ def check_block_size(size: int | None, option: str) -> None:
         raise AxformerError(f"{option} {size}; expected an int4 block size, a power of two of at least 16")
 
 
+def _peak_scale(blocks: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each block's (last axis) int4 scale as ONNX Runtime derives it, and where its peak sits: the value of largest
+    magnitude, with its sign, is level -``levels`` (a block of zeros gets a tiny scale, so it rounds to zeros)."""
+    at = blocks.abs().argmax(-1, keepdim=True)
+    scale = blocks.gather(-1, at) / -levels
+    return torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale), at
+
+
 def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None) -> torch.Tensor:
     """``weight`` ([out, in], or [rows, hidden] for a table) rounded to the export's grid and back."""
     w = weight.float()
@@ -40,9 +48,7 @@ def fake_quantize(weight: torch.Tensor, bits: int, block_size: int | None = None
         levels = 2 ** (bits - 1)
         pad = (-in_f) % block_size
         wp = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, block_size)
-        peak = wp.gather(-1, wp.abs().argmax(-1, keepdim=True))  # signed value of largest magnitude
-        scale = peak / -levels
-        scale = torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale)
+        scale, _ = _peak_scale(wp, levels)
         q = torch.clamp(torch.round(wp / scale), -levels, levels - 1) * scale
         return q.reshape(out_f, -1)[:, :in_f].to(weight.dtype)
     qmax = 2 ** (bits - 1) - 1
@@ -160,18 +166,14 @@ def gptq_round(
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     q = torch.zeros_like(w)
     lazy = max(block_size, 128 // block_size * block_size)  # whole blocks per lazy update
-    rows = torch.arange(out_f)
     for i1 in range(0, in_f, lazy):
         i2 = min(i1 + lazy, in_f)
         w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(out_f, i2 - i1, dtype=w.dtype), hinv[i1:i2, i1:i2]
         scale = peak_col = None
         for i in range(i2 - i1):
             if (i1 + i) % block_size == 0:
-                blk = w1[:, i : i + block_size]
-                at = blk.abs().argmax(1)
-                scale = blk[rows, at] / -levels
-                scale = torch.where(scale.abs() < 1e-12, torch.full_like(scale, 1e-12), scale)
-                peak_col = at + i
+                scale, at = _peak_scale(w1[:, i : i + block_size], levels)
+                scale, peak_col = scale[:, 0], at[:, 0] + i
             col = w1[:, i]
             qc = torch.clamp(torch.round(col / scale), -levels, levels - 1)
             qc = torch.where(peak_col == i, torch.full_like(qc, -levels), qc) * scale
