@@ -302,9 +302,20 @@ def test_calibration_texts_are_read_in_every_layout_and_never_include_dev_texts(
     assert load_calibration_texts(tmp_path / "p.txt", 2) == [("a", "b"), ("c", "d")]
     (tmp_path / "c.csv").write_text("id,sentence\n1,hello\n2,world\n")
     assert load_calibration_texts(tmp_path / "c.csv", 1, ("sentence",)) == [("hello",), ("world",)]
+    # a TSV is read unquoted, as GLUE writes them: a text may start with a quote it never closes
+    (tmp_path / "g.tsv").write_text('id\ts1\ts2\n1\t"Then he left.\tHe came back.\n2\tThe "beef" ?\tno\n')
+    assert load_calibration_texts(tmp_path / "g.tsv", 2, ("s1", "s2")) == [
+        ('"Then he left.', "He came back."),
+        ('The "beef" ?', "no"),
+    ]
+    (tmp_path / "q.csv").write_text('id,sentence\n1,"hello, world"\n')  # a CSV's quotes still group a field
+    assert load_calibration_texts(tmp_path / "q.csv", 1, ("sentence",)) == [("hello, world",)]
     (tmp_path / "j.jsonl").write_text('{"q": "x", "r": "y"}\n')
     assert load_calibration_texts(tmp_path / "j.jsonl", 2, ("q", "r")) == [("x", "y")]
     assert without([("a",), ("dev text",), ("b",)], {("dev text",)}) == ([("a",), ("b",)], 1)
+    # a pair that holds one sentence of a dev pair, in either place, is a dev text too
+    pairs = [("x", "dev a"), ("dev b ", "y"), ("x", "y")]
+    assert without(pairs, {("dev a", "dev b")}) == ([("x", "y")], 2)
     bad = [
         (tmp_path / "missing.txt", 1, None, r"missing\.txt does not exist"),
         (tmp_path / "p.txt", 1, None, None),  # a tab in a single-text task is part of the text: fine

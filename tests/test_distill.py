@@ -455,6 +455,11 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch):
     assert [h["stage"] for h in history[-2:]] == ["optimize", "distill"] and history[-1]["teacher"] == str(model)
     assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
     assert "distilled from the original model" in (tmp_path / "rec" / "report.md").read_text()
+    # a model trained to match the original on the training texts is not scored for agreement there
+    cert = report["certification"]
+    shipped_recovered = not cert["recovery_reverted"] or bool((cert["retry"] or {}).get("passed"))
+    assert ("training texts" in report["fidelity"]) != shipped_recovered
+    assert ("recovery trained" in report["fidelity"].get("training_texts_note", "")) == shipped_recovered
 
 
 def test_pipeline_time_budget_plans_from_the_models_own_task(tuned_tiny, tmp_path, monkeypatch, capsys):

@@ -234,7 +234,13 @@ def optimize(
         )
         report.recovery = recovery
         report.certification = certification
-        report.fidelity = fidelity(ctx, config, optimized, calibration)
+        report.fidelity = fidelity(
+            ctx,
+            config,
+            optimized,
+            calibration,
+            trained=recovery is not None and (certification is None or certification.shipped_recovered),
+        )
         write_json(work / "report.json", report.to_dict())
         (work / "report.md").write_text(report_markdown(report))
         shutil.rmtree(work / "best_so_far", ignore_errors=True)

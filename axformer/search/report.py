@@ -320,8 +320,9 @@ def fidelity_lines(r: SearchReport) -> list[str]:
             )
         elif isinstance(v, dict) and "mean_abs_difference" in v:
             parts.append(f"mean |output difference| {v['mean_abs_difference']:.4f} on {v['texts']} {name}")
+    note = f" Agreement {f['training_texts_note']}." if f.get("training_texts_note") else ""
     if not parts:
-        return []
+        return ["", f"Fidelity to the original:{note}"] if note else []
     removed = (
         f" ({f['removed_dev_texts']} dev texts removed from the calibration file)" if f.get("removed_dev_texts") else ""
     )
@@ -332,4 +333,4 @@ def fidelity_lines(r: SearchReport) -> list[str]:
         if trained and "training texts" in f
         else ""
     )
-    return ["", f"Fidelity to the original on unlabelled inputs: {'; '.join(parts)}{removed}.{caveat}"]
+    return ["", f"Fidelity to the original on unlabelled inputs: {'; '.join(parts)}{removed}.{caveat}{note}"]

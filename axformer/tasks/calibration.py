@@ -8,12 +8,12 @@ dev set never saw it twice.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 
 from axformer.errors import AxformerError
+from axformer.tasks.sources import read_delimited
 
 
 def load_calibration_texts(
@@ -52,15 +52,14 @@ def load_calibration_texts(
                     raise AxformerError(f"{path}:{n} has no field {missing[0]!r}; expected {', '.join(columns)}")
                 out.append(tuple(str(row[c]) for c in columns))
         else:
-            rows = [r for r in csv.reader(text.splitlines(), delimiter="," if suffix == ".csv" else "\t") if r]
-            if not rows:
+            if not text.strip():
                 raise AxformerError(f"--calibration-texts {path} is empty; expected a header row and texts")
-            header = [c.strip() for c in rows[0]]
+            header, rows = read_delimited(path, "," if suffix == ".csv" else "\t", True)
             for c in columns:
                 if c not in header:
                     raise AxformerError(f"{path} has no column {c!r}; its columns are {', '.join(header)}")
             idx = [header.index(c) for c in columns]
-            for n, row in enumerate(rows[1:], 2):
+            for n, row in enumerate(rows, 2):
                 if len(row) <= max(idx):
                     raise AxformerError(f"{path}:{n} has {len(row)} columns; expected at least {max(idx) + 1}")
                 out.append(tuple(row[i] for i in idx))
@@ -81,8 +80,13 @@ def load_calibration_texts(
 
 
 def without(texts: list[tuple[str, ...]], excluded: set[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], int]:
-    """``texts`` less any that is in ``excluded`` (the dev texts), and how many were removed."""
-    kept = [t for t in texts if t not in excluded]
+    """``texts`` less any that shares a text with ``excluded`` (the dev texts), and how many were removed.
+
+    Compared text by text, whitespace stripped: a calibration pair holding one sentence of a dev pair (in the
+    other order, or beside another sentence: STS-B's MSRpar pairs come from the corpus MRPC's dev set comes from)
+    is as much a dev text as the pair itself."""
+    banned = {t.strip() for row in excluded for t in row}
+    kept = [t for t in texts if not any(f.strip() in banned for f in t)]
     return kept, len(texts) - len(kept)
 
 

@@ -32,7 +32,10 @@ csv.field_size_limit(sys.maxsize)
 # ---------------------------------------------------------------- file reading
 
 
-def _read_delimited(path: Path, delimiter: str, quoting: int, header: bool) -> tuple[list[str] | None, list[list[str]]]:
+def read_delimited(path: Path, delimiter: str, header: bool) -> tuple[list[str] | None, list[list[str]]]:
+    """Rows of a CSV (quoted fields) or TSV (read unquoted: GLUE's TSVs hold unbalanced quote characters, and a
+    quote-aware reader silently merges their fields) file, the header row apart."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     try:
         # utf-8-sig strips the BOM that starts MRPC's header.
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -135,10 +138,7 @@ def read_table_split(
             texts.append(tuple(str(rec[c]) for c in text_columns))
             labels.append(_convert_label(path, f":{n}", rec[label_column], spec, label_values))
         return _make_split(split_name, path, texts, labels, spec)
-    delimiter = "\t" if suffix == ".tsv" else ","
-    # GLUE TSVs contain unbalanced quote characters: read them unquoted.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    head, rows = _read_delimited(path, delimiter, quoting, header)
+    head, rows = read_delimited(path, "\t" if suffix == ".tsv" else ",", header)
     idx, width = _records_from_table(path, head, rows, (*text_columns, label_column))
     first_data_line = 2 if header else 1
     for n, row in enumerate(rows):
@@ -426,9 +426,7 @@ def _distinct_labels(path: Path, label_column: str) -> tuple[str, ...]:
             raise AxformerError(f"{path}:{missing[0]} has no field {label_column!r}")
         values = {str(r[label_column]).strip() for r in recs}
     else:
-        head, rows = _read_delimited(
-            path, "\t" if suffix == ".tsv" else ",", csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL, True
-        )
+        head, rows = read_delimited(path, "\t" if suffix == ".tsv" else ",", True)
         if label_column not in head:
             raise AxformerError(f"{path} has no column {label_column!r}; its columns are {', '.join(head)}")
         i = head.index(label_column)
