@@ -246,6 +246,43 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
     assert needs_finetuning(str(tiny_bert), None) is False  # a sequence-classification checkpoint is used as it is
 
 
+def test_auto_strategy_takes_the_recipe_only_for_large_training_sets(tuned_tiny, tmp_path):
+    """fastest-within-1's ``strategy: auto``: the search below AUTO_RECIPE_EXAMPLES training examples, FastFormers'
+    recipe from there, sized from the model (half the layers, two thirds of the heads, half the FFN) unless
+    the user sized it; the written config records what ran, so a re-run of the same command resumes."""
+    from transformers import BertConfig, DistilBertConfig, PretrainedConfig
+
+    from axformer.pipeline.config import AUTO_RECIPE_EXAMPLES
+    from axformer.pipeline.run import run_pipeline
+
+    def resolved(examples, model_config, **search):
+        cfg = PipelineConfig.build(preset="fastest-within-1", overrides={"model": "x", "search": search})
+        assert cfg.search.strategy == "auto"
+        cfg.search.resolve_strategy(examples, model_config)
+        return cfg.search
+
+    bert = BertConfig(num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    small = resolved(AUTO_RECIPE_EXAMPLES - 1, bert)
+    assert small.strategy == "search" and small.student_layers is None and small.time_budget is None
+    large = resolved(AUTO_RECIPE_EXAMPLES, bert)
+    assert (large.strategy, large.student_layers, large.heads, large.ffn) == ("fastformers", "3", 8, 768)
+    assert large.recovery.epochs == 3.0 and large.time_budget == 55.0
+    large.validate()
+    distil = DistilBertConfig(n_layers=6, n_heads=12, hidden_dim=3072)
+    assert (resolved(10**6, distil).student_layers, resolved(10**6, distil).ffn) == ("3", 1536)
+    sized = resolved(10**6, bert, heads=6, time_budget=20.0)  # what the user set stays
+    assert (sized.student_layers, sized.heads, sized.ffn, sized.time_budget) == (None, 6, None, 20.0)
+    with pytest.raises(AxformerError, match="names no layer, head or FFN count"):
+        resolved(10**6, PretrainedConfig())
+    # in a run: a small task resolves to the search, and config.yaml says so
+    model, data, _ = tuned_tiny
+    cfg = PipelineConfig.build(
+        preset="fastest-within-1", overrides={"model": str(model), "output": str(tmp_path / "out")}
+    )
+    run_pipeline(cfg, until_stage="finetune", progress=lambda _: None)
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["search"]["strategy"] == "search"
+
+
 def _subset(small, big) -> bool:
     if isinstance(small, dict):
         return isinstance(big, dict) and all(k in big and _subset(v, big[k]) for k, v in small.items())

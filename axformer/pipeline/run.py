@@ -164,6 +164,8 @@ def run_pipeline(
         raise AxformerError(
             f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first"
         )
+    if cfg.search.strategy == "auto":  # before the config is compared and written: it records the resolved one
+        _resolve_strategy(cfg, data)
     _check_consistent(out, cfg, from_stage)
     if cfg.search.decision_data is not None:  # so is a decision file that is malformed or shares dev examples
         from axformer.evaluation.context import read_decision_data
@@ -217,6 +219,20 @@ def run_pipeline(
         result.summary = write_report(out, cfg, runner.times, model, finetune_needed)
         result.ran.append("report")
     return result
+
+
+def _resolve_strategy(cfg: PipelineConfig, data) -> None:
+    from transformers import AutoConfig
+
+    from axformer.models.record import task_for
+
+    data = data or task_for(cfg.model, None, cfg.data_dir)
+    try:
+        model_config = AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as exc:
+        raise AxformerError(f"--strategy auto: cannot read the configuration of {cfg.model} ({exc})") from None
+    cfg.search.resolve_strategy(len(data.train), model_config)
+    cfg.search.validate()
 
 
 def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
