@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 
-def run_axformer(cmd: list[str]) -> None:
-    """Run ``axformer ...`` (the command line the tables print) with this interpreter."""
+def run_axformer(cmd: list[str]) -> str:
+    """Run ``axformer ...`` (the command line the tables print) with this interpreter; returns the code it ran
+    with (``commit()`` as it starts: a long benchmark's later commits are not what an earlier run imported)."""
+    code = commit()
     print("$", " ".join(cmd), flush=True)
     subprocess.run([sys.executable, "-m", "axformer", *cmd[1:]], check=True)
+    return code
 
 
 def searched_dir(out: Path) -> Path:

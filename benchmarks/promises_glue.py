@@ -23,15 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import commit, cpu_name, environment_line, preset_outcome, recovery_text, run_axformer, run_suffix
+from _common import cpu_name, environment_line, preset_outcome, recovery_text, run_axformer, run_suffix
 
 STORE = Path("benchmarks/results/promises_glue.json")
 TABLE = Path("benchmarks/results/promises_glue.md")
 
 
-def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float) -> dict:
+def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float, code: str) -> dict:
     return {
-        "commit": commit(),
+        "commit": code,
         "cpu": cpu_name(),
         "task": task,
         "preset": preset,
@@ -120,9 +120,9 @@ def main() -> None:
             cmd = ["axformer", "optimize", str(base), "--preset", preset, "--data-dir", args.data_dir, "-o", str(out)]
             cmd += shlex.split(args.extra)
             t0 = time.perf_counter()
-            run_axformer(cmd)  # resumes a finished or interrupted run instead of redoing it
+            code = run_axformer(cmd)  # resumes a finished or interrupted run instead of redoing it
             seconds = sum(json.loads((out / "times.json").read_text()).values()) or time.perf_counter() - t0
-            row = _row(task, preset, out, cmd, seconds)
+            row = _row(task, preset, out, cmd, seconds, code)
             rows[(task, preset, row["command"])] = row
             STORE.write_text(json.dumps(list(rows.values()), indent=1))
             TABLE.write_text(_table(list(rows.values())))

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import commit, cpu_name, environment_line, run_axformer, run_suffix
+from _common import cpu_name, environment_line, run_axformer, run_suffix
 
 from axformer.benchmark.result import BenchmarkResult
 from axformer.benchmark.run import DYNAMIC, ORT_FP32, ORT_INT8
@@ -78,7 +78,7 @@ def _vocabulary_cost(base: Path, out: Path, data_dir: str, fraction: float, voca
     return {"dev": dev.metrics[dev.main_metric]}
 
 
-def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_dir: str) -> dict:
+def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_dir: str, code: str) -> dict:
     from axformer.models.record import ModelRecord
     from axformer.tasks.sources import load_task_from_record
 
@@ -100,7 +100,7 @@ def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_
     data = load_task_from_record(ModelRecord.load(base).task, data_dir)
     dev_texts = next(iter(data.dev.values())).texts
     return {
-        "commit": commit(),
+        "commit": code,
         "cpu": cpu_name(),
         "task": task,
         "metric": main,
@@ -208,9 +208,9 @@ def main() -> None:
         cmd = ["axformer", "optimize", str(base), "--preset", "smallest-within-1", "--data-dir", args.data_dir,
                "-o", str(out), *shlex.split(args.extra)]  # fmt: skip
         t0 = time.perf_counter()
-        run_axformer(cmd)  # resumes a finished or interrupted run instead of redoing it
+        code = run_axformer(cmd)  # resumes a finished or interrupted run instead of redoing it
         seconds = sum(json.loads((out / "times.json").read_text()).values()) or time.perf_counter() - t0
-        row = _row(task, base, out, cmd, seconds, args.data_dir)
+        row = _row(task, base, out, cmd, seconds, args.data_dir, code)
         rows[(task, row["command"])] = row
         STORE.write_text(json.dumps(list(rows.values()), indent=1))
         TABLE.write_text(_table(list(rows.values())))

@@ -29,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-from _common import commit, cpu_name, environment_line, run_axformer, run_suffix
+from _common import cpu_name, environment_line, run_axformer, run_suffix
 
 STORE = Path("benchmarks/results/speed_glue.json")
 TABLE = Path("benchmarks/results/speed_glue.md")
 DEFAULT_EXTRA = "--student-layers 3 --heads 8 --ffn 768"
 
 
-def _row(task: str, out: Path, cmd: list[str], seconds: float) -> dict:
+def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dict:
     from axformer.benchmark.result import BenchmarkResult
     from axformer.benchmark.run import ORT_INT8
 
@@ -47,7 +47,7 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float) -> dict:
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").exists() else {}
     artifact, int8 = bench.rows[-1], bench.row(ORT_INT8)
     return {
-        "commit": commit(),
+        "commit": code,
         "cpu": cpu_name(),
         "task": task,
         "metric": main,
@@ -180,8 +180,8 @@ def main() -> None:
             "--data-dir", args.data_dir, "-o", str(out),
         ]  # fmt: skip
         t0 = time.perf_counter()
-        run_axformer(cmd)
-        row = _row(task, out, cmd, time.perf_counter() - t0)
+        code = run_axformer(cmd)
+        row = _row(task, out, cmd, time.perf_counter() - t0, code)
         store = [r for r in store if (r["task"], r["command"]) != (task, row["command"])] + [row]
         STORE.write_text(json.dumps(store, indent=1))
         TABLE.write_text(_table(sorted(store, key=lambda r: r["task"])))
