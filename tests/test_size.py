@@ -213,6 +213,9 @@ def test_a_size_target_the_formats_meet_removes_nothing(tuned_tiny, tmp_path):
         for name, target in (("easy", 3.0), ("hard", 40.0))
     )
     assert easy["removed"] == [] and easy["search"]["target_met"] and easy["search"]["predicted_ratio"] >= 3.0
+    # the original's own weights: agreement with itself is not measured (100% by construction), but said
+    assert easy["fidelity"] == {"note": "not measured: the shipped model is the original (nothing removed)"}
+    assert "the shipped model is the original" in (tmp_path / "easy" / "report.md").read_text()
     assert hard["removed"] and hard["search"]["predicted_ratio"] > easy["search"]["predicted_ratio"]
 
 
@@ -238,6 +241,7 @@ def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tun
     )  # fmt: skip
     assert rounded["removed"] == [] and rounded["recovery"]["config"]["qat_block_size"] == 16
     assert rounded["certification"]["recovery"] is not None  # the certificate judged the rounded model
+    assert "note" not in rounded["fidelity"]  # nothing removed, but its weights moved: not the original
     assert (
         "Quantization-aware: matrices in blocks of 16 and embedding tables in blocks of 32"
         in (tmp_path / "qat" / "report.md").read_text()

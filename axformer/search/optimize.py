@@ -234,13 +234,12 @@ def optimize(
         )
         report.recovery = recovery
         report.certification = certification
-        report.fidelity = fidelity(
-            ctx,
-            config,
-            optimized,
-            calibration,
-            trained=recovery is not None and (certification is None or certification.shipped_recovered),
-        )
+        trained = recovery is not None and (certification is None or certification.shipped_recovered)
+        unchanged = not trained and not state["removed"] and not state["attention"]  # the original's weights
+        if unchanged and not spec.is_qa:
+            report.fidelity = {"note": "not measured: the shipped model is the original (nothing removed)"}
+        else:
+            report.fidelity = fidelity(ctx, config, optimized, calibration, trained=trained)
         write_json(work / "report.json", report.to_dict())
         (work / "report.md").write_text(report_markdown(report))
         shutil.rmtree(work / "best_so_far", ignore_errors=True)

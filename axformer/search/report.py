@@ -321,6 +321,7 @@ def fidelity_lines(r: SearchReport) -> list[str]:
         elif isinstance(v, dict) and "mean_abs_difference" in v:
             parts.append(f"mean |output difference| {v['mean_abs_difference']:.4f} on {v['texts']} {name}")
     note = f" Agreement {f['training_texts_note']}." if f.get("training_texts_note") else ""
+    note += f" {f['note'][0].upper()}{f['note'][1:]}." if f.get("note") else ""
     if not parts:
         return ["", f"Fidelity to the original:{note}"] if note else []
     removed = (
