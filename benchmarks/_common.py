@@ -74,8 +74,11 @@ def preset_outcome(out: Path) -> dict:
     from axformer.search.result import SearchReport
 
     out = Path(out)
-    search = SearchReport.from_dict(json.loads((out / "3-search" / "report.json").read_text()))
+    report = json.loads((out / "3-search" / "report.json").read_text())
     bench = BenchmarkResult.from_dict(json.loads((out / "5-benchmark" / "benchmark.json").read_text()))
+    if report.get("strategy") == "fastformers":
+        return _recipe_outcome(out, report["recipe"], bench)
+    search = SearchReport.from_dict(report)
     main = search.task.main_metric
     original, artifact = bench.row(DYNAMIC), bench.rows[-1]
     int8 = bench.row(ORT_INT8)
@@ -99,6 +102,43 @@ def preset_outcome(out: Path) -> dict:
             # shipped unrecovered: every recovery failed its certificate (a retry that passed ships recovered)
             "reverted": bool(c and c.recovery is not None and not c.shipped_recovered),
             "retried": bool(c and c.retry is not None and c.retry.passed),
+        },
+        "precision": export["precision"],
+        "fallback": bool(export.get("fallback")),
+        "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+    }
+
+
+def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
+    """``preset_outcome`` of a run whose strategy was FastFormers' recipe: no search report, so the decision
+    figures are the recipe's summaries on the whole held-out split (its checkpoint selection and importance saw
+    only the deciding part), the confirmation figures the export's check against the original, and the
+    removed count the teacher's layers the student lost."""
+    import json
+
+    from axformer.benchmark.run import DYNAMIC, ORT_INT8
+
+    main = bench.task.main_metric
+    original, artifact, int8 = bench.row(DYNAMIC), bench.rows[-1], bench.row(ORT_INT8)
+    stages = recipe["stages"]
+    export = json.loads((out / "4-export" / "export.json").read_text())
+    check = export["validation"]
+    plan = recipe.get("plan") or {}
+    present = [s for s in stages[-1]["structure"] if not s.get("removed")]
+    return {
+        "metric": main,
+        "decision": [stages[0]["heldout"]["metrics"][main], stages[-1]["heldout"]["metrics"][main]],
+        "confirmation": [check["pytorch"]["metrics"][main], check["onnx"]["metrics"][main]],
+        "dev": [original.dev.metrics[main], artifact.dev.metrics[main]],
+        "certificate": {"passed": check["drop"] <= check["max_drop"], "undone": []},
+        "removed": len(stages[0]["structure"]) - len(present),
+        "recovery": {
+            "mode": "recipe: distil, prune, distil",
+            "budget": {"examples": plan.get("train_examples"), "epochs": plan.get("epochs") or 0.0},
+            "original_budget": None,
+            "reverted": bool(export.get("backtracked")),
+            "retried": False,
         },
         "precision": export["precision"],
         "fallback": bool(export.get("fallback")),
