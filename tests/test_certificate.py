@@ -294,7 +294,7 @@ def test_decisions_on_unrepresentative_examples_are_warned_about(tmp_path):
 
 def test_calibration_texts_are_read_in_every_layout_and_never_include_dev_texts(tmp_path):
     from axformer.errors import AxformerError
-    from axformer.tasks.calibration import load_calibration_texts, without
+    from axformer.tasks.calibration import load_calibration_texts, unseen_by_dev, without
 
     (tmp_path / "a.txt").write_text("good film\n\nbad film\n")
     assert load_calibration_texts(tmp_path / "a.txt", 1) == [("good film",), ("bad film",)]
@@ -316,6 +316,11 @@ def test_calibration_texts_are_read_in_every_layout_and_never_include_dev_texts(
     # a pair that holds one sentence of a dev pair, in either place, is a dev text too
     pairs = [("x", "dev a"), ("dev b ", "y"), ("x", "y")]
     assert without(pairs, {("dev a", "dev b")}) == ([("x", "y")], 2)
+    # the training part is the model's own: a training question sharing its article with a dev question stays
+    # (only an exact dev input goes); calibration inputs go on any shared text
+    dev = {("q dev", "article")}
+    training = [("q1", "article"), ("q dev", "article")]
+    assert unseen_by_dev(training, [("q2", "article"), ("c", "d")], dev) == [("q1", "article"), ("c", "d")]
     bad = [
         (tmp_path / "missing.txt", 1, None, r"missing\.txt does not exist"),
         (tmp_path / "p.txt", 1, None, None),  # a tab in a single-text task is part of the text: fine

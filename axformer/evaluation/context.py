@@ -170,19 +170,18 @@ def vocabulary_texts(
     ctx: TaskContext, calibration_texts: str | None = None, calibration_columns: list[str] | None = None
 ) -> list[tuple[str, ...]]:
     """The texts a pruned vocabulary is built from: the part of the training data the model was fine-tuned on and
-    the user's calibration texts; less every dev text. Not the held-out examples, deciding or confirming: on
-    them, as on the dev set, a word the training texts lack is unseen, so the precision plan's decisions and
-    the final check both measure what unseen words cost (built from the deciding examples too, the plan saw
-    no unseen word and chose int4 everywhere on STS-B, where the check then failed)."""
-    from axformer.tasks.calibration import load_calibration_texts, without
+    the user's calibration texts; less every dev text (``unseen_by_dev``). Not the held-out examples, deciding or
+    confirming: on them, as on the dev set, a word the training texts lack is unseen, so the precision plan's
+    decisions and the final check both measure what unseen words cost (built from the deciding examples too, the
+    plan saw no unseen word and chose int4 everywhere on STS-B, where the check then failed)."""
+    from axformer.tasks.calibration import load_calibration_texts, unseen_by_dev
 
     train, _ = apply_split(ctx.data, ctx.split)
-    texts = list(train.texts)
+    calibration: list[tuple[str, ...]] = []
     if calibration_texts is not None:
         columns = tuple(calibration_columns or ()) or None
-        texts += load_calibration_texts(calibration_texts, ctx.data.spec.input_fields, columns)
-    kept, _ = without(texts, {t for split in ctx.data.dev.values() for t in split.texts})
-    return kept
+        calibration = load_calibration_texts(calibration_texts, ctx.data.spec.input_fields, columns)
+    return unseen_by_dev(list(train.texts), calibration, {t for split in ctx.data.dev.values() for t in split.texts})
 
 
 def positions_sha(positions: np.ndarray) -> str:

@@ -79,7 +79,8 @@ def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str
 def synthetic(length: int, n: int, vocab: int, pad_id: int, seed: int = 0) -> Encoded:
     """``n`` inputs of exactly ``length`` tokens (fixed-length timing; the token values do not affect speed)."""
     rng = np.random.default_rng(seed)
-    ids = [rng.integers(1000 if vocab > 2000 else 5, vocab, size=length).astype(np.int64) for _ in range(n)]
+    low = 1000 if vocab > 2000 else min(5, vocab - 1)  # past the special tokens of a full vocabulary
+    ids = [rng.integers(low, vocab, size=length).astype(np.int64) for _ in range(n)]
     return Encoded(ids, [np.zeros(length, np.int64) for _ in range(n)], np.zeros(n, np.int64), pad_id)
 
 

@@ -365,8 +365,8 @@ def _typical_length(ctx) -> int:
 
 def _pool_texts(ctx, config: OptimizeConfig, calibration) -> list[tuple[str, ...]]:
     """The unlabelled inputs fidelity decides on: a seeded sample of the training part, plus the calibration
-    texts, less every dev text (the dev set only reports)."""
-    from axformer.tasks.calibration import as_inputs, without
+    texts, less every dev text (the dev set only reports; ``unseen_by_dev``)."""
+    from axformer.tasks.calibration import as_inputs, unseen_by_dev
     from axformer.tasks.splits import apply_split
 
     train, _ = apply_split(ctx.data, ctx.split)
@@ -378,6 +378,5 @@ def _pool_texts(ctx, config: OptimizeConfig, calibration) -> list[tuple[str, ...
         extra = [
             extra[i] for i in np.sort(np.random.default_rng(config.sample_seed + 2).permutation(len(extra))[:size])
         ]
-    texts = as_inputs([train.texts[i] for i in pick], per_text) + extra
-    kept, _ = without(texts, set(as_inputs([t for s in ctx.data.dev.values() for t in s.texts], per_text)))
-    return kept
+    dev = set(as_inputs([t for s in ctx.data.dev.values() for t in s.texts], per_text))
+    return unseen_by_dev(as_inputs([train.texts[i] for i in pick], per_text), extra, dev)

@@ -90,6 +90,16 @@ def without(texts: list[tuple[str, ...]], excluded: set[tuple[str, ...]]) -> tup
     return kept, len(texts) - len(kept)
 
 
+def unseen_by_dev(
+    training: list[tuple[str, ...]], calibration: list[tuple[str, ...]], dev: set[tuple[str, ...]]
+) -> list[tuple[str, ...]]:
+    """Training inputs and calibration inputs for a decision or a vocabulary, less the dev set's. A training
+    input goes only when it is a dev input: it is the model's own data (a question answering training example
+    shares its article with other questions, a paraphrase pair one sentence with other pairs). A calibration
+    input goes when it shares any one text with a dev input (``without``): it is text from elsewhere."""
+    return [t for t in training if t not in dev] + without(calibration, dev)[0]
+
+
 def as_inputs(rows: list[tuple[str, ...]], per_text: bool) -> list[tuple[str, ...]]:
     """Rows as model inputs: for an embedding model every distinct text alone (a pair's two texts are two
     inputs, and exclusions compare text by text); otherwise the rows as they are."""
