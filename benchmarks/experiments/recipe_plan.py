@@ -1,0 +1,85 @@
+"""Does the recipe's time plan price a training step as the distillation pays it? (issue: four times faster)
+
+Usage:  python benchmarks/experiments/recipe_plan.py [--model runs/baselines/sst2] [--task sst2] [--steps 300]
+        (needs a fine-tuned baseline from benchmarks/finetune_baselines.py and ../shared/data/glue)
+
+Prints, per example and in milliseconds, what ``axformer.distill.budget.measure`` prices for the teacher and the
+recipe's students (3 layers, then 8 heads and 768 FFN neurons), twice (the spread is the machine's noise), then
+what real training steps of the 3-layer student cost over the training part: AdamW steps on the batches the
+trainer forms (``grouped_batches``, length-grouped) and, for comparison, on random batches (what the plan timed
+before session 18). Nothing is trained to convergence; no dev data is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import environment_line  # noqa: E402
+
+from axformer.data.batching import collate, encode, grouped_batches  # noqa: E402
+from axformer.distill import DistillConfig, budget  # noqa: E402
+from axformer.distill.recipe import RecipeConfig  # noqa: E402
+from axformer.distill.students import derive_student, parse_layers  # noqa: E402
+from axformer.inference import per_example_loss  # noqa: E402
+from axformer.models.loading import load_model, load_tokenizer  # noqa: E402
+from axformer.surgery.prune import current_structure  # noqa: E402
+from axformer.tasks.sources import load_task  # noqa: E402
+from axformer.training.finetune import training_split  # noqa: E402
+
+
+def real_steps(student, enc, batches, regression: bool) -> np.ndarray:
+    """Seconds per example of AdamW training steps on ``batches`` (the first 10 are warm-up)."""
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    student.train()
+    out = []
+    for idx in batches:
+        t0 = time.perf_counter()
+        b = collate(enc, idx, "cpu")
+        labels = b.pop("labels")
+        per_example_loss(student(**b).logits, labels, regression).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out.append((time.perf_counter() - t0) / len(idx))
+    return np.array(out[10:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="runs/baselines/sst2")
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--data-dir", default="../shared/data/glue")
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+    print(environment_line())
+    data = load_task(args.task, args.data_dir)
+    cfg = RecipeConfig(student_layers="3", heads=8, ffn=768, distill=DistillConfig(batch_size=32, device="cpu"))
+    _, _, train, _ = training_split(args.model, data, cfg.distill)
+    print(f"{args.task}: training part {len(train)} examples; torch threads {torch.get_num_threads()}")
+    for _ in range(2):
+        m = budget.measure(args.model, data, train, cfg, "cpu")
+        print(
+            "plan (forward, training step) ms/example:", {k: tuple(round(1e3 * x, 2) for x in v) for k, v in m.items()}
+        )
+    net = load_model(args.model, data.spec, device="cpu")
+    student = derive_student(copy.deepcopy(net), parse_layers("3", current_structure(net).present_layers))
+    enc = encode(load_tokenizer(args.model), train, cfg.distill.max_seq_length or data.spec.default_max_length)
+    rng = np.random.default_rng(1)
+    regression = data.spec.is_regression
+    grouped = grouped_batches(enc.lengths, 32, rng)[: args.steps]
+    random = [rng.choice(len(enc), 32, replace=False) for _ in range(args.steps)]
+    for name, batches in (("length-grouped (the trainer's)", grouped), ("random", random)):
+        t = 1e3 * real_steps(student, enc, batches, regression)
+        print(f"real 3-layer student steps, {name}: mean {t.mean():.2f} ms/example, median {np.median(t):.2f} "
+              f"over {len(t)} steps")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
