@@ -471,7 +471,7 @@ def _decision_file(path, rows):
     return path
 
 
-def test_decisions_and_the_certificate_use_the_users_decision_data(tuned_tiny, tmp_path):
+def test_decisions_and_the_certificate_use_the_users_decision_data(tuned_tiny, tmp_path, monkeypatch):
     """--decision-data replaces the held-out split: every deciding and confirming example comes from the file (the
     confirming ones never reach a decision), and the report names it."""
     from axformer.evaluation.context import load_context, vocabulary_texts
@@ -491,13 +491,28 @@ def test_decisions_and_the_certificate_use_the_users_decision_data(tuned_tiny, t
     assert ctx.describe_split()["decision_data"] == str(path)
     # a pruned vocabulary is built from the training part only: every decision example is unseen text to it
     assert not (set(ctx.heldout.texts) | set(ctx.confirmation.texts)) & set(vocabulary_texts(ctx))
+    import axformer.search.recovery as recovery_module
+    from axformer.search.config import Recovery
+
+    selections = []
+    real_distill = recovery_module.distill
+
+    def spy_distill(*args, config, **kwargs):
+        selections.append((config.selection_data, config.selection_positions))
+        return real_distill(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(recovery_module, "distill", spy_distill)
     report = optimize(
         model, data, None, tmp_path / "out",
         OptimizeConfig(goal="size", groups=4, device="cpu", progress=False, latency_examples=5,
                        tolerance=Tolerance(max_drop=5.0), certificate=Certification(fraction=0.5),
-                       decision_data=str(path)),
+                       decision_data=str(path), recovery=Recovery(mode="distill", epochs=1.0)),
     )  # fmt: skip
     assert report["split"]["decision_data"] == str(path)
+    # the recovery's checkpoint is chosen on the file's deciding part (positions into the file, not the split)
+    assert selections and all(
+        data_path == str(path) and sorted(p) == sorted(int(i) for i in ctx.decision_pool) for data_path, p in selections
+    )
     assert report["certification"]["certificate"]["examples"] == len(ctx.confirmation)
     assert report["certification"]["decision_examples"] == len(ctx.heldout)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,10 +17,13 @@ from axformer.distill.losses import attention_mse, hidden_mse, soft_cross_entrop
 from axformer.distill.students import layer_map, parse_layers, prune_by_importance
 from axformer.errors import AxformerError
 from axformer.models.loading import load_model
+from axformer.models.record import ModelRecord
 from axformer.search.config import Recovery, Tolerance
 from axformer.surgery.adapters import get_adapter
 from axformer.surgery.prune import current_structure
 from axformer.surgery.structure import ModelStructure
+from axformer.tasks.splits import apply_split
+from axformer.utils.io import read_json
 from tests.conftest import make_tiny_model_dir
 
 
@@ -343,7 +347,7 @@ def test_recipe_decides_on_the_deciding_part_only(tuned_tiny, tmp_path, monkeypa
         return real_distill(*args, config=config, **kwargs)
 
     def spy_context(*args, **kwargs):
-        importance_fractions.append(kwargs.get("confirm_fraction"))
+        importance_fractions.append((kwargs.get("confirm_fraction"), kwargs.get("decision_data")))
         return real_context(*args, **kwargs)
 
     monkeypatch.setattr(recipe_module, "distill", spy_distill)
@@ -355,9 +359,42 @@ def test_recipe_decides_on_the_deciding_part_only(tuned_tiny, tmp_path, monkeypa
     fastformers_recipe(teacher, tmp_path / "ff", cfg, data)
     assert len(selections) == 2 and all(sorted(s) == sorted(int(i) for i in deciding) for s in selections)
     assert not set(selections[0]) & {int(i) for i in confirmation}
-    assert importance_fractions == [0.4]  # load_context then draws the importance examples from the rest only
+    assert importance_fractions == [(0.4, None)]  # load_context then draws the importance examples from the rest
     with pytest.raises(AxformerError, match="--confirm-fraction 1"):
         RecipeConfig(heads=2, confirm_fraction=1.0).validate()
+    # --decision-data: the file's deciding part selects both checkpoints and the heads, its other part is the
+    # export's check, and the held-out split decides nothing
+    from axformer.evaluation.context import read_decision_data
+
+    path = tmp_path / "decide.csv"
+    path.write_text(
+        "text,label\n" + "".join(f"a whole review number {i} {w},{w}\n" for i in range(40) for w in ("pos", "neg"))
+    )
+    file_deciding, file_confirmation = partition(read_decision_data(path, data), 0.4)
+    selections.clear(), importance_fractions.clear()
+    fastformers_recipe(teacher, tmp_path / "ff2", replace(cfg, decision_data=str(path), export="fp32"), data)
+    assert len(selections) == 2 and all(sorted(s) == sorted(int(i) for i in file_deciding) for s in selections)
+    assert importance_fractions == [(0.4, str(path))]
+    export = read_json(tmp_path / "ff2" / "stages" / "4-export-fp32" / "export.json")
+    check = export["validation"]
+    assert check["checked_on"] == "confirmation" and check["pytorch"]["num_examples"] == len(file_confirmation)
+    assert check["split"]["decision_data"] == str(path)
+
+
+def test_checkpoints_are_selected_on_the_decision_file_when_given(tuned_tiny, tmp_path):
+    """selection_data: the positions index the user's decision file, not the held-out split."""
+    from axformer.training.loop import FinetuneConfig, selection_subset
+
+    teacher, data, _ = tuned_tiny
+    heldout = apply_split(data, ModelRecord.load(teacher).split)[1]
+    path = tmp_path / "decide.csv"
+    path.write_text("text,label\nfirst whole review,pos\nsecond whole review,neg\nthird whole review,pos\n")
+    picked = selection_subset(heldout, FinetuneConfig(selection_data=str(path), selection_positions=[0, 2]), data)
+    assert picked.texts == [("first whole review",), ("third whole review",)]
+    assert selection_subset(heldout, FinetuneConfig(selection_positions=[0, 2]), data).texts == [
+        heldout.texts[0],
+        heldout.texts[2],
+    ]
 
 
 def test_time_budget_plans_the_recipe_and_keeps_to_it(tuned_tiny, tmp_path, capsys):

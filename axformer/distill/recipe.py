@@ -65,6 +65,9 @@ class RecipeConfig:
     # selection and gradient importance use the rest only, so the export's check on it is a model's first sight
     # of those examples; 0: every decision uses the whole held-out split
     confirm_fraction: float = 0.0
+    # a labelled file in the task's format (--decision-data) that replaces the held-out split for checkpoint
+    # selection and importance (its deciding part) and for the export's check (the rest)
+    decision_data: str | None = None
 
     def validate(self) -> None:
         if self.heads is None and self.ffn is None and self.student_layers is None:
@@ -124,6 +127,7 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
         config.distill.allow_pickle,
         stage="distill",
         confirm_fraction=config.confirm_fraction,  # importance on the deciding examples only
+        decision_data=config.decision_data,
     )
     engine = EvaluationEngine(ctx.model, ctx.encoded, data.spec, config.distill.eval_batch_size, ctx.device)
     try:
@@ -145,7 +149,8 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
             "heads": config.heads,
             "ffn": config.ffn,
             "budget": config.budget,
-            "importance": "gradient (|dL/dgate|, heads L2-normalised per layer), held-out split",
+            "importance": "gradient (|dL/dgate|, heads L2-normalised per layer), "
+            + ("held-out split" if config.decision_data is None else f"--decision-data {config.decision_data}"),
             "structure": target.summary(),
         },
     ]
@@ -204,9 +209,15 @@ def fastformers_recipe(
     plan = _plan(model, data, config, stages_dir)
     # both distillations learn from the same teacher on the same texts: its outputs are computed once
     distill_config = replace(config.distill, teacher_cache_dir=str(stages_dir / TEACHER_OUTPUTS))
+    if config.decision_data is not None:
+        from axformer.evaluation.context import read_decision_data
+
+        distill_config.selection_data = config.decision_data
+        deciding = read_decision_data(config.decision_data, data)
+    else:
+        deciding = apply_split(data, ModelRecord.load(model).split)[1]
     if config.confirm_fraction > 0:  # checkpoints are chosen on the deciding part, never on the confirmation one
-        heldout = apply_split(data, ModelRecord.load(model).split)[1]
-        distill_config.selection_positions = [int(i) for i in partition(heldout, config.confirm_fraction)[0]]
+        distill_config.selection_positions = [int(i) for i in partition(deciding, config.confirm_fraction)[0]]
     if plan is not None:
         distill_config.epochs = plan.epochs
 
@@ -255,6 +266,8 @@ def fastformers_recipe(
                     max_drop=config.export_max_drop,
                     device=config.distill.device,
                     allow_pickle=config.distill.allow_pickle,
+                    confirm_fraction=config.confirm_fraction,
+                    decision_data=config.decision_data,
                 ),
                 data=data,
             ),

@@ -124,6 +124,10 @@ def distill(
         augmented = []
         if config.augment:
             reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
+            if config.selection_data is not None:
+                from axformer.evaluation.context import read_decision_data
+
+                reserved |= set(read_decision_data(config.selection_data, data).texts)
             augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
     if (extra_texts or augmented) and config.hard_weight > 0:
         raise AxformerError(

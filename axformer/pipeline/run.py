@@ -267,6 +267,7 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
 
         recipe = cfg.search.recipe()
         recipe.confirm_fraction = cfg.search.certificate.fraction  # the export certifies on the rest
+        recipe.decision_data = cfg.search.decision_data
         if recipe.time_budget is not None:
             from axformer.models.record import task_for
 
@@ -300,8 +301,8 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
         config.reference_model = original
     # the examples no decision used (the search's, or the recipe's checkpoint selection and importance)
     config.confirm_fraction = cfg.search.certificate.fraction
+    config.decision_data = cfg.search.decision_data
     if cfg.search.strategy == "search":
-        config.decision_data = cfg.search.decision_data
         # the artifact keeps the search's promise: no worse than the original for the accuracy goal, within the
         # search's tolerance for speed and size
         promised = 0.0 if cfg.search.goal == "accuracy" else cfg.search.tolerance.max_drop

@@ -130,6 +130,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         "device": config.device,
         # the checkpoint is a decision too: chosen on the decision part, never on the confirmation examples
         "selection_positions": None if ctx.confirmation is None else [int(i) for i in ctx.decision_pool],
+        "selection_data": ctx.decision_data,  # what those positions index (None: the held-out split)
     }
     t0 = time.perf_counter()
     start = work

@@ -58,6 +58,9 @@ class FinetuneConfig:
     # positions in the held-out split that may select the checkpoint (None: all); recovery after a certified
     # search passes the decision part, so checkpoint selection never sees the confirmation examples
     selection_positions: list[int] | None = None
+    # a labelled file in the task's format (--decision-data) that selects the checkpoint instead of the held-out
+    # split, at ``selection_positions`` of it: the decisions are to be taken on inputs like those served
+    selection_data: str | None = None
     # stop after this many seconds of training (a time budget's safety net; None: run every step), keeping the
     # best checkpoint evaluated so far
     max_seconds: float | None = None
@@ -132,8 +135,13 @@ def _optimizer(modules: list[torch.nn.Module], config: FinetuneConfig) -> torch.
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-def selection_subset(heldout: Split, config: FinetuneConfig) -> Split:
-    """The held-out examples that select the checkpoint (a fixed sample when the split is large)."""
+def selection_subset(heldout: Split, config: FinetuneConfig, data: TaskData) -> Split:
+    """The examples that select the checkpoint: the held-out split's, or the decision file's (a fixed sample
+    when large)."""
+    if config.selection_data is not None:
+        from axformer.evaluation.context import read_decision_data
+
+        heldout = read_decision_data(config.selection_data, data)
     if config.selection_positions is not None:
         heldout = heldout.subset(np.asarray(sorted(config.selection_positions), dtype=np.int64))
     if config.eval_max_examples is not None and len(heldout) > config.eval_max_examples:
@@ -169,7 +177,7 @@ def train_model(
     t_start = time.perf_counter()
     if config.max_seq_length is None:
         config.max_seq_length = spec.default_max_length
-    select_split = selection_subset(heldout, config)
+    select_split = selection_subset(heldout, config, data)
     enc_train = encode(tokenizer, train_part, config.max_seq_length, separate=spec.is_embedding)
     enc_select = encode(tokenizer, select_split, config.max_seq_length, separate=spec.is_embedding)
     lengths = enc_train.lengths
