@@ -438,6 +438,32 @@ def test_time_budget_plans_the_recipe_and_keeps_to_it(tuned_tiny, tmp_path, caps
         fastformers_recipe(teacher, tmp_path / "short", config(0.001), data)
 
 
+def test_a_distillations_deadline_keeps_the_later_stages_time_and_uses_the_plans_slack():
+    """Deadlines from the plan: the later stages keep their planned time; a plan the budget binds keeps its
+    schedule, one the epochs bind lends its slack to the training (SST-2's first distillation was cut at 1.7 of
+    3 epochs with a third of the budget unused); a resumed call counts finished stages at their planned length."""
+    from axformer.distill.budget import RecipePlan, StagePlan
+
+    def plan(budget):
+        return RecipePlan(budget, 0.001, 0.002, 100, 3.0, [
+            StagePlan("1-distilled", 100.0, 3.0, "", 90.0),
+            StagePlan("2-pruned", 5.0),
+            StagePlan("3-distilled-again", 50.0, 3.0, "", 45.0),
+            StagePlan("summaries", 10.0),
+        ])  # fmt: skip
+
+    bound = plan(165.0)  # the budget is the plan's sum: the old schedule
+    assert bound.training_deadline("1-distilled") == pytest.approx(90.0)
+    assert bound.training_deadline("3-distilled-again") == pytest.approx(100 + 5 + 45)
+    slack = plan(200.0)  # 35 s to spare: the first distillation may use them, the second what is left
+    assert slack.training_deadline("1-distilled") == pytest.approx(125.0)
+    assert slack.training_deadline("3-distilled-again") == pytest.approx(185.0)
+    # resumed after the first two stages: the second distillation's deadline counts from this call's start
+    assert slack.training_deadline("3-distilled-again", {"1-distilled", "2-pruned"}) == pytest.approx(80.0)
+    with pytest.raises(AxformerError, match="no training stage 'summaries'"):
+        slack.training_deadline("summaries")
+
+
 def test_a_distillation_stops_at_its_time_limit_with_its_best_checkpoint(tuned_tiny, tmp_path):
     from axformer.distill import DistillConfig, distill
     from axformer.models.record import ModelRecord

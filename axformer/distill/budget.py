@@ -65,6 +65,22 @@ class RecipePlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def training_deadline(self, stage: str, finished_before: set[str] = frozenset()) -> float:
+        """Seconds from the start of a (possibly resumed) recipe call at which ``stage``'s training must end:
+        when what is left of the budget (the stages a previous call finished counted at their planned length)
+        is what the stages after it are planned to need. Time an earlier stage overran comes out of its
+        training, time it saved is added to it, and so is the plan's slack when the epochs, not the budget,
+        bound the plan (SST-2's 3 epochs were planned in 34 of 55 minutes; its first distillation, stopped at
+        its own planned 19 minutes when the steps ran 20% slower than timed, got 1.7 epochs with 20 minutes of
+        the budget unused)."""
+        planned = self.stage(stage)
+        if planned is None or planned.training_seconds is None:
+            raise AxformerError(f"the recipe's plan has no training stage {stage!r}")
+        later = self.stages[self.stages.index(planned) + 1 :]
+        done = sum(s.seconds for s in self.stages if s.stage in finished_before)
+        after = sum(s.seconds for s in later) + planned.seconds - planned.training_seconds
+        return self.budget_seconds - done - after
+
     def table(self) -> str:
         lines = [
             f"time budget {self.budget_seconds / 60:.1f} min; measured here per training example: teacher "

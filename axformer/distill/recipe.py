@@ -225,15 +225,12 @@ def fastformers_recipe(
     finished_before = {s.stage for s in plan.stages if (stages_dir / s.stage).exists()} if plan is not None else set()
 
     def distill_config_for(stage: str) -> DistillConfig:
-        """A distillation's training ends when the plan's schedule says (measured from this call's start, the
-        stages before it that this call runs at their planned length): time an earlier stage overran comes out of
-        its training, time it saved is added to it."""
+        """A distillation's training ends at its deadline in the plan (``RecipePlan.training_deadline``),
+        counted from this call's start."""
         planned = plan.stage(stage) if plan is not None else None
         if planned is None or planned.training_seconds is None:
             return distill_config
-        earlier = plan.stages[: plan.stages.index(planned)]
-        before = sum(s.seconds for s in earlier if s.stage not in finished_before)
-        deadline = t0 + before + planned.training_seconds
+        deadline = t0 + plan.training_deadline(stage, finished_before)
         return replace(distill_config, max_seconds=max(deadline - time.perf_counter(), 0.0))
 
     current = Path(model)
