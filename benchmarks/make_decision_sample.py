@@ -7,7 +7,9 @@ SST-2's training data is mostly phrases (median 10 tokens) while its dev set and
 sentences (median 24): decisions taken on phrases say little about sentences. This writes the held-out
 examples of at least ``--min-words`` words (the model was not fine-tuned on them; no dev text is read) as a
 file in the task's own layout, for ``axformer optimize ... --decision-data FILE``. A user with a sample of
-real traffic gives that instead; this stands in for one where the benchmark has none.
+real traffic gives that instead; this stands in for one where the benchmark has none. It also prints how many
+of them hold a training phrase of 5 and of 10 or more words (the sentence's own phrases, which SST-2's split by
+phrase leaves in the training part).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main() -> None:
     layout = data.spec.local
     if layout is None or len(layout.text_columns) != 1 or not layout.header:
         raise SystemExit(f"{data.spec.name}: this script writes single-text tasks with a header row (e.g. SST-2)")
-    _, heldout = apply_split(data, ModelRecord.load(args.model).split)
+    train_part, heldout = apply_split(data, ModelRecord.load(args.model).split)
     names = {v: k for k, v in (layout.label_values or {}).items()}
     rows = [
         (t[0], names.get(int(y), str(y)))
@@ -46,6 +48,22 @@ def main() -> None:
         w.writerow([layout.text_columns[0], layout.label_column])
         w.writerows(rows)
     print(f"{len(rows)} of {len(heldout)} held-out examples have at least {args.min_words} words: {out}")
+    # how unseen they are: SST-2 splits phrases, not sentences, so a held-out sentence's own phrases may be
+    # training examples the model (and any student distilled on the training part) was fit to
+    trained = {t[0].strip() for t in train_part.texts}
+    for span in (5, 10):
+        seen = sum(_holds_a_training_phrase(text, trained, span) for text, _ in rows)
+        print(f"{seen} of {len(rows)} ({100 * seen / max(len(rows), 1):.1f}%) hold a training phrase of {span}+ words")
+
+
+def _holds_a_training_phrase(text: str, trained: set[str], span: int) -> bool:
+    words = text.split()
+    return any(
+        " ".join(words[i:j]) in trained
+        for i in range(len(words))
+        for j in range(i + span, len(words) + 1)
+        if (i, j) != (0, len(words))
+    )
 
 
 if __name__ == "__main__":
