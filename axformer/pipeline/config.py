@@ -145,11 +145,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 STRATEGIES = ("search", "fastformers", "auto")
 # --strategy auto picks FastFormers' recipe from this many training examples. Measured with MiniLM on the dev
-# sets: on SST-2 (57k sentences) the recipe scored -0.80 at 2.78x ONNX Runtime int8 of the original in one run
-# and -1.83 at 3.28x in the next, the search -1.61 at 1.71x and -0.92 at 1.33x: as far from the point, twice as
+# sets: on SST-2 (57k sentences) the recipe scored -0.80, -1.83, -1.49 and -1.95 at 2.76-3.28x ONNX Runtime int8
+# of the original in four runs, the search -1.61 at 1.71x and -0.92 at 1.33x: as far from the point, twice as
 # fast; on MRPC (3.1k pairs) the recipe's student lost 3.53 dev F1 and on STS-B (4.9k) it failed its
-# certificate (docs/promises.md, run 9 and session 17). Nothing between 5k and 57k was measured; 20k keeps every small
-# GLUE task (CoLA 8.5k included) on the search.
+# certificate (docs/promises.md, run 9 and sessions 17-18). Nothing between 5k and 57k was measured; 20k keeps
+# every small GLUE task (CoLA 8.5k included) on the search.
 AUTO_RECIPE_EXAMPLES = 20_000
 
 
