@@ -25,6 +25,7 @@ from axformer.distill.students import derive_student, parse_layers, prune_by_imp
 from axformer.errors import AxformerError
 from axformer.inference import per_example_loss
 from axformer.models.loading import load_model, load_tokenizer
+from axformer.runtime.timing import sync
 from axformer.surgery.prune import apply_structure, current_structure
 from axformer.tasks.data import TaskData
 from axformer.training.finetune import training_split, training_subset
@@ -70,9 +71,8 @@ class RecipePlan:
         when what is left of the budget (the stages a previous call finished counted at their planned length)
         is what the stages after it are planned to need. Time an earlier stage overran comes out of its
         training, time it saved is added to it, and so is the plan's slack when the epochs, not the budget,
-        bound the plan (SST-2's 3 epochs were planned in 34 of 55 minutes; its first distillation, stopped at
-        its own planned 19 minutes when the steps ran 20% slower than timed, got 1.7 epochs with 20 minutes of
-        the budget unused)."""
+        bound the plan (SST-2's 3 epochs were planned in 34 of 55 minutes; stopped at their own planned 19.0 and
+        12.3 minutes, its distillations got 1.67 and 2.03 epochs with 20 minutes of the budget unused)."""
         planned = self.stage(stage)
         if planned is None or planned.training_seconds is None:
             raise AxformerError(f"the recipe's plan has no training stage {stage!r}")
@@ -101,9 +101,10 @@ def _per_example_seconds(
     """(forward, training step) seconds per example of ``net`` over ``enc``, in the batches the real passes use.
 
     The trainer's batches are grouped by length (``grouped_batches``) and inference's sorted by it
-    (``sorted_batches``), so they pad little; timing random batches instead priced SST-2's distillation steps
-    at 14.6 ms per example where they took 7.5 (its phrases run from 3 to 60 tokens), and the plan gave the
-    recipe 1.7 epochs of a budget it then used 60% of. A batch costs a fixed part plus a part per token: a few
+    (``sorted_batches``), so they pad little; on SST-2's phrases a training step of the 3-layer student costs
+    14.79 ms per example on random batches and 6.13 on the trainer's (benchmarks/experiments/recipe_plan.py),
+    and the plan timed on random ones gave the recipe 1.72 epochs of a 55-minute budget it then used 32 minutes
+    of. A batch costs a fixed part plus a part per token: a few
     batches spread over the token counts are timed, that line is fitted, and it prices every batch of the
     sample."""
     rng = np.random.default_rng(seed)
@@ -125,8 +126,7 @@ def _per_example_seconds(
         else:
             with torch.no_grad():
                 net(**batch)
-        if device is not None and str(device).startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         return time.perf_counter() - t0
 
     def seconds(train_step: bool) -> float:

@@ -209,15 +209,16 @@ def fastformers_recipe(
     plan = _plan(model, data, config, stages_dir)
     # both distillations learn from the same teacher on the same texts: its outputs are computed once
     distill_config = replace(config.distill, teacher_cache_dir=str(stages_dir / TEACHER_OUTPUTS))
-    if config.decision_data is not None:
+    distill_config.selection_data = config.decision_data  # None: the held-out split selects
+    if config.confirm_fraction > 0:  # checkpoints are chosen on the deciding part, never on the confirmation one
         from axformer.evaluation.context import read_decision_data
 
-        distill_config.selection_data = config.decision_data
-        deciding = read_decision_data(config.decision_data, data)
-    else:
-        deciding = apply_split(data, ModelRecord.load(model).split)[1]
-    if config.confirm_fraction > 0:  # checkpoints are chosen on the deciding part, never on the confirmation one
-        distill_config.selection_positions = [int(i) for i in partition(deciding, config.confirm_fraction)[0]]
+        selecting = (
+            apply_split(data, ModelRecord.load(model).split)[1]
+            if config.decision_data is None
+            else read_decision_data(config.decision_data, data)
+        )
+        distill_config.selection_positions = [int(i) for i in partition(selecting, config.confirm_fraction)[0]]
     if plan is not None:
         distill_config.epochs = plan.epochs
 

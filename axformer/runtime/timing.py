@@ -21,7 +21,7 @@ import torch
 from axformer.data.batching import Encoded, collate, sorted_batches
 
 
-def _sync() -> None:
+def sync() -> None:
     """CUDA kernels run asynchronously: a timer must wait for them, or it measures only the launches."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
@@ -34,14 +34,14 @@ def interleaved_medians(
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    _sync()
+    sync()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 fn()
-                _sync()
+                sync()
                 samples[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -114,13 +114,13 @@ def time_candidates(
             for b in single[name]:
                 t0 = time.perf_counter()
                 model(**b)
-                _sync()
+                sync()
                 lat.append(1e3 * (time.perf_counter() - t0))
             n = sum(len(b["input_ids"]) for b in big[name])
             t0 = time.perf_counter()
             for b in big[name]:
                 model(**b)
-            _sync()
+            sync()
             dt = time.perf_counter() - t0
             if r >= warmup:
                 out[name].latency_ms += lat
