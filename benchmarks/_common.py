@@ -125,19 +125,26 @@ def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
     export = json.loads((out / "4-export" / "export.json").read_text())
     check = export["validation"]
     plan = recipe.get("plan") or {}
-    present = [s for s in stages[-1]["structure"] if not s.get("removed")]
+    back = export.get("backtracked") or {}
+    # the stage that shipped: the final one, an earlier one the pipeline fell back to, or the teacher
+    shipped = next((s for s in stages if s.get("path") == back.get("shipped")), stages[0]) if back else stages[-1]
+    present = [s for s in shipped["structure"] if not s.get("removed")]
     return {
         "metric": main,
-        "decision": [stages[0]["heldout"]["metrics"][main], stages[-1]["heldout"]["metrics"][main]],
+        "decision": [stages[0]["heldout"]["metrics"][main], shipped["heldout"]["metrics"][main]],
         "confirmation": [check["pytorch"]["metrics"][main], check["onnx"]["metrics"][main]],
         "dev": [original.dev.metrics[main], artifact.dev.metrics[main]],
-        "certificate": {"passed": check["drop"] <= check["max_drop"], "undone": []},
+        "certificate": {
+            "passed": check["drop"] <= check["max_drop"],
+            "undone": [Path(t["model"]).name for t in back.get("tried", [])],
+        },
         "removed": len(stages[0]["structure"]) - len(present),
         "recovery": {
-            "mode": "recipe: distil, prune, distil",
+            "mode": "recipe: distil, prune, distil"
+            + (f" (shipped {shipped['stage']})" if back and shipped is not stages[0] else ""),
             "budget": {"examples": plan.get("train_examples"), "epochs": plan.get("epochs") or 0.0},
             "original_budget": None,
-            "reverted": bool(export.get("backtracked")),
+            "reverted": bool(back) and shipped is stages[0],
             "retried": False,
         },
         "precision": export["precision"],
