@@ -1,6 +1,7 @@
 """Does the certificate predict the dev set? Every finished `axformer optimize` run on this machine, read back.
 
-Usage:  python benchmarks/experiments/certificate_calibration.py [--runs runs] [--out benchmarks/experiments/certificate_calibration.md]
+Usage:  python benchmarks/experiments/certificate_calibration.py [--runs runs]
+            [--out benchmarks/experiments/certificate_calibration.md]
 
 For each run directory under ``--runs`` that has a search report with a certificate and a benchmark (searches,
 not the recipe: it has no bootstrap interval), it takes the shipped model's certificate (difference of the main
@@ -89,7 +90,8 @@ def main() -> None:
     lines = [
         "# Does the certificate predict the dev set?",
         "",
-        f"Produced by `python benchmarks/experiments/certificate_calibration.py --runs {args.runs}` ({environment_line()}), "
+        f"Produced by `python benchmarks/experiments/certificate_calibration.py --runs {args.runs}` "
+        f"({environment_line()}), "
         "reading back every finished `axformer optimize` search run there whose shipped model differs from the "
         "original. Differences are the shipped model's main metric minus the original's, in points, PyTorch "
         "rows of the benchmark for dev; SE is the confirmation interval's width / 3.92.",
@@ -107,8 +109,9 @@ def main() -> None:
         kept = r["dev"] >= -r["allowed"]
         verdict = ["pass" if rule(r) else "fail" for rule in rules.values()]
         lines.append(
-            f"| {r['run']} | {r['task']} | {r['goal']} | {r['confirmation']:+.2f} ({r['examples']}) | {r['se']:.2f} | "
-            f"{r['dev']:+.2f} ({r['dev_examples']}) | {r['dev'] - r['confirmation']:+.2f} | {'yes' if kept else 'no'} | "
+            f"| {r['run']} | {r['task']} | {r['goal']} | {r['confirmation']:+.2f} ({r['examples']}) | "
+            f"{r['se']:.2f} | {r['dev']:+.2f} ({r['dev_examples']}) | {r['dev'] - r['confirmation']:+.2f} | "
+            f"{'yes' if kept else 'no'} | "
             + " | ".join(verdict)
             + f" | {r['artifact_confirmation']:+.2f} | {r['artifact_dev']:+.2f} |"
         )
