@@ -372,9 +372,13 @@ def test_export_cli_bad_input(monkeypatch, capsys, tiny_task, tmp_path):
 
 
 def test_int8_minilm_keeps_sst2_heldout_accuracy(minilm_sst2, tmp_path):
-    """Real model and data: dynamic int8 with per-channel weights stays within a point on the held-out split."""
+    """Real model and data: dynamic int8 with per-channel weights stays within a point on the held-out split.
+
+    2,000 examples: held out by sentence, SST-2's held-out split has whole unseen sentences, on which this weakly
+    tuned model (1,600 sentences, one epoch) has many borderline answers; 400 examples (5 answers net = 1.25
+    points) could not resolve one point."""
     tuned, _, data = minilm_sst2
-    r = export_model(tuned, tmp_path / "int8", ExportConfig(precision="int8", max_examples=400, device="cpu"), data)
+    r = export_model(tuned, tmp_path / "int8", ExportConfig(precision="int8", max_examples=2000, device="cpu"), data)
     assert r["fusion"]["fused_operators"]["Attention"] == 6
     assert abs(r["validation"]["drop"]) <= 1.0
     assert r["size_bytes"] < 0.75 * sum(f.stat().st_size for f in tuned.glob("*.safetensors"))

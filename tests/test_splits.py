@@ -90,3 +90,12 @@ def test_records_from_before_grouping_still_load():
     record = make_heldout_split(_data().train).to_dict()
     del record["grouped"]
     assert SplitRecord.from_dict(record).grouped is False
+
+
+def test_text_shared_too_widely_for_whole_groups_is_split_example_by_example():
+    """A toy file where every text is a phrase of the longest: one group, so no whole-group cut exists."""
+    texts = [(" ".join(["good"] * (i % 4) + ["movie"]),) for i in range(80)]
+    data = TaskData(custom_task(("a", "b"), 1), Split("train", texts, np.arange(80) % 2), {})
+    assert len(set(text_groups(data.train).tolist())) == 1
+    record = make_heldout_split(data.train, 0.15, 0)
+    assert not record.grouped and len(record.heldout_indices) == 12
