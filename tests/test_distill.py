@@ -745,3 +745,29 @@ def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(
         distill(teacher, tmp_path / "h", student_layers="1", data=data, config=labelled)
     with pytest.raises(AxformerError, match="--augment -1"):
         DistillConfig(augment=-1).validate()
+
+
+def test_the_plan_prices_the_benchmark_by_what_it_runs():
+    """Batch-1 requests at the request time, padded ones at the padded time, fixed lengths scaled from it,
+    exports and worker processes at their allowances (the plan priced all of it as batched passes and kept 2
+    minutes for a benchmark that took 8.4); the pipeline counts them from the benchmark's config."""
+    from axformer.distill.budget import EXPORT_FIXED_S, PROCESS_FIXED_S, Downstream
+    from axformer.pipeline.config import PipelineConfig
+    from axformer.pipeline.run import recipe_budget
+    from axformer.tasks.data import Split, TaskData
+    from axformer.tasks.spec import custom_task
+
+    d = Downstream(passes=100, requests=10, padded_requests=4, long_passes={256: 2}, exports=1, processes=3)
+    expected = 100 * 0.001 + 10 * 0.02 + 4 * 0.05 + 2 * 0.05 * 2 + EXPORT_FIXED_S + 3 * PROCESS_FIXED_S
+    assert d.seconds(forward=0.001, request=0.02, padded=0.05, max_length=128) == pytest.approx(expected)
+
+    split = Split("dev", [("a",)] * 50, np.zeros(50, dtype=np.int64))
+    data = TaskData(custom_task(("a", "b"), 1), split, {"dev": split})
+    cfg = PipelineConfig.build(preset="fastest-within-1", overrides={"model": "x"})
+    cfg.search.time_budget = 30.0
+    b = cfg.benchmark
+    b.rounds, b.warmup, b.latency_examples, b.lengths, b.memory, b.instances = 3, 1, 200, (64, 512), False, 1
+    left, plan = recipe_budget(cfg, data, Path("/nonexistent/3-search"))
+    assert left == 30.0
+    assert plan.padded_requests == 4 * 200 and plan.requests >= 5 * 4 * 200  # five rows run unpadded
+    assert set(plan.long_passes) == {64, 512} and plan.processes == 0  # no memory probe, no pool

@@ -35,6 +35,44 @@ EXPORT_EVALUATIONS = 3  # precisions the export evaluates on the held-out split 
 # conversion, graph fusion and quantization, besides the precision checks priced from the measurement (an
 # allowance: the demo's whole export stage, checks included, took 42 s on a 2-core AMD EPYC)
 EXPORT_FIXED_S = 30.0
+# a benchmark row's memory probe and its multi-instance workers each start processes that import torch or ONNX
+# Runtime and load the model (an allowance, like EXPORT_FIXED_S)
+PROCESS_FIXED_S = 8.0
+
+
+@dataclass
+class Downstream:
+    """What follows the recipe within the same budget (the pipeline's export and benchmark), by how it is priced.
+
+    The benchmark is mostly batch-1 requests, not batched passes: priced at the teacher's batched per-example
+    rate (3.6 ms on SST-2), the plan kept 2.0 minutes for a benchmark that took 5.9-8.4 (sessions 17-19), because a
+    request of the teacher costs 21 ms, one padded to 128 tokens 51 ms, and the fixed lengths go up to 512."""
+
+    passes: int = 0  # batched example forwards: dev scoring, throughput, the export's checks
+    requests: int = 0  # batch-1 requests at real lengths
+    padded_requests: int = 0  # batch-1 requests padded to the maximum length
+    long_passes: dict[int, int] = field(default_factory=dict)  # a fixed length -> example forwards at it
+    exports: int = 0  # ONNX conversions: the artifact's and the baselines'
+    processes: int = 0  # worker processes started (memory probes, multi-instance pools)
+
+    def seconds(self, forward: float, request: float, padded: float, max_length: int) -> float:
+        """Each part at the teacher's measured cost (an upper bound: most rows are smaller or ONNX models);
+        fixed lengths scale the padded request linearly in length."""
+        long = sum(n * padded * length / max_length for length, n in self.long_passes.items())
+        return (
+            self.passes * forward
+            + self.requests * request
+            + self.padded_requests * padded
+            + long
+            + self.exports * EXPORT_FIXED_S
+            + self.processes * PROCESS_FIXED_S
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.passes} batched passes, {self.requests + self.padded_requests} requests, "
+            f"{sum(self.long_passes.values())} at fixed lengths"
+        )
 
 
 @dataclass
@@ -145,8 +183,37 @@ def _per_example_seconds(
     return seconds(False), seconds(True)
 
 
+def _request_seconds(net, enc, max_length: int, device, requests: int = 8) -> tuple[float, float]:
+    """(seconds of one batch-1 request, of one padded to ``max_length``) of ``net``: medians over a few
+    examples at the sample's 90th-percentile length (the plan reads no dev text, and SST-2's dev sentences are
+    longer than its median training phrase)."""
+    import torch.nn.functional as F
+
+    net.eval()
+    lengths = enc.lengths
+    pick = np.argsort(np.abs(lengths - np.percentile(lengths, 90)), kind="stable")[:requests]
+
+    def once(idx, pad_to: int | None) -> float:
+        batch = collate(enc, [int(idx)], device)
+        batch.pop("labels")
+        if pad_to is not None:
+            batch = {k: F.pad(v, (0, max(0, pad_to - v.shape[-1]))) if v.dim() == 2 else v for k, v in batch.items()}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net(**batch)
+        sync()
+        return time.perf_counter() - t0
+
+    once(pick[0], None)  # warm-up
+    # a model with fewer positions than the task's length is timed at its own limit and scaled to the length
+    longest = min(max_length, getattr(net.config, "max_position_embeddings", max_length) or max_length)
+    padded = float(np.median([once(i, longest) for i in pick[: max(2, requests // 2)]]))
+    return float(np.median([once(i, None) for i in pick])), padded * max_length / longest
+
+
 def measure(model: str, data: TaskData, train, config, device, examples: int = 1600) -> dict[str, tuple[float, float]]:
-    """Per example, (forward, training step) seconds of the teacher and of the recipe's own students, built
+    """Per example, (forward, training step) seconds of the teacher and of the recipe's own students (and, under
+    "request", the teacher's batch-1 request at real and at maximum length: ``_request_seconds``), built
     here with the recipe's sizes (which heads and neurons a student keeps does not change its cost: the pruned
     one keeps the first ones), on a seeded sample of the training inputs at their real lengths, batched as the
     real passes batch them (``_per_example_seconds``: a few batches timed). Small models are dominated by
@@ -155,13 +222,14 @@ def measure(model: str, data: TaskData, train, config, device, examples: int = 1
     net = load_model(model, data.spec, device=device)
     tok = load_tokenizer(model)
     sample = train.subset(np.sort(np.random.default_rng(0).permutation(len(train))[: min(examples, len(train))]))
-    enc = encode(tok, sample, d.max_seq_length or data.spec.default_max_length, separate=data.spec.is_embedding)
+    max_length = d.max_seq_length or data.spec.default_max_length
+    enc = encode(tok, sample, max_length, separate=data.spec.is_embedding)
     regression = data.spec.is_regression
 
     def timed(m):
         return _per_example_seconds(m, enc, d.batch_size, d.eval_batch_size, device, regression)
 
-    out = {"teacher": timed(net)}
+    out = {"teacher": timed(net), "request": _request_seconds(net, enc, max_length, device)}
     student = copy.deepcopy(net)
     if config.student_layers is not None:
         present = current_structure(student).present_layers
@@ -179,12 +247,12 @@ def measure(model: str, data: TaskData, train, config, device, examples: int = 1
 
 
 def plan_recipe(
-    model: str, data: TaskData, config, budget_seconds: float, device, downstream_passes: int = 0
+    model: str, data: TaskData, config, budget_seconds: float, device, downstream: Downstream | None = None
 ) -> RecipePlan:
     """Epochs for each distillation so that the whole recipe fits ``budget_seconds`` (see the module doc).
 
-    ``downstream_passes``: example passes that follow the recipe within the same budget (the pipeline's export
-    and benchmark), priced at the teacher's forward time (an upper bound: the benchmark also runs the original).
+    ``downstream``: what follows the recipe within the same budget (the pipeline's export and benchmark),
+    priced from the teacher's measured costs (``Downstream.seconds``).
     """
     d = config.distill
     _, _, train_part, heldout = training_split(model, data, d)
@@ -193,14 +261,16 @@ def plan_recipe(
     n = len(training_subset(train_part, d.max_train_examples, d.seed))
     select = min(len(heldout), d.eval_max_examples or len(heldout))
     scored = len(heldout) + sum(len(s) for s in data.dev.values())  # what every final evaluation scores
-    students = [k for k in ("student", "pruned") if k in timed]
+    students = [k for k in ("student", "pruned") if k in timed]  # "request" is the teacher's, below
     teacher_outputs = n * forward  # once, kept for both distillations
     importance = min(config.importance_examples or len(heldout), len(heldout))
     prune_s = importance * timed["student" if "student" in timed else "teacher"][1] if "pruned" in timed else 0.0
     last = timed[students[-1]] if students else timed["teacher"]
     export_s = EXPORT_FIXED_S + EXPORT_EVALUATIONS * len(heldout) * last[0] if config.export is not None else 0.0
     summaries = sum(scored * timed[k][0] for k in ("teacher", *students)) + (export_s > 0) * scored * last[0]
-    after = EXPORT_FIXED_S + downstream_passes * forward if downstream_passes else 0.0
+    request, padded = timed["request"]
+    max_length = d.max_seq_length or data.spec.default_max_length
+    after = downstream.seconds(forward, request, padded, max_length) if downstream is not None else 0.0
     finals = {k: scored * timed[k][0] for k in students}  # each distillation's final evaluation
     spend = teacher_outputs + sum(finals.values()) + prune_s + export_s + summaries + after
     per_epoch = {k: n * timed[k][1] + select * timed[k][0] for k in students}  # training and its selection pass
@@ -230,7 +300,7 @@ def plan_recipe(
     if config.export is not None:
         stages.append(StagePlan(f"4-export-{config.export}", export_s, None, "conversion and precision checks"))
     stages.append(StagePlan("summaries", summaries, None, "every stage scored on held-out and dev"))
-    if downstream_passes:
-        stages.append(StagePlan("export and benchmark", after, None, f"{downstream_passes} example passes"))
+    if downstream is not None:
+        stages.append(StagePlan("export and benchmark", after, None, downstream.describe()))
     train_s = timed[students[0]][1] if students else timed["teacher"][1]
     return RecipePlan(budget_seconds, forward, train_s, n, epochs, stages)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from axformer.analysis.gradient import gradient_importance
 from axformer.data.batching import encode
-from axformer.distill.budget import RecipePlan, StagePlan, plan_recipe
+from axformer.distill.budget import Downstream, RecipePlan, StagePlan, plan_recipe
 from axformer.distill.objective import TEACHER_OUTPUTS, DistillConfig
 from axformer.distill.students import BUDGETS, prune_by_importance
 from axformer.distill.trainer import distill, teacher_task
@@ -60,7 +60,8 @@ class RecipeConfig:
     # minutes the recipe must fit in: the distillations' epochs are planned from a measurement of the teacher on
     # this machine (axformer.distill.budget), the plan printed before anything starts; None: the epochs as given
     time_budget: float | None = None
-    downstream_passes: int = 0  # example passes after the recipe within the same budget (the pipeline's stages)
+    # what follows the recipe within the same budget (the pipeline's export and benchmark), priced by the plan
+    downstream: Downstream | None = None
     # the share of the held-out split kept for the certificate (the pipeline's --confirm-fraction): checkpoint
     # selection and gradient importance use the rest only, so the export's check on it is a model's first sight
     # of those examples; 0: every decision uses the whole held-out split
@@ -168,7 +169,7 @@ def _plan(model: str, data: TaskData, config: RecipeConfig, stages_dir: Path) ->
         saved = read_json(path)
         return RecipePlan(**{**saved, "stages": [StagePlan(**x) for x in saved["stages"]]})
     device = resolve_device(config.distill.device)
-    plan = plan_recipe(model, data, config, 60 * config.time_budget, device, config.downstream_passes)
+    plan = plan_recipe(model, data, config, 60 * config.time_budget, device, config.downstream)
     tqdm.write(plan.table())
     write_json(path, plan.to_dict())
     return plan

@@ -245,9 +245,11 @@ def _analyze(model: str, data, cfg: PipelineConfig, path: Path) -> None:
     analyze(model, data, cfg.data_dir, path, config)
 
 
-def _recipe_budget(cfg: PipelineConfig, data, path: Path) -> tuple[float, int]:
-    """The recipe's share of ``--time-budget``: what the stages before it left (their recorded times), and the
-    example passes of the export's precision checks and of the benchmark that must still fit after it."""
+def recipe_budget(cfg: PipelineConfig, data, path: Path):
+    """The recipe's share of ``--time-budget``: what the stages before it left (their recorded times), and what
+    the export and the benchmark will still do after it (``Downstream``), counted from the benchmark's config."""
+    from axformer.distill.budget import Downstream
+
     times = path.parent / "times.json"
     spent = sum(v for k, v in read_json(times).items() if k != "search") if times.exists() else 0.0
     left = cfg.search.time_budget - spent / 60
@@ -256,9 +258,23 @@ def _recipe_budget(cfg: PipelineConfig, data, path: Path) -> tuple[float, int]:
     b = cfg.benchmark
     dev = sum(len(s) for s in data.dev.values())
     rows = 6  # original padded and dynamic, ONNX Runtime fp32 and int8, the searched model, the artifact
-    per_row = dev + b.rounds * (b.latency_examples + b.throughput_examples) + b.breakdown_requests
+    onnx_rows = 3
+    passes_per_round = b.rounds + b.warmup
+    fixed_rounds = max(2, b.rounds // 2) + b.warmup
+    instances = b.instances if b.instances is not None else (os.cpu_count() or 1)
+    pooled = rows - 1 if instances > 1 else 0  # every row but the padded one runs a multi-instance pool
     heldout = cfg.export.max_examples or 1000
-    return left, rows * per_row + 3 * heldout
+    return left, Downstream(
+        passes=rows * (dev + passes_per_round * b.throughput_examples)
+        + pooled * max(2, b.rounds // 2) * b.throughput_examples
+        + 3 * heldout,
+        requests=(rows - 1) * passes_per_round * b.latency_examples
+        + onnx_rows * b.breakdown_requests * (2 * b.rounds + 1),  # the session choice, then the breakdown
+        padded_requests=passes_per_round * b.latency_examples,
+        long_passes=dict.fromkeys(b.lengths, rows * fixed_rounds * (b.fixed_requests + b.fixed_batch)),
+        exports=3,  # the artifact, ONNX Runtime fp32 and int8 of the original
+        processes=(rows if b.memory else 0) + pooled * instances,
+    )
 
 
 def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
@@ -272,7 +288,7 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
             from axformer.models.record import task_for
 
             data = task_for(model, data, cfg.data_dir)  # without --task: the model's own (the plan counts examples)
-            recipe.time_budget, recipe.downstream_passes = _recipe_budget(cfg, data, path)
+            recipe.time_budget, recipe.downstream = recipe_budget(cfg, data, path)
         if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
             fastformers_recipe(model, path, recipe, data, cfg.data_dir)
         write_json(
