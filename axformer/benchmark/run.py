@@ -80,6 +80,13 @@ class BenchmarkConfig:
     seed: int = 0
     chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
 
+    @property
+    def worker_count(self) -> int:
+        """Multi-instance workers this run starts: ``instances``, else one per core this process may use."""
+        if self.instances is not None:
+            return self.instances
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
     def validate(self) -> None:
         if any(length < 2 for length in self.lengths):
             raise AxformerError(f"--lengths {self.lengths}; expected token counts of at least 2")
@@ -261,13 +268,7 @@ def benchmark(
         progress(f"timing at a fixed {length} tokens")
         for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
             rows[name].fixed[str(length)] = TimingSummary(**t.summary())
-    instances = (
-        config.instances
-        if config.instances is not None
-        else len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else (os.cpu_count() or 1)
-    )
+    instances = config.worker_count
     if instances and instances > 1:
         from axformer.runtime.predictor import Predictor
 

@@ -261,7 +261,7 @@ def recipe_budget(cfg: PipelineConfig, data, path: Path):
     onnx_rows = 3
     passes_per_round = b.rounds + b.warmup
     fixed_rounds = max(2, b.rounds // 2) + b.warmup
-    instances = b.instances if b.instances is not None else (os.cpu_count() or 1)
+    instances = b.worker_count
     pooled = rows - 1 if instances > 1 else 0  # every row but the padded one runs a multi-instance pool
     heldout = cfg.export.max_examples or 1000
     return left, Downstream(

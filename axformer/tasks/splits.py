@@ -99,31 +99,19 @@ def text_groups(split: Split) -> np.ndarray:
     """
     if split.is_qa:
         return article_groups(split)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = len(split)
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
-    def join(i: int, j: int) -> None:
-        ri, rj = root(i), root(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
     if split.texts and len(split.texts[0]) == 1:
-        for i, j in _phrase_holders([t[0] for t in split.texts]):
-            join(i, j)
-    else:
+        edges = _phrase_holders([t[0] for t in split.texts])
+    else:  # each example joins the first example that has the same text in either field
         first: dict[str, int] = {}
-        for i, text in enumerate(split.texts):
-            for field in text:
-                join(i, first.setdefault(field, i))
-    roots = [root(i) for i in range(n)]
-    numbers: dict[int, int] = {}
-    return np.asarray([numbers.setdefault(r, len(numbers)) for r in roots], dtype=np.int64)
+        edges = [(i, first.setdefault(field, i)) for i, text in enumerate(split.texts) for field in text]
+    rows, cols = (np.asarray(x, dtype=np.int64) for x in zip(*edges)) if edges else (np.zeros(0, int),) * 2
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, groups = connected_components(graph, directed=False)
+    return groups.astype(np.int64)
 
 
 def _phrase_holders(texts: list[str]) -> list[tuple[int, int]]:
