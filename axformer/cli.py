@@ -91,6 +91,14 @@ DocStrideOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N].")]
+TrainPrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--train-precision",
+        help="Mixed precision of training steps: auto (bf16 where the hardware has it: a CUDA GPU with bf16, a CPU "
+        "with AVX512_BF16 or AMX; else fp32), fp32, bf16, or fp16 (CUDA). Evaluations stay fp32.",
+    ),
+]
 
 
 _TASK_PARAMS: tuple[tuple[str, object, object], ...] = (
@@ -239,6 +247,7 @@ def finetune_cmd(
         bool, typer.Option("--allow-pickle", help="Allow loading pickle (pytorch_model.bin) checkpoints.")
     ] = False,
     device: DeviceOpt = "auto",
+    train_precision: TrainPrecisionOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
     selection: TaskSelection | None = None,
 ) -> None:
@@ -268,6 +277,7 @@ def finetune_cmd(
         new_head=new_head,
         allow_pickle=allow_pickle,
         device=device,
+        precision=train_precision,
     )
     config.validate()
     data = selection.load()
@@ -759,6 +769,14 @@ def optimize_cmd(
     device: Annotated[
         str | None, typer.Option("--device", help="auto (CUDA when available), cpu or cuda[:N], for every stage.")
     ] = None,
+    train_precision: Annotated[
+        str | None,
+        typer.Option(
+            "--train-precision",
+            help="Mixed precision of fine-tuning and recovery steps: auto (bf16 where the hardware has it, else "
+            "fp32), fp32, bf16, or fp16 (CUDA). Evaluations and decisions stay fp32.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the output directory first and run everything again.")
     ] = False,
@@ -819,6 +837,7 @@ def optimize_cmd(
             "windows": recover_windows,
             "augment": recover_augment,
             "quantization_aware": quantization_aware,
+            "precision": train_precision,
         },
     }
     sections = {
@@ -826,7 +845,7 @@ def optimize_cmd(
         "export": {"precision": precision},
         "benchmark": {"price_per_hour": price_per_hour, "rounds": rounds},
         "analyze": {"scorers": [] if scorers == ["none"] else scorers},
-        "finetune": {},
+        "finetune": {"precision": train_precision},
     }
     for name, values in sections.items():
         for key, value in (("device", device), ("allow_pickle", allow_pickle)):
@@ -948,6 +967,7 @@ def distill_cmd(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints.")] = 50,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     device: DeviceOpt = "auto",
+    train_precision: TrainPrecisionOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     selection: TaskSelection | None = None,
 ) -> None:
@@ -973,6 +993,7 @@ def distill_cmd(
         checkpoint_every=checkpoint_every,
         allow_pickle=allow_pickle,
         device=device,
+        precision=train_precision,
         temperature=temperature,
         soft_weight=soft_weight,
         hard_weight=hard_weight,

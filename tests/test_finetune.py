@@ -123,3 +123,34 @@ def test_regression_task(tiny_bert, tmp_path):
 def test_minilm_sst2_subset_end_to_end(minilm_sst2):
     _, res, _ = minilm_sst2
     assert res.evaluation.splits["dev"].metrics["accuracy"] > 70
+
+
+def test_training_precision_rules():
+    """auto is bf16 only where the hardware multiplies it; fp16 only on CUDA; unknown names are refused."""
+    from axformer.errors import AxformerError
+    from axformer.utils.device import native_bf16, training_dtype
+
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu, "flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert native_bf16(cpu, "flags\t\t: avx2 amx_bf16 amx_tile\n")
+    assert not native_bf16(cpu, "flags\t\t: avx2 avx512f avx512_vnni\n")
+    assert training_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+    assert training_dtype("fp32", cpu) is None
+    assert training_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(AxformerError, match="fp16 needs a CUDA device"):
+        training_dtype("fp16", cpu)
+    with pytest.raises(AxformerError, match="--train-precision 'half'; expected one of auto, fp32, bf16, fp16"):
+        FinetuneConfig(precision="half").validate()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_mixed_precision_training_learns_and_keeps_fp32_weights(tiny_bert, sentiment, tmp_path, precision):
+    """bf16 autocast trains as well on the toy rule, the saved weights stay fp32, and the history says which
+    precision ran (fp32 and bf16 runs differ: they are not the same run)."""
+    out = tmp_path / precision
+    res = finetune(tiny_bert, sentiment, out, FinetuneConfig(**CFG, precision=precision))
+    assert res.evaluation.splits["dev"].metrics["accuracy"] > 75
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values() if t.is_floating_point()} == {
+        torch.float32
+    }
+    assert ModelRecord.load(out).history[-1]["precision"] == precision

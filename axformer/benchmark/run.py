@@ -46,6 +46,7 @@ from axformer.models.record import ModelRecord, task_for
 from axformer.runtime.backends import is_onnx_artifact, load_runnable, max_input_length, onnx_file, position_limit
 from axformer.runtime.timing import pad_to, prepare, synthetic, time_candidates
 from axformer.tasks.data import TaskData
+from axformer.utils.device import cpu_flags
 from axformer.utils.io import write_json
 
 PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
@@ -359,12 +360,8 @@ def environment() -> dict:
             ),
             "",
         )
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in text)
-    except OSError:
-        pass
+    have = cpu_flags()
+    flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile") if f in have)
     return {
         "machine": platform.machine(),
         "cpu": cpu,

@@ -29,6 +29,7 @@ from axformer.runtime.timing import sync
 from axformer.surgery.prune import apply_structure, current_structure
 from axformer.tasks.data import TaskData
 from axformer.training.finetune import training_split, training_subset
+from axformer.utils.device import autocast, training_dtype
 
 MIN_EPOCHS = 0.05  # below this a distillation is not worth running: the budget is refused instead
 EXPORT_EVALUATIONS = 3  # precisions the export evaluates on the held-out split (int8, mixed, fp32 at most)
@@ -134,9 +135,18 @@ class RecipePlan:
 
 
 def _per_example_seconds(
-    net, enc, batch_size: int, eval_batch_size: int, device, regression: bool, seed: int = 0, timed: int = 5
+    net,
+    enc,
+    batch_size: int,
+    eval_batch_size: int,
+    device,
+    regression: bool,
+    seed: int = 0,
+    timed: int = 5,
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
-    """(forward, training step) seconds per example of ``net`` over ``enc``, in the batches the real passes use.
+    """(forward, training step) seconds per example of ``net`` over ``enc``, in the batches the real passes use,
+    in the trainer's mixed precision ``dtype`` (None: fp32).
 
     The trainer's batches are grouped by length (``grouped_batches``) and inference's sorted by it
     (``sorted_batches``), so they pad little; on SST-2's phrases a training step of the 3-layer student costs
@@ -158,11 +168,13 @@ def _per_example_seconds(
         batch = collate(enc, idx, device)
         labels = batch.pop("labels")
         if train_step:
-            per_example_loss(net(**batch).logits, labels, regression).mean().backward()
+            with autocast(dtype, device):
+                loss = per_example_loss(net(**batch).logits, labels, regression).mean()
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(dtype, device):
                 net(**batch)
         sync()
         return time.perf_counter() - t0
@@ -226,8 +238,10 @@ def measure(model: str, data: TaskData, train, config, device, examples: int = 1
     enc = encode(tok, sample, max_length, separate=data.spec.is_embedding)
     regression = data.spec.is_regression
 
+    dtype = training_dtype(d.precision, device)
+
     def timed(m):
-        return _per_example_seconds(m, enc, d.batch_size, d.eval_batch_size, device, regression)
+        return _per_example_seconds(m, enc, d.batch_size, d.eval_batch_size, device, regression, dtype=dtype)
 
     out = {"teacher": timed(net), "request": _request_seconds(net, enc, max_length, device)}
     student = copy.deepcopy(net)

@@ -33,10 +33,13 @@ TEACHER_CACHE = "teacher_logits.npy"
 TEACHER_OUTPUTS = "teacher-outputs"
 
 
-def teacher_key(teacher: nn.Module, enc: Encoded, regression: bool) -> str:
+def teacher_key(teacher: nn.Module, enc: Encoded, regression: bool, precision: str = "fp32") -> str:
     """What the teacher's outputs on ``enc`` depend on, hashed: its weights and buffers, the exact token ids (and
-    token types) in order, and the problem kind. Any difference is a different key, never a stale cache."""
+    token types) in order, the problem kind and the precision it ran in. Any difference is a different key, never
+    a stale cache."""
     h = hashlib.sha256(b"regression" if regression else b"classification")
+    if precision != "fp32":  # fp32 keys stay what they were
+        h.update(precision.encode())
     for name, t in teacher.state_dict().items():
         h.update(name.encode())
         t = t.detach().cpu()
@@ -147,7 +150,10 @@ class DistillObjective:
         path = work / TEACHER_CACHE
         kept = None if self.config.teacher_cache_dir is None else Path(self.config.teacher_cache_dir)
         if kept is not None:
-            kept = kept / f"teacher-{teacher_key(self.teacher, enc_train, self.regression)}.npy"
+            # outputs computed under autocast (the trainer's mixed precision) differ from fp32 ones: keyed apart
+            mixed = torch.is_autocast_enabled(device.type)
+            precision = str(torch.get_autocast_dtype(device.type)) if mixed else "fp32"
+            kept = kept / f"teacher-{teacher_key(self.teacher, enc_train, self.regression, precision)}.npy"
             if kept.exists() and not path.exists():
                 shutil.copyfile(kept, path)
         if path.exists():

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from axformer.utils.device import cpu_flags
+
 if TYPE_CHECKING:
     from axformer.export.gptq import Calibration
 
@@ -121,13 +123,8 @@ def saturates_u8s8(cpuinfo: str | None = None) -> bool:
     multiplies uint8 activations by int8 weights with VPMADDUBSW, whose int16 pair sums overflow for 8-bit
     weights (ONNX Runtime's quantization guide; measured here on an AVX2 AMD EPYC: a trained tiny model's int8
     logits moved by 0.52 instead of < 0.05). VNNI (VPDPBUSD) accumulates in int32 and does not saturate."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    flags = cpu_flags(cpuinfo)
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
 
 
 def quantize_int8(

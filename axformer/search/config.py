@@ -15,6 +15,7 @@ from axformer.attention.hard import MODES
 from axformer.errors import AxformerError
 from axformer.surgery.fake_quant import check_block_size
 from axformer.utils.config import from_mapping, to_mapping
+from axformer.utils.device import PRECISIONS
 
 GOALS = ("accuracy", "speed", "size")
 UNITS = ("auto", "all", "coarse")
@@ -116,8 +117,12 @@ class Recovery:
     # Off by default: measured on STS-B it passed its certificate and lost 2.03 dev Pearson (post-training int4:
     # -0.54), on MRPC the certificate refused it (docs/size.md)
     quantization_aware: bool = False
+    # mixed precision of the recovery's training steps and teacher pass (axformer.utils.device.training_dtype)
+    precision: str = "auto"
 
     def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise AxformerError(f"--train-precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.augment < 0:
             raise AxformerError(f"--recover-augment {self.augment}; expected a number of copies per text (0: none)")
         if self.windows < 0:

