@@ -771,3 +771,30 @@ def test_the_plan_prices_the_benchmark_by_what_it_runs():
     assert left == 30.0
     assert plan.padded_requests == 4 * 200 and plan.requests >= 5 * 4 * 200  # five rows run unpadded
     assert set(plan.long_passes) == {64, 512} and plan.processes == 0  # no memory probe, no pool
+
+
+def test_the_plan_times_training_in_the_trainers_precision_and_evaluations_in_fp32(tiny_task, monkeypatch):
+    """A bf16 trainer's steps and teacher pass are timed under bf16 autocast, every evaluation in fp32 (the plan
+    would otherwise price a bf16 teacher pass at the fp32 rate, or fp32 evaluations at the bf16 one)."""
+    import axformer.distill.budget as budget
+    from axformer.data.batching import encode
+    from axformer.models.loading import load_model, load_tokenizer
+
+    model, data, _ = tiny_task
+    net = load_model(model, data.spec, device="cpu")
+    enc = encode(load_tokenizer(model), data.train, 32)
+    calls = []
+    real = budget.autocast
+
+    def spy(dtype, device):
+        calls.append(dtype)
+        return real(dtype, device)
+
+    monkeypatch.setattr(budget, "autocast", spy)
+    fp32 = budget._per_example_seconds(net, enc, 16, 32, "cpu", False, timed=3)
+    assert len(fp32) == 3 and fp32[2] == fp32[0] and min(fp32) > 0 and set(calls) == {None}
+    calls.clear()
+    mixed = budget._per_example_seconds(net, enc, 16, 32, "cpu", False, timed=3, dtype=torch.bfloat16)
+    assert min(mixed) > 0
+    # warm-up and 3 timed batches each: the fp32 forward pass, the bf16 training steps, the bf16 teacher pass
+    assert calls == [None] * 4 + [torch.bfloat16] * 8

@@ -144,9 +144,10 @@ def _per_example_seconds(
     seed: int = 0,
     timed: int = 5,
     dtype: torch.dtype | None = None,
-) -> tuple[float, float]:
-    """(forward, training step) seconds per example of ``net`` over ``enc``, in the batches the real passes use,
-    in the trainer's mixed precision ``dtype`` (None: fp32).
+) -> tuple[float, float, float]:
+    """(forward, training step, forward in ``dtype``) seconds per example of ``net`` over ``enc``, in the batches
+    the real passes use. Training steps and a distillation's teacher pass run in the trainer's mixed precision
+    ``dtype`` (None: fp32, and the third figure is the first); evaluations run in fp32.
 
     The trainer's batches are grouped by length (``grouped_batches``) and inference's sorted by it
     (``sorted_batches``), so they pad little; on SST-2's phrases a training step of the 3-layer student costs
@@ -162,7 +163,7 @@ def _per_example_seconds(
     }
     optimizer = torch.optim.AdamW(net.parameters(), lr=0.0)  # the step the trainer takes, changing nothing
 
-    def step(idx, train_step: bool) -> float:
+    def step(idx, train_step: bool, dtype: torch.dtype | None) -> float:
         net.train(train_step)
         t0 = time.perf_counter()
         batch = collate(enc, idx, device)
@@ -179,20 +180,21 @@ def _per_example_seconds(
         sync()
         return time.perf_counter() - t0
 
-    def seconds(train_step: bool) -> float:
+    def seconds(train_step: bool, dtype: torch.dtype | None) -> float:
         batches = passes[train_step]
         tokens = np.array([len(enc.rows(b)) * max(len(enc.input_ids[i]) for i in enc.rows(b)) for b in batches])
         order = np.argsort(tokens, kind="stable")
         pick = order[np.unique(np.linspace(0, len(order) - 1, min(timed, len(order))).round().astype(int))]
-        step(batches[order[0]], train_step)  # warm-up: allocations, autograd's first graph
-        t = np.array([step(batches[i], train_step) for i in pick])
+        step(batches[order[0]], train_step, dtype)  # warm-up: allocations, autograd's first graph
+        t = np.array([step(batches[i], train_step, dtype) for i in pick])
         x = tokens[pick].astype(float)
         slope = np.polyfit(x, t, 1)[0] if len(set(x)) > 1 else 0.0
         slope = max(slope, 0.0)
         intercept = max(float(np.mean(t - slope * x)), 0.0)
         return float(intercept * len(batches) + slope * tokens.sum()) / len(enc)
 
-    return seconds(False), seconds(True)
+    forward = seconds(False, None)
+    return forward, seconds(True, dtype), forward if dtype is None else seconds(False, dtype)
 
 
 def _request_seconds(net, enc, max_length: int, device, requests: int = 8) -> tuple[float, float]:
@@ -223,13 +225,13 @@ def _request_seconds(net, enc, max_length: int, device, requests: int = 8) -> tu
     return float(np.median([once(i, None) for i in pick])), padded * max_length / longest
 
 
-def measure(model: str, data: TaskData, train, config, device, examples: int = 1600) -> dict[str, tuple[float, float]]:
-    """Per example, (forward, training step) seconds of the teacher and of the recipe's own students (and, under
-    "request", the teacher's batch-1 request at real and at maximum length: ``_request_seconds``), built
-    here with the recipe's sizes (which heads and neurons a student keeps does not change its cost: the pruned
-    one keeps the first ones), on a seeded sample of the training inputs at their real lengths, batched as the
-    real passes batch them (``_per_example_seconds``: a few batches timed). Small models are dominated by
-    per-step overheads that no parameter count predicts, so they are timed, not scaled."""
+def measure(model: str, data: TaskData, train, config, device, examples: int = 1600) -> dict[str, tuple[float, ...]]:
+    """Per example, (forward, training step, forward in the trainer's precision) seconds of the teacher and of the
+    recipe's own students (and, under "request", the teacher's batch-1 request at real and at maximum length:
+    ``_request_seconds``), built here with the recipe's sizes (which heads and neurons a student keeps does not
+    change its cost: the pruned one keeps the first ones), on a seeded sample of the training inputs at their
+    real lengths, batched as the real passes batch them (``_per_example_seconds``: a few batches timed). Small
+    models are dominated by per-step overheads that no parameter count predicts, so they are timed, not scaled."""
     d = config.distill
     net = load_model(model, data.spec, device=device)
     tok = load_tokenizer(model)
@@ -276,7 +278,7 @@ def plan_recipe(
     select = min(len(heldout), d.eval_max_examples or len(heldout))
     scored = len(heldout) + sum(len(s) for s in data.dev.values())  # what every final evaluation scores
     students = [k for k in ("student", "pruned") if k in timed]  # "request" is the teacher's, below
-    teacher_outputs = n * forward  # once, kept for both distillations
+    teacher_outputs = n * timed["teacher"][2]  # once (in the trainer's precision), kept for both distillations
     importance = min(config.importance_examples or len(heldout), len(heldout))
     prune_s = importance * timed["student" if "student" in timed else "teacher"][1] if "pruned" in timed else 0.0
     last = timed[students[-1]] if students else timed["teacher"]

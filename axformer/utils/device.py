@@ -54,15 +54,16 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
 
 
-def native_bf16(device: torch.device, cpuinfo: str | None = None) -> bool:
+def native_bf16(device: torch.device | str, cpuinfo: str | None = None) -> bool:
     """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU that supports it, an x86 CPU with AVX512_BF16 or
     AMX. Elsewhere PyTorch emulates bf16 and it is slower than fp32."""
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))
 
 
-def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def training_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The dtype training's matrix products run in under autocast (None: fp32).
 
     Mixed precision: weights, optimiser state, losses and checkpoints stay fp32; only the forward and backward
@@ -74,7 +75,7 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise AxformerError(f"--train-precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return torch.bfloat16 if native_bf16(device) else None
-    if precision == "fp16" and device.type != "cuda":
+    if precision == "fp16" and torch.device(device).type != "cuda":
         raise AxformerError(f"--train-precision fp16 needs a CUDA device, got {device}; expected auto, fp32 or bf16")
     return _DTYPES.get(precision)
 
@@ -83,8 +84,8 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
-def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(dtype: torch.dtype | None, device: torch.device | str) -> contextlib.AbstractContextManager:
     """Mixed precision on ``device`` in ``dtype`` (None: a no-op context, fp32 throughout)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype)

@@ -70,7 +70,7 @@ def main() -> None:
     for _ in range(2):
         m = budget.measure(args.model, data, train, cfg, "cpu")
         ms = {k: tuple(round(1e3 * x, 2) for x in v) for k, v in m.items()}
-        print("plan ms per example (forward, training step; request: batch-1, padded):", ms)
+        print("plan ms per example (forward, training step, teacher pass; request: batch-1, padded):", ms)
         # what the pipeline keeps back for the export and the benchmark of fastest-within-1 (session 19: priced
         # by what the benchmark runs; it was 2.0 min, the benchmark took 5.9-8.4)
         pipeline = PipelineConfig.build(preset="fastest-within-1", overrides={"model": args.model})
