@@ -340,3 +340,25 @@ def test_reports_name_the_bundled_model_by_its_name(minilm_dir, tmp_path):
 
     assert model_display_name(str(minilm_dir)) == "all-MiniLM-L6-v2 (bundled)"
     assert model_display_name(str(tmp_path / "runs" / "sst2")) == "sst2"
+
+
+def test_the_report_names_training_that_ran_in_mixed_precision(tmp_path):
+    """A model trained in bf16 says so in the report's first section; an fp32 history (or none) adds nothing."""
+    import json
+
+    from axformer.pipeline.report import _training_precision
+
+    (tmp_path / "axformer.json").write_text(
+        json.dumps(
+            {
+                "history": [
+                    {"stage": "finetune", "precision": "bf16"},
+                    {"stage": "optimize"},
+                    {"stage": "distill", "precision": "fp32"},
+                ]
+            }
+        )  # fmt: skip
+    )
+    assert "(finetune in bf16; weights kept in fp32)" in _training_precision(tmp_path)
+    (tmp_path / "axformer.json").write_text(json.dumps({"history": [{"stage": "distill", "precision": "fp32"}]}))
+    assert _training_precision(tmp_path) == "" and _training_precision(tmp_path / "missing") == ""

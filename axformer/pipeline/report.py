@@ -152,6 +152,19 @@ def _size_section(out: Path, model: str, export: dict, search, section, add_tabl
     return result
 
 
+def _training_precision(model_dir: Path) -> str:
+    """A sentence naming the training stages of the model's history that ran in mixed precision (empty if none)."""
+    record = model_dir / "axformer.json"
+    history = read_json(record).get("history", []) if record.exists() else []
+    mixed = [f"{h['stage']} in {h['precision']}" for h in history if h.get("precision", "fp32") != "fp32"]
+    if not mixed:
+        return ""
+    return (
+        f" Training steps ran in mixed precision where the hardware has it ({', '.join(mixed)}; weights kept in "
+        "fp32); every evaluation and decision ran in fp32."
+    )
+
+
 def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopped: str | None = None) -> dict:
     """Write report.html and report.md into ``out``; returns the summary (also in summary.json)."""
     md: list[str] = []
@@ -197,7 +210,8 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
         "What was done and why",
         f"Goal: {goal}: {why} Stages: "
         f"{'fine-tuned first (the checkpoint had no task head); ' if finetuned else ''}{stages}. "
-        f"Decisions used the held-out part of the training data only; the dev set only reports.",
+        f"Decisions used the held-out part of the training data only; the dev set only reports."
+        + _training_precision(search_dir),
     )
     summary: dict = {"output": str(out), "task": task_name, "goal": goal}
     if stopped is not None:
