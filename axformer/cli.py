@@ -507,6 +507,14 @@ def optimize_cmd(
         float | None,
         typer.Option("--target-speedup", help="speed: stop once the predicted batch-1 speed-up reaches this factor."),
     ] = None,
+    latency_runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--latency-runtime",
+            help="speed: where the cost model times pruned variants: pytorch, or onnxruntime-int8 (as the int8 "
+            "artifact runs; --target-speedup is then over ONNX Runtime int8 of the original).",
+        ),
+    ] = None,
     target_size: Annotated[
         str | None,
         typer.Option(
@@ -799,6 +807,7 @@ def optimize_cmd(
     search = {
         "goal": goal,
         "target_speedup": target_speedup,
+        "latency_runtime": latency_runtime,
         "target_size": _factor(target_size, "--target-size"),
         "groups": groups,
         "units": units,

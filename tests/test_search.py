@@ -603,3 +603,32 @@ def test_a_layer_that_would_overshoot_the_target_is_left_to_the_blocks(monkeypat
     cfg = ConstraintSearchConfig(target=1.8, groups=2, phases=(("layer",),))
     out = constraint_search(Trials(KeepsEverything(), None, "accuracy"), structure, BlockCost(), cfg)
     assert len(out.removed) == 2 and all("." not in n for n in out.removed)
+
+
+def test_the_cost_model_can_time_variants_as_the_int8_artifact_runs(tuned_tiny, tmp_path, monkeypatch):
+    """--latency-runtime onnxruntime-int8: every variant the latency model is fitted on is exported, fused and
+    quantised, and timed in an ONNX Runtime session (not in PyTorch); the search records where it timed, says so
+    in its report, and a bad name is refused."""
+    import axformer.export.deployed as deployed
+    from axformer.errors import AxformerError
+    from axformer.search.optimize import OptimizeConfig, optimize
+
+    model, data, _ = tuned_tiny
+    graphs = []
+    real = deployed.int8_graph
+
+    def spy(m, directory, name="model"):
+        graphs.append(real(m, directory, name))
+        return graphs[-1]
+
+    monkeypatch.setattr(deployed, "int8_graph", spy)
+    cfg = OptimizeConfig(goal="speed", groups=4, device="cpu", progress=False, latency_examples=10,
+                         latency_runtime="onnxruntime-int8", tolerance=Tolerance(max_drop=3.0))  # fmt: skip
+    optimize(model, data, None, tmp_path / "speed", cfg)
+    cost = json.loads((tmp_path / "speed" / "cost_model.json").read_text())
+    assert cost["runtime"] == "onnxruntime-int8" and cost["attention"] is None
+    assert len(graphs) == len(cost["calibration"]) == 6 and all(p.name.endswith("-int8.onnx") for p in graphs)
+    assert all(c["measured_ms"] > 0 for c in cost["calibration"])
+    assert "over ONNX Runtime int8 of the original" in (tmp_path / "speed" / "report.md").read_text()
+    with pytest.raises(AxformerError, match="--latency-runtime 'ort'; expected one of pytorch, onnxruntime-int8"):
+        OptimizeConfig(goal="speed", latency_runtime="ort").validate()

@@ -47,6 +47,9 @@ class CostModel:
     # the cost ratios are taken against (None: the unpruned structure's predicted cost). The byte model's is the
     # fp32 original's bytes, so "10x smaller" counts what precision and vocabulary save too
     baseline: float | None = None
+    # where latency was measured: "pytorch" (the model as it is) or "onnxruntime-int8" (as the default artifact
+    # runs it: exported, fused, int8 weights; axformer.export.deployed)
+    runtime: str = "pytorch"
 
     def attention_saving(self, mode: str) -> float:
         """Seconds one layer's approximate attention saves at batch 1 (negative: it is slower than dense)."""
@@ -93,23 +96,35 @@ def calibrate_latency(
     device: str = "cpu",
     k: int | None = None,
     attention_modes: tuple[str, ...] = MODES,
+    runtime: str = "pytorch",
 ) -> CostModel:
     """Measure batch-1 latency of pruned variants at ``seq_len`` tokens and fit the per-component model.
 
-    With ``k``, approximate attention in ``attention_modes`` is measured too (only the modes the search may try:
-    each costs a model copy and a timing run)."""
+    ``runtime`` "onnxruntime-int8" times each variant as the default artifact runs it (exported, fused, int8, in
+    an ONNX Runtime session on the CPU: a few seconds of export per variant), so that speed-ups and targets are
+    over ONNX Runtime int8 of the unpruned model. With ``k`` and PyTorch, approximate attention in
+    ``attention_modes`` is measured too (only the modes the search may try: each costs a model copy and a timing
+    run); the exported graphs have no approximate attention, so it saves nothing there."""
+    import tempfile
+
     model = model.eval()
     fns, feats = {}, {}
     vocab = int(getattr(model.config, "vocab_size", 1000))
     ids = torch.randint(min(5, vocab - 1), vocab, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    for name, target in _variants(structure).items():
-        m = copy.deepcopy(model)
-        apply_structure(m, target)
-        m.eval()
-        fns[name] = lambda m=m: m(**batch)
-        feats[name] = _features(target)
-    measured = interleaved_medians(fns, repeats=repeats, rounds=3)
+    with tempfile.TemporaryDirectory(prefix="axformer-cost-") as tmp:
+        for i, (name, target) in enumerate(_variants(structure).items()):
+            m = copy.deepcopy(model)
+            apply_structure(m, target)
+            m.eval()
+            if runtime == "onnxruntime-int8":
+                from axformer.export.deployed import int8_graph, session_call
+
+                fns[name] = session_call(int8_graph(m, tmp, f"variant{i}"), ids.cpu().numpy())
+            else:
+                fns[name] = lambda m=m: m(**batch)
+            feats[name] = _features(target)
+        measured = interleaved_medians(fns, repeats=repeats, rounds=3)
     X = np.stack([feats[k] for k in fns])
     y = np.array([measured[k] for k in fns])
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
@@ -122,8 +137,9 @@ def calibrate_latency(
         seq_len,
         calib,
         measure_attention(model, structure, batch, k, repeats, attention_modes)
-        if k is not None and attention_modes
+        if k is not None and attention_modes and runtime == "pytorch"
         else None,
+        runtime=runtime,
     )
 
 

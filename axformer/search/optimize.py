@@ -324,6 +324,7 @@ def _cost_model(ctx, structure, config: OptimizeConfig, work: Path, attention_mo
             device=ctx.device,
             k=config.attention.k,
             attention_modes=attention_modes,
+            runtime=config.latency_runtime,
         )
         if config.goal == "speed"
         else byte_model(ctx.model, structure, config.artifact, *_kept_sizes(ctx, config))

@@ -215,10 +215,12 @@ def report_markdown(r: SearchReport) -> str:
             "groups change fewer answers than the deciding examples can resolve.",
         ]
     if s.cost_model is not None:
+        where = {"onnxruntime-int8": " (latency timed as the int8 artifact runs: over ONNX Runtime int8 of the "
+                 "original)"}.get(s.cost_model.get("runtime", "pytorch"), "")  # fmt: skip
         lines += [
             "",
             f"Predicted {'speed-up' if r.goal == 'speed' else 'size reduction'} from the "
-            f"calibrated cost model: {s.predicted_ratio:.2f}x.",
+            f"calibrated cost model{where if r.goal == 'speed' else ''}: {s.predicted_ratio:.2f}x.",
         ]
     lines += certification_lines(r) + fidelity_lines(r)
     for w in r.warnings:
