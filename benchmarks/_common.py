@@ -26,10 +26,19 @@ def searched_dir(out: Path) -> Path:
 
 
 def cpu_name() -> str:
+    """The CPU's model name and the instruction sets its int8 and bf16 kernels depend on: two "AMD EPYC"s with
+    and without VNNI rank the same int8 artifact differently against ONNX Runtime int8 (docs/promises.md)."""
+    from axformer.utils.device import cpu_flags
+
+    name = platform.processor() or platform.machine()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            name = line.split(":", 1)[1].strip()
+            break
+    flags = cpu_flags()
+    kinds = [f for f in ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    kinds = kinds or [f for f in ("avx512f", "avx2") if f in flags][:1]
+    return f"{name} ({', '.join(kinds)})" if kinds else name
 
 
 def environment_line() -> str:

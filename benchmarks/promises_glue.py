@@ -50,7 +50,9 @@ def _table(rows: list[dict]) -> str:
         "`benchmarks/finetune_baselines.py`. Metric: the task's main metric in points. Dev: the deployed "
         "artifact of `axformer optimize --preset P` against the original in PyTorch. Speed-ups: batch-1 p50 "
         "latency on dev texts, all rows of a task in one benchmark run. Each row names its CPU (rows before the "
-        "cpu column ran on the Intel Xeon): int8 kernels round differently on different CPUs.",
+        "cpu column ran on the Intel Xeon), from session 20 on with the instruction sets its int8 and bf16 "
+        "kernels use (the plain AMD EPYC rows of sessions 14-19 ran on one with AVX2 and without VNNI): int8 "
+        "kernels round, and gain over fp32, differently on different CPUs.",
         "",
         "| task | preset | decision split | confirmation split | dev (artifact) | certificate | removed | "
         "recovery (examples x epochs) | artifact | vs original | vs ORT int8 of the original | wall time | code "
