@@ -38,8 +38,11 @@ from axformer.tasks.sources import load_task  # noqa: E402
 from axformer.training.finetune import training_split  # noqa: E402
 
 
-def real_steps(student, enc, batches, regression: bool) -> np.ndarray:
-    """Seconds per example of AdamW training steps on ``batches`` (the first 10 are warm-up)."""
+def real_steps(student, enc, batches, regression: bool, dtype=None) -> np.ndarray:
+    """Seconds per example of AdamW training steps on ``batches`` in the trainer's mixed precision ``dtype``
+    (None: fp32; the first 10 steps are warm-up)."""
+    from axformer.utils.device import autocast
+
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
     student.train()
     out = []
@@ -47,7 +50,9 @@ def real_steps(student, enc, batches, regression: bool) -> np.ndarray:
         t0 = time.perf_counter()
         b = collate(enc, idx, "cpu")
         labels = b.pop("labels")
-        per_example_loss(student(**b).logits, labels, regression).mean().backward()
+        with autocast(dtype, "cpu"):
+            loss = per_example_loss(student(**b).logits, labels, regression).mean()
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         out.append((time.perf_counter() - t0) / len(idx))
@@ -63,6 +68,9 @@ def main() -> None:
     ap.add_argument("--plan-only", action="store_true", help="the plan's measurements only, no real training steps")
     args = ap.parse_args()
     print(environment_line())
+    from axformer.utils.device import training_dtype
+
+    print("training steps in", training_dtype(DistillConfig.precision, "cpu") or "fp32")
     data = load_task(args.task, args.data_dir)
     cfg = RecipeConfig(student_layers="3", heads=8, ffn=768, distill=DistillConfig(batch_size=32, device="cpu"))
     _, _, train, _ = training_split(args.model, data, cfg.distill)
@@ -88,7 +96,7 @@ def main() -> None:
     grouped = grouped_batches(enc.lengths, 32, rng)[: args.steps]
     random = [rng.choice(len(enc), 32, replace=False) for _ in range(args.steps)]
     for name, batches in (("length-grouped (the trainer's)", grouped), ("random", random)):
-        t = 1e3 * real_steps(student, enc, batches, regression)
+        t = 1e3 * real_steps(student, enc, batches, regression, training_dtype(cfg.distill.precision, "cpu"))
         print(f"real 3-layer student steps, {name}: mean {t.mean():.2f} ms/example, median {np.median(t):.2f} "
               f"over {len(t)} steps")  # fmt: skip
 
