@@ -25,30 +25,16 @@ def searched_dir(out: Path) -> Path:
     return staged if (staged / "report.json").exists() or not (Path(out) / "report.json").exists() else Path(out)
 
 
-def cpu_name() -> str:
-    """The CPU's model name and the instruction sets its int8 and bf16 kernels depend on: two "AMD EPYC"s with
-    and without VNNI rank the same int8 artifact differently against ONNX Runtime int8 (docs/promises.md)."""
-    from axformer.utils.device import cpu_flags
-
-    name = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    flags = cpu_flags()
-    kinds = [f for f in ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    kinds = kinds or [f for f in ("avx512f", "avx2") if f in flags][:1]
-    return f"{name} ({', '.join(kinds)})" if kinds else name
-
-
 def environment_line() -> str:
     """Hardware and versions, for the line under a table's title."""
     import onnxruntime
     import torch
     import transformers
 
+    from axformer.utils.device import cpu_description
+
     return (
-        f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
+        f"{platform.machine()}, {cpu_description()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
         f"{transformers.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
     )
 

@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_name, environment_line, preset_outcome, recovery_text, run_axformer, run_suffix
+from _common import environment_line, preset_outcome, recovery_text, run_axformer, run_suffix
+
+from axformer.utils.device import cpu_description
 
 STORE = Path("benchmarks/results/promises_glue.json")
 TABLE = Path("benchmarks/results/promises_glue.md")
@@ -32,7 +34,7 @@ TABLE = Path("benchmarks/results/promises_glue.md")
 def _row(task: str, preset: str, out: Path, cmd: list[str], seconds: float, code: str) -> dict:
     return {
         "commit": code,
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),
         "task": task,
         "preset": preset,
         **preset_outcome(out),

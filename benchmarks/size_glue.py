@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import cpu_name, environment_line, run_axformer, run_suffix
+from _common import environment_line, run_axformer, run_suffix
 
 from axformer.benchmark.result import BenchmarkResult
 from axformer.benchmark.run import DYNAMIC, ORT_FP32, ORT_INT8
 from axformer.export.size import breakdown_of
+from axformer.utils.device import cpu_description
 
 STORE = Path("benchmarks/results/size_glue.json")
 TABLE = Path("benchmarks/results/size_glue.md")
@@ -101,7 +102,7 @@ def _row(task: str, base: Path, out: Path, cmd: list[str], seconds: float, data_
     dev_texts = next(iter(data.dev.values())).texts
     return {
         "commit": code,
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),
         "task": task,
         "metric": main,
         "dev": {"original": original.dev.metrics[main], "ort_int8": int8.dev.metrics[main],

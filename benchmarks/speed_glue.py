@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_name, environment_line, run_axformer, run_suffix
+from _common import environment_line, run_axformer, run_suffix
+
+from axformer.utils.device import cpu_description
 
 STORE = Path("benchmarks/results/speed_glue.json")
 TABLE = Path("benchmarks/results/speed_glue.md")
@@ -48,7 +50,7 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
     artifact, int8 = bench.rows[-1], bench.row(ORT_INT8)
     return {
         "commit": code,
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),
         "task": task,
         "metric": main,
         "rows": [

@@ -15,7 +15,6 @@ assumption (see ``axformer.benchmark.pricing``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import time
@@ -46,7 +45,7 @@ from axformer.models.record import ModelRecord, task_for
 from axformer.runtime.backends import is_onnx_artifact, load_runnable, max_input_length, onnx_file, position_limit
 from axformer.runtime.timing import pad_to, prepare, synthetic, time_candidates
 from axformer.tasks.data import TaskData
-from axformer.utils.device import cpu_flags
+from axformer.utils.device import KERNEL_FLAGS, cpu_flags, cpu_model
 from axformer.utils.io import write_json
 
 PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
@@ -350,21 +349,11 @@ def environment() -> dict:
     import onnxruntime
     import transformers
 
-    cpu = ""
-    with contextlib.suppress(OSError):
-        cpu = next(
-            (
-                l.split(":", 1)[1].strip()
-                for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")
-            ),
-            "",
-        )
     have = cpu_flags()
-    flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile") if f in have)
+    flags = ", ".join(f for f in KERNEL_FLAGS if f in have)
     return {
         "machine": platform.machine(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_flags": flags,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),

@@ -132,7 +132,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "export": {"precision": "auto", "max_examples": 300},
         "benchmark": {
-            "rounds": 2,
+            # 2 rounds of 40 requests put the same artifact at 1.30x and 2.05x ONNX Runtime int8 of the original in
+            # two demo runs; with a pause before each model's turn, 4 rounds measured 1.92-2.53x in three benchmark
+            # runs of one artifact (docs/promises.md, "Timing on a shared machine"); about 30 s more
+            "rounds": 4,
             "lengths": [],
             "latency_examples": 40,
             "throughput_examples": 128,

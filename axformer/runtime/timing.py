@@ -1,11 +1,16 @@
 """Timing models on real or synthetic inputs, in a way that survives a noisy shared machine.
 
-Variants are timed in interleaved rounds (A B C A B C ...) after a warm-up, so
-that a slow spell hits all of them alike; figures are medians (or percentiles
-over every request of every round), and results are reported as ratios against
-a baseline measured in the same run. CUDA work is synchronised before each
-clock read. Used by the export (which artifact is fastest here), the search's
-cost calibration and report, and the benchmark.
+Variants are timed in interleaved rounds (A B C, B C A, C A B, ...) after a
+warm-up, so that a slow spell hits all of them alike and no variant is always
+timed first; figures are medians (or percentiles over every
+request of every round), and results are reported as ratios against a baseline
+measured in the same run. Between two variants the timer pauses (``SETTLE_S``)
+so that the worker threads of the one just timed go idle: a deployed model runs
+alone in its process, and on 2 cores the spinning thread pool of the previous
+session (ONNX Runtime's, PyTorch's OpenMP) otherwise slows the next one's first
+requests. CUDA work is synchronised before each clock read. Used by the export
+(which artifact is fastest here), the search's cost calibration and report,
+and the benchmark.
 """
 
 from __future__ import annotations
@@ -20,6 +25,25 @@ import torch
 
 from axformer.data.batching import Encoded, collate, sorted_batches
 
+# Seconds to pause before each variant's turn. Measured on the demo's int8 artifact and ONNX Runtime int8 of the
+# original (2-core AMD EPYC, 40 requests per turn; docs/promises.md "Timing on a shared machine"): right after an
+# ONNX Runtime fp32 session's turn, their batch-1 p95 was 8.3 and 5.4 ms with no pause, 4.5 and 2.0 ms with 0.2 s.
+SETTLE_S = 0.2
+
+
+def rotated(names: list[str], round_index: int) -> list[str]:
+    """The order of one round: each round starts one variant later, so that every variant takes every position
+    (the first turn of a round follows the previous round's batch-32 passes)."""
+    k = round_index % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
+def settle(seconds: float = SETTLE_S) -> None:
+    """Let the previous variant's worker threads stop spinning before the next variant is timed."""
+    sync()
+    if seconds > 0:
+        time.sleep(seconds)
+
 
 def sync() -> None:
     """CUDA kernels run asynchronously: a timer must wait for them, or it measures only the launches."""
@@ -28,7 +52,11 @@ def sync() -> None:
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 3, warmup: int = 2
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    rounds: int = 3,
+    warmup: int = 2,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in ``rounds`` interleaved rounds of ``repeats`` calls."""
     for fn in fns.values():
@@ -36,8 +64,10 @@ def interleaved_medians(
             fn()
     sync()
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for r in range(rounds):
+        for name in rotated(list(fns), r):
+            fn = fns[name]
+            settle(settle_s)
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 fn()
@@ -105,11 +135,14 @@ def time_candidates(
     big: dict[str, list[dict]],
     rounds: int = 5,
     warmup: int = 1,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, Timing]:
     """Interleaved rounds: batch-1 requests one by one (latency), then the batch-32 pass (throughput)."""
     out = {k: Timing() for k in models}
     for r in range(warmup + rounds):
-        for name, model in models.items():
+        for name in rotated(list(models), r):
+            model = models[name]
+            settle(settle_s)
             lat = []
             for b in single[name]:
                 t0 = time.perf_counter()

@@ -105,19 +105,22 @@ def calibrate_latency(
     over ONNX Runtime int8 of the unpruned model. With ``k`` and PyTorch, approximate attention in
     ``attention_modes`` is measured too (only the modes the search may try: each costs a model copy and a timing
     run); the exported graphs have no approximate attention, so it saves nothing there."""
+    import contextlib
     import tempfile
 
+    onnx = runtime == "onnxruntime-int8"
     model = model.eval()
     fns, feats = {}, {}
     vocab = int(getattr(model.config, "vocab_size", 1000))
     ids = torch.randint(min(5, vocab - 1), vocab, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    with tempfile.TemporaryDirectory(prefix="axformer-cost-") as tmp:
+    # the exported graphs need a directory while they are timed; PyTorch's variants need none
+    with tempfile.TemporaryDirectory(prefix="axformer-cost-") if onnx else contextlib.nullcontext() as tmp:
         for i, (name, target) in enumerate(_variants(structure).items()):
             m = copy.deepcopy(model)
             apply_structure(m, target)
             m.eval()
-            if runtime == "onnxruntime-int8":
+            if onnx:
                 from axformer.export.deployed import int8_graph, session_call
 
                 fns[name] = session_call(int8_graph(m, tmp, f"variant{i}"), ids.cpu().numpy())

@@ -54,6 +54,25 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name as Linux reports it ("" elsewhere)."""
+    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+# The instruction sets int8 and bf16 kernels depend on: two "AMD EPYC"s with and without VNNI rank the same int8
+# artifact differently against ONNX Runtime int8 (docs/promises.md), so every figure names them.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """Model name and kernel-relevant instruction sets, e.g. "AMD EPYC (avx512_vnni, avx512_bf16)"."""
+    name = cpu_model(cpuinfo) or platform.processor() or platform.machine()
+    flags = cpu_flags(cpuinfo)
+    kinds = [f for f in KERNEL_FLAGS[2:] if f in flags] or [f for f in ("avx512f", "avx2") if f in flags][:1]
+    return f"{name} ({', '.join(kinds)})" if kinds else name
+
+
 def native_bf16(device: torch.device | str, cpuinfo: str | None = None) -> bool:
     """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU that supports it, an x86 CPU with AVX512_BF16 or
     AMX. Elsewhere PyTorch emulates bf16 and it is slower than fp32."""
