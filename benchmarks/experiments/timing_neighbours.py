@@ -1,7 +1,7 @@
 """Does timing several models in one process measure what each does alone? (issue: promises that hold)
 
 Usage:  python benchmarks/experiments/timing_neighbours.py --baseline DIR --artifact DIR --neighbour DIR
-            [--task bbcnews] [--requests 40] [--rounds 4] [--processes 3]
+            [--task bbcnews] [--requests 40] [--rounds 4] [--processes 3] [--threads N]
         e.g. the demo's: --baseline runs/demoNN/5-benchmark/baselines/onnx-int8 --artifact runs/demoNN/4-export
              --neighbour runs/demoNN/5-benchmark/baselines/onnx-fp32
 
@@ -11,7 +11,8 @@ run; PyTorch's OpenMP threads too) can slow the next model's first requests. Thi
 the baseline and the artifact on the task's dev texts three ways: each alone in a fresh process (several
 processes, the reference), and in one process right after the neighbour's turn with no pause and with the
 benchmark's pause (``axformer.runtime.timing.SETTLE_S``). Prints a markdown table (p50 and p95 in ms, and the
-baseline / artifact ratio of the p50s).
+baseline / artifact ratio of the p50s). ``--threads``: every session with that many intra-op threads (default:
+ONNX Runtime's, one per core).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def turn(model, batches: list[dict]) -> list[float]:
 def alone(path: str, args) -> list[float]:
     """Child process: one model, nothing else loaded, ``rounds`` turns after a warm-up turn."""
     batches = requests(path, args.task, args.requests, args.data_dir)
-    model = load_runnable(path)
+    model = load_runnable(path, threads=args.threads)
     turn(model, batches)
     return [t for _ in range(args.rounds) for t in turn(model, batches)]
 
@@ -65,7 +66,7 @@ def alone(path: str, args) -> list[float]:
 def after_neighbour(args, pause: float) -> dict[str, list[float]]:
     batches = {p: requests(p, args.task, args.requests, args.data_dir) for p in (args.baseline, args.artifact)}
     nb = requests(args.neighbour, args.task, args.requests, args.data_dir)
-    models = {p: load_runnable(p) for p in (args.baseline, args.artifact, args.neighbour)}
+    models = {p: load_runnable(p, threads=args.threads) for p in (args.baseline, args.artifact, args.neighbour)}
     out: dict[str, list[float]] = {args.baseline: [], args.artifact: []}
     for r in range(args.rounds + 1):
         for p in (args.baseline, args.artifact):
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--processes", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -103,7 +105,11 @@ def main() -> None:
         rows.append((f"alone, one process each (#{i + 1})", lat))
     rows.append(("one process, right after the neighbour, no pause", after_neighbour(args, 0.0)))
     rows.append((f"one process, after the neighbour and a {SETTLE_S:g} s pause", after_neighbour(args, SETTLE_S)))
-    print(f"Batch-1 latency on {args.requests} {args.task} dev requests x {args.rounds} rounds ({environment_line()})")
+    threads = f"{args.threads} intra-op thread(s)" if args.threads else "ONNX Runtime's default threads"
+    print(
+        f"Batch-1 latency on {args.requests} {args.task} dev requests x {args.rounds} rounds, {threads} "
+        f"({environment_line()})"
+    )
     print("| how | baseline p50 / p95 ms | artifact p50 / p95 ms | baseline / artifact (p50) |")
     print("|---|---|---|---|")
     for how, lat in rows:
