@@ -118,7 +118,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             # artifact measured 1.72-1.94x over ONNX Runtime int8 of the original on an AVX2 EPYC (docs/promises.md,
             # runs 10-11), but 1.47x on an EPYC with AVX-512 VNNI, whose int8 kernels gain more over PyTorch fp32
             # than the removed layers' share (run 12). At 1.85 the search goes on by one block more (four removals,
-            # dev +0.00; 2.05x and 1.30x over ONNX Runtime int8 in two benchmark runs there, runs 13-14)
+            # dev +0.00; 2.05x and 1.30x over ONNX Runtime int8 in two benchmark runs there, runs 13-14); with the
+            # timing's pause before each model (session 21) it stopped at three (L4, L1, L2.attn): dev -0.67, 1.74x
+            # over ONNX Runtime int8, 8.5 min (run 15)
             "target_speedup": 1.85,
             "max_examples": 300,
             "latency_examples": 60,
