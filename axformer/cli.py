@@ -1253,6 +1253,13 @@ def benchmark_cmd(
             help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).",
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads of every timed row (ONNX Runtime and PyTorch alike; default: each runtime's own). On a "
+            "shared machine one thread is the steadier ratio."
+        ),
+    ] = None,
     selection: TaskSelection | None = None,
 ) -> None:
     """Accuracy, latency, throughput, memory, size and cost of models against the baselines, measured in one run."""
@@ -1277,6 +1284,7 @@ def benchmark_cmd(
         fixed_batch=fixed_batch,
         breakdown_requests=breakdown_requests,
         chain=list(chain) if chain else None,
+        threads=threads,
     )
     config.validate()
     data = selection.load_if_given()

@@ -104,3 +104,40 @@ def _padding_changes_no_output(model, data) -> None:
     dynamic = run_model(net, enc, False, 32, "cpu").logits
     assert int(enc.lengths.max()) < longest  # padding really happens
     np.testing.assert_allclose(run_model(padded, enc, False, 32, "cpu").logits, dynamic, rtol=0, atol=1e-6)
+
+
+def test_benchmark_threads_apply_to_every_timed_row_and_are_restored(tiny_task, tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from axformer.benchmark import run as bench_run
+    from axformer.errors import AxformerError
+
+    model, data, _ = tiny_task
+    art = tmp_path / "fp32"
+    export_model(model, art, ExportConfig(precision="fp32", device="cpu", max_drop=100), data)
+    seen = {"sessions": [], "torch": []}
+    load, timed = bench_run.load_runnable, bench_run.time_candidates
+
+    def loading(path, *a, threads=None, **k):
+        seen["sessions"].append(threads)
+        return load(path, *a, threads=threads, **k)
+
+    def timing(*a, **k):
+        seen["torch"].append(torch.get_num_threads())
+        return timed(*a, **k)
+
+    monkeypatch.setattr(bench_run, "load_runnable", loading)
+    monkeypatch.setattr(bench_run, "time_candidates", timing)
+    before = torch.get_num_threads()
+    cfg = bench_run.BenchmarkConfig(
+        baselines=False, lengths=(8,), latency_examples=3, throughput_examples=8, fixed_requests=2, fixed_batch=2,
+        rounds=1, instances=1, memory=False, breakdown_requests=0, threads=1,
+    )  # fmt: skip
+    result = bench_run.benchmark([str(model), str(art)], tmp_path / "b", data, None, cfg, progress=lambda m: None)
+    assert seen["sessions"] == [1, 1] and seen["torch"] == [1, 1]  # dev texts, then the fixed length
+    assert torch.get_num_threads() == before
+    assert result["config"]["threads"] == 1
+    assert "1 thread(s) per row" in (tmp_path / "b" / "benchmark.md").read_text()
+    with pytest.raises(AxformerError, match="--threads 0"):
+        bench_run.BenchmarkConfig(threads=0).validate()

@@ -46,7 +46,9 @@ def markdown(result: BenchmarkResult) -> str:
         f"{env['transformers']}, onnxruntime {env['onnxruntime']}, Python {env['python']}.",
         "All rows measured in the same run; speed-ups are against the first row. Batch-1 latency "
         f"over {cfg['latency_examples']} dev requests x "
-        f"{cfg['rounds']} interleaved rounds; throughput at batch 32 on "
+        f"{cfg['rounds']} interleaved rounds"
+        + (f", {cfg['threads']} thread(s) per row" if cfg.get("threads") else "")
+        + "; throughput at batch 32 on "
         f"{cfg['throughput_examples']} dev examples (median of rounds)."
         + (
             f" Cost: USD {result.price_per_hour:.3f} per machine "

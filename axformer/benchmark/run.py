@@ -45,7 +45,7 @@ from axformer.models.record import ModelRecord, task_for
 from axformer.runtime.backends import is_onnx_artifact, load_runnable, max_input_length, onnx_file, position_limit
 from axformer.runtime.timing import pad_to, prepare, synthetic, time_candidates
 from axformer.tasks.data import TaskData
-from axformer.utils.device import KERNEL_FLAGS, cpu_flags, cpu_model
+from axformer.utils.device import KERNEL_FLAGS, cpu_flags, cpu_model, torch_threads
 from axformer.utils.io import write_json
 
 PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
@@ -78,6 +78,10 @@ class BenchmarkConfig:
     # ONNX rows: one request end to end on the lean batch-1 path, with session options chosen by timing
     breakdown_requests: int = 100  # 0: skip
     seed: int = 0
+    # threads of every timed row (ONNX Runtime's intra-op pool, PyTorch's); None: each runtime's default, what a
+    # user gets. On a shared 2-vCPU machine one thread is the steady measure: the demo's artifact over ONNX
+    # Runtime int8 of the original measured 1.56-1.76x alone with one thread, 1.36-2.65x with two (docs/promises.md)
+    threads: int | None = None
     chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
 
     @property
@@ -96,6 +100,8 @@ class BenchmarkConfig:
             raise AxformerError(f"--breakdown-requests {self.breakdown_requests}; expected a count (0: skip)")
         if self.price_per_hour < 0:
             raise AxformerError(f"--price-per-hour {self.price_per_hour}; expected a non-negative price in USD")
+        if self.threads is not None and self.threads < 1:
+            raise AxformerError(f"--threads {self.threads}; expected a thread count of at least 1 (omit: defaults)")
 
 
 def _origin(model: str) -> str | None:
@@ -226,7 +232,7 @@ def benchmark(
     rng = np.random.default_rng(config.seed)
     lat_idx = rng.permutation(len(enc))[: config.latency_examples]
     thr_idx = rng.permutation(len(enc))[: config.throughput_examples]
-    loaded = {c.name: load_runnable(c.path, device="cpu") for c in candidates}
+    loaded = {c.name: load_runnable(c.path, device="cpu", threads=config.threads) for c in candidates}
     rows = {
         c.name: Row(c.name, c.path, "onnx" if is_onnx_artifact(c.path) else "pytorch", c.padded, c.baseline)
         for c in candidates
@@ -252,22 +258,23 @@ def benchmark(
     single = {c.name: requests(c, lat_idx, 1) for c in candidates}
     big = {c.name: requests(c, thr_idx, 32) for c in candidates}
     pad_id = enc.pad_token_id
-    for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
-        rows[name].timing = TimingSummary(**t.summary())
-    # synthetic ids every candidate has (a pruned vocabulary is smaller)
-    vocab = min(int(read_config_json(c.path).get("vocab_size", 30522)) for c in candidates)
-    # the fewest positions any candidate has (a size-optimized artifact keeps only those it is run at)
-    positions = min(position_limit(read_config_json(c.path)) or 512 for c in candidates)
-    for length in config.lengths:
-        if length > positions:
-            progress(f"length {length} skipped: a candidate has only {positions} positions")
-            continue
-        syn = synthetic(length, max(config.fixed_requests, config.fixed_batch), vocab, pad_id, config.seed)
-        s1 = {c.name: prepare(syn, 1, None, pad_id, config.fixed_requests) for c in candidates}
-        sb = {c.name: prepare(syn, config.fixed_batch, None, pad_id, config.fixed_batch) for c in candidates}
-        progress(f"timing at a fixed {length} tokens")
-        for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
-            rows[name].fixed[str(length)] = TimingSummary(**t.summary())
+    with torch_threads(config.threads):  # the PyTorch rows run on as many threads as the ONNX ones
+        for name, t in time_candidates(loaded, single, big, config.rounds, config.warmup).items():
+            rows[name].timing = TimingSummary(**t.summary())
+        # synthetic ids every candidate has (a pruned vocabulary is smaller)
+        vocab = min(int(read_config_json(c.path).get("vocab_size", 30522)) for c in candidates)
+        # the fewest positions any candidate has (a size-optimized artifact keeps only those it is run at)
+        positions = min(position_limit(read_config_json(c.path)) or 512 for c in candidates)
+        for length in config.lengths:
+            if length > positions:
+                progress(f"length {length} skipped: a candidate has only {positions} positions")
+                continue
+            syn = synthetic(length, max(config.fixed_requests, config.fixed_batch), vocab, pad_id, config.seed)
+            s1 = {c.name: prepare(syn, 1, None, pad_id, config.fixed_requests) for c in candidates}
+            sb = {c.name: prepare(syn, config.fixed_batch, None, pad_id, config.fixed_batch) for c in candidates}
+            progress(f"timing at a fixed {length} tokens")
+            for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
+                rows[name].fixed[str(length)] = TimingSummary(**t.summary())
     instances = config.worker_count
     if instances and instances > 1:
         from axformer.runtime.predictor import Predictor
@@ -320,6 +327,7 @@ def benchmark(
         seconds=time.perf_counter() - t0,
     )
     result.cumulative = cumulative(result)
+    output.mkdir(parents=True, exist_ok=True)  # without baselines nothing has made it yet
     write_json(output / "benchmark.json", result.to_dict())
     plot(result, output / "tradeoff.png")
     (output / "benchmark.md").write_text(markdown(result))

@@ -294,7 +294,8 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
             "Original vs optimized",
             f"Measured in one benchmark run on this machine ({bench.environment['cpu']}, "
             f"{bench.environment['cores']} cores), "
-            f"medians of {bench.config['rounds']} interleaved rounds.",
+            f"medians of {bench.config['rounds']} interleaved rounds"
+            + (f", {bench.config['threads']} thread(s) per row." if bench.config.get("threads") else "."),
         )
         add_table(headers, table)
         summary.update(

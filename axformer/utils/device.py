@@ -36,6 +36,18 @@ def run_environment(device) -> dict:
     }
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """PyTorch's intra-op thread count inside the block (None: unchanged), restored after it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
