@@ -26,8 +26,9 @@ import torch
 from axformer.data.batching import Encoded, collate, sorted_batches
 
 # Seconds to pause before each variant's turn. Measured on the demo's int8 artifact and ONNX Runtime int8 of the
-# original (2-core AMD EPYC, 40 requests per turn; docs/promises.md "Timing on a shared machine"): right after an
-# ONNX Runtime fp32 session's turn, their batch-1 p95 was 8.3 and 5.4 ms with no pause, 4.5 and 2.0 ms with 0.2 s.
+# original (2-core AMD EPYC, 40 requests per turn; benchmarks/experiments/timing_neighbours.py, docs/promises.md
+# "Timing on a shared machine"): right after an ONNX Runtime fp32 session's turn their batch-1 p95 was 10.83 and
+# 8.07 ms (p50 5.01 and 3.91); after a 0.2 s pause 7.91 and 5.01 (p50 7.04 and 4.35): the tails went.
 SETTLE_S = 0.2
 
 

@@ -74,14 +74,15 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 
 # The instruction sets int8 and bf16 kernels depend on: two "AMD EPYC"s with and without VNNI rank the same int8
 # artifact differently against ONNX Runtime int8 (docs/promises.md), so every figure names them.
-KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+INT8_BF16_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+KERNEL_FLAGS = ("avx2", "avx512f", *INT8_BF16_FLAGS)
 
 
 def cpu_description(cpuinfo: str | None = None) -> str:
     """Model name and kernel-relevant instruction sets, e.g. "AMD EPYC (avx512_vnni, avx512_bf16)"."""
     name = cpu_model(cpuinfo) or platform.processor() or platform.machine()
     flags = cpu_flags(cpuinfo)
-    kinds = [f for f in KERNEL_FLAGS[2:] if f in flags] or [f for f in ("avx512f", "avx2") if f in flags][:1]
+    kinds = [f for f in INT8_BF16_FLAGS if f in flags] or [f for f in ("avx512f", "avx2") if f in flags][:1]
     return f"{name} ({', '.join(kinds)})" if kinds else name
 
 
