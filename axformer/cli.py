@@ -929,6 +929,13 @@ def distill_cmd(
         ),
     ] = 0,
     augment_rate: Annotated[float, typer.Option(help="Share of words each --augment copy perturbs.")] = 0.15,
+    augment_min_words: Annotated[
+        int,
+        typer.Option(
+            help="Perturb only training texts of at least this many words (a pair's fields together; 0: every "
+            "text): aims --augment at inputs like those served when the training texts are mostly shorter."
+        ),
+    ] = 0,
     hidden_weight: Annotated[
         float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
     ] = 0.0,
@@ -1009,6 +1016,7 @@ def distill_cmd(
         windows=windows,
         augment=augment,
         augment_rate=augment_rate,
+        augment_min_words=augment_min_words,
         hidden_weight=hidden_weight,
         attention_weight=attention_weight,
         cache_teacher=not no_teacher_cache,

@@ -2,6 +2,7 @@
 
 Usage:  python benchmarks/size_glue.py [--tasks sst2 mrpc stsb rte cola] [--data-dir ../shared/data/glue]
                                        [--extra "--target-size none"]
+        python benchmarks/size_glue.py --tasks      (the table again from its stored rows and notes)
 
 For each task it takes the fine-tuned baseline (runs/baselines/T, from benchmarks/finetune_baselines.py) and runs
 ``axformer optimize runs/baselines/T --preset smallest-within-1`` end to end (search by artifact bytes, its
@@ -216,6 +217,8 @@ def main() -> None:
         STORE.write_text(json.dumps(list(rows.values()), indent=1))
         TABLE.write_text(_table(list(rows.values())))
         print(TABLE.read_text(), flush=True)
+    if rows and not args.tasks:  # `--tasks` alone: the table again from the stored rows and the notes
+        TABLE.write_text(_table(list(rows.values())))
 
 
 if __name__ == "__main__":

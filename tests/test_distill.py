@@ -707,6 +707,22 @@ def test_perturbed_copies_stay_in_domain_and_never_repeat_a_reserved_text():
         perturbed_copies(texts, 1, 0.0)
 
 
+def test_perturbed_copies_of_long_texts_only():
+    """With a minimum word count only texts that long are copied (a pair's fields counted together), while the
+    replacement words still come from every text; a negative minimum is refused."""
+    from axformer.distill.augment import perturbed_copies
+
+    texts = [("the film was good and long",), ("zebra",), ("a dull and slow film",)]
+    long_only = perturbed_copies(texts, 30, 0.3, seed=0, min_words=5)
+    assert long_only and all(len(t.split()) >= 2 for (t,) in long_only)  # a copy of "zebra" has one word or none
+    assert any("zebra" in t for (t,) in long_only)  # a replacement drawn from the short text
+    assert perturbed_copies(texts, 30, 0.3, seed=0, min_words=7) == []
+    assert perturbed_copies([("one two", "three")], 10, 0.3, seed=0, min_words=3)
+    assert perturbed_copies([("one", "two")], 10, 0.3, seed=0, min_words=3) == []
+    with pytest.raises(ValueError, match="minimum words"):
+        perturbed_copies(texts, 1, 0.3, min_words=-1)
+
+
 def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(tuned_tiny, tmp_path, monkeypatch):
     """The trainer's inputs are the training part plus its perturbed copies, none of them a dev or held-out text
     (the copies are asked to exclude every one of them), and the copies are recorded; --augment with a gold-label
@@ -725,9 +741,9 @@ def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(
 
     exclusions = []
 
-    def spy(texts, copies, rate, seed, exclude):
+    def spy(texts, copies, rate, seed, exclude, **kwargs):
         exclusions.append(set(exclude))
-        return perturbed_copies(texts, copies, rate, seed, exclude)
+        return perturbed_copies(texts, copies, rate, seed, exclude, **kwargs)
 
     monkeypatch.setattr(trainer, "train_model", capture)
     monkeypatch.setattr(trainer, "perturbed_copies", spy)
@@ -745,6 +761,8 @@ def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(
         distill(teacher, tmp_path / "h", student_layers="1", data=data, config=labelled)
     with pytest.raises(AxformerError, match="--augment -1"):
         DistillConfig(augment=-1).validate()
+    with pytest.raises(AxformerError, match="--augment-min-words -2"):
+        DistillConfig(augment=1, augment_min_words=-2).validate()
 
 
 def test_the_plan_prices_the_benchmark_by_what_it_runs():

@@ -47,22 +47,30 @@ def perturbed_copies(
     rate: float = 0.15,
     seed: int = 0,
     exclude: set[tuple[str, ...]] | frozenset = frozenset(),
+    min_words: int = 0,
 ) -> list[tuple[str, ...]]:
-    """``copies`` perturbed versions of every text (every field of a pair perturbed on its own), less those in
-    ``exclude`` or among ``texts``, deduplicated, in a seeded order that does not depend on ``exclude``."""
+    """``copies`` perturbed versions of every text of at least ``min_words`` words (a pair's fields counted
+    together; every field perturbed on its own), less those in ``exclude`` or among ``texts``, deduplicated, in a
+    seeded order that does not depend on ``exclude``. Replacement words are drawn from all of ``texts``.
+
+    ``min_words`` aims the extra input at the texts a model serves when the training set is mostly shorter
+    (SST-2 trains on phrases, median 7 words, and is judged on sentences, median 19)."""
     if copies <= 0 or not texts:
         return []
     if not 0 < rate < 1:
         raise ValueError(f"perturbation rate {rate}; expected a share of words between 0 and 1")
+    if min_words < 0:
+        raise ValueError(f"minimum words {min_words}; expected 0 (every text) or more")
     counts = Counter(w for row in texts for field in row for w in field.split())
     words = np.array(list(counts))
     cdf = np.cumsum(np.array([counts[w] for w in words], dtype=np.float64))
     cdf /= cdf[-1]
     rng = np.random.default_rng(seed)
     known = set(texts)
+    sources = [row for row in texts if sum(len(field.split()) for field in row) >= min_words]
     out: dict[tuple[str, ...], None] = {}
     for _ in range(copies):
-        for row in texts:
+        for row in sources:
             new = tuple(_perturb(field.split(), rate, rng, words, cdf) for field in row)
             if new not in known and new not in exclude and all(new):
                 out[new] = None

@@ -74,6 +74,8 @@ class DistillConfig(FinetuneConfig):
     # words each perturbation touches; see axformer.distill.augment.perturbed_copies
     augment: int = 0
     augment_rate: float = 0.15
+    # only texts of at least this many words get perturbed copies (0: every text)
+    augment_min_words: int = 0
     # quantization-aware distillation (axformer.surgery.fake_quant): the encoder's matrices rounded to the int4
     # grid of blocks of this many input features in every forward pass (None: trained in fp32), Q/K/V too unless
     # qat_attention_inputs is off (they stay in a fused int8 Attention then), and the embedding tables in blocks
@@ -90,6 +92,10 @@ class DistillConfig(FinetuneConfig):
             raise AxformerError(f"--augment {self.augment}; expected a number of copies per text (0: none)")
         if not 0 < self.augment_rate < 1:
             raise AxformerError(f"--augment-rate {self.augment_rate}; expected a share of words between 0 and 1")
+        if self.augment_min_words < 0:
+            raise AxformerError(
+                f"--augment-min-words {self.augment_min_words}; expected 0 (every text) or a number of words"
+            )
         if self.temperature <= 0:
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}

@@ -128,7 +128,14 @@ def distill(
                 from axformer.evaluation.context import read_decision_data
 
                 reserved |= set(read_decision_data(config.selection_data, data).texts)
-            augmented = perturbed_copies(train_part.texts, config.augment, config.augment_rate, config.seed, reserved)
+            augmented = perturbed_copies(
+                train_part.texts,
+                config.augment,
+                config.augment_rate,
+                config.seed,
+                reserved,
+                min_words=config.augment_min_words,
+            )
     if (extra_texts or augmented) and config.hard_weight > 0:
         raise AxformerError(
             f"{len(extra_texts or ()) + len(augmented)} unlabelled texts (--calibration-texts, --augment) with "

@@ -16,7 +16,8 @@ more than it), and on ~3,000 sentences its standard error is about 0.4 points, h
 difference on dev alone. Variants: the recipe's soft cross-entropy with bf16 training steps (its default on
 this CPU), the same in fp32, and soft cross-entropy plus the mean squared error of the mapped hidden states
 (TinyBERT's intermediate-layer loss, ``--hidden-weight 1``), and one perturbed copy of every training text as
-extra teacher-labelled input (``--augment 1``) against the plain student trained as many steps. Writes
+extra teacher-labelled input (``--augment 1``) against the plain student trained as many steps, and as many
+perturbed copies made of the long training texts only (``--augment 4 --augment-min-words 15``). Writes
 benchmarks/results/distill_losses_<task>.md.
 """
 
@@ -48,6 +49,9 @@ VARIANTS = {
     # one perturbed copy of every training text (teacher-labelled): twice the steps per epoch, so its control is
     # the plain student trained for twice the epochs
     "augment-bf16": (["--train-precision", "bf16", "--augment", "1"], 1),
+    # the same number of extra inputs spent on sentences only: 4 copies of each training text of 15+ words
+    # (12.5k of SST-2's 57k; dev's median is 19 words, the training texts' 7)
+    "augment-long-bf16": (["--train-precision", "bf16", "--augment", "4", "--augment-min-words", "15"], 1),
     "soft-bf16-twice": (["--train-precision", "bf16"], 2),
 }
 
@@ -128,7 +132,8 @@ def write_table(args, spec, sets, results: dict, names: list[str]) -> None:
         f"--layers {args.layers} --epochs {args.epochs:g} --variants {','.join(names)}` ({environment_line()}). "
         f"Each row: one `axformer distill` of teacher layers {args.layers}, {args.epochs:g} epoch(s) over the "
         "teacher's training part (twice that for the -twice row; augment: one perturbed copy of each text "
-        "added), checkpoint chosen on its held-out split; then scored against the teacher "
+        "added; augment-long: four of each text of 15+ words), checkpoint chosen on its held-out split; then "
+        "scored against the teacher "
         f"on {', '.join(f'{k} ({len(s)} examples)' for k, s in sets.items())}, which no step of it saw. "
         f"{spec.main_metric} in points; difference = student - teacher with its paired 95% bootstrap interval; "
         "changed = share of answers that differ from the teacher's (fixed: now right, broken: now wrong); training: "
