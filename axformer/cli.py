@@ -640,6 +640,14 @@ def optimize_cmd(
             "default 0).",
         ),
     ] = None,
+    recover_augment_min_words: Annotated[
+        int | None,
+        typer.Option(
+            "--recover-augment-min-words",
+            help="--recover-augment: perturb only training texts of at least this many words (a pair's fields "
+            "together; default 0: every text).",
+        ),
+    ] = None,
     quantization_aware: Annotated[
         bool | None,
         typer.Option(
@@ -845,6 +853,7 @@ def optimize_cmd(
             "max_train_examples": recover_max_train_examples,
             "windows": recover_windows,
             "augment": recover_augment,
+            "augment_min_words": recover_augment_min_words,
             "quantization_aware": quantization_aware,
             "precision": train_precision,
         },

@@ -482,7 +482,6 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch):
     """Recovery by distillation, with perturbed copies: made once (the recovery counts them to plan its epochs
     and hands them to the trainer), and the copies the budget records are the ones the trainer trained on."""
     import axformer.distill.trainer as trainer
-    import axformer.search.recovery as recovery
     from axformer.distill.augment import perturbed_copies
     from axformer.models.record import ModelRecord
     from axformer.search.optimize import OptimizeConfig, optimize
@@ -493,8 +492,7 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch):
         calls.append(1)
         return perturbed_copies(*args, **kwargs)
 
-    monkeypatch.setattr(recovery, "perturbed_copies", counted)
-    monkeypatch.setattr(trainer, "perturbed_copies", counted)
+    monkeypatch.setattr(trainer, "perturbed_copies", counted)  # the recovery's and the trainer's one maker
     model, data, _ = tuned_tiny
     report = optimize(
         model,
@@ -705,6 +703,33 @@ def test_perturbed_copies_stay_in_domain_and_never_repeat_a_reserved_text():
     assert perturbed_copies(texts, 0) == []
     with pytest.raises(ValueError, match="rate"):
         perturbed_copies(texts, 1, 0.0)
+
+
+def test_the_recipe_distils_on_the_recoverys_extra_inputs_and_plans_for_them(tuned_tiny):
+    """--recover-augment, its minimum length and --recover-windows reach the recipe's distillations (it ignored
+    them), and its time plan counts the copies the trainer will add, so an epoch is priced at its real length."""
+    from dataclasses import replace
+
+    from axformer.distill.budget import plan_recipe
+    from axformer.distill.trainer import perturbed_inputs
+    from axformer.pipeline.config import SearchStage
+    from axformer.search.config import Recovery
+    from axformer.training.finetune import training_split
+    from axformer.utils.device import resolve_device
+
+    teacher, data, _ = tuned_tiny
+    recovery = Recovery(mode="distill", augment=2, augment_min_words=3, windows=1)
+    recipe = SearchStage(strategy="fastformers", student_layers="1", recovery=recovery).recipe()
+    assert (recipe.distill.augment, recipe.distill.augment_min_words, recipe.distill.windows) == (2, 3, 1)
+    cpu = resolve_device("cpu")
+    plain = plan_recipe(str(teacher), data, replace(recipe, distill=replace(recipe.distill, augment=0)), 3600, cpu)
+    augmented = plan_recipe(str(teacher), data, recipe, 3600, cpu)
+    _, _, train_part, heldout = training_split(str(teacher), data, recipe.distill)
+    copies = perturbed_inputs(recipe.distill, data, train_part, heldout)
+    assert copies and augmented.train_examples == plain.train_examples + len(copies)
+    assert all(sum(len(f.split()) for f in row) >= 2 for row in copies)  # copies of texts of 3+ words
+    with pytest.raises(AxformerError, match="--recover-augment-min-words -1"):
+        Recovery(mode="distill", augment=1, augment_min_words=-1).validate()
 
 
 def test_perturbed_copies_of_long_texts_only():

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
 from axformer.data.batching import collate, encode, grouped_batches, sorted_batches
+from axformer.distill.augment import later_windows
 from axformer.distill.students import derive_student, parse_layers, prune_by_importance
 from axformer.errors import AxformerError
 from axformer.inference import per_example_loss
@@ -274,7 +275,16 @@ def plan_recipe(
     _, _, train_part, heldout = training_split(model, data, d)
     timed = measure(model, data, train_part, config, device)
     forward = timed["teacher"][0]
-    n = len(training_subset(train_part, d.max_train_examples, d.seed))
+    from axformer.distill.trainer import perturbed_inputs
+
+    # the distillations' inputs: the training part and the extra unlabelled ones the trainer will add to it
+    added = len(
+        later_windows(
+            load_tokenizer(model), train_part.texts, d.max_seq_length or data.spec.default_max_length, d.windows
+        )
+    )
+    added += len(perturbed_inputs(replace(d, selection_data=config.decision_data), data, train_part, heldout))
+    n = len(training_subset(train_part, d.max_train_examples, d.seed)) + added
     select = min(len(heldout), d.eval_max_examples or len(heldout))
     scored = len(heldout) + sum(len(s) for s in data.dev.values())  # what every final evaluation scores
     students = [k for k in ("student", "pruned") if k in timed]  # "request" is the teacher's, below

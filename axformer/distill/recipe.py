@@ -191,6 +191,8 @@ def fastformers_recipe(
     model = str(model)
     output = Path(output)
     data = teacher_task(model, data, data_dir)
+    if data.spec.is_qa:  # a QA input is a question with its context's windows: no extra inputs, as in recovery
+        config = replace(config, distill=replace(config.distill, windows=0, augment=0))
     if (output / "recipe.json").exists() and not overwrite:
         raise AxformerError(
             f"output directory {output} already holds a finished recipe; pass --overwrite to replace "

@@ -51,6 +51,22 @@ def _same_vocabulary(teacher_tok, student_tok, student: str) -> None:
         )
 
 
+def perturbed_inputs(config: DistillConfig, data: TaskData, train_part: Split, heldout: Split) -> list[tuple[str, ...]]:
+    """The perturbed copies of the training part that ``config`` asks for (``augment``), never a text that
+    reports (dev), decides or certifies (the held-out split, the decision file): the trainer's, and what a time
+    plan counts before it."""
+    if not config.augment:
+        return []
+    reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
+    if config.selection_data is not None:
+        from axformer.evaluation.context import read_decision_data
+
+        reserved |= set(read_decision_data(config.selection_data, data).texts)
+    return perturbed_copies(
+        train_part.texts, config.augment, config.augment_rate, config.seed, reserved, min_words=config.augment_min_words
+    )
+
+
 def distill(
     teacher: str | os.PathLike,
     output: str | os.PathLike,
@@ -117,25 +133,10 @@ def distill(
             "no --windows, no --augment and no --calibration-texts"
         )
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
-    # perturbed copies of the training texts, never a text that reports, decides or certifies
     # ``augmented``: the perturbed copies when the caller already made them (the search's recovery counts them
     # to plan its epochs); otherwise made here
     if augmented is None:
-        augmented = []
-        if config.augment:
-            reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
-            if config.selection_data is not None:
-                from axformer.evaluation.context import read_decision_data
-
-                reserved |= set(read_decision_data(config.selection_data, data).texts)
-            augmented = perturbed_copies(
-                train_part.texts,
-                config.augment,
-                config.augment_rate,
-                config.seed,
-                reserved,
-                min_words=config.augment_min_words,
-            )
+        augmented = perturbed_inputs(config, data, train_part, heldout)
     if (extra_texts or augmented) and config.hard_weight > 0:
         raise AxformerError(
             f"{len(extra_texts or ()) + len(augmented)} unlabelled texts (--calibration-texts, --augment) with "

@@ -247,6 +247,10 @@ class SearchStage(OptimizeConfig):
             device=self.device,
             precision=r.precision,
             allow_pickle=self.allow_pickle,
+            # the recipe's distillations take the recovery's extra inputs (question answering takes none)
+            windows=r.windows,
+            augment=r.augment,
+            augment_min_words=r.augment_min_words,
         )
         return RecipeConfig(
             student_layers=self.student_layers,

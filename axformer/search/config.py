@@ -112,6 +112,8 @@ class Recovery:
     windows: int = 2
     # distill: perturbed copies of every training text as extra unlabelled inputs (axformer.distill.augment)
     augment: int = 0
+    # distill: only training texts of at least this many words get perturbed copies (0: every text)
+    augment_min_words: int = 0
     # distill into an int4 artifact (--artifact matrices or embeddings int4): round what the artifact stores in
     # int4 during the distillation (quantization-aware training, axformer.surgery.fake_quant), so that it wins back
     # the rounding too; an unpruned model is then distilled as well, since the rounding is something to win back.
@@ -126,6 +128,10 @@ class Recovery:
             raise AxformerError(f"--train-precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.augment < 0:
             raise AxformerError(f"--recover-augment {self.augment}; expected a number of copies per text (0: none)")
+        if self.augment_min_words < 0:
+            raise AxformerError(
+                f"--recover-augment-min-words {self.augment_min_words}; expected 0 (every text) or a number of words"
+            )
         if self.windows < 0:
             raise AxformerError(f"--recover-windows {self.windows}; expected a number of windows per text (0: none)")
         if self.mode not in (None, *RECOVERY):

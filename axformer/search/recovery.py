@@ -17,8 +17,9 @@ from pathlib import Path
 
 from axformer.attention.hard import set_attention
 from axformer.distill import DistillConfig, distill
-from axformer.distill.augment import later_windows, perturbed_copies
+from axformer.distill.augment import later_windows
 from axformer.distill.objective import TEACHER_OUTPUTS
+from axformer.distill.trainer import perturbed_inputs
 from axformer.errors import AxformerError
 from axformer.evaluation import score
 from axformer.inference import run_model
@@ -102,10 +103,11 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     windows = config.recovery.windows if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
     n_windows = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
     augment = config.recovery.augment if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
-    copies: list[tuple[str, ...]] = []
-    if augment:  # made once here (counted to plan the epochs) and handed to the trainer
-        reserved = {t for part in (*ctx.data.dev.values(), apply_split(ctx.data, ctx.split)[1]) for t in part.texts}
-        copies = perturbed_copies(train.texts, augment, DistillConfig.augment_rate, DistillConfig.seed, reserved)
+    # made once here (counted to plan the epochs) and handed to the trainer
+    wanted = DistillConfig(
+        augment=augment, augment_min_words=config.recovery.augment_min_words, selection_data=ctx.decision_data
+    )
+    copies = perturbed_inputs(wanted, ctx.data, train, apply_split(ctx.data, ctx.split)[1])
     n_augmented = len(copies)
     added = n_windows + n_augmented
     # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
@@ -138,7 +140,14 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     if config.recovery.mode == "distill":
         # a retry distils from the same original on the same texts: its teacher outputs are kept in between
         kept = str(work / TEACHER_OUTPUTS)
-        cfg = DistillConfig(**common, windows=windows, augment=augment, teacher_cache_dir=kept, **rounding(config))
+        cfg = DistillConfig(
+            **common,
+            windows=windows,
+            augment=augment,
+            augment_min_words=config.recovery.augment_min_words,
+            teacher_cache_dir=kept,
+            **rounding(config),
+        )
         result = distill(
             model,
             work / "recovered",
