@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from axformer.errors import AxformerError
-from axformer.export.artifact import ExportConfig, export_model
+from axformer.export.artifact import WHOLE_CHECK, ExportConfig, export_model
 from tests.test_cli import assert_clean_failure, run_cli
 
 
@@ -118,9 +118,45 @@ def test_export_falls_back_to_a_precision_that_holds_and_says_so(tuned_tiny, tmp
     fb = r["fallback"]
     assert fb["asked"] == "int8" and fb["tried"][0]["drop"] > 1.0 and r["precision"] == fb["chosen"] != "int8"
     assert [t["precision"] for t in fb["tried"]][:2] == ["int8", "mixed"]
-    assert r["validation"]["drop"] <= 1.0 and r["validation"]["checked_on"] == "confirmation"
+    # the model is its reference: what was asked (int8) and fp32 are checked on every held-out example, the mixed
+    # plan (chosen on the deciding examples) on the confirmation part only
+    on = {t["precision"]: t["checked_on"] for t in fb["tried"]}
+    assert on["int8"] == WHOLE_CHECK and on["mixed"] == "confirmation" and on.get("fp32", WHOLE_CHECK) == WHOLE_CHECK
+    assert r["validation"]["drop"] <= 1.0 and r["validation"]["checked_on"] == fb["tried"][-1]["checked_on"]
     assert r["validation"]["reference_model"] == str(model) and (tmp_path / "art" / "model.onnx").is_file()
     assert json.loads((tmp_path / "art" / "export.json").read_text())["precision"] == r["precision"]
+
+
+def test_an_unchanged_models_artifact_is_checked_on_every_held_out_example(tuned_tiny, tmp_path):
+    """No decision shaped the artifact of a model that is its reference (the search removed nothing) at the
+    precision asked for, so the deciding examples may check it too: the reference is scored on all of them; a
+    model that differs from its reference by one weight, or a mixed plan, is checked on the confirmation part."""
+    import shutil
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    model, data, _ = tuned_tiny
+
+    def config(reference) -> ExportConfig:
+        return ExportConfig(
+            precision="int8", device="cpu", max_drop=100.0, confirm_fraction=0.4, reference_model=str(reference)
+        )
+
+    v = export_model(model, tmp_path / "same", config(model), data)["validation"]
+    split = v["split"]
+    assert v["checked_on"] == WHOLE_CHECK
+    assert v["pytorch"]["num_examples"] == v["onnx"]["num_examples"] == split["used"] + split["confirmation"]["used"]
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    weights = load_file(other / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    v = export_model(model, tmp_path / "changed", config(other), data)["validation"]
+    assert v["checked_on"] == "confirmation" and v["pytorch"]["num_examples"] == split["confirmation"]["used"]
+    mixed = export_model(model, tmp_path / "mixed", replace(config(model), precision="mixed"), data)
+    assert mixed["validation"]["checked_on"] == "confirmation"
 
 
 def test_an_artifact_that_changes_answers_gives_way_when_none_may_change(tuned_tiny, tmp_path, monkeypatch):
