@@ -112,6 +112,15 @@ def test_the_smallest_artifact_loads_everywhere_and_is_scored(tuned_tiny, tmp_pa
 
 
 def test_the_size_breakdown_accounts_for_every_byte(tuned_tiny, tmp_path):
+    """Every byte of an int4 artifact is in one part and format. Its int4 tables are the word table alone: the
+    tables every token adds (positions, token types) would shift every token alike if rounded to int4, so they are
+    stored int8, and the size search's byte model counts them so."""
+    from onnx import numpy_helper
+
+    from axformer.models.loading import load_model
+    from axformer.search.config import ArtifactFormat
+    from axformer.search.cost import artifact_bytes
+
     model, data, _ = tuned_tiny
     r = export_model(
         model,
@@ -124,6 +133,28 @@ def test_the_size_breakdown_accounts_for_every_byte(tuned_tiny, tmp_path):
     assert sum(s["part_bytes"].values()) + s["graph_bytes"] == s["file_bytes"] == r["size_bytes"]
     assert s["part_bytes"]["encoder"] > 0 and s["parts"]["embeddings"].get("int4", 0) > 0
     assert r["size"]["directory_bytes"] > s["file_bytes"]
+    graph = onnx.load(str(tmp_path / "a" / "model.onnx")).graph
+    net = load_model(model)
+    cfg = net.config
+    shapes = {i.name: (numpy_helper.to_array(i).dtype, i.dims[0]) for i in graph.initializer if len(i.dims) == 2}
+    lookups = {n.op_type: [] for n in graph.node}
+    for n in graph.node:
+        if n.op_type in ("Gather", "GatherBlockQuantized") and n.input[0] in shapes:
+            lookups[n.op_type].append(shapes[n.input[0]])
+    assert [rows for _, rows in lookups["GatherBlockQuantized"]] == [cfg.vocab_size]  # the word table only
+    # the others int8 (ONNX Runtime's dynamic quantizer stores a lookup table as uint8)
+    assert sorted(lookups["Gather"]) == [(np.dtype(np.uint8), cfg.type_vocab_size),
+                                         (np.dtype(np.uint8), cfg.max_position_embeddings)]  # fmt: skip
+    tables = r["size"]["parts"]["embeddings"]
+    assert tables["int4"] > 0 and tables["int8"] > 0
+    # the byte model saves exactly what the written tables saved against fp32 (int4 word rows, int8 others)
+    saved = artifact_bytes(net, ArtifactFormat(embeddings="fp32", block_size=16)) - artifact_bytes(
+        net, ArtifactFormat(embeddings="int4", block_size=16)
+    )
+    table_params = sum(m.weight.numel() for m in (net.bert.embeddings.word_embeddings,
+                                                   net.bert.embeddings.position_embeddings,
+                                                   net.bert.embeddings.token_type_embeddings))  # fmt: skip
+    assert saved == 4 * table_params - tables["int4"] - tables["int8"]
 
 
 def test_the_size_preset_counts_the_bytes_of_the_artifact_it_writes(tuned_tiny, tmp_path):
@@ -258,9 +289,10 @@ def test_an_int4_artifact_is_distilled_on_its_grid_even_with_nothing_removed(tun
 
 
 def test_mixed_precision_plans_the_embedding_tables_like_matrices(tuned_tiny, tmp_path):
-    """The tables and the pooler join the plan with their own measured sensitivity; with an unbounded tolerance
-    every table and matrix ends up in int4 (the matrices in the coarsest blocks), ranked per parameter for the
-    size objective. The uniform int4 artifact keeps the head in int8, as the size search counts it."""
+    """The word table and the pooler join the plan with their own measured sensitivity; with an unbounded
+    tolerance every matrix and the word table end up in int4 (the matrices in the coarsest blocks), ranked per
+    parameter for the size objective, and the tables every token adds in int8. The uniform int4 artifact keeps
+    the head in int8, as the size search counts it."""
     model, data, _ = tuned_tiny
     r = export_model(
         model,
@@ -270,7 +302,8 @@ def test_mixed_precision_plans_the_embedding_tables_like_matrices(tuned_tiny, tm
         data,
     )  # fmt: skip
     components = r["mixed"]["components"]
-    assert components["embeddings.word"] == "int4" and components["embeddings.position"] == "int4"
+    assert components["embeddings.word"] == "int4" and components["embeddings.position"] == "int8"
+    assert components["embeddings.token_type"] == "int8"
     assert r["mixed"]["sensitivities_measured"] >= 3  # the tables' own sensitivities were measured
     assert any(k.endswith(".attn.q") for k in components)  # Q/K/V planned on their own (attention unfused)
     assert r["size"]["parts"]["embeddings"].get("int4", 0) > 0

@@ -49,7 +49,7 @@ from axformer.models.record import ModelRecord
 from axformer.runtime.backends import ONNX_FILE, SENTENCE_ONNX_FILE, OnnxModel
 from axformer.runtime.timing import prepare, time_candidates
 from axformer.surgery.adapters import get_adapter
-from axformer.surgery.fake_quant import check_block_size
+from axformer.surgery.fake_quant import check_block_size, table_format
 from axformer.surgery.prune import current_structure
 from axformer.surgery.vocabulary import VocabularyConfig
 from axformer.tasks.data import TaskData
@@ -263,11 +263,12 @@ def _plan_nodes(path: Path, net, config: ExportConfig) -> list:
 
 def _uniform_plan(nodes: list, matrices: str, embeddings: str) -> dict[str, str]:
     """Every encoder matrix in ``matrices`` (int4 only where a 4-bit kernel exists) and every table in
-    ``embeddings``; the head's matrices are int8 unless fp32 (the size search counts them so; a mixed plan may
-    round them further by their measured sensitivity)."""
+    ``embeddings`` (int4: the word table; the tables every token adds int8, ``table_format``); the head's matrices
+    are int8 unless fp32 (the size search counts them so; a mixed plan may round them further by their measured
+    sensitivity)."""
     plan = {}
     for n in nodes:
-        fmt = embeddings if n.op_type in EMBEDDING_OPS else matrices
+        fmt = table_format(n.component, embeddings) if n.op_type in EMBEDDING_OPS else matrices
         outside = n.op_type not in EMBEDDING_OPS and (n.component is None or n.component.startswith("head."))
         if fmt == "int4" and (n.op_type not in ("MatMul", "Gather") or outside):
             fmt = "int8"

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axformer.export.quantize import WeightNode, apply_plan, int4_format
+from axformer.surgery.fake_quant import table_format
 
 if TYPE_CHECKING:
     from axformer.export.gptq import Calibration
@@ -129,7 +130,12 @@ def plan_mixed_precision(
     def reached(size: int) -> bool:
         return target_bytes is not None and size <= target_bytes
 
-    matmuls = [n for n in nodes if n.op_type in int4_ops]
+    # int4 candidates: the matrices and the word table (the tables every token adds stay int8: table_format)
+    matmuls = [
+        n
+        for n in nodes
+        if n.op_type in int4_ops and (n.op_type == "MatMul" or table_format(n.component, "int4") == "int4")
+    ]
     rows4 = sensitivity(4, [m.component for m in matmuls if m.component])
 
     def rank4(n: WeightNode) -> float:

@@ -197,13 +197,13 @@ def artifact_bytes(model, fmt, vocab_rows: int | None = None, max_length: int | 
 
     Encoder matrices in ``fmt.matrices`` (Q/K/V int8 unless int4 attention: the fused Attention op has no 4-bit
     kernel), other matrices (pooler, classifier) int8 unless fp32, embedding tables in ``fmt.embeddings`` with the
-    kept vocabulary's rows, vectors fp32. The graph's own bytes (names, shapes: about 1%) are not counted; the
-    pipeline reports the written file next to this prediction.
+    kept vocabulary's rows (int4: the word table; the tables every token adds int8), vectors fp32. The graph's own
+    bytes (names, shapes: about 1%) are not counted; the pipeline reports the written file next to this prediction.
     """
     from torch import nn
 
     from axformer.surgery.adapters import get_adapter
-    from axformer.surgery.fake_quant import embedding_tables
+    from axformer.surgery.fake_quant import embedding_tables, table_format
 
     tables = {id(model.get_submodule(p)): n for n, p in embedding_tables(model).items()}
     adapter = get_adapter(model)
@@ -218,7 +218,9 @@ def artifact_bytes(model, fmt, vocab_rows: int | None = None, max_length: int | 
             if name == "embeddings.position" and max_length is not None:
                 offset = module.padding_idx + 1 if module.padding_idx is not None else 0
                 rows = min(rows, max_length + offset)
-            total += matrix_bytes(rows, cols, fmt.embeddings, fmt.table_block_size or fmt.block_size, table=True)
+            total += matrix_bytes(
+                rows, cols, table_format(name, fmt.embeddings), fmt.table_block_size or fmt.block_size, table=True
+            )
         elif isinstance(module, nn.Linear):
             out_f, in_f = module.weight.shape
             if id(module) in encoder:
