@@ -1072,8 +1072,9 @@ def export_cmd(
         str,
         typer.Option(
             "--embeddings",
-            help="Embedding tables: fp32, int8, or int4 (block-wise, GatherBlockQuantized; the lookup is then "
-            "left unfused). With --precision mixed they join the plan as matrices of their own.",
+            help="Embedding tables: fp32, int8, or int4 (the word table block-wise, GatherBlockQuantized, the "
+            "lookup then left unfused; the position and token-type tables, added to every token, int8). With "
+            "--precision mixed they join the plan as matrices of their own.",
         ),
     ] = "fp32",
     int4_attention: Annotated[

@@ -79,8 +79,9 @@ def embedding_tables(model) -> dict[str, str]:
 # Tables whose rows every input adds (the token type of each token, the position of each token): their rounding
 # error shifts every token alike, where a word row's error reaches only the texts that use the word; and they are
 # small (2 and 128-512 rows). Measured on SST-2's held-out sentences (the deciding part, 1,326; each table alone
-# in int4 blocks of 128, all else fp32): the token-type table changed 31 answers (logit MSE 0.054), the whole
-# word table 9 (0.005), the position table 5 (0.002); in int8 they cost nothing visible and a few KiB.
+# in int4 blocks of 128, all else fp32; benchmarks/experiments/int4_mrpc/table_sensitivity.py): the token-type
+# table changed 31 answers (logit MSE 0.054), the whole word table 9 (0.005), the position table 5 (0.002). The
+# size preset's artifact with these two in int8 instead: 1.96% answers changed instead of 3.62%, for 50 KB.
 EVERY_TOKEN_TABLES = ("embeddings.position", "embeddings.token_type")
 
 

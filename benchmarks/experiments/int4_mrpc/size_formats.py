@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from _heldout import deciding_context
+
 from axformer.benchmark.run import environment
 from axformer.data.batching import encode
-from axformer.evaluation.context import load_context
 from axformer.evaluation.scores import score
 from axformer.export.artifact import ExportConfig, export_model
 from axformer.inference import run_model
@@ -56,14 +57,7 @@ def parse_formats(text: str) -> list[tuple[int, str, int, int]]:
 
 def measure(task: str, formats, decision_data: str | None = None, confirm_fraction: float = 0.0) -> list[dict]:
     base = f"runs/baselines/{task}"
-    ctx = load_context(
-        base,
-        data_dir="../shared/data/glue",
-        max_examples=2000,
-        device="cpu",
-        confirm_fraction=confirm_fraction,
-        decision_data=decision_data,
-    )
+    ctx = deciding_context(task, decision_data, confirm_fraction)
     spec = ctx.data.spec
     reference = run_model(ctx.model, ctx.encoded, spec.is_regression, 64, "cpu")
     original_bytes = (Path(base) / "model.safetensors").stat().st_size
