@@ -120,6 +120,7 @@ def test_the_size_breakdown_accounts_for_every_byte(tuned_tiny, tmp_path):
     from axformer.models.loading import load_model
     from axformer.search.config import ArtifactFormat
     from axformer.search.cost import artifact_bytes
+    from axformer.surgery.fake_quant import embedding_tables
 
     model, data, _ = tuned_tiny
     r = export_model(
@@ -151,9 +152,7 @@ def test_the_size_breakdown_accounts_for_every_byte(tuned_tiny, tmp_path):
     saved = artifact_bytes(net, ArtifactFormat(embeddings="fp32", block_size=16)) - artifact_bytes(
         net, ArtifactFormat(embeddings="int4", block_size=16)
     )
-    table_params = sum(m.weight.numel() for m in (net.bert.embeddings.word_embeddings,
-                                                   net.bert.embeddings.position_embeddings,
-                                                   net.bert.embeddings.token_type_embeddings))  # fmt: skip
+    table_params = sum(net.get_submodule(path).weight.numel() for path in embedding_tables(net).values())
     assert saved == 4 * table_params - tables["int4"] - tables["int8"]
 
 

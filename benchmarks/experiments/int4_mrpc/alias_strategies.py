@@ -29,7 +29,7 @@ from axformer.benchmark.run import environment
 from axformer.evaluation.context import vocabulary_texts
 from axformer.evaluation.scores import score
 from axformer.inference import run_model
-from axformer.surgery.vocabulary import plan_vocabulary
+from axformer.surgery.vocabulary import nearest_aliases, plan_vocabulary
 
 HERE = Path(__file__).parent
 
@@ -46,35 +46,28 @@ def cls_states(net, tokenizer, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def aliases(spaces: list[torch.Tensor], kept: torch.Tensor, removed: torch.Tensor) -> dict[int, int]:
-    spaces = [torch.nn.functional.normalize(s.float(), dim=-1) for s in spaces]
-    out: dict[int, int] = {}
-    for chunk in removed.split(4096):
-        similarity = sum(s[chunk] @ s[kept].T for s in spaces)
-        out.update(zip(chunk.tolist(), kept[similarity.argmax(-1)].tolist(), strict=True))
-    return out
-
-
 def measure(task: str, decision_data: str | None, confirm_fraction: float) -> dict:
     ctx = deciding_context(task, decision_data, confirm_fraction)
     net, spec = ctx.model.eval(), ctx.data.spec
     reference = run_model(net, ctx.encoded, spec.is_regression, 64, "cpu")
     plan = plan_vocabulary(ctx.tokenizer, vocabulary_texts(ctx, None, None), False, 1)
     table = net.get_input_embeddings().weight.detach()
-    kept = torch.tensor(plan.kept)
-    outside = torch.ones(len(table), dtype=torch.bool)
-    outside[kept] = False
-    removed = outside.nonzero().flatten()
     states = cls_states(net, ctx.tokenizer, len(table))
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.float(), dim=-1)
+
     rows = []
-    for rule, spaces in (
-        ("input embedding (default)", [table]),
-        ("final [CLS] state", [states]),
-        ("both", [table, states]),
+    # the export's own rule (nearest_aliases: cosine) in each space; "both" concatenates the unit vectors, whose
+    # cosine is the mean of the two cosines
+    for rule, space in (
+        ("input embedding (default)", table),
+        ("final [CLS] state", states),
+        ("both", torch.cat([unit(table), unit(states)], -1)),
     ):
         lookup = np.arange(len(table))
-        for old, new in aliases(spaces, kept, removed).items():
-            lookup[old] = new
+        for old, new in nearest_aliases(space, plan.kept).items():
+            lookup[old] = plan.kept[new]
         encoded = copy.deepcopy(ctx.encoded)
         encoded.input_ids = [lookup[ids] for ids in encoded.input_ids]
         out = run_model(net, encoded, spec.is_regression, 64, "cpu")
