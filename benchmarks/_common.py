@@ -97,6 +97,8 @@ def preset_outcome(out: Path) -> dict:
             # shipped unrecovered: every recovery failed its certificate (a retry that passed ships recovered)
             "reverted": bool(c and c.recovery is not None and not c.shipped_recovered),
             "retried": bool(c and c.retry is not None and c.retry.passed),
+            # no better than the searched model on the deciding examples: its weights were not kept
+            "not_kept": rec.get("kept") is False,
         },
         "precision": export["precision"],
         "fallback": bool(export.get("fallback")),
@@ -155,7 +157,8 @@ EXTRA_INPUTS = (("windows", "windows"), ("augmented_texts", "perturbed"), ("cali
 
 def recovery_text(r: dict) -> str:
     """A preset outcome's recovery in a table cell: mode, its data budget next to the original's, and whether it
-    shipped unrecovered (reverted) or recovered at its second attempt (retry shipped)."""
+    shipped unrecovered (reverted), recovered at its second attempt (retry shipped), or was not kept because it
+    scored no higher than the searched model on the deciding examples."""
     rec = r.get("recovery")
     if not rec:
         return "-"
@@ -166,4 +169,6 @@ def recovery_text(r: dict) -> str:
         text += f" {b['examples']}" + "".join(f" + {n} {what}" for n, what in added) + f" x {b['epochs']:g}"
     if o:
         text += f" (original {o['examples']} x {o['epochs']:g})"
+    if rec.get("not_kept"):
+        return text + ", not kept (no gain on the deciding examples)"
     return text + (", reverted" if rec.get("reverted") else ", retry shipped" if rec.get("retried") else "")

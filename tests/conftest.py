@@ -460,3 +460,13 @@ def write_qa_files(directory: Path, n_train: int = 40, n_dev: int = 12, fmt: str
             )  # fmt: skip
         paths.append(path)
     return paths[0], paths[1]
+
+
+@pytest.fixture
+def recovery_always_pays(monkeypatch):
+    """For tests of what a recovery does (its data, its record, its report): keep its weights whatever it scores.
+    Whether a toy model's recovery beats its searched weights on a few dozen held-out examples is chance; the
+    rule that decides it is tested on its own (tests/test_search.py)."""
+    import axformer.search.recovery as recovery
+
+    monkeypatch.setattr(recovery, "recovery_pays", lambda before, after: True)

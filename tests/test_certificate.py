@@ -413,11 +413,12 @@ def test_a_trained_model_is_certified_like_the_searched_state(tuned_tiny):
     assert trained.examples == searched.certificate.examples == len(ctx.confirmation)
 
 
-@pytest.mark.parametrize("outcome", ["recovered", "retried", "searched"])
+@pytest.mark.parametrize("outcome", ["recovered", "retried", "searched", "not_kept", "retry_not_kept"])
 def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(monkeypatch, tmp_path, outcome):
     """Pruning that recovery wins back is not undone before recovery had its chance: the recovered model is
     certified first; when it fails, the state less its latest step is recovered once more; when that fails too,
-    the searched model backtracked on its own ships."""
+    the searched model backtracked on its own ships. A recovery that scored no higher than the searched model on
+    the deciding examples was not kept: the searched model is certified and backtracked as without recovery."""
     from types import SimpleNamespace
 
     import axformer.search.optimize as optimize_module
@@ -425,7 +426,9 @@ def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(
     from axformer.search.config import OptimizeConfig, Recovery
 
     calls = []
-    verdicts = {"recovered": [True], "retried": [False, True], "searched": [False, False]}[outcome]
+    verdicts = {"recovered": [True], "retried": [False, True], "searched": [False, False], "not_kept": [],
+                "retry_not_kept": [False]}[outcome]  # fmt: skip
+    kept = {"not_kept": [False], "retry_not_kept": [True, False]}.get(outcome, [True, True])
 
     def fake_certify_search(ctx, config, steps, backtrack_failing=True):
         calls.append(("certify_search", backtrack_failing))
@@ -437,7 +440,9 @@ def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(
 
     def fake_recover(model, ctx, work, config, state, calibration=None):
         calls.append(("recover", tuple(state["removed"])))
-        return ("recovered", tuple(state["removed"])), {"mode": "distill"}
+        if kept.pop(0):
+            return ("recovered", tuple(state["removed"])), {"mode": "distill", "kept": True}
+        return ("searched", tuple(state["removed"])), {"mode": "distill", "kept": False}
 
     monkeypatch.setattr(optimize_module, "certify_search", fake_certify_search)
     monkeypatch.setattr(
@@ -453,8 +458,17 @@ def test_with_recovery_the_recovered_model_is_certified_before_any_backtracking(
     certification, shipped_state, shipped, _ = optimize_module._certify_and_recover(
         "m", SimpleNamespace(confirmation=[0]), tmp_path, config, SimpleNamespace(steps=steps), dict(state)
     )
+    if outcome == "not_kept":  # never certified as a recovered model; the searched one backtracked ships
+        assert calls == [("recover", ("L1", "L2", "L3")), ("certify_search", True)]
+        assert shipped == ("saved", ("L1",)) and certification.recovery is None
+        assert not certification.shipped_recovered and certification.shipped_undone == ["L2", "L3"]
+        return
     assert calls[:2] == [("recover", ("L1", "L2", "L3")), "certify_model"]  # the whole searched state first
-    if outcome == "recovered":
+    if outcome == "retry_not_kept":  # the retry's unrecovered state is not certified as a recovered one
+        assert calls[2:] == [("certify_search", True), ("recover", ("L1", "L2"))]
+        assert shipped == ("saved", ("L1",)) and certification.retry is None
+        assert not certification.shipped_recovered and certification.shipped_undone == ["L2", "L3"]
+    elif outcome == "recovered":
         assert shipped == ("recovered", ("L1", "L2", "L3")) and shipped_state == state
         assert calls[2] == ("certify_search", False) and certification.shipped_undone == []
     elif outcome == "retried":  # the latest step undone, recovered again, passed

@@ -478,7 +478,7 @@ def test_a_distillation_stops_at_its_time_limit_with_its_best_checkpoint(tuned_t
     assert load_model(res.output) is not None
 
 
-def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch):
+def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch, recovery_always_pays):
     """Recovery by distillation, with perturbed copies: made once (the recovery counts them to plan its epochs
     and hands them to the trainer), and the copies the budget records are the ones the trainer trained on."""
     import axformer.distill.trainer as trainer

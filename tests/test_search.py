@@ -304,7 +304,7 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
     assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-6)
 
 
-def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_path):
+def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_path, recovery_always_pays):
     from axformer.models.loading import load_model
     from axformer.models.record import ModelRecord
     from axformer.search.optimize import OptimizeConfig, optimize
@@ -336,7 +336,58 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
     assert not (tmp_path / "rec" / "recovered").exists() and "Recovery:" in (tmp_path / "rec" / "report.md").read_text()
 
 
-def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(tuned_tiny, tmp_path, monkeypatch):
+def test_recovery_pays_only_when_it_scores_higher_on_the_deciding_examples():
+    from axformer.search.recovery import recovery_pays
+
+    def scored(mcc, loss):
+        return {"main_metric": "mcc", "metrics": {"mcc": mcc, "accuracy": 70.0}, "loss": loss}
+
+    assert recovery_pays(scored(27.0, 0.5), scored(28.0, 0.9))  # the main metric first
+    assert not recovery_pays(scored(31.0, 0.7), scored(27.4, 0.5))  # CoLA, session 24: a better loss is not enough
+    assert recovery_pays(scored(30.0, 0.6), scored(30.0, 0.5))  # a tie: the lower loss
+    assert not recovery_pays(scored(30.0, 0.5), scored(30.0, 0.5))  # nothing gained: the searched weights stay
+
+
+def test_a_recovery_that_does_not_pay_leaves_the_searched_model(tuned_tiny, tmp_path, monkeypatch):
+    """The recovered weights are kept only if they beat the searched model on the deciding examples; otherwise
+    the searched model, as the search left it, is what is certified, saved and reported."""
+    import torch
+
+    import axformer.search.recovery as recovery
+    from axformer.models.loading import load_model
+    from axformer.models.record import ModelRecord
+    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.surgery.prune import prune
+
+    judged = []
+    monkeypatch.setattr(recovery, "recovery_pays", lambda before, after: judged.append((before, after)) or False)
+    model, data, _ = tuned_tiny
+    cfg = OptimizeConfig(
+        goal="size",
+        groups=4,
+        device="cpu",
+        progress=False,
+        latency_examples=5,
+        tolerance=Tolerance(max_drop=3.0),
+        recovery=Recovery(mode="continue", epochs=1, learning_rate=1e-3),
+    )
+    report = optimize(model, data, None, tmp_path / "rec", cfg)
+    rec = report["recovery"]
+    assert report["removed"] and len(judged) == rec.get("attempts", 1) and rec["kept"] is False
+    before, after = judged[0]
+    assert before == rec["heldout_before"] and after == rec["heldout_after"] and after != before
+    shipped, searched = load_model(tmp_path / "rec"), load_model(model)
+    prune(searched, report["removed"])
+    assert torch.equal(shipped.classifier.weight, searched.classifier.weight)  # the searched weights, untrained
+    assert ModelRecord.load(tmp_path / "rec").history[-1]["stage"] == "optimize"
+    cert = report["certification"]
+    assert cert["recovery"] is None and not cert["recovery_reverted"]
+    assert "no better, and was not kept" in (tmp_path / "rec" / "report.md").read_text()
+
+
+def test_refinetune_pretrained_puts_the_structure_on_the_pretrained_checkpoint(
+    tuned_tiny, tmp_path, monkeypatch, recovery_always_pays
+):
     """AxFormer's recovery: the found structure, cut from the pre-trained weights, fine-tuned again."""
     from axformer.errors import AxformerError
     from axformer.models.loading import load_model

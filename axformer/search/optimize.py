@@ -234,7 +234,11 @@ def optimize(
         )
         report.recovery = recovery
         report.certification = certification
-        trained = recovery is not None and (certification is None or certification.shipped_recovered)
+        trained = (
+            recovery is not None
+            and recovery.get("kept", True)
+            and (certification is None or certification.shipped_recovered)
+        )
         unchanged = not trained and not state["removed"] and not state["attention"]  # the original's weights
         if unchanged and not spec.is_qa:
             report.fidelity = {"note": "not measured: the shipped model is the original (nothing removed)"}
@@ -271,7 +275,8 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
     """The certificate is taken on the model that ships. With recovery, the searched state is recovered first
     and the *recovered* model certified (pruning that recovery wins back is not undone before it had its
     chance); if it fails, the searched model is backtracked until it passes on its own and shipped instead.
-    Without recovery, the searched model is certified and backtracked."""
+    Without recovery, or with one that scored no higher than the searched model on the deciding examples (not
+    kept, ``recovery_pays``), the searched model is certified and backtracked."""
     certification = None
     # nothing removed and nothing rounded to int4 in training: nothing to win back
     if config.recovery.mode is None or (not trials.steps and not rounding(config)):
@@ -284,6 +289,10 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
     optimized, recovery = recover(model, ctx, work, config, state, calibration)
     if ctx.confirmation is None:
         return None, state, optimized, recovery
+    if not recovery["kept"]:  # no better than the searched model on the deciding examples: certified as without it
+        certification, state = certify_search(ctx, config, trials.steps)
+        write_json(work / STATE_FILE, state)
+        return certification, state, save_candidate(model, ctx, state, work, config, config.goal), recovery
     after = certify_model(ctx, config, optimized)
     if after.passed:
         certification, _ = certify_search(ctx, config, trials.steps, backtrack_failing=False)
@@ -299,12 +308,13 @@ def _certify_and_recover(model, ctx, work: Path, config: OptimizeConfig, trials:
         fewer = state_of(trials.steps[:-1])
         save_candidate(model, ctx, fewer, work, config, config.goal)
         retried, second = recover(model, ctx, work, config, fewer, calibration)
-        certification.retry = certify_model(ctx, config, retried)
-        certification.retry_undone = [trials.steps[-1].name]
         second["attempts"] = 2
-        if certification.retry.passed:
-            write_json(work / STATE_FILE, fewer)
-            return certification, fewer, retried, second
+        if second["kept"]:  # else the retry is the unrecovered state, which the backtracking below tries anyway
+            certification.retry = certify_model(ctx, config, retried)
+            certification.retry_undone = [trials.steps[-1].name]
+            if certification.retry.passed:
+                write_json(work / STATE_FILE, fewer)
+                return certification, fewer, retried, second
         recovery = second
     write_json(work / STATE_FILE, fallback)
     return certification, fallback, save_candidate(model, ctx, fallback, work, config, config.goal), recovery

@@ -181,7 +181,16 @@ def report_markdown(r: SearchReport) -> str:
             "distill": "distilled from the original model (FastFormers)",
         }[rec["mode"]]
         reverted = r.certification is not None and not r.certification.shipped_recovered
-        shown = "the searched model: the recovered one failed its certificate" if reverted else "the recovered model"
+        if not rec.get("kept", True):
+            after = rec["heldout_after"]["metrics"][main]
+            shown = (
+                f"the searched model: the recovered one scored {after:.2f} on the same examples, no better, and was "
+                "not kept"
+            )
+        elif reverted:
+            shown = "the searched model: the recovered one failed its certificate"
+        else:
+            shown = "the recovered model"
         lines += [
             "",
             f"Recovery: {how} in {rec['seconds']:.0f} s; held-out {main} before recovery "
@@ -329,7 +338,11 @@ def fidelity_lines(r: SearchReport) -> list[str]:
     removed = (
         f" ({f['removed_dev_texts']} dev texts removed from the calibration file)" if f.get("removed_dev_texts") else ""
     )
-    trained = r.recovery is not None and (r.certification is None or r.certification.shipped_recovered)
+    trained = (
+        r.recovery is not None
+        and r.recovery.get("kept", True)
+        and (r.certification is None or r.certification.shipped_recovered)
+    )
     caveat = (
         " The recovery trained on the training texts, so agreement there is optimistic; the confirmation split is "
         "the unbiased figure."

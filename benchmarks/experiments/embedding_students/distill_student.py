@@ -1,11 +1,14 @@
 """How much STS-B quality a student of all-MiniLM-L6-v2's own layers keeps after embedding distillation.
 
 Usage: python benchmarks/experiments/embedding_students/distill_student.py LAYERS EPOCHS [sts|all] [DATA_DIR]
-[TOKEN_WEIGHT] [LR] (e.g. ``0,2,5 1 all``). Reports STS-B dev Spearman of the cosine; decides nothing (see README.md).
+[TOKEN_WEIGHT] [LR] [HARD_WEIGHT] (e.g. ``0,2,5 1 all``). Reports STS-B dev Spearman of the cosine; decides
+nothing (see README.md).
 
 TOKEN_WEIGHT > 0 adds the squared distance of the student's last hidden state to the teacher's at every token
 (relative to the teacher's mean squared token norm): the pooled embedding is one vector per text, the token
-states are one per token, and they determine it.
+states are one per token, and they determine it. HARD_WEIGHT > 0 adds, at every step, sentence-transformers'
+CosineSimilarityLoss on 16 of STS-B's gold-scored training pairs (the task's own signal, as the pipeline's
+``hard_weight`` does).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from scipy import stats
 from axformer.data.batching import collate, encode, grouped_batches
 from axformer.distill.students import derive_student
 from axformer.embedding.model import pool
-from axformer.inference import run_model
+from axformer.inference import per_example_loss, run_model
 from axformer.models.loading import load_embedder, load_tokenizer
 from axformer.tasks.data import Split
 from axformer.tasks.selection import TaskSelection
@@ -54,6 +57,7 @@ def main() -> None:
     data_dir = sys.argv[4] if len(sys.argv) > 4 else "../shared/data/glue"
     token_weight = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     lr = float(sys.argv[6]) if len(sys.argv) > 6 else 2e-4
+    hard_weight = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
     torch.manual_seed(0)
     sts = TaskSelection(task="stsb", data_dir=data_dir, embedding=True).load()
     dev = sts.dev["dev"]
@@ -69,6 +73,8 @@ def main() -> None:
     enc = encode(tok, Split("t", [(t,) for t in texts], np.zeros(len(texts), np.float32)), 128)
     targets = torch.from_numpy(run_model(teacher, enc, True, 128, with_loss=False).logits)
     dev_enc = encode(tok, dev, 128, separate=True)
+    pairs = encode(tok, sts.train, 128, separate=True)  # gold-scored training pairs, for hard_weight > 0
+    pair_order = iter(())
 
     def dev_spearman(net) -> float:
         cos = run_model(net, dev_enc, True, 128, with_loss=False).logits[:, 0]
@@ -91,6 +97,14 @@ def main() -> None:
             batch.pop("labels")
             with autocast(dtype, "cpu"):
                 loss = distillation_loss(student, teacher, batch, targets[idx], token_weight)
+                if hard_weight > 0:  # one batch of 16 gold pairs per step: CosineSimilarityLoss
+                    chunk = next(pair_order, None)
+                    if chunk is None:
+                        pair_order = iter(np.array_split(rng.permutation(len(sts.train)), len(sts.train) // 16))
+                        chunk = next(pair_order)
+                    gold = collate(pairs, chunk)
+                    scores = gold.pop("labels")
+                    loss = loss + hard_weight * per_example_loss(student(**gold).logits, scores, True).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -105,6 +119,7 @@ def main() -> None:
         "texts": len(texts),
         "token_weight": token_weight,
         "lr": lr,
+        "hard_weight": hard_weight,
         "dev_spearman": dev_spearman(student),
     }
     print(json.dumps({**out, "seconds": time.time() - t0}))
