@@ -304,13 +304,10 @@ def test_sigkill_and_rerun_give_the_uninterrupted_result(tuned_tiny, tmp_path):
     assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-6)
 
 
-def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_path, recovery_always_pays):
-    from axformer.models.loading import load_model
-    from axformer.models.record import ModelRecord
+def _size_search_recovered_by_continue(model, data, out):
+    """A size search on the tiny model, recovered by fine-tuning from the searched weights."""
     from axformer.search.optimize import OptimizeConfig, optimize
-    from axformer.surgery.prune import current_structure
 
-    model, data, _ = tuned_tiny
     cfg = OptimizeConfig(
         goal="size",
         groups=4,
@@ -320,7 +317,16 @@ def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_
         tolerance=Tolerance(max_drop=3.0),
         recovery=Recovery(mode="continue", epochs=1, learning_rate=1e-3),
     )
-    report = optimize(model, data, None, tmp_path / "rec", cfg)
+    return optimize(model, data, None, out, cfg)
+
+
+def test_refinetune_continue_recovers_from_the_searched_weights(tuned_tiny, tmp_path, recovery_always_pays):
+    from axformer.models.loading import load_model
+    from axformer.models.record import ModelRecord
+    from axformer.surgery.prune import current_structure
+
+    model, data, _ = tuned_tiny
+    report = _size_search_recovered_by_continue(model, data, tmp_path / "rec")
     rec = report["recovery"]
     assert rec["mode"] == "continue" and "accuracy" in rec["heldout_before"]["metrics"]
     import torch
@@ -356,22 +362,12 @@ def test_a_recovery_that_does_not_pay_leaves_the_searched_model(tuned_tiny, tmp_
     import axformer.search.recovery as recovery
     from axformer.models.loading import load_model
     from axformer.models.record import ModelRecord
-    from axformer.search.optimize import OptimizeConfig, optimize
     from axformer.surgery.prune import prune
 
     judged = []
     monkeypatch.setattr(recovery, "recovery_pays", lambda before, after: judged.append((before, after)) or False)
     model, data, _ = tuned_tiny
-    cfg = OptimizeConfig(
-        goal="size",
-        groups=4,
-        device="cpu",
-        progress=False,
-        latency_examples=5,
-        tolerance=Tolerance(max_drop=3.0),
-        recovery=Recovery(mode="continue", epochs=1, learning_rate=1e-3),
-    )
-    report = optimize(model, data, None, tmp_path / "rec", cfg)
+    report = _size_search_recovered_by_continue(model, data, tmp_path / "rec")
     rec = report["recovery"]
     assert report["removed"] and len(judged) == rec.get("attempts", 1) and rec["kept"] is False
     before, after = judged[0]

@@ -28,6 +28,7 @@ from axformer.models.record import ModelRecord
 from axformer.surgery.prune import prune
 from axformer.tasks.splits import apply_split
 from axformer.training.finetune import FinetuneConfig, finetune, training_subset
+from axformer.training.loop import scores_higher
 
 RECOVERY_EXAMPLES = 6000  # example passes an automatic recovery aims for
 MAX_AUTO_EPOCHS = 3.0
@@ -52,9 +53,9 @@ def recovery_pays(before: dict, after: dict) -> bool:
     27.32 against 29.59 on the confirmation examples. The distilled model passed its certificate (-0.09 against
     the original on 513 examples) and lost 5.57 dev MCC (benchmarks/results/promises_glue.md)."""
     main = before["main_metric"]
-    b = (before["metrics"][main], -(before.get("loss") or 0.0))
-    a = (after["metrics"][main], -(after.get("loss") or 0.0))
-    return a > b
+    return scores_higher(
+        (after["metrics"][main], after.get("loss") or 0.0), (before["metrics"][main], before.get("loss") or 0.0)
+    )
 
 
 def training_budget(record) -> dict | None:

@@ -36,6 +36,14 @@ from axformer.utils.io import atomic_output_dir, claim_work_dir, run_key, write_
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
+
+
+def scores_higher(candidate: tuple[float, float], incumbent: tuple[float, float]) -> bool:
+    """``(main metric, loss)`` pairs: a higher metric wins, a lower loss breaks a tie. One rule for which held-out
+    checkpoint a training keeps and for whether a recovery is kept at all (``axformer.search.recovery``)."""
+    return candidate[0] > incumbent[0] or (candidate[0] == incumbent[0] and candidate[1] < incumbent[1])
+
+
 RUN_KEY = "run.json"
 
 
@@ -295,11 +303,8 @@ def train_model(
                     entry["train_terms"] = {k: v / seen for k, v in parts.items()}
                 log.append(entry)
                 running, seen, parts = 0.0, 0, {}
-                better = (
-                    best is None
-                    or ev[spec.main_metric] > best["metric"]
-                    or (ev[spec.main_metric] == best["metric"] and ev["loss"] < best["loss"])
-                )
+                here = (ev[spec.main_metric], ev["loss"])
+                better = best is None or scores_higher(here, (best["metric"], best["loss"]))
                 if better:
                     best = {"step": step, "metric": ev[spec.main_metric], "loss": ev["loss"]}
                     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(work / BEST))
