@@ -648,6 +648,14 @@ def optimize_cmd(
             "together; default 0: every text).",
         ),
     ] = None,
+    recover_hard_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--recover-hard-weight",
+            help="--recover distill: weight of the task's loss on the gold labels beside the distillation (default: "
+            "1 for an embedding model with gold-scored pairs, trained on beside its single texts; 0 otherwise).",
+        ),
+    ] = None,
     quantization_aware: Annotated[
         bool | None,
         typer.Option(
@@ -854,6 +862,7 @@ def optimize_cmd(
             "windows": recover_windows,
             "augment": recover_augment,
             "augment_min_words": recover_augment_min_words,
+            "hard_weight": recover_hard_weight,
             "quantization_aware": quantization_aware,
             "precision": train_precision,
         },

@@ -339,11 +339,73 @@ def test_a_distilled_student_is_one_more_step_and_distils_on_calibration_texts_b
     seen = {t for rows in (data.dev["dev"].texts, train.texts, held.texts) for row in rows for t in row}
     expected = len({t for t in fresh if t not in seen})
     assert report["recovery"]["budget"]["calibration_texts"] == expected
+    assert report["recovery"]["config"]["hard_weight"] == 1.0  # the gold pairs are trained on beside the texts
     text = (tmp_path / "run" / "report.md").read_text()
     assert "Student (--student-layers): the teacher's layers 0, 2 kept" in text
     assert f"plus {expected} unlabelled calibration texts" in text
     if student["kept"]:
         assert len(current_structure(load_model(tmp_path / "run")).present_layers) == 2
+
+
+def test_distilling_on_single_texts_trains_on_gold_pairs_beside_them(tmp_path):
+    """With unlabelled texts an embedder distils text by text; with a hard weight, half a batch of the gold-scored
+    training pairs is trained on beside every batch (CosineSimilarityLoss), drawn reproducibly from the batch."""
+    from axformer.distill import DistillConfig
+    from axformer.distill.embedding import EmbeddingDistillObjective
+    from axformer.inference import per_example_loss
+
+    path = make_tiny_sentence_model(tmp_path / "st")
+    teacher, tok = load_embedder(str(path)), load_tokenizer(path)
+    student = load_embedder(str(path))
+    prune(student, ["L1"])
+    data = similarity_task(tmp_path)
+    pairs = encode(tok, data.train.subset(np.arange(30)), 48, separate=True)
+    singles = Split("s", [(t,) for t in TEXTS], np.zeros(len(TEXTS), np.float32))
+    enc = encode(tok, singles, 48)
+    cfg = DistillConfig(batch_size=8, hard_weight=1.0)
+    objective = EmbeddingDistillObjective(teacher, cfg, pairs)
+    objective.prepare(tmp_path, enc, torch.device("cpu"))
+    assert objective.describe()["gold_pairs"] == {"pairs": 30, "per_step": 4}
+    idx = np.array([0, 2, 3])
+    batch = collate(enc, idx)
+    with torch.no_grad():
+        total, terms = objective.loss(student, dict(batch), idx)
+        gold = objective.gold_batch(idx, "cpu")
+        assert gold["input_ids"].shape[0] == 8 and int(gold["group_size"]) == 2  # 4 pairs, text by text
+        scores = gold.pop("labels")
+        expected = per_example_loss(student(**gold).logits, scores, True).mean()
+    assert terms["hard"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(total) == pytest.approx(terms["embedding"] + terms["hard"], rel=1e-5)
+    again = objective.gold_batch(idx, "cpu")["input_ids"]
+    assert torch.equal(again, objective.gold_batch(idx, "cpu")["input_ids"])  # a resumed run draws the same
+    draws = {tuple(objective.gold_batch(np.array([i]), "cpu")["labels"].tolist()) for i in range(5)}
+    assert len(draws) > 1  # and every batch its own pairs
+    plain = EmbeddingDistillObjective(teacher, DistillConfig(batch_size=8), pairs)
+    plain.prepare(tmp_path, enc, torch.device("cpu"))
+    with torch.no_grad():
+        _, terms = plain.loss(student, dict(batch), idx)
+    assert "hard" not in terms and "gold_pairs" not in plain.describe()
+
+
+def test_recovery_of_an_embedder_weighs_gold_pairs_only_where_it_has_them(tmp_path):
+    from axformer.search.config import Recovery
+
+    scored = similarity_task(tmp_path).spec
+    assert Recovery(mode="distill").distill_hard_weight(scored) == 1.0
+    assert Recovery(mode="distill", hard_weight=0.0).distill_hard_weight(scored) == 0.0
+    from axformer.models.labelled_texts import texts_task
+
+    path = tmp_path / "texts.txt"
+    path.write_text("".join(f"{TEXTS[i % 5]} {i}\n" for i in range(40)))
+    texts = texts_task(path, make_tiny_sentence_model(tmp_path / "st")).spec  # labels are the original's embeddings
+    assert Recovery(mode="distill").distill_hard_weight(texts) == 0.0
+    from tests.conftest import write_sentiment_files
+
+    train, dev = write_sentiment_files(tmp_path / "cls")
+    classification = load_custom(train, dev, ("text",), "label", "classification").spec
+    assert Recovery(mode="distill").distill_hard_weight(classification) == 0.0
+    with pytest.raises(AxformerError, match="--recover-hard-weight -1"):
+        Recovery(mode="distill", hard_weight=-1.0).validate()
 
 
 def test_the_texts_task_labels_with_the_original_on_the_default_device(tmp_path):

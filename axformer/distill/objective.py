@@ -101,11 +101,6 @@ class DistillConfig(FinetuneConfig):
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}
         if self.windows < 0:
             raise AxformerError(f"--windows {self.windows}; expected a number of windows per text (0: none)")
-        if self.windows > 0 and self.hard_weight > 0:
-            raise AxformerError(
-                f"--windows {self.windows} with --hard-weight {self.hard_weight}: the added windows have no gold "
-                "labels; expected --hard-weight 0"
-            )
         if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
             raise AxformerError(
                 f"distillation loss weights {weights}; expected non-negative weights, at least one positive"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from axformer.data.batching import encode
 from axformer.distill.augment import later_windows, perturbed_copies
 from axformer.distill.objective import DistillConfig, DistillObjective
 from axformer.distill.students import derive_student, layer_map, parse_layers
@@ -137,14 +138,20 @@ def distill(
     # to plan its epochs); otherwise made here
     if augmented is None:
         augmented = perturbed_inputs(config, data, train_part, heldout)
-    if (extra_texts or augmented) and config.hard_weight > 0:
+    # an embedder's gold-scored pairs are trained on beside the single texts it then distils on
+    gold_pairs = data.spec.is_embedding and data.spec.num_text_fields == 2
+    if (config.windows or extra_texts or augmented) and config.hard_weight > 0 and not gold_pairs:
         raise AxformerError(
-            f"{len(extra_texts or ()) + len(augmented)} unlabelled texts (--calibration-texts, --augment) with "
-            f"--hard-weight {config.hard_weight}: they have no gold labels; expected --hard-weight 0"
+            f"unlabelled inputs (--windows {config.windows}, --augment {config.augment}, "
+            f"{len(extra_texts or ())} --calibration-texts) with --hard-weight {config.hard_weight}: they have no "
+            "gold labels; expected --hard-weight 0 (or an embedding model with gold-scored pairs)"
         )
-    # the teacher's outputs are their targets (hard_weight is 0)
+    # the teacher's outputs are their targets
     unlabelled = [*extra, *augmented, *(extra_texts or [])]
+    gold = None
     if data.spec.is_embedding and unlabelled:  # an embedder distils on single texts: pairs become their texts
+        if config.hard_weight > 0:
+            gold = encode(tokenizer, train_part, config.max_seq_length, separate=True)
         singles = dict.fromkeys((t,) for row in [*train_part.texts, *unlabelled] for t in row)
         train_part = Split(train_part.name, list(singles), np.zeros(len(singles), np.float32))
     elif unlabelled:
@@ -161,7 +168,7 @@ def distill(
     if data.spec.is_embedding:
         from axformer.distill.embedding import EmbeddingDistillObjective
 
-        objective = EmbeddingDistillObjective(t_net, config)
+        objective = EmbeddingDistillObjective(t_net, config, gold)
     else:
         objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
     stage = {

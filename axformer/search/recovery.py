@@ -162,6 +162,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
             augment=augment,
             augment_min_words=config.recovery.augment_min_words,
             teacher_cache_dir=kept,
+            hard_weight=config.recovery.distill_hard_weight(ctx.data.spec),
             **rounding(config),
         )
         result = distill(
