@@ -740,7 +740,7 @@ def optimize_cmd(
         typer.Option(
             "--student-layers",
             help="fastformers: first distil into this many of the teacher's layers (e.g. 3) or these "
-            "layers (e.g. 0,2,5). search: after the search, keep only these layers and win them back by "
+            "layers (e.g. 0,2,5; one layer: 5,). search: after the search, keep only these layers and win them back by "
             "distillation (on the training texts and --calibration-texts); the certificate judges the student "
             "and falls back to the searched model without it.",
         ),
@@ -926,8 +926,8 @@ def distill_cmd(
         str | None,
         typer.Option(
             "--student-layers",
-            help="Keep this many layers spread evenly (e.g. 3) or these layers (e.g. 0,2,5) of the "
-            "teacher (or of --student).",
+            help="Keep this many layers spread evenly (e.g. 3) or these layers (e.g. 0,2,5; one layer: 5,) of "
+            "the teacher (or of --student).",
         ),
     ] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft cross-entropy.")] = 1.0,

@@ -70,6 +70,7 @@ def test_layer_selection_spreads_evenly_and_checks_input():
     assert parse_layers("3", [0, 1, 2, 3, 4, 5]) == [0, 2, 5]
     assert parse_layers("0,2,4", [0, 1, 2, 3, 4, 5]) == [0, 2, 4]
     assert parse_layers("1", [0, 1, 2]) == [0]
+    assert parse_layers("5,", [0, 1, 2, 3, 4, 5]) == [5]  # one layer by index: a bare number is a count
     with pytest.raises(AxformerError, match="not in the teacher"):
         parse_layers("0,7", [0, 1, 2])
     with pytest.raises(AxformerError, match="expected a layer count"):

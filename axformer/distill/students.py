@@ -21,7 +21,8 @@ BUDGETS = ("uniform", "global")
 
 
 def parse_layers(spec: str | list[int], present: list[int]) -> list[int]:
-    """``"3"``: three layers spread evenly, first and last included; ``"0,2,4"``: exactly those (original numbering)."""
+    """``"3"``: three layers spread evenly, first and last included; ``"0,2,4"``: exactly those (original numbering);
+    ``"5,"``: layer 5 alone (a bare number is a count)."""
     if isinstance(spec, list):
         chosen = spec
     else:

@@ -210,10 +210,10 @@ def report_markdown(r: SearchReport) -> str:
         if rec.get("student"):
             st = rec["student"]
             fate = "it ships" if st["kept"] else "it failed its certificate and was undone"
+            kept = f"layer{'s' if len(st['layers']) > 1 else ''} {', '.join(map(str, st['layers']))}"
             lines += [
                 "",
-                f"Student (--student-layers): the teacher's layers {', '.join(map(str, st['layers']))} kept after the "
-                f"search and distilled; {fate}.",
+                f"Student (--student-layers): the teacher's {kept} kept after the search and distilled; {fate}.",
             ]
     for note in s.attention_notes:
         lines += ["", f"Approximate attention: {note}."]
