@@ -193,8 +193,9 @@ def _table(result: dict) -> str:
         "the cosine. Timing here: text in, embedding out (tokenisation included), medians over "
         f"{result['latency_texts']} dev sentences at batch 1 and {result['throughput_texts']} at batch 32, "
         f"{result['rounds']} interleaved rounds, all rows in one process. Batch 1 twice: through `Predictor.encode` "
-        "(the batch path, one text per call) and through `axformer.runtime.lean.LeanSession` (the lean batch-1 "
-        "path: the fast tokenizer's Rust backend straight into the ONNX Runtime session, one thread).",
+        "(one text per call; for one text it takes the lean path over its own session, ONNX Runtime's default "
+        "threads) and through `axformer.runtime.lean.LeanSession` (the lean batch-1 path: the fast tokenizer's "
+        "Rust backend straight into a session of its own, one thread).",
         "",
         "| model | dev Spearman | dev Pearson | cosine to original (mean / p5) | batch 1 (Predictor) | vs ORT int8 "
         "| batch 1 (lean) | vs ORT int8 | batch 32 | size |",

@@ -6,7 +6,8 @@ MODEL is a fine-tuned model directory (exported here to ONNX Runtime int8 with `
 unpruned baseline a user gets in two commands) or an exported artifact. For each, on dev texts of its recorded
 task: every candidate session option timed at batch 1 (interleaved rounds, medians), the fastest chosen, and one
 request end to end on the lean path (tokenize, prepare inputs, session run, post-process) next to the same
-request through ``Predictor.predict([text])``. Results: benchmarks/results/lean_runtime.{md,json} (one section per
+request through Predictor's batch path (what ``Predictor.predict([text])`` did before it took the lean path for
+one request, session 25). Results: benchmarks/results/lean_runtime.{md,json} (one section per
 model, accumulated across runs).
 """
 
@@ -80,8 +81,8 @@ def _section(r: dict) -> list[str]:
         "",
         "One request end to end (ms, medians):",
         "",
-        "| tokenize | prepare inputs | session run | post-process | lean total | Predictor total "
-        "| Predictor overhead over the run | lean speed-up |",
+        "| tokenize | prepare inputs | session run | post-process | lean total | batch path total "
+        "| batch path overhead over the run | lean speed-up |",
         "|---|---|---|---|---|---|---|---|",
         "| " + " | ".join(f"{b[k]:.3f}" for k in PHASES) + f" | {b['predictor'] / b['lean']:.2f}x |",
         "",
@@ -106,8 +107,9 @@ def main() -> None:
         "# The lean batch-1 path: session options chosen by timing, and one request end to end",
         "",
         "Produced by `python benchmarks/lean_runtime.py MODEL ...`. The lean path (`axformer.runtime.lean`) calls "
-        "the fast tokenizer's backend once and feeds its ids to ONNX Runtime as they are; Predictor goes through "
-        "its batch path. Every figure is a median over the requests and rounds of one run.",
+        "the fast tokenizer's backend once and feeds its ids to ONNX Runtime as they are (Predictor takes it for "
+        "one request); Predictor's batch path serves several. Every figure is a median over the requests and "
+        "rounds of one run.",
         "",
     ]
     for r in rows.values():

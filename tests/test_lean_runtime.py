@@ -84,3 +84,40 @@ def test_session_options_are_chosen_by_timing_and_the_breakdown_adds_up(tiny_tas
     assert (
         0.5 * parts["lean"] <= parts["tokenize"] + parts["prepare"] + parts["run"] + parts["post"] <= 2 * parts["lean"]
     )
+
+
+def test_one_request_takes_the_lean_path_and_answers_as_the_batch_path(tiny_task, tmp_path):
+    """Predictor serves a single request through the lean path over its own session (no second copy of the
+    weights) and gives what the batch path gives it; several requests, a PyTorch directory and an embedder's
+    pair stay on the batch path."""
+    from axformer.runtime import Predictor
+    from axformer.runtime.lean import LeanSession
+
+    model, data, _ = tiny_task
+    art = tmp_path / "int8"
+    export_model(model, art, ExportConfig(precision="int8", device="cpu", max_drop=100), data)
+    texts = [t[0] for t in data.dev["dev"].texts][:6]
+    with Predictor(art) as p:
+        assert isinstance(p._lean, LeanSession) and p._lean.session is p.model.session
+        batch = p.predict(texts, batch_size=1)  # int8 quantizes activations per batch: compare batches of one
+        for i, t in enumerate(texts):
+            one = p.predict([t])
+            assert one.shape == (1, batch.shape[1]) and one.dtype == np.float32
+            np.testing.assert_allclose(one, batch[i : i + 1], rtol=0, atol=1e-5)
+        assert p._one_request(texts[:2]) is None
+    assert Predictor(model)._lean is None  # PyTorch: the batch path
+
+    from axformer.tasks.sources import load_custom
+    from tests.conftest import make_tiny_sentence_model
+
+    st = make_tiny_sentence_model(tmp_path / "st")
+    train, dev = write_similarity_files(tmp_path / "sts", n_train=20, n_dev=12)
+    similarity = load_custom(train, dev, ("sentence1", "sentence2"), "score", "similarity", name="toy-sts")
+    emb = tmp_path / "emb"
+    export_model(st, emb, ExportConfig(precision="fp32", device="cpu", max_examples=20), similarity)
+    with Predictor(emb) as p:
+        assert p._lean is not None
+        words = ["red car blue", "the good movie was long", "bad"]
+        np.testing.assert_allclose(p.encode(words[:1]), p.encode(words)[:1], rtol=0, atol=1e-5)
+        assert p._one_request([(words[0], words[1])]) is None  # a pair is two texts: its cosine, batch path
+        assert p.predict([(words[0], words[1])]).shape == (1, 1)

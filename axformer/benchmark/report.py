@@ -121,12 +121,13 @@ def lean_markdown(result: BenchmarkResult) -> list[str]:
         "## One request end to end (batch 1, text in, answer out)",
         "",
         "The lean path (`axformer.runtime.lean.LeanSession`) calls the fast tokenizer's backend once and feeds its ids "
-        "to the session as they are, with session options chosen by timing them here; Predictor goes through "
-        "its batch path (split, sort, torch tensors, scatter). Medians over "
+        "to the session as they are, with session options chosen by timing them here (Predictor takes it for a "
+        "single request); the batch path, which serves several, goes through a split, sorting, torch tensors "
+        "and a scatter. Medians over "
         f"{result.config.get('breakdown_requests')} dev requests, ms.",
         "",
         "| model | session options (fastest here) | tokenize | prepare inputs | session run | post-process "
-        "| lean total | Predictor total | Predictor overhead over the run | lean speed-up |",
+        "| lean total | batch path total | batch path overhead over the run | lean speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in served:

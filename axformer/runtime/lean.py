@@ -85,10 +85,15 @@ def candidate_choices(cores: int | None = None) -> list[SessionChoice]:
 
 class LeanSession:
     """Batch-1 inference on an exported classification, regression or embedding artifact: ``session(text)`` or
-    ``session((first, second))`` gives the same logits row (or embedding) as ``Predictor(path).predict([text])[0]``.
+    ``session((first, second))`` gives the same logits row (or embedding) as ``Predictor(path).predict([text])[0]``
+    (which, for one request, is this path over the predictor's own session).
     """
 
-    def __init__(self, path: str | os.PathLike, choice: SessionChoice | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike, choice: SessionChoice | None = None, device: str = "cpu", session=None
+    ) -> None:
+        """``session``: an ONNX Runtime session of ``path`` already open (``Predictor``'s), shared instead of a
+        second copy of the weights; ``choice`` then only records what it was opened with."""
         import onnxruntime as ort
 
         from axformer.models.loading import load_tokenizer, read_config_json
@@ -115,7 +120,7 @@ class LeanSession:
         self.backend = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
         self.backend.no_padding()
         self.backend.enable_truncation(max_input_length(path), strategy="longest_first")
-        self.session = ort.InferenceSession(
+        self.session = session or ort.InferenceSession(
             str(onnx_file(path)), self.choice.options(), providers=providers_for(device)
         )
         names = {i.name for i in self.session.get_inputs()}
@@ -184,7 +189,8 @@ def request_breakdown(
 ) -> dict[str, float]:
     """Where the time of one request goes, in milliseconds (medians over ``requests`` and ``rounds``): the lean
     path's tokenization, input preparation, session run and post-processing, its total, and the same request
-    through ``Predictor.predict([text])`` (the batch path), whose excess over the session run is Python overhead.
+    through Predictor's batch path (tokenize, collate, run, scatter: what ``Predictor.predict`` does for several
+    texts), whose excess over the session run is Python overhead.
 
     Each round times the lean path over every request, then the batch path over every request: alternated
     request by request, one session's spinning worker threads still spin while the other runs, and on 2 cores
@@ -197,7 +203,7 @@ def request_breakdown(
     phases: dict[str, list[float]] = {k: [] for k in ("tokenize", "prepare", "run", "post", "lean", "predictor")}
     with Predictor(path, threads=lean.choice.threads) as batch_path:
         for r in list(requests)[:2]:  # warm-up
-            lean(r), batch_path.predict([r])
+            lean(r), batch_path.predict_encoded(batch_path.tokenize([r]), 1)
         for _ in range(rounds):
             for r in requests:
                 t0 = time.perf_counter()
@@ -214,7 +220,7 @@ def request_breakdown(
                     phases[k].append(seconds * 1e3)
             for r in requests:
                 t0 = time.perf_counter()
-                batch_path.predict([r])
+                batch_path.predict_encoded(batch_path.tokenize([r]), 1)  # the batch path, not its lean shortcut
                 phases["predictor"].append((time.perf_counter() - t0) * 1e3)
     out = {k: float(np.median(v)) for k, v in phases.items()}
     out["predictor_overhead"] = out["predictor"] - out["run"]
