@@ -279,6 +279,29 @@ def test_task_none_needs_an_embedding_model_and_texts(tmp_path, monkeypatch, cap
     assert_clean_failure(code, err, out, "holds 2 distinct texts; fidelity-only compression needs at least 20")
 
 
+def test_an_embedding_model_is_compressed_by_the_search_not_the_recipe(tmp_path, monkeypatch, capsys):
+    """auto picks the search for an embedding model however many texts it has (86k unlabelled texts resolved to
+    the recipe, which then failed with a traceback: the model records no held-out split); the recipe asked for
+    by name is refused in one line before anything is written."""
+    from transformers import BertConfig
+
+    from axformer.pipeline.config import AUTO_RECIPE_EXAMPLES, PipelineConfig
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    cfg = PipelineConfig.build(preset="fastest-within-1", overrides={"model": "x"})
+    cfg.search.resolve_strategy(10 * AUTO_RECIPE_EXAMPLES, BertConfig(), embedding=True)
+    assert cfg.search.strategy == "search" and cfg.search.student_layers is None
+    model = make_tiny_sentence_model(tmp_path / "st")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"{TEXTS[i % 5]} {i}\n" for i in range(40)))
+    out = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "optimize", str(model), "--embedding", "--task", "none",
+                           "--calibration-texts", str(texts), "--strategy", "fastformers", "--student-layers", "2",
+                           "-o", str(out))  # fmt: skip
+    assert_clean_failure(code, err, out, "--strategy fastformers: ")
+    assert "records no held-out split (it is an embedding model axformer did not fine-tune)" in err
+
+
 def test_the_benchmark_times_an_embedding_model_text_by_text(tmp_path):
     """Every row of a similarity task's benchmark (padded baseline, ONNX Runtime baselines, peak memory):
     dev Spearman of the pair cosines, and timing one text per request."""

@@ -34,7 +34,7 @@ from axformer.evaluation import score
 from axformer.evaluation.context import load_context
 from axformer.evaluation.engine import EvaluationEngine
 from axformer.inference import run_model
-from axformer.models.loading import load_tokenizer, save_model
+from axformer.models.loading import is_local, load_tokenizer, save_model
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import is_onnx_artifact, load_runnable
 from axformer.surgery.prune import apply_structure, count_parameters, current_structure
@@ -87,6 +87,19 @@ class RecipeConfig:
         if self.time_budget is not None and self.time_budget <= 0:
             raise AxformerError(f"--time-budget {self.time_budget}; expected a positive number of minutes")
         self.distill.validate()
+
+
+def require_recorded_split(model: str, data: TaskData | None) -> None:
+    """The recipe distils under the held-out split its teacher was fine-tuned with; a model that records none (a
+    sentence-transformers model compressed as it is, a checkpoint axformer did not train) is refused here, before
+    anything is written, instead of failing inside the first distillation."""
+    record = ModelRecord.load(model) if is_local(model) else ModelRecord()
+    if record.split is None:
+        what = "an embedding model" if data is not None and data.spec.is_embedding else "a model"
+        raise AxformerError(
+            f"--strategy fastformers: {model} records no held-out split (it is {what} axformer did not fine-tune); "
+            "expected a model fine-tuned by axformer, or --strategy search (with --student-layers for a student)"
+        )
 
 
 def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> dict:
@@ -191,6 +204,7 @@ def fastformers_recipe(
     model = str(model)
     output = Path(output)
     data = teacher_task(model, data, data_dir)
+    require_recorded_split(model, data)
     if data.spec.is_qa:  # a QA input is a question with its context's windows: no extra inputs, as in recovery
         config = replace(config, distill=replace(config.distill, windows=0, augment=0))
     if (output / "recipe.json").exists() and not overwrite:

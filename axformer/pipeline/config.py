@@ -192,7 +192,7 @@ class SearchStage(OptimizeConfig):
         else:
             self.optimize_config().validate()
 
-    def resolve_strategy(self, train_examples: int, model_config) -> None:
+    def resolve_strategy(self, train_examples: int, model_config, embedding: bool = False) -> None:
         """``auto`` becomes the search or the recipe for this task and model, in place (the written config says
         which, so a re-run resolves to the same). The recipe's sizes, where not given: two thirds of the layers,
         two thirds of the heads, half the FFN neurons, three epochs per distillation, planned within 55 minutes
@@ -202,7 +202,9 @@ class SearchStage(OptimizeConfig):
         student must be able to hold the point."""
         if self.strategy != "auto":
             return
-        if train_examples < AUTO_RECIPE_EXAMPLES:
+        # an embedding model is compressed as it is, with no held-out split of a fine-tuning to distil under, and
+        # its decisions (fidelity on --calibration-texts) are the search's: the search, with --student-layers
+        if train_examples < AUTO_RECIPE_EXAMPLES or embedding:
             self.strategy = "search"
             return
         sizes = [

@@ -166,6 +166,10 @@ def run_pipeline(
         )
     if cfg.search.strategy == "auto":  # before the config is compared and written: it records the resolved one
         _resolve_strategy(cfg, data)
+    if cfg.search.strategy == "fastformers" and not finetune_needed:
+        from axformer.distill.recipe import require_recorded_split
+
+        require_recorded_split(cfg.model, data)
     _check_consistent(out, cfg, from_stage)
     if cfg.search.decision_data is not None:  # so is a decision file that is malformed or shares dev examples
         from axformer.evaluation.context import read_decision_data
@@ -231,7 +235,7 @@ def _resolve_strategy(cfg: PipelineConfig, data) -> None:
         model_config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError) as exc:
         raise AxformerError(f"--strategy auto: cannot read the configuration of {cfg.model} ({exc})") from None
-    cfg.search.resolve_strategy(len(data.train), model_config)
+    cfg.search.resolve_strategy(len(data.train), model_config, embedding=data.spec.is_embedding)
     cfg.search.validate()
 
 
