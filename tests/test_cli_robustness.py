@@ -40,7 +40,11 @@ def _optimize(model, out, train, dev, *extra):
         (["--goal", "accuracy", "-k", "0"], r"-k 0; expected a positive number"),
         (["--goal", "accuracy", "--fraction", "1.5"], r"--fraction 1\.5; expected a value between 0 and 1"),
         (["--goal", "accuracy", "--fraction", "0"], r"--fraction 0\.0; expected a value between 0 and 1"),
-    ],
+        (
+            ["--goal", "speed", "--recover", "distill", "--recover-hard-weight", "1"],
+            r"--recover-hard-weight 1\.0 with unlabelled recovery inputs \(--recover-windows 2",
+        ),
+    ],  # fmt: skip
 )
 def test_optimize_refuses_impossible_settings_before_any_work(
     monkeypatch, capsys, tiny_bert, files, tmp_path, options, pattern

@@ -429,6 +429,11 @@ def test_recovery_of_an_embedder_weighs_gold_pairs_only_where_it_has_them(tmp_pa
     assert Recovery(mode="distill").distill_hard_weight(classification) == 0.0
     with pytest.raises(AxformerError, match="--recover-hard-weight -1"):
         Recovery(mode="distill", hard_weight=-1.0).validate()
+    Recovery(mode="distill", hard_weight=1.0).check_for(scored, calibration_texts=True)  # pairs beside the texts
+    Recovery(mode="distill", hard_weight=1.0, windows=0).check_for(classification, calibration_texts=False)
+    for windows, calibration in ((2, False), (0, True)):  # a classifier's unlabelled inputs have no gold label
+        with pytest.raises(AxformerError, match="they have no gold labels"):
+            Recovery(mode="distill", hard_weight=1.0, windows=windows).check_for(classification, calibration)
 
 
 def test_the_texts_task_labels_with_the_original_on_the_default_device(tmp_path):

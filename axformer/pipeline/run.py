@@ -166,6 +166,11 @@ def run_pipeline(
         )
     if cfg.search.strategy == "auto":  # before the config is compared and written: it records the resolved one
         _resolve_strategy(cfg, data)
+    if cfg.search.recovery.hard_weight:  # a gold-label loss the recovery could not apply is refused now
+        from axformer.models.record import task_for
+
+        spec = (data or task_for(cfg.model, None, cfg.data_dir)).spec
+        cfg.search.recovery.check_for(spec, cfg.search.calibration_texts is not None)
     if cfg.search.strategy == "fastformers" and not finetune_needed:
         from axformer.distill.recipe import require_recorded_split
 

@@ -133,6 +133,20 @@ class Recovery:
             return self.hard_weight
         return 1.0 if spec.is_embedding and spec.num_text_fields == 2 else 0.0
 
+    def check_for(self, spec, calibration_texts: bool) -> None:
+        """Refuse, before anything runs, a gold-label loss the distillation could not apply: a classifier's
+        unlabelled inputs (later windows, perturbed copies, calibration texts) have no gold label (an embedding
+        model's gold pairs are trained on beside them)."""
+        if self.mode != "distill" or not self.distill_hard_weight(spec) or spec.is_embedding:
+            return
+        if self.windows or self.augment or calibration_texts:
+            raise AxformerError(
+                f"--recover-hard-weight {self.hard_weight} with unlabelled recovery inputs (--recover-windows "
+                f"{self.windows}, --recover-augment {self.augment}, --calibration-texts "
+                f"{'given' if calibration_texts else 'none'}): they have no gold labels; expected "
+                "--recover-windows 0, no augmentation and no calibration texts, or --recover-hard-weight 0"
+            )
+
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise AxformerError(f"--train-precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
