@@ -23,7 +23,8 @@ from _common import commit, environment_line, run_axformer
 
 from axformer.models.record import task_for
 from axformer.runtime.backends import is_onnx_artifact
-from axformer.runtime.lean import as_request, choose_session, request_breakdown
+from axformer.runtime.breakdown import request_breakdown
+from axformer.runtime.lean import as_request, choose_session
 
 STORE = Path("benchmarks/results/lean_runtime.json")
 TABLE = Path("benchmarks/results/lean_runtime.md")

@@ -65,7 +65,8 @@ def test_lean_session_refuses_what_it_does_not_serve(tiny_task, tmp_path):
 
 
 def test_session_options_are_chosen_by_timing_and_the_breakdown_adds_up(tiny_task, tmp_path):
-    from axformer.runtime.lean import SessionChoice, candidate_choices, choose_session, request_breakdown
+    from axformer.runtime.breakdown import request_breakdown
+    from axformer.runtime.lean import SessionChoice, candidate_choices, choose_session
 
     model, data, _ = tiny_task
     art = tmp_path / "onnx"

@@ -337,7 +337,8 @@ def benchmark(
 def _lean_requests(candidates, rows, dev_split, embedding: bool, config: BenchmarkConfig, progress) -> None:
     """Every ONNX row served one request at a time on the lean path: session options chosen by timing on half of
     the sampled dev requests, the breakdown measured on all of them."""
-    from axformer.runtime.lean import as_request, choose_session, request_breakdown
+    from axformer.runtime.breakdown import request_breakdown
+    from axformer.runtime.lean import as_request, choose_session
 
     # an embedding model serves single texts; a classifier a text or a pair, as in its task
     texts = [t for row in dev_split.texts for t in row] if embedding else list(dev_split.texts)
