@@ -434,6 +434,9 @@ def test_recovery_of_an_embedder_weighs_gold_pairs_only_where_it_has_them(tmp_pa
     for windows, calibration in ((2, False), (0, True)):  # a classifier's unlabelled inputs have no gold label
         with pytest.raises(AxformerError, match="they have no gold labels"):
             Recovery(mode="distill", hard_weight=1.0, windows=windows).check_for(classification, calibration)
+    assert scored.has_gold_pairs and not texts.has_gold_pairs and not classification.has_gold_pairs
+    with pytest.raises(AxformerError, match="they have no gold labels"):  # --task none: its texts have none either
+        Recovery(mode="distill", hard_weight=1.0).check_for(texts, calibration_texts=True)
 
 
 def test_the_texts_task_labels_with_the_original_on_the_default_device(tmp_path):

@@ -139,8 +139,7 @@ def distill(
     if augmented is None:
         augmented = perturbed_inputs(config, data, train_part, heldout)
     # an embedder's gold-scored pairs are trained on beside the single texts it then distils on
-    gold_pairs = data.spec.is_embedding and data.spec.num_text_fields == 2
-    if (config.windows or extra_texts or augmented) and config.hard_weight > 0 and not gold_pairs:
+    if (config.windows or extra_texts or augmented) and config.hard_weight > 0 and not data.spec.has_gold_pairs:
         raise AxformerError(
             f"unlabelled inputs (--windows {config.windows}, --augment {config.augment}, "
             f"{len(extra_texts or ())} --calibration-texts) with --hard-weight {config.hard_weight}: they have no "

@@ -131,13 +131,13 @@ class Recovery:
     def distill_hard_weight(self, spec) -> float:
         if self.hard_weight is not None:
             return self.hard_weight
-        return 1.0 if spec.is_embedding and spec.num_text_fields == 2 else 0.0
+        return 1.0 if spec.has_gold_pairs else 0.0
 
     def check_for(self, spec, calibration_texts: bool) -> None:
-        """Refuse, before anything runs, a gold-label loss the distillation could not apply: a classifier's
-        unlabelled inputs (later windows, perturbed copies, calibration texts) have no gold label (an embedding
-        model's gold pairs are trained on beside them)."""
-        if self.mode != "distill" or not self.distill_hard_weight(spec) or spec.is_embedding:
+        """Refuse, before anything runs, the gold-label loss ``axformer.distill.trainer.distill`` would refuse
+        after the search: unlabelled inputs (later windows, perturbed copies, calibration texts) have no gold
+        label, except beside an embedding task's gold pairs."""
+        if self.mode != "distill" or not self.distill_hard_weight(spec) or spec.has_gold_pairs:
             return
         if self.windows or self.augment or calibration_texts:
             raise AxformerError(

@@ -79,6 +79,13 @@ class TaskSpec:
         return bool(self.extra.get("embedding"))
 
     @property
+    def has_gold_pairs(self) -> bool:
+        """An embedding task whose examples are gold-scored text pairs (STS-B, ``--problem similarity``; not
+        ``--task none``, whose labels are the original's embeddings of single texts): a distillation on single
+        texts can train on those pairs beside them."""
+        return self.is_embedding and self.num_text_fields == 2
+
+    @property
     def input_fields(self) -> int:
         """Texts in one model input (what a calibration file holds per line): an embedding model embeds one."""
         return 1 if self.is_embedding else self.num_text_fields
