@@ -653,7 +653,8 @@ def optimize_cmd(
         typer.Option(
             "--recover-hard-weight",
             help="--recover distill: weight of the task's loss on the gold labels beside the distillation (default: "
-            "1 for an embedding model with gold-scored pairs, trained on beside its single texts; 0 otherwise).",
+            "1 for an embedding model with gold-scored pairs, trained on beside its single texts; 0 otherwise); "
+            "unlabelled inputs (windows, perturbed copies, calibration texts) take no part in it.",
         ),
     ] = None,
     quantization_aware: Annotated[
@@ -932,7 +933,13 @@ def distill_cmd(
     ] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft cross-entropy.")] = 1.0,
     soft_weight: Annotated[float, typer.Option(help="Weight of the soft cross-entropy to the teacher's logits.")] = 1.0,
-    hard_weight: Annotated[float, typer.Option(help="Weight of the task loss on the gold labels.")] = 0.0,
+    hard_weight: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the task loss on the gold labels (of the labelled training rows; the added windows and "
+            "perturbed copies have none)."
+        ),
+    ] = 0.0,
     windows: Annotated[
         int,
         typer.Option(

@@ -41,8 +41,8 @@ def _optimize(model, out, train, dev, *extra):
         (["--goal", "accuracy", "--fraction", "1.5"], r"--fraction 1\.5; expected a value between 0 and 1"),
         (["--goal", "accuracy", "--fraction", "0"], r"--fraction 0\.0; expected a value between 0 and 1"),
         (
-            ["--goal", "speed", "--recover", "distill", "--recover-hard-weight", "1"],
-            r"--recover-hard-weight 1\.0 with unlabelled recovery inputs \(--recover-windows 2",
+            ["--goal", "speed", "--recover", "distill", "--recover-hard-weight", "-1"],
+            r"--recover-hard-weight -1\.0; expected a weight >= 0",
         ),
     ],  # fmt: skip
 )

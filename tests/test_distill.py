@@ -264,6 +264,31 @@ def test_hidden_and_attention_losses_train_a_narrower_student(tuned_tiny, tmp_pa
     assert current_structure(load_model(res.output)).num_layers == 2
 
 
+def test_gold_label_term_reads_only_the_labelled_rows():
+    """Rows after ``labelled`` (windows, perturbed copies, calibration texts) carry placeholder labels: the hard
+    term is the task loss of the labelled rows of the batch over the batch size, nothing for a batch without."""
+    from axformer.distill.objective import DistillConfig, DistillObjective
+    from axformer.inference import per_example_loss
+
+    torch.manual_seed(0)
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.conftest import tiny_config
+
+    teacher, student = (AutoModelForSequenceClassification.from_config(tiny_config("bert")) for _ in range(2))
+    config = DistillConfig(hard_weight=1.0)
+    objective = DistillObjective(teacher, student, config, regression=False, layer_map=[0, 1, 2], labelled=2)
+    ids = torch.randint(5, 90, (4, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 0, 0])}
+    with torch.no_grad():
+        logits = student(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        _, terms = objective.loss(student, dict(batch), np.array([3, 0, 5, 1]))
+        expected = (per_example_loss(logits[[1, 3]], torch.tensor([1, 0]), False).sum() / 4).item()
+        assert terms["hard"] == pytest.approx(expected, rel=1e-5)
+        _, terms = objective.loss(student, dict(batch), np.array([2, 3, 4, 5]))
+        assert terms["hard"] == 0.0
+
+
 def test_student_with_another_vocabulary_is_refused(tuned_tiny, tmp_path):
     from transformers import BertTokenizerFast
 
@@ -747,8 +772,8 @@ def test_perturbed_copies_of_long_texts_only():
 
 def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(tuned_tiny, tmp_path, monkeypatch):
     """The trainer's inputs are the training part plus its perturbed copies, none of them a dev or held-out text
-    (the copies are asked to exclude every one of them), and the copies are recorded; --augment with a gold-label
-    loss, or a negative count, is refused."""
+    (the copies are asked to exclude every one of them), and the copies are recorded; with a gold-label loss the
+    objective knows which rows are labelled; a negative count is refused."""
     import axformer.distill.trainer as trainer
     from axformer.distill import DistillConfig, distill
     from axformer.distill.augment import perturbed_copies
@@ -778,11 +803,18 @@ def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(
     added = seen["train"][len(train_part) :]
     assert seen["train"][: len(train_part)] == list(train_part.texts) and len(added) > len(train_part)
     assert not set(added) & (dev | set(heldout.texts)) and seen["stage"]["augmented_texts"] == len(added)
-    for extra in ({"augment": 1}, {"windows": 2}):  # a classifier's unlabelled inputs have no gold label
-        labelled = DistillConfig(epochs=1, max_seq_length=32, device="cpu", hard_weight=1.0, **extra)
-        with pytest.raises(AxformerError, match="no gold labels"):
-            distill(teacher, tmp_path / "h", student_layers="1", data=data, config=labelled)
-        assert not (tmp_path / "h").exists()
+    objectives = []  # a classifier's unlabelled inputs have no gold label: the gold-label term skips them
+
+    def record(net, tokenizer, data, split, train_part, heldout, output, config, objective, *rest):
+        objectives.append((objective, len(train_part)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_model", record)
+    labelled = DistillConfig(epochs=1, batch_size=16, max_seq_length=32, device="cpu", hard_weight=1.0, augment=1)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, tmp_path / "h", student_layers="1", data=data, config=labelled)
+    objective, rows = objectives[0]
+    assert objective.labelled == len(train_part) < rows
     with pytest.raises(AxformerError, match="--augment -1"):
         DistillConfig(augment=-1).validate()
     with pytest.raises(AxformerError, match="--augment-min-words -2"):

@@ -109,10 +109,19 @@ class DistillConfig(FinetuneConfig):
 
 class DistillObjective:
     def __init__(
-        self, teacher: nn.Module, student: nn.Module, config: DistillConfig, regression: bool, layer_map: list[int]
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        config: DistillConfig,
+        regression: bool,
+        layer_map: list[int],
+        labelled: int | None = None,
     ):
+        """``labelled``: the training rows before this index have gold labels; the rest (later windows, perturbed
+        copies, calibration texts) have only the teacher's outputs, so the gold-label term skips them."""
         self.teacher = teacher.eval().requires_grad_(False)
         self.config = config
+        self.labelled = labelled
         self.regression = regression
         self.layer_map = layer_map
         self.cache: torch.Tensor | None = None
@@ -186,7 +195,12 @@ class DistillObjective:
         if c.soft_weight > 0:
             terms["soft"] = soft_cross_entropy(out.logits, teacher_logits, c.temperature, batch["attention_mask"])
         if c.hard_weight > 0:
-            terms["hard"] = per_example_loss(out.logits, labels, self.regression).mean()
+            # each labelled row weighs 1/batch as in a batch without unlabelled rows; a batch of unlabelled rows
+            # only adds nothing
+            losses = per_example_loss(out.logits, labels, self.regression)
+            if self.labelled is not None:
+                losses = losses * (torch.as_tensor(indices, device=losses.device) < self.labelled)
+            terms["hard"] = losses.sum() / len(losses)
         mask = batch["attention_mask"]
         if want_h:
             states = [

@@ -138,15 +138,15 @@ def distill(
     # to plan its epochs); otherwise made here
     if augmented is None:
         augmented = perturbed_inputs(config, data, train_part, heldout)
-    # an embedder's gold-scored pairs are trained on beside the single texts it then distils on
-    if (config.windows or extra_texts or augmented) and config.hard_weight > 0 and not data.spec.has_gold_pairs:
-        raise AxformerError(
-            f"unlabelled inputs (--windows {config.windows}, --augment {config.augment}, "
-            f"{len(extra_texts or ())} --calibration-texts) with --hard-weight {config.hard_weight}: they have no "
-            "gold labels; expected --hard-weight 0 (or an embedding model with gold-scored pairs)"
-        )
-    # the teacher's outputs are their targets
+    # the teacher's outputs are their targets; a classifier's gold-label loss reads only the labelled rows before
+    # them, an embedder's gold-scored pairs are trained on beside the single texts it then distils on
     unlabelled = [*extra, *augmented, *(extra_texts or [])]
+    if unlabelled and config.hard_weight > 0 and data.spec.is_embedding and not data.spec.has_gold_pairs:
+        raise AxformerError(
+            f"--hard-weight {config.hard_weight} on {data.spec.name}, whose texts have no gold labels (their "
+            "targets are the original's embeddings); expected --hard-weight 0"
+        )
+    labelled = len(train_part)
     gold = None
     if data.spec.is_embedding and unlabelled:  # an embedder distils on single texts: pairs become their texts
         if config.hard_weight > 0:
@@ -169,7 +169,7 @@ def distill(
 
         objective = EmbeddingDistillObjective(t_net, config, gold)
     else:
-        objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping)
+        objective = DistillObjective(t_net, net, config, data.spec.is_regression, mapping, labelled=labelled)
     stage = {
         "stage": "distill",
         "base_model": origin,

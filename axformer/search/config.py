@@ -125,7 +125,7 @@ class Recovery:
     # distill: weight of the task's own loss on the gold labels beside the distillation. None: 1 for an embedding
     # model with gold-scored pairs (half a batch of pairs beside every batch of texts; measured on STS-B, a 2-layer
     # student: dev Spearman 85.34 without, 87.43 with; axformer.distill.embedding), 0 otherwise (classification
-    # distils on the original's outputs, and its unlabelled inputs have no gold label)
+    # distils on the original's outputs; a weight above 0 reads only the labelled rows, not the unlabelled inputs)
     hard_weight: float | None = None
 
     def distill_hard_weight(self, spec) -> float:
@@ -135,16 +135,14 @@ class Recovery:
 
     def check_for(self, spec, calibration_texts: bool) -> None:
         """Refuse, before anything runs, the gold-label loss ``axformer.distill.trainer.distill`` would refuse
-        after the search: unlabelled inputs (later windows, perturbed copies, calibration texts) have no gold
-        label, except beside an embedding task's gold pairs."""
-        if self.mode != "distill" or not self.distill_hard_weight(spec) or spec.has_gold_pairs:
+        after the search: an embedding model's single texts without gold-scored pairs (``--task none``) have no
+        gold label (a classifier's unlabelled inputs are only skipped by that loss)."""
+        if self.mode != "distill" or not self.distill_hard_weight(spec) or not spec.is_embedding:
             return
-        if self.windows or self.augment or calibration_texts:
+        if not spec.has_gold_pairs and (self.windows or self.augment or calibration_texts):
             raise AxformerError(
-                f"--recover-hard-weight {self.hard_weight} with unlabelled recovery inputs (--recover-windows "
-                f"{self.windows}, --recover-augment {self.augment}, --calibration-texts "
-                f"{'given' if calibration_texts else 'none'}): they have no gold labels; expected "
-                "--recover-windows 0, no augmentation and no calibration texts, or --recover-hard-weight 0"
+                f"--recover-hard-weight {self.hard_weight} on {spec.name}, whose texts have no gold labels (their "
+                "targets are the original's embeddings); expected --recover-hard-weight 0"
             )
 
     def validate(self) -> None:
