@@ -770,6 +770,33 @@ def test_perturbed_copies_of_long_texts_only():
         perturbed_copies(texts, 1, 0.3, min_words=-1)
 
 
+def test_replacement_words_from_the_models_own_embedding_neighbours(tmp_path):
+    """Each whole-word token of the texts gets its nearest whole-word tokens by cosine in the input-embedding
+    table (never itself, never a special token or a word piece), capitalised like the text's word; a perturbed
+    copy replaces such a word by one of them instead of a frequency draw, and the unigram copies are unchanged
+    by the option's presence."""
+    from axformer.distill.augment import embedding_neighbours, perturbed_copies
+    from tests.conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path)
+    vocab = tok.get_vocab()
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(len(vocab), 16)).astype(np.float32)
+    table[vocab["dog"]] = table[vocab["cat"]] + 0.01  # dog's nearest is cat, then house
+    table[vocab["house"]] = table[vocab["cat"]] + 0.3 * rng.normal(size=16)
+    table[vocab["[MASK]"]] = table[vocab["cat"]]  # a special token is never a replacement
+    texts = [("the cat sat in the house",), ("Cat and dog",)]
+    near = embedding_neighbours(tok, table, texts, k=2)
+    assert near["cat"] == ["dog", "house"] and near["Cat"] == ["Dog", "House"]
+    assert all(w not in ("[MASK]",) and not w.startswith("##") and w != word for word, ws in near.items() for w in ws)
+    assert "sat" not in near  # not one token in this vocabulary: a frequency draw replaces it
+    only = {"cat": ["dog"], "Cat": ["Dog"], "house": ["home"], "dog": ["cat"]}
+    copies = perturbed_copies(texts, 50, 0.5, seed=1, neighbours=only)
+    words = {w for (t,) in copies for w in t.split()}
+    assert "home" in words and "Dog" in words
+    assert perturbed_copies(texts, 5, 0.5, seed=1) == perturbed_copies(texts, 5, 0.5, seed=1, neighbours={})
+
+
 def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(tuned_tiny, tmp_path, monkeypatch):
     """The trainer's inputs are the training part plus its perturbed copies, none of them a dev or held-out text
     (the copies are asked to exclude every one of them), and the copies are recorded; with a gold-label loss the

@@ -11,7 +11,7 @@ Perturbed copies (``perturbed_copies``) follow TinyBERT's and EDA's observation 
 teacher's function better from inputs *near* the training texts than from the same texts again: each word is,
 with a small probability, replaced by a word drawn from the training texts' own word distribution (so the
 replacements stay in-domain and in the tokenizer's vocabulary), deleted, or swapped with its neighbour. The
-teacher labels the copies; no gold label is assumed to survive the perturbation (hard-label weight must be 0).
+teacher labels the copies; no gold label is assumed to survive the perturbation (a gold-label loss skips them).
 Copies that coincide with a text the caller excludes (every dev and held-out text: they report, decide and
 certify) or with a training text are dropped.
 """
@@ -41,6 +41,36 @@ def later_windows(tokenizer, texts: list[tuple[str, ...]], max_length: int, per_
     return out
 
 
+def embedding_neighbours(
+    tokenizer, word_embeddings: np.ndarray, texts: list[tuple[str, ...]], k: int = 8
+) -> dict[str, list[str]]:
+    """For every word of ``texts`` that the tokenizer keeps as one token, the ``k`` whole-word tokens nearest to
+    it by cosine in the model's own input-embedding table (TinyBERT replaces such words by their GloVe
+    neighbours; the model's table needs no download and knows its vocabulary). Case follows the text's word
+    where the tokenizer lower-cases."""
+    vocab = tokenizer.get_vocab()
+    lower = bool(getattr(tokenizer, "do_lower_case", False)) or bool(
+        tokenizer("A", add_special_tokens=False)["input_ids"] == tokenizer("a", add_special_tokens=False)["input_ids"]
+    )
+    special = set(tokenizer.all_special_tokens)
+    candidates = [t for t, i in vocab.items() if t.isalpha() and t not in special and i < len(word_embeddings)]
+    cand_ids = np.array([vocab[t] for t in candidates])
+    table = word_embeddings / np.maximum(np.linalg.norm(word_embeddings, axis=1, keepdims=True), 1e-12)
+    words = sorted({w for row in texts for field in row for w in field.split() if w.isalpha()})
+    keys = [w.lower() if lower else w for w in words]
+    known = [(w, vocab[key]) for w, key in zip(words, keys) if key in vocab]
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(known), 2048):
+        chunk = known[start : start + 2048]
+        sims = table[[i for _, i in chunk]] @ table[cand_ids].T
+        for row, (word, wid) in zip(sims, chunk):
+            row[cand_ids == wid] = -np.inf
+            best = np.argpartition(-row, k)[:k]
+            names = [candidates[j] for j in best[np.argsort(-row[best])]]
+            out[word] = [n.capitalize() if word[0].isupper() else n for n in names]
+    return out
+
+
 def perturbed_copies(
     texts: list[tuple[str, ...]],
     copies: int,
@@ -48,13 +78,15 @@ def perturbed_copies(
     seed: int = 0,
     exclude: set[tuple[str, ...]] | frozenset = frozenset(),
     min_words: int = 0,
+    neighbours: dict[str, list[str]] | None = None,
 ) -> list[tuple[str, ...]]:
     """``copies`` perturbed versions of every text of at least ``min_words`` words (a pair's fields counted
     together; every field perturbed on its own), less those in ``exclude`` or among ``texts``, deduplicated, in a
     seeded order that does not depend on ``exclude``. Replacement words are drawn from all of ``texts``.
 
     ``min_words`` aims the extra input at the texts a model serves when the training set is mostly shorter
-    (SST-2 trains on phrases, median 7 words, and is judged on sentences, median 19)."""
+    (SST-2 trains on phrases, median 7 words, and is judged on sentences, median 19). ``neighbours``: a word
+    found there is replaced by one of its neighbours (``embedding_neighbours``) instead of a frequency draw."""
     if copies <= 0 or not texts:
         return []
     if not 0 < rate < 1:
@@ -71,13 +103,20 @@ def perturbed_copies(
     out: dict[tuple[str, ...], None] = {}
     for _ in range(copies):
         for row in sources:
-            new = tuple(_perturb(field.split(), rate, rng, words, cdf) for field in row)
+            new = tuple(_perturb(field.split(), rate, rng, words, cdf, neighbours) for field in row)
             if new not in known and new not in exclude and all(new):
                 out[new] = None
     return list(out)
 
 
-def _perturb(tokens: list[str], rate: float, rng: np.random.Generator, words: np.ndarray, cdf: np.ndarray) -> str:
+def _perturb(
+    tokens: list[str],
+    rate: float,
+    rng: np.random.Generator,
+    words: np.ndarray,
+    cdf: np.ndarray,
+    neighbours: dict[str, list[str]] | None = None,
+) -> str:
     out: list[str] = []
     i = 0
     while i < len(tokens):
@@ -86,7 +125,12 @@ def _perturb(tokens: list[str], rate: float, rng: np.random.Generator, words: np
         else:
             op = rng.random()
             if op < 0.5:
-                out.append(str(words[min(int(np.searchsorted(cdf, rng.random())), len(words) - 1)]))
+                near = neighbours.get(tokens[i]) if neighbours else None
+                draw = rng.random()
+                if near:
+                    out.append(near[min(int(draw * len(near)), len(near) - 1)])
+                else:
+                    out.append(str(words[min(int(np.searchsorted(cdf, draw)), len(words) - 1)]))
             elif op < 0.75 and i + 1 < len(tokens):
                 out += [tokens[i + 1], tokens[i]]
                 i += 1
