@@ -648,6 +648,14 @@ def optimize_cmd(
             "together; default 0: every text).",
         ),
     ] = None,
+    recover_augment_words: Annotated[
+        str | None,
+        typer.Option(
+            "--recover-augment-words",
+            help="--recover-augment: replacement words drawn from the training texts' word frequencies (unigram) "
+            "or from each word's nearest tokens in the model's input-embedding table (neighbours).",
+        ),
+    ] = None,
     recover_hard_weight: Annotated[
         float | None,
         typer.Option(
@@ -863,6 +871,7 @@ def optimize_cmd(
             "windows": recover_windows,
             "augment": recover_augment,
             "augment_min_words": recover_augment_min_words,
+            "augment_words": recover_augment_words,
             "hard_weight": recover_hard_weight,
             "quantization_aware": quantization_aware,
             "precision": train_precision,
@@ -961,6 +970,14 @@ def distill_cmd(
             "text): aims --augment at inputs like those served when the training texts are mostly shorter."
         ),
     ] = 0,
+    augment_words: Annotated[
+        str,
+        typer.Option(
+            help="Replacement words of --augment: unigram (drawn from the training texts' word frequencies) or "
+            "neighbours (each word's nearest tokens in the teacher's input-embedding table, as TinyBERT's GloVe "
+            "replacement)."
+        ),
+    ] = "unigram",
     hidden_weight: Annotated[
         float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
     ] = 0.0,
@@ -1042,6 +1059,7 @@ def distill_cmd(
         augment=augment,
         augment_rate=augment_rate,
         augment_min_words=augment_min_words,
+        augment_words=augment_words,
         hidden_weight=hidden_weight,
         attention_weight=attention_weight,
         cache_teacher=not no_teacher_cache,

@@ -44,6 +44,10 @@ def _optimize(model, out, train, dev, *extra):
             ["--goal", "speed", "--recover", "distill", "--recover-hard-weight", "-1"],
             r"--recover-hard-weight -1\.0; expected a weight >= 0",
         ),
+        (
+            ["--goal", "speed", "--recover", "distill", "--recover-augment", "1", "--recover-augment-words", "glove"],
+            r"--recover-augment-words 'glove'; expected one of unigram, neighbours",
+        ),
     ],  # fmt: skip
 )
 def test_optimize_refuses_impossible_settings_before_any_work(

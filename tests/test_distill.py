@@ -775,6 +775,7 @@ def test_replacement_words_from_the_models_own_embedding_neighbours(tmp_path):
     table (never itself, never a special token or a word piece), capitalised like the text's word; a perturbed
     copy replaces such a word by one of them instead of a frequency draw, and the unigram copies are unchanged
     by the option's presence."""
+    from axformer.distill import DistillConfig
     from axformer.distill.augment import embedding_neighbours, perturbed_copies
     from tests.conftest import tiny_tokenizer
 
@@ -795,6 +796,32 @@ def test_replacement_words_from_the_models_own_embedding_neighbours(tmp_path):
     words = {w for (t,) in copies for w in t.split()}
     assert "home" in words and "Dog" in words
     assert perturbed_copies(texts, 5, 0.5, seed=1) == perturbed_copies(texts, 5, 0.5, seed=1, neighbours={})
+    with pytest.raises(AxformerError, match="--augment-words 'glove'; expected one of unigram, neighbours"):
+        DistillConfig(augment=1, augment_words="glove").validate()
+    with pytest.raises(AxformerError, match="--recover-augment-words 'glove'"):
+        Recovery(mode="distill", augment=1, augment_words="glove").validate()
+
+
+def test_neighbour_copies_come_from_the_teachers_own_table(tuned_tiny):
+    """The trainer's (and the time plan's) perturbed inputs with ``augment_words="neighbours"`` replace words by
+    neighbours in the teacher's saved input-embedding table: every new word is one of them."""
+    from axformer.distill import DistillConfig
+    from axformer.distill.augment import embedding_neighbours, input_word_table
+    from axformer.distill.trainer import perturbed_inputs
+    from axformer.models.loading import load_tokenizer
+    from axformer.training.finetune import training_split
+
+    teacher, data, _ = tuned_tiny
+    table = input_word_table(teacher)
+    assert table.shape == tuple(load_model(teacher).get_input_embeddings().weight.shape)
+    config = DistillConfig(augment=2, augment_words="neighbours", augment_rate=0.4)
+    _, _, train_part, heldout = training_split(str(teacher), data, config)
+    copies = perturbed_inputs(config, data, train_part, heldout, teacher)
+    near = embedding_neighbours(load_tokenizer(str(teacher)), table, train_part.texts)
+    allowed = {w for ws in near.values() for w in ws} | {w for row in train_part.texts for f in row for w in f.split()}
+    assert copies and {w for row in copies for f in row for w in f.split()} <= allowed
+    assert any(w in {x for ws in near.values() for x in ws} for row in copies for f in row for w in f.split())
+    assert copies != perturbed_inputs(replace(config, augment_words="unigram"), data, train_part, heldout, teacher)
 
 
 def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(tuned_tiny, tmp_path, monkeypatch):

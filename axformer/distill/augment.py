@@ -19,8 +19,36 @@ certify) or with a training text are dropped.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+
+from axformer.errors import AxformerError
+
+# where a perturbed copy's replacement words come from: a draw from the training texts' word frequencies, or one
+# of the word's nearest tokens in the model's input-embedding table
+AUGMENT_WORDS = ("unigram", "neighbours")
+
+
+def check_augment_words(value: str, option: str) -> None:
+    if value not in AUGMENT_WORDS:
+        raise AxformerError(f"{option} {value!r}; expected one of {', '.join(AUGMENT_WORDS)}")
+
+
+def input_word_table(model) -> np.ndarray:
+    """The model's input-embedding table (vocabulary x hidden), from its safetensors file when it has one (every
+    encoder axformer handles names it ``...word_embeddings.weight``), otherwise from the loaded model."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model).glob("*.safetensors"))
+    for path in files:
+        with safe_open(str(path), "np") as f:
+            name = next((k for k in f.keys() if k.endswith("word_embeddings.weight")), None)  # noqa: SIM118
+            if name is not None:
+                return f.get_tensor(name).astype(np.float32)
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(model)).get_input_embeddings().weight.detach().float().numpy()
 
 
 def later_windows(tokenizer, texts: list[tuple[str, ...]], max_length: int, per_text: int) -> list[tuple[str, ...]]:

@@ -283,7 +283,7 @@ def plan_recipe(
             load_tokenizer(model), train_part.texts, d.max_seq_length or data.spec.default_max_length, d.windows
         )
     )
-    added += len(perturbed_inputs(replace(d, selection_data=config.decision_data), data, train_part, heldout))
+    added += len(perturbed_inputs(replace(d, selection_data=config.decision_data), data, train_part, heldout, model))
     n = len(training_subset(train_part, d.max_train_examples, d.seed)) + added
     select = min(len(heldout), d.eval_max_examples or len(heldout))
     scored = len(heldout) + sum(len(s) for s in data.dev.values())  # what every final evaluation scores

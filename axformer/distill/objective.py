@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from axformer.data.batching import Encoded
+from axformer.distill.augment import check_augment_words
 from axformer.distill.losses import attention_mse, hidden_mse, soft_cross_entropy
 from axformer.errors import AxformerError
 from axformer.inference import per_example_loss, run_model
@@ -76,6 +77,8 @@ class DistillConfig(FinetuneConfig):
     augment_rate: float = 0.15
     # only texts of at least this many words get perturbed copies (0: every text)
     augment_min_words: int = 0
+    # where replacement words come from: unigram or neighbours (axformer.distill.augment.AUGMENT_WORDS)
+    augment_words: str = "unigram"
     # quantization-aware distillation (axformer.surgery.fake_quant): the encoder's matrices rounded to the int4
     # grid of blocks of this many input features in every forward pass (None: trained in fp32), Q/K/V too unless
     # qat_attention_inputs is off (they stay in a fused int8 Attention then), and the embedding tables in blocks
@@ -96,6 +99,7 @@ class DistillConfig(FinetuneConfig):
             raise AxformerError(
                 f"--augment-min-words {self.augment_min_words}; expected 0 (every text) or a number of words"
             )
+        check_augment_words(self.augment_words, "--augment-words")
         if self.temperature <= 0:
             raise AxformerError(f"--temperature {self.temperature}; expected a positive number")
         weights = {n: getattr(self, n) for n in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight")}

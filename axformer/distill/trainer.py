@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from axformer.data.batching import encode
-from axformer.distill.augment import later_windows, perturbed_copies
+from axformer.distill.augment import embedding_neighbours, input_word_table, later_windows, perturbed_copies
 from axformer.distill.objective import DistillConfig, DistillObjective
 from axformer.distill.students import derive_student, layer_map, parse_layers
 from axformer.errors import AxformerError
@@ -52,10 +52,13 @@ def _same_vocabulary(teacher_tok, student_tok, student: str) -> None:
         )
 
 
-def perturbed_inputs(config: DistillConfig, data: TaskData, train_part: Split, heldout: Split) -> list[tuple[str, ...]]:
+def perturbed_inputs(
+    config: DistillConfig, data: TaskData, train_part: Split, heldout: Split, teacher: str | os.PathLike
+) -> list[tuple[str, ...]]:
     """The perturbed copies of the training part that ``config`` asks for (``augment``), never a text that
     reports (dev), decides or certifies (the held-out split, the decision file): the trainer's, and what a time
-    plan counts before it."""
+    plan counts before it. ``teacher`` (its directory) gives the replacement words of
+    ``augment_words="neighbours"``."""
     if not config.augment:
         return []
     reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
@@ -63,8 +66,17 @@ def perturbed_inputs(config: DistillConfig, data: TaskData, train_part: Split, h
         from axformer.evaluation.context import read_decision_data
 
         reserved |= set(read_decision_data(config.selection_data, data).texts)
+    neighbours = None
+    if config.augment_words == "neighbours":
+        neighbours = embedding_neighbours(load_tokenizer(str(teacher)), input_word_table(teacher), train_part.texts)
     return perturbed_copies(
-        train_part.texts, config.augment, config.augment_rate, config.seed, reserved, min_words=config.augment_min_words
+        train_part.texts,
+        config.augment,
+        config.augment_rate,
+        config.seed,
+        reserved,
+        min_words=config.augment_min_words,
+        neighbours=neighbours,
     )
 
 
@@ -137,7 +149,7 @@ def distill(
     # ``augmented``: the perturbed copies when the caller already made them (the search's recovery counts them
     # to plan its epochs); otherwise made here
     if augmented is None:
-        augmented = perturbed_inputs(config, data, train_part, heldout)
+        augmented = perturbed_inputs(config, data, train_part, heldout, teacher)
     # the teacher's outputs are their targets; a classifier's gold-label loss reads only the labelled rows before
     # them, an embedder's gold-scored pairs are trained on beside the single texts it then distils on
     unlabelled = [*extra, *augmented, *(extra_texts or [])]

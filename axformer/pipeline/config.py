@@ -253,6 +253,7 @@ class SearchStage(OptimizeConfig):
             windows=r.windows,
             augment=r.augment,
             augment_min_words=r.augment_min_words,
+            augment_words=r.augment_words,
         )
         return RecipeConfig(
             student_layers=self.student_layers,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from axformer.attention.hard import MODES
+from axformer.distill.augment import check_augment_words
 from axformer.errors import AxformerError
 from axformer.surgery.fake_quant import check_block_size
 from axformer.utils.config import from_mapping, to_mapping
@@ -114,6 +115,8 @@ class Recovery:
     augment: int = 0
     # distill: only training texts of at least this many words get perturbed copies (0: every text)
     augment_min_words: int = 0
+    # distill: where a perturbed copy's replacement words come from (axformer.distill.augment.AUGMENT_WORDS)
+    augment_words: str = "unigram"
     # distill into an int4 artifact (--artifact matrices or embeddings int4): round what the artifact stores in
     # int4 during the distillation (quantization-aware training, axformer.surgery.fake_quant), so that it wins back
     # the rounding too; an unpruned model is then distilled as well, since the rounding is something to win back.
@@ -154,6 +157,7 @@ class Recovery:
             raise AxformerError(
                 f"--recover-augment-min-words {self.augment_min_words}; expected 0 (every text) or a number of words"
             )
+        check_augment_words(self.augment_words, "--recover-augment-words")
         if self.windows < 0:
             raise AxformerError(f"--recover-windows {self.windows}; expected a number of windows per text (0: none)")
         if self.mode not in (None, *RECOVERY):

@@ -121,9 +121,12 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     augment = config.recovery.augment if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
     # made once here (counted to plan the epochs) and handed to the trainer
     wanted = DistillConfig(
-        augment=augment, augment_min_words=config.recovery.augment_min_words, selection_data=ctx.decision_data
+        augment=augment,
+        augment_min_words=config.recovery.augment_min_words,
+        augment_words=config.recovery.augment_words,
+        selection_data=ctx.decision_data,
     )
-    copies = perturbed_inputs(wanted, ctx.data, train, apply_split(ctx.data, ctx.split)[1])
+    copies = perturbed_inputs(wanted, ctx.data, train, apply_split(ctx.data, ctx.split)[1], model)
     n_augmented = len(copies)
     added = n_windows + n_augmented
     # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
@@ -161,6 +164,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
             windows=windows,
             augment=augment,
             augment_min_words=config.recovery.augment_min_words,
+            augment_words=config.recovery.augment_words,
             teacher_cache_dir=kept,
             hard_weight=config.recovery.distill_hard_weight(ctx.data.spec),
             **rounding(config),

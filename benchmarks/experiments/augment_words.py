@@ -22,22 +22,11 @@ import json
 import time
 from pathlib import Path
 
-from safetensors.numpy import load_file
-
 from axformer.distill import DistillConfig, distill
-from axformer.distill.augment import embedding_neighbours, perturbed_copies
-from axformer.models.loading import load_tokenizer
 from axformer.tasks.sources import load_task
-from axformer.training.finetune import training_split
 from axformer.utils.io import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def word_table(model: Path):
-    weights = load_file(model / "model.safetensors")
-    name = next(n for n in weights if n.endswith("word_embeddings.weight"))
-    return weights[name].astype("float32")
 
 
 def main() -> None:
@@ -54,22 +43,17 @@ def main() -> None:
     args = ap.parse_args()
     teacher = ROOT / "runs" / "baselines" / args.task
     data = load_task(args.task, args.data_dir, source="local")
-    config = DistillConfig(epochs=args.epochs, learning_rate=args.lr, hard_weight=args.hard, augment=args.copies)
-    _, _, train_part, heldout = training_split(str(teacher), data, config)
-    reserved = {t for part in (*data.dev.values(), heldout) for t in part.texts}
-    neighbours = None
-    if args.words == "neighbours":
-        neighbours = embedding_neighbours(load_tokenizer(str(teacher)), word_table(teacher), train_part.texts)
-    copies = perturbed_copies(train_part.texts, args.copies, config.augment_rate, config.seed, reserved,
-                              neighbours=neighbours)  # fmt: skip
+    config = DistillConfig(
+        epochs=args.epochs, learning_rate=args.lr, hard_weight=args.hard, augment=args.copies, augment_words=args.words
+    )
     out = Path(args.out) / f"{args.task}-{args.layers.replace(',', '')}-{args.copies}-{args.words}-h{args.hard:g}"
     t0 = time.perf_counter()
-    distill(teacher, out, student_layers=args.layers, data=data, config=config, augmented=copies)
+    distill(teacher, out, student_layers=args.layers, data=data, config=config)
     taught, student = (read_json(Path(m) / "metrics.json")["splits"] for m in (teacher, out))
     row = {
         "task": args.task,
         "layers": args.layers,
-        "copies": len(copies),
+        "copies": read_json(out / "axformer.json")["history"][-1]["augmented_texts"],
         "words": args.words,
         "hard": args.hard,
         "epochs": args.epochs,
