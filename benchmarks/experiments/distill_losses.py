@@ -53,6 +53,8 @@ VARIANTS = {
     # (12.5k of SST-2's 57k; dev's median is 19 words, the training texts' 7)
     "augment-long-bf16": (["--train-precision", "bf16", "--augment", "4", "--augment-min-words", "15"], 1),
     "soft-bf16-twice": (["--train-precision", "bf16"], 2),
+    # augment-bf16 with the replacement words taken from the teacher's embedding neighbours (session 26)
+    "augment-neighbours-bf16": (["--train-precision", "bf16", "--augment", "1", "--augment-words", "neighbours"], 1),
 }
 
 
