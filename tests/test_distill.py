@@ -532,7 +532,8 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch, reco
             progress=False,
             latency_examples=10,
             tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
-            recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3, augment=2),
+            # the gold-label loss beside the copies (placeholder labels): it reads the labelled rows only
+            recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3, augment=2, hard_weight=0.5),
         ),
     )
     assert report["recovery"]["mode"] == "distill" and "heldout_before" in report["recovery"]
@@ -542,7 +543,9 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch, reco
     assert history[-1]["augmented_texts"] == copies
     assert [h["stage"] for h in history[-2:]] == ["optimize", "distill"] and history[-1]["teacher"] == str(model)
     assert report["results"]["optimized"]["parameters"] < report["results"]["original"]["parameters"]
-    assert "distilled from the original model" in (tmp_path / "rec" / "report.md").read_text()
+    text = (tmp_path / "rec" / "report.md").read_text()
+    assert "distilled from the original model" in text
+    assert f"plus {copies} perturbed copies of them" in text and "gold labels at weight 0.5" in text
     # a model trained to match the original on the training texts is not scored for agreement there
     cert = report["certification"]
     shipped_recovered = not cert["recovery_reverted"] or bool((cert["retry"] or {}).get("passed"))

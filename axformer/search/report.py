@@ -241,7 +241,12 @@ def budget_sentence(rec: dict) -> str:
     """The recovery's training data next to the original's: a model that saw more data is no proof of the method."""
     b, o = rec["budget"], rec.get("original_budget")
     labels = "the original's outputs as targets" if rec["mode"] == "distill" else "gold labels"
+    hard = (rec.get("config") or {}).get("hard_weight") or 0
+    if rec["mode"] == "distill" and hard:
+        labels += f", and the training examples' gold labels at weight {hard:g}"
     windows = f" plus {b['windows']} later windows of long ones" if b.get("windows") else ""
+    if b.get("augmented_texts"):
+        windows += f" plus {b['augmented_texts']} perturbed copies of them"
     if b.get("calibration_texts"):
         windows += f" plus {b['calibration_texts']} unlabelled calibration texts"
     said = f"It trained on {b['examples']} training examples{windows} x {b['epochs']:g} epochs ({labels})"
