@@ -750,7 +750,7 @@ def test_the_recipe_distils_on_the_recoverys_extra_inputs_and_plans_for_them(tun
     plain = plan_recipe(str(teacher), data, replace(recipe, distill=replace(recipe.distill, augment=0)), 3600, cpu)
     augmented = plan_recipe(str(teacher), data, recipe, 3600, cpu)
     _, _, train_part, heldout = training_split(str(teacher), data, recipe.distill)
-    copies = perturbed_inputs(recipe.distill, data, train_part, heldout)
+    copies = perturbed_inputs(recipe.distill, data, train_part, heldout, teacher)
     assert copies and augmented.train_examples == plain.train_examples + len(copies)
     assert all(sum(len(f.split()) for f in row) >= 2 for row in copies)  # copies of texts of 3+ words
     with pytest.raises(AxformerError, match="--recover-augment-min-words -1"):

@@ -75,7 +75,9 @@ def embedding_neighbours(
     """For every word of ``texts`` that the tokenizer keeps as one token, the ``k`` whole-word tokens nearest to
     it by cosine in the model's own input-embedding table (TinyBERT replaces such words by their GloVe
     neighbours; the model's table needs no download and knows its vocabulary). Case follows the text's word
-    where the tokenizer lower-cases."""
+    where the tokenizer lower-cases. Measured on WordPiece vocabularies (BERT, MiniLM); a byte-level BPE one
+    (RoBERTa) marks word starts with a prefix, so its bare pieces are looked up and fewer words find
+    neighbours (those are then replaced by a frequency draw)."""
     vocab = tokenizer.get_vocab()
     lower = bool(getattr(tokenizer, "do_lower_case", False)) or bool(
         tokenizer("A", add_special_tokens=False)["input_ids"] == tokenizer("a", add_special_tokens=False)["input_ids"]
