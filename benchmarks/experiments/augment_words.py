@@ -3,7 +3,7 @@ times faster)
 
 Usage:  python benchmarks/experiments/augment_words.py TASK LAYERS COPIES WORDS [--hard 1] [--epochs 3]
             [--lr 3e-4] [--data-dir ../shared/data/glue] [--out runs/augment_words]
-        WORDS: unigram (a draw from the training texts' word frequencies, axformer's perturbation until session 26)
+        WORDS: unigram (a draw from the training texts' word frequencies, axformer's default)
         or neighbours (one of the 8 nearest whole-word tokens in the teacher's own input-embedding table, as
         TinyBERT replaces words by GloVe neighbours); TASK's baseline in runs/baselines/TASK
         (benchmarks/finetune_baselines.py).
