@@ -978,6 +978,19 @@ def distill_cmd(
             "replacement)."
         ),
     ] = "unigram",
+    calibration_texts: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration-texts",
+            help="Unlabelled in-domain texts added as inputs (the teacher's outputs are their targets): .txt (one "
+            "per line, a pair tab-separated), or .csv/.tsv/.jsonl with --calibration-column. Any that shares a "
+            "text with a dev, held-out or training input is left out.",
+        ),
+    ] = None,
+    calibration_column: Annotated[
+        list[str] | None,
+        typer.Option("--calibration-column", help="Column of --calibration-texts (twice for sentence pairs)."),
+    ] = None,
     hidden_weight: Annotated[
         float, typer.Option(help="Weight of the hidden-state MSE (a learned projection when widths differ).")
     ] = 0.0,
@@ -1069,6 +1082,14 @@ def distill_cmd(
     )
     config.validate()
     data = selection.load_if_given()
+    extra_texts = None
+    if calibration_texts is not None:  # read (and refused when malformed) before anything is written
+        from axformer.distill.trainer import teacher_task
+        from axformer.tasks.calibration import load_calibration_texts
+
+        data = teacher_task(teacher, data, selection.data_dir)
+        columns = tuple(calibration_column) if calibration_column else None
+        extra_texts = load_calibration_texts(calibration_texts, data.spec.input_fields, columns)
     result = distill(
         teacher,
         output,
@@ -1078,6 +1099,7 @@ def distill_cmd(
         data_dir=selection.data_dir,
         config=config,
         overwrite=overwrite,
+        extra_texts=extra_texts,
     )
     _print_evaluation(result.evaluation, f"distilled in {result.wall_time_s / 60:.1f} min ({result.steps} steps)")
     console.print(f"student saved to {result.output}")

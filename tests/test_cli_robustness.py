@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from axformer.utils.io import read_json
 from tests.conftest import write_sentiment_files
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -58,6 +59,29 @@ def test_optimize_refuses_impossible_settings_before_any_work(
     code, _, err = run_cli(monkeypatch, capsys, *_optimize(tiny_bert, out, *files, *options))
     assert_clean_failure(code, err, out, pattern)
     assert snapshot(tiny_bert) == before
+
+
+def test_distill_refuses_bad_calibration_texts_before_any_work(monkeypatch, capsys, tuned_tiny, tmp_path):
+    """``axformer distill --calibration-texts``: a missing file, or a CSV without the named column, is one line
+    and exit 2 before anything is written."""
+    teacher, _, _ = tuned_tiny  # its task (the files it was fine-tuned on) is recorded with it
+    bad = tmp_path / "calibration.csv"
+    bad.write_text("text,other\nsome words,x\n")
+    for options, pattern in (
+        (["--calibration-texts", tmp_path / "none.txt"], r"--calibration-texts .*none\.txt does not exist"),
+        (["--calibration-texts", bad, "--calibration-column", "sentence"], r"has no column 'sentence'"),
+    ):
+        out = tmp_path / "student"
+        command = ["distill", "--teacher", teacher, "-o", out, "--student-layers", "1", *options]
+        code, _, err = run_cli(monkeypatch, capsys, *command)
+        assert_clean_failure(code, err, out, pattern)
+    good = tmp_path / "calibration.txt"  # and a good file reaches the distillation
+    good.write_text("a fresh production sentence\nanother fresh one\n")
+    fast = ["--epochs", "1", "--max-seq-length", "32", "--batch-size", "32", "--device", "cpu"]
+    command = ["distill", "--teacher", teacher, "-o", out, "--student-layers", "1", *fast]
+    code, _, err = run_cli(monkeypatch, capsys, *command, "--calibration-texts", good)
+    assert code == 0, err
+    assert read_json(out / "axformer.json")["history"][-1]["extra_texts"] == 2
 
 
 def test_prune_refuses_to_remove_every_layer(monkeypatch, capsys, tiny_bert, tmp_path):

@@ -878,6 +878,33 @@ def test_distillation_with_augmented_texts_never_trains_on_dev_or_heldout_texts(
         DistillConfig(augment=1, augment_min_words=-2).validate()
 
 
+def test_distillation_drops_extra_texts_that_are_dev_heldout_or_training_inputs(tuned_tiny, tmp_path, monkeypatch):
+    """Calibration texts handed to ``distill`` (the CLI's --calibration-texts) lose every one that shares a text
+    with a dev, held-out or training input, whoever the caller is; the rest are trained on after the labelled
+    rows and the count left out is recorded."""
+    import axformer.distill.trainer as trainer
+    from axformer.distill import DistillConfig, distill
+    from axformer.training.finetune import training_split
+
+    teacher, data, _ = tuned_tiny
+    seen = {}
+
+    def capture(net, tokenizer, data, split, train_part, heldout, *a, **k):
+        seen.update(train=list(train_part.texts), stage=a[3])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_model", capture)
+    cfg = DistillConfig(epochs=1, batch_size=16, max_seq_length=32, device="cpu")
+    _, _, train_part, heldout = training_split(teacher, data, cfg)
+    dev = next(iter(data.dev.values())).texts[0]
+    fresh = [("an unseen calibration text",), ("another one from production",)]
+    extra = [*fresh, dev, heldout.texts[0], train_part.texts[0]]
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, tmp_path / "s", student_layers="1", data=data, config=cfg, extra_texts=extra)
+    assert seen["train"] == [*train_part.texts, *fresh]
+    assert seen["stage"]["extra_texts"] == 2 and seen["stage"]["extra_texts_left_out"] == 3
+
+
 def test_the_plan_prices_the_benchmark_by_what_it_runs():
     """Batch-1 requests at the request time, padded ones at the padded time, fixed lengths scaled from it,
     exports and worker processes at their allowances (the plan priced all of it as batched passes and kept 2

@@ -94,9 +94,9 @@ def distill(
 ) -> FinetuneResult:
     """Distil ``teacher`` into a student and save the best held-out checkpoint to ``output``.
 
-    ``extra_texts``: unlabelled inputs added to the training part (the teacher's outputs are their targets; the
-    caller keeps dev texts out of them). An embedding model then distils on single texts: every distinct text
-    of the training pairs and the extra texts.
+    ``extra_texts``: unlabelled inputs added to the training part (the teacher's outputs are their targets); any
+    that shares a text with a dev, held-out or training input is dropped here. An embedding model then distils
+    on single texts: every distinct text of the training pairs and the extra texts.
 
     The student is ``student`` (any model sharing the teacher's vocabulary; a
     new task head is made for a checkpoint without one; a model axformer
@@ -145,6 +145,12 @@ def distill(
             "question answering distils on its training questions (every window of each context) only; expected "
             "no --windows, no --augment and no --calibration-texts"
         )
+    given = len(extra_texts or ())
+    if extra_texts:  # never a dev, held-out or training text, whoever the caller is
+        from axformer.tasks.calibration import distillation_inputs
+
+        seen = [*(t for part in data.dev.values() for t in part.texts), *train_part.texts, *heldout.texts]
+        extra_texts = distillation_inputs(extra_texts, seen, data.spec.is_embedding)
     extra = later_windows(tokenizer, train_part.texts, config.max_seq_length, config.windows)
     # ``augmented``: the perturbed copies when the caller already made them (the search's recovery counts them
     # to plan its epochs); otherwise made here
@@ -191,6 +197,7 @@ def distill(
         "added_windows": len(extra),
         "augmented_texts": len(augmented),
         "extra_texts": len(extra_texts or ()),
+        "extra_texts_left_out": given - len(extra_texts or ()),
         "quantization_aware": {"bits": 4, "matrices": len(rounded)} if rounded else None,
     }
     key = {

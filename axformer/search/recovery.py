@@ -129,18 +129,16 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     copies = perturbed_inputs(wanted, ctx.data, train, apply_split(ctx.data, ctx.split)[1], model)
     n_augmented = len(copies)
     added = n_windows + n_augmented
-    # distillation needs no labels: the calibration texts are inputs too (the original labels them), less
-    # every dev text (the dev set only reports), every held-out text (they decide and certify: trained on, they
-    # would flatter both) and the texts the training part has already
+    # distillation needs no labels: the calibration texts are inputs too (the original labels them), less every
+    # dev, training, held-out and pool text (``distillation_inputs``)
     extra: list[tuple[str, ...]] = []
     if config.recovery.mode == "distill" and calibration and not ctx.data.spec.is_qa:
-        from axformer.tasks.calibration import as_inputs, without
+        from axformer.tasks.calibration import distillation_inputs
 
-        per_text = ctx.data.spec.is_embedding
         held = apply_split(ctx.data, ctx.split)[1]
         rows = [*(t for split in ctx.data.dev.values() for t in split.texts), *train.texts, *held.texts]
         rows += list(ctx.pool_split.texts) if ctx.pool_split is not None else []
-        extra, _ = without(as_inputs(calibration, per_text), set(as_inputs(rows, per_text)))
+        extra = distillation_inputs(calibration, rows, ctx.data.spec.is_embedding)
     added += len(extra)
     common = {
         "epochs": recovery_epochs(config.recovery.epochs, train_examples + added),

@@ -100,6 +100,18 @@ def unseen_by_dev(
     return [t for t in training if t not in dev] + without(calibration, dev)[0]
 
 
+def distillation_inputs(
+    calibration: list[tuple[str, ...]],
+    seen: list[tuple[str, ...]],
+    per_text: bool,
+) -> list[tuple[str, ...]]:
+    """Calibration texts a distillation may add as inputs (the original labels them): those sharing no text with
+    ``seen``, every dev, held-out and training input. Dev texts only report; held-out ones decide and certify,
+    and trained on they would flatter both; a training input is already there. ``per_text``: an embedding model
+    distils on single texts, so inputs and exclusions are its texts one by one (``as_inputs``)."""
+    return without(as_inputs(calibration, per_text), set(as_inputs(seen, per_text)))[0]
+
+
 def as_inputs(rows: list[tuple[str, ...]], per_text: bool) -> list[tuple[str, ...]]:
     """Rows as model inputs: for an embedding model every distinct text alone (a pair's two texts are two
     inputs, and exclusions compare text by text); otherwise the rows as they are."""
