@@ -665,6 +665,14 @@ def optimize_cmd(
             "unlabelled inputs (windows, perturbed copies, calibration texts) take no part in it.",
         ),
     ] = None,
+    recover_max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--recover-max-minutes",
+            help="Minutes of training steps each recovery may spend (the fallback after a refused student is one "
+            "more); at the limit it keeps its best checkpoint so far. Default: every planned step.",
+        ),
+    ] = None,
     quantization_aware: Annotated[
         bool | None,
         typer.Option(
@@ -873,6 +881,7 @@ def optimize_cmd(
             "augment_min_words": recover_augment_min_words,
             "augment_words": recover_augment_words,
             "hard_weight": recover_hard_weight,
+            "max_minutes": recover_max_minutes,
             "quantization_aware": quantization_aware,
             "precision": train_precision,
         },

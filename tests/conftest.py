@@ -384,6 +384,17 @@ def write_sentiment_files(directory: Path, n_train: int = 96, n_dev: int = 32, f
     return paths[0], paths[1]
 
 
+def tiny_speed_search(**overrides):
+    """The search settings of the speed tests on ``tuned_tiny``: 4 FFN groups, a 3-point tolerance (and a loose
+    loss guard) that a toy model's few dozen held-out examples can resolve, no progress bars."""
+    from axformer.search.config import Tolerance
+    from axformer.search.optimize import OptimizeConfig
+
+    settings = {"goal": "speed", "groups": 4, "device": "cpu", "progress": False, "latency_examples": 10,
+                "tolerance": Tolerance(max_drop=3.0, max_loss_increase=40.0)}  # fmt: skip
+    return OptimizeConfig(**{**settings, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tuned_tiny(tmp_path_factory):
     """A tiny BERT fine-tuned on the toy sentiment task (learnable: the label is the word good/bad)."""

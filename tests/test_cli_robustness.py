@@ -49,6 +49,10 @@ def _optimize(model, out, train, dev, *extra):
             ["--goal", "speed", "--recover", "distill", "--recover-augment", "1", "--recover-augment-words", "glove"],
             r"--recover-augment-words 'glove'; expected one of unigram, neighbours",
         ),
+        (
+            ["--goal", "speed", "--recover", "distill", "--recover-max-minutes", "0"],
+            r"--recover-max-minutes 0; expected minutes above 0",
+        ),
     ],  # fmt: skip
 )
 def test_optimize_refuses_impossible_settings_before_any_work(

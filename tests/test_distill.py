@@ -19,13 +19,13 @@ from axformer.distill.students import layer_map, parse_layers, prune_by_importan
 from axformer.errors import AxformerError
 from axformer.models.loading import load_model
 from axformer.models.record import ModelRecord
-from axformer.search.config import Recovery, Tolerance
+from axformer.search.config import Recovery
 from axformer.surgery.adapters import get_adapter
 from axformer.surgery.prune import current_structure
 from axformer.surgery.structure import ModelStructure
 from axformer.tasks.splits import apply_split
 from axformer.utils.io import read_json
-from tests.conftest import make_tiny_model_dir
+from tests.conftest import make_tiny_model_dir, tiny_speed_search
 
 
 def test_soft_cross_entropy_is_tempered_cross_entropy_times_t_squared():
@@ -510,7 +510,7 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch, reco
     import axformer.distill.trainer as trainer
     from axformer.distill.augment import perturbed_copies
     from axformer.models.record import ModelRecord
-    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.search.optimize import optimize
 
     calls = []
 
@@ -525,13 +525,7 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch, reco
         data,
         None,
         tmp_path / "rec",
-        OptimizeConfig(
-            goal="speed",
-            groups=4,
-            device="cpu",
-            progress=False,
-            latency_examples=10,
-            tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
+        tiny_speed_search(
             # the gold-label loss beside the copies (placeholder labels): it reads the labelled rows only
             recovery=Recovery(mode="distill", epochs=1, learning_rate=3e-3, augment=2, hard_weight=0.5),
         ),
@@ -551,6 +545,25 @@ def test_search_recovers_by_distillation(tuned_tiny, tmp_path, monkeypatch, reco
     shipped_recovered = not cert["recovery_reverted"] or bool((cert["retry"] or {}).get("passed"))
     assert ("training texts" in report["fidelity"]) != shipped_recovered
     assert ("recovery trained" in report["fidelity"].get("training_texts_note", "")) == shipped_recovered
+
+
+def test_search_recovery_stops_at_its_minute_limit_and_says_so(tuned_tiny, tmp_path, recovery_always_pays):
+    """``--recover-max-minutes``: every recovery training stops at the limit with its best checkpoint so far, and
+    the report's budget sentence says so; a limit of 0 is refused, and so is the limit with the recipe (its
+    --time-budget plans its distillations)."""
+    from axformer.pipeline.config import SearchStage
+    from axformer.search.optimize import optimize
+
+    model, data, _ = tuned_tiny
+    recovery = Recovery(mode="distill", epochs=20, learning_rate=3e-3, max_minutes=1e-9)
+    report = optimize(model, data, None, tmp_path / "rec", tiny_speed_search(recovery=recovery))
+    rec = report["recovery"]
+    assert rec["stopped_by_time"] and rec["config"]["max_seconds"] == pytest.approx(6e-8)
+    assert "stopped by --recover-max-minutes" in (tmp_path / "rec" / "report.md").read_text()
+    with pytest.raises(AxformerError, match="--recover-max-minutes 0; expected minutes above 0"):
+        Recovery(mode="distill", max_minutes=0).validate()
+    with pytest.raises(AxformerError, match="the FastFormers recipe plans its distillations with --time-budget"):
+        SearchStage(strategy="fastformers", student_layers="1", recovery=Recovery(max_minutes=5)).validate()
 
 
 def test_pipeline_time_budget_plans_from_the_models_own_task(tuned_tiny, tmp_path, monkeypatch, capsys):

@@ -16,6 +16,7 @@ from axformer.search.accuracy import AccuracySearchConfig, accuracy_search
 from axformer.search.config import AttentionSearch, Certification, Recovery, Tolerance
 from axformer.search.trials import Trials
 from axformer.surgery.structure import ModelStructure
+from tests.conftest import tiny_speed_search
 
 BASE = [1.0, 1.0, 1.0, 1.0]
 SCRIPT = {  # candidate -> per-example held-out losses (anything else: [2, 2, 2, 2], rejected)
@@ -132,7 +133,7 @@ def test_log_of_another_run_is_refused(tmp_path):
 
 
 def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
-    from axformer.search.optimize import OptimizeConfig, optimize
+    from axformer.search.optimize import optimize
 
     model, data, _ = tuned_tiny
     report = optimize(
@@ -140,14 +141,7 @@ def test_constraint_mode_never_breaks_the_tolerance(tuned_tiny, tmp_path):
         data,
         None,
         tmp_path / "speed",
-        OptimizeConfig(
-            goal="speed",
-            groups=4,
-            device="cpu",
-            progress=False,
-            latency_examples=10,
-            tolerance=Tolerance(max_drop=3.0, max_loss_increase=40.0),
-        ),
+        tiny_speed_search(),
     )
     # the bounds, derived here from the original model on the same held-out examples, not read off the report
     from axformer.evaluation import score

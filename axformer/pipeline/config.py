@@ -187,6 +187,11 @@ class SearchStage(OptimizeConfig):
                 f"--time-budget {self.time_budget:g} plans the FastFormers recipe's distillations; use it with "
                 "--strategy fastformers"
             )
+        if self.strategy == "fastformers" and self.recovery.max_minutes is not None:
+            raise AxformerError(
+                f"--recover-max-minutes {self.recovery.max_minutes:g} bounds the search's recovery; the FastFormers "
+                "recipe plans its distillations with --time-budget"
+            )
         if self.strategy == "fastformers":
             self.recipe().validate()
         else:

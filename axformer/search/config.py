@@ -130,6 +130,11 @@ class Recovery:
     # student: dev Spearman 85.34 without, 87.43 with; axformer.distill.embedding), 0 otherwise (classification
     # distils on the original's outputs; a weight above 0 reads only the labelled rows, not the unlabelled inputs)
     hard_weight: float | None = None
+    # minutes of training steps each recovery may spend (None: every planned step); at the limit it evaluates,
+    # keeps its best checkpoint so far and stops. Why: a student refused by its certificate is followed by a second
+    # recovery of the searched model without it, with the same settings, and the recipe's --time-budget plans
+    # only the recipe (MRPC, session 26: the fallback distilled a 6-layer model on 52,712 inputs, ~40 minutes)
+    max_minutes: float | None = None
 
     def distill_hard_weight(self, spec) -> float:
         if self.hard_weight is not None:
@@ -151,6 +156,8 @@ class Recovery:
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise AxformerError(f"--train-precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise AxformerError(f"--recover-max-minutes {self.max_minutes:g}; expected minutes above 0")
         if self.augment < 0:
             raise AxformerError(f"--recover-augment {self.augment}; expected a number of copies per text (0: none)")
         if self.augment_min_words < 0:

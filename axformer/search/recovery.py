@@ -146,6 +146,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         "batch_size": config.recovery.batch_size,
         "max_train_examples": config.recovery.max_train_examples,
         "max_seq_length": ctx.record.max_seq_length,
+        "max_seconds": None if config.recovery.max_minutes is None else config.recovery.max_minutes * 60,
         "device": config.device,
         "precision": config.recovery.precision,
         # the checkpoint is a decision too: chosen on the decision part, never on the confirmation examples
@@ -199,6 +200,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
             ]
             record.save(start)
         result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
+    stopped_by_time = bool(ModelRecord.load(result.output).history[-1].get("stopped_by_time"))
     net = load_model(result.output, ctx.data.spec, device=ctx.device).eval()
     recovered = score(
         ctx.data.spec,
@@ -222,6 +224,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         "heldout_after": recovered,
         "kept": kept,
         "seconds": time.perf_counter() - t0,
+        "stopped_by_time": stopped_by_time,
         "config": asdict(cfg),
         "budget": {
             "examples": train_examples,

@@ -250,6 +250,9 @@ def budget_sentence(rec: dict) -> str:
     if b.get("calibration_texts"):
         windows += f" plus {b['calibration_texts']} unlabelled calibration texts"
     said = f"It trained on {b['examples']} training examples{windows} x {b['epochs']:g} epochs ({labels})"
+    if rec.get("stopped_by_time"):
+        minutes = ((rec.get("config") or {}).get("max_seconds") or 0) / 60
+        said += f", stopped by --recover-max-minutes {minutes:g} before its last step (best checkpoint so far kept)"
     if not o:
         return said + "; the original's training budget is not recorded (it was not fine-tuned by axformer)."
     if o["examples"] < b["examples"]:
