@@ -200,7 +200,6 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
             ]
             record.save(start)
         result = finetune(start, ctx.data, work / "recovered", cfg, overwrite=True)
-    stopped_by_time = bool(ModelRecord.load(result.output).history[-1].get("stopped_by_time"))
     net = load_model(result.output, ctx.data.spec, device=ctx.device).eval()
     recovered = score(
         ctx.data.spec,
@@ -224,7 +223,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
         "heldout_after": recovered,
         "kept": kept,
         "seconds": time.perf_counter() - t0,
-        "stopped_by_time": stopped_by_time,
+        "stopped_by_time": result.stopped_by_time,
         "config": asdict(cfg),
         "budget": {
             "examples": train_examples,

@@ -99,6 +99,7 @@ class FinetuneResult:
     steps: int
     wall_time_s: float
     log: list[dict] = field(default_factory=list)
+    stopped_by_time: bool = False  # ended at ``max_seconds`` before its last step (best checkpoint so far kept)
 
 
 class Objective(Protocol):
@@ -359,4 +360,4 @@ def train_model(
             (work / f).unlink(missing_ok=True)
         for f in objective.temporary_files:
             (work / f).unlink(missing_ok=True)
-    return FinetuneResult(Path(output), result, step, wall, log)
+    return FinetuneResult(Path(output), result, step, wall, log, stopped_early)
