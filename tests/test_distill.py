@@ -661,26 +661,15 @@ def test_cli_distill_bad_input(tmp_path, tuned_tiny):
         assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
 
 
-def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_path, monkeypatch):
-    """Killed mid-training, the same call resumes from the checkpoint (student, projection, teacher cache) to the same
-    weights.
-    """
-    from safetensors.torch import load_file
+RESUMABLE = {"epochs": 2, "learning_rate": 3e-3, "batch_size": 16, "max_seq_length": 32, "device": "cpu",
+             "eval_max_examples": None, "checkpoint_every": 5}  # fmt: skip
 
+
+def killed_distillation(teacher, data, output, monkeypatch, **config) -> None:
+    """Run a distillation of one layer that is killed at its 12th step (checkpoints every 5), then restore the loss."""
     import axformer.distill.objective as obj
     from axformer.distill import DistillConfig, distill
 
-    teacher, data, _ = tuned_tiny
-    cfg = {
-        "epochs": 2,
-        "learning_rate": 3e-3,
-        "batch_size": 16,
-        "max_seq_length": 32,
-        "device": "cpu",
-        "eval_max_examples": None,
-        "checkpoint_every": 5,
-    }
-    ref = distill(teacher, tmp_path / "ref", student_layers="1", data=data, config=DistillConfig(**cfg))
     real = obj.soft_cross_entropy
     calls = {"n": 0}
 
@@ -692,9 +681,23 @@ def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_pa
 
     monkeypatch.setattr(obj, "soft_cross_entropy", dying)
     with pytest.raises(KeyboardInterrupt):
-        distill(teacher, tmp_path / "run", student_layers="1", data=data, config=DistillConfig(**cfg))
-    assert (tmp_path / "run.partial" / "teacher_logits.npy").exists() and not (tmp_path / "run").exists()
+        distill(teacher, output, student_layers="1", data=data, config=DistillConfig(**RESUMABLE, **config))
     monkeypatch.setattr(obj, "soft_cross_entropy", real)
+
+
+def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_path, monkeypatch):
+    """Killed mid-training, the same call resumes from the checkpoint (student, projection, teacher cache) to the same
+    weights.
+    """
+    from safetensors.torch import load_file
+
+    from axformer.distill import DistillConfig, distill
+
+    teacher, data, _ = tuned_tiny
+    cfg = RESUMABLE
+    ref = distill(teacher, tmp_path / "ref", student_layers="1", data=data, config=DistillConfig(**cfg))
+    killed_distillation(teacher, data, tmp_path / "run", monkeypatch)
+    assert (tmp_path / "run.partial" / "teacher_logits.npy").exists() and not (tmp_path / "run").exists()
     resumed = distill(teacher, tmp_path / "run", student_layers="1", data=data, config=DistillConfig(**cfg))
     a, b = (
         load_file(str(tmp_path / "ref" / "model.safetensors")),
@@ -703,6 +706,23 @@ def test_interrupted_distillation_resumes_to_identical_result(tuned_tiny, tmp_pa
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     assert resumed.evaluation.splits["dev"].metrics == ref.evaluation.splits["dev"].metrics
+
+
+def test_time_limit_counts_the_interrupted_calls_seconds_and_does_not_block_resuming(tuned_tiny, tmp_path, monkeypatch):
+    """A resumed distillation keeps its steps when the call brings another --recover-max-minutes or deadline (the
+    recipe passes what is left of its plan), and the seconds spent before the interruption count against it."""
+    from axformer.distill import DistillConfig, distill
+
+    teacher, data, _ = tuned_tiny
+    killed_distillation(teacher, data, tmp_path / "run", monkeypatch, max_seconds=1e6)
+    ckpt_path = tmp_path / "run.partial" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["step"] == 10 and 0 < ckpt["spent_s"] < 1e6
+    ckpt["spent_s"] = 500.0  # as if the interrupted call had trained for 500 s
+    torch.save(ckpt, ckpt_path)
+    limit = DistillConfig(**RESUMABLE, max_seconds=400)
+    resumed = distill(teacher, tmp_path / "run", student_layers="1", data=data, config=limit)
+    assert resumed.stopped_by_time and resumed.steps == 11  # resumed at step 10, over its limit after one step
 
 
 def test_later_windows_are_the_parts_of_long_texts_the_model_never_reads(tmp_path):

@@ -71,7 +71,8 @@ class FinetuneConfig:
     # split, at ``selection_positions`` of it: the decisions are to be taken on inputs like those served
     selection_data: str | None = None
     # stop after this many seconds of training (a time budget's safety net; None: run every step), keeping the
-    # best checkpoint evaluated so far
+    # best checkpoint evaluated so far. An interrupted run's seconds count when it resumes, and the limit is not part
+    # of the run's identity: a resumed call may pass what is left of a budget
     max_seconds: float | None = None
     checkpoint_every: int = 50  # steps between resumable checkpoints
     new_head: bool = False
@@ -211,7 +212,8 @@ def train_model(
             run_key(
                 {
                     **key,
-                    "config": {k: v for k, v in asdict(config).items() if k != "device"},
+                    # a time limit stops a run but does not change its steps: a resumed call may bring another one
+                    "config": {k: v for k, v in asdict(config).items() if k not in ("device", "max_seconds")},
                     "objective": objective.describe(),
                     "precision": precision_name(dtype),
                 }
@@ -223,6 +225,7 @@ def train_model(
         optimizer = _optimizer(trainable, config)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
         step, best, log = 0, None, []
+        spent_before = 0.0  # seconds an interrupted call spent before this one: max_seconds counts them too
         if (work / CHECKPOINT).exists():
             ckpt = torch.load(work / CHECKPOINT, map_location=device, weights_only=True)
             net.load_state_dict(ckpt["model"])
@@ -233,6 +236,7 @@ def train_model(
             if "scaler" in ckpt:
                 scaler.load_state_dict(ckpt["scaler"])
             step, best, log = ckpt["step"], ckpt["best"], json.loads(ckpt["log"])
+            spent_before = float(ckpt.get("spent_s", 0.0))
             tqdm.write(f"resuming from step {step}/{total_steps} in {work}")
 
         def evaluate_now() -> dict:
@@ -249,6 +253,7 @@ def train_model(
                 "step": step,
                 "best": best,
                 "log": json.dumps(log),
+                "spent_s": spent_before + time.perf_counter() - t_start,
             }
             if objective.extra is not None:
                 state["extra"] = objective.extra.state_dict()
@@ -289,7 +294,10 @@ def train_model(
                 parts[k] = parts.get(k, 0.0) + v
             bar.update(1)
             bar.set_postfix(loss=f"{running / seen:.4f}")
-            out_of_time = config.max_seconds is not None and time.perf_counter() - t_start > config.max_seconds
+            out_of_time = (
+                config.max_seconds is not None
+                and spent_before + time.perf_counter() - t_start > config.max_seconds
+            )
             evaluated = step % eval_every == 0 or step == total_steps or out_of_time
             if evaluated:
                 ev = evaluate_now()
