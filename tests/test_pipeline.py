@@ -248,7 +248,7 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
 
 def test_auto_strategy_takes_the_recipe_only_for_large_training_sets(tuned_tiny, tmp_path):
     """fastest-within-1's ``strategy: auto``: the search below AUTO_RECIPE_EXAMPLES training examples, FastFormers'
-    recipe from there, sized from the model (two thirds of the layers and heads, half the FFN) unless
+    recipe from there, sized from the model (five sixths of the layers, every head, half the FFN) unless
     the user sized it; the written config records what ran, so a re-run of the same command resumes."""
     from transformers import BertConfig, DistilBertConfig, PretrainedConfig
 
@@ -265,11 +265,13 @@ def test_auto_strategy_takes_the_recipe_only_for_large_training_sets(tuned_tiny,
     small = resolved(AUTO_RECIPE_EXAMPLES - 1, bert)
     assert small.strategy == "search" and small.student_layers is None and small.time_budget is None
     large = resolved(AUTO_RECIPE_EXAMPLES, bert)
-    assert (large.strategy, large.student_layers, large.heads, large.ffn) == ("fastformers", "4", 8, 768)
+    assert (large.strategy, large.student_layers, large.heads, large.ffn) == ("fastformers", "5", 12, 768)
     assert large.recovery.epochs == 3.0 and large.time_budget == 55.0
     large.validate()
     distil = DistilBertConfig(n_layers=6, n_heads=12, hidden_dim=3072)
-    assert (resolved(10**6, distil).student_layers, resolved(10**6, distil).ffn) == ("4", 1536)
+    assert (resolved(10**6, distil).student_layers, resolved(10**6, distil).ffn) == ("5", 1536)
+    base = BertConfig(num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    assert (resolved(10**6, base).student_layers, resolved(10**6, base).heads) == ("10", 12)
     sized = resolved(10**6, bert, heads=6, time_budget=20.0)  # what the user set stays
     assert (sized.student_layers, sized.heads, sized.ffn, sized.time_budget) == (None, 6, None, 20.0)
     with pytest.raises(AxformerError, match="names no layer, head or FFN count"):

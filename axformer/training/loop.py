@@ -295,8 +295,7 @@ def train_model(
             bar.update(1)
             bar.set_postfix(loss=f"{running / seen:.4f}")
             out_of_time = (
-                config.max_seconds is not None
-                and spent_before + time.perf_counter() - t_start > config.max_seconds
+                config.max_seconds is not None and spent_before + time.perf_counter() - t_start > config.max_seconds
             )
             evaluated = step % eval_every == 0 or step == total_steps or out_of_time
             if evaluated:
