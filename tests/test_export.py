@@ -212,6 +212,22 @@ def test_int8_mixed_and_fp16_exports_write_quantized_graphs(tiny_task, tmp_path)
     )
 
 
+def test_excluded_nodes_stay_fp32_in_int8_and_mixed_exports(tiny_task, tmp_path):
+    """--exclude-node keeps its nodes fp32 in every precision that quantizes (int8 used to write them int8: the plan
+    left them out, and a MatMul the plan does not name is int8)."""
+    model, data, _ = tiny_task
+    fp32 = export_model(model, tmp_path / "fp32", ExportConfig(precision="fp32", device="cpu", max_drop=100), data)
+    assert fp32["precision"] == "fp32"
+    names = [n.name for n in onnx.load(str(tmp_path / "fp32" / "model.onnx")).graph.node if n.op_type == "MatMul"]
+    kept = names[:2]
+    for precision in ("int8", "mixed"):
+        cfg = ExportConfig(precision=precision, device="cpu", max_drop=100, int4_block_size=16, exclude_nodes=kept)
+        export_model(model, tmp_path / precision, cfg, data)
+        nodes = {n.name: n.op_type for n in onnx.load(str(tmp_path / precision / "model.onnx")).graph.node}
+        assert all(nodes.get(k) == "MatMul" for k in kept), (precision, {k: nodes.get(k) for k in kept})
+        assert sum(op in ("MatMulInteger", "MatMulNBits") for op in nodes.values()) == len(names) - len(kept)
+
+
 @pytest.mark.parametrize(("precision", "bound"), [("fp32", 1e-5), ("int8", 0.05), ("mixed", 0.05), ("fp16", 5e-3)])
 def test_exports_stay_close_to_pytorch_on_a_trained_model(tuned_tiny, tmp_path, precision, bound):
     """At the default tolerance, on a model that learned its task: logits within a bound per precision (measured

@@ -522,6 +522,7 @@ def export_model(
                 fp32_path, nodes, sens, lambda p: evaluate(p).metrics[main], threshold, tmp,
                 config.int4_block_size, int4_ops, objective=config.objective,
                 table_block_size=config.int4_table_block_size, target_bytes=target_bytes, calibration=calibration,
+                keep_fp32=config.exclude_nodes,
             )  # fmt: skip
             info["mixed"] = {
                 **mixed.to_dict(),
@@ -536,6 +537,7 @@ def export_model(
                 config.per_channel,
                 config.int4_table_block_size,
                 calibration,
+                keep_fp32=config.exclude_nodes,
             )
 
         fp32_path = graph(net, "")
@@ -556,6 +558,7 @@ def export_model(
                     config.per_channel,
                     config.int4_table_block_size,
                     calibration,
+                    keep_fp32=config.exclude_nodes,
                 )
         elif config.precision == "fp16":
             current = convert_fp16(current, tmp / "fp16.onnx")

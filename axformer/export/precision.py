@@ -29,7 +29,7 @@ data the plan never saw.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,13 +113,14 @@ def plan_mixed_precision(
     objective: str = "metric",  # "size": int4 candidates ranked by sensitivity per parameter, and finer rungs
     target_bytes: int | None = None,  # stop each rung as soon as the file is this small
     calibration: Calibration | None = None,  # int4 matrices rounded by GPTQ on these inputs (None: to nearest)
+    keep_fp32: Sequence[str] = (),  # nodes outside ``nodes`` that stay fp32 in every probe (--exclude-node)
 ) -> MixedPlan:
     probes: list[PlanProbe] = []
 
     def probe(plan: dict[str, str], step: str, count: int, scored: bool = True) -> tuple[float | None, int]:
         path = apply_plan(
             fused, work / f"plan_{len(probes)}.onnx", plan, block_size, table_block_size=table_block_size,
-            calibration=calibration,
+            calibration=calibration, keep_fp32=keep_fp32,
         )  # fmt: skip
         size = path.stat().st_size
         metric = score(path) if scored else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,16 +239,18 @@ def apply_plan(
     per_channel: bool = True,
     table_block_size: int | None = None,
     calibration: Calibration | None = None,
+    keep_fp32: Sequence[str] = (),
 ) -> Path:
     """Write ``source`` with each weight node in its planned precision (node name -> fp32, int8, int4 or int4/B for
-    blocks of B; MatMul and Attention nodes the plan does not name: int8; embedding lookups it does not name: fp32).
+    blocks of B; MatMul and Attention nodes the plan does not name: int8, except those in ``keep_fp32``, the user's
+    ``--exclude-node``; embedding lookups it does not name: fp32).
     Plain int4 tables use ``table_block_size`` (default: ``block_size``): a table row is looked up, not multiplied,
     so it can take coarser blocks than a matrix at less cost. With ``calibration`` the int4 matrices are rounded
     by GPTQ on its inputs (:mod:`axformer.export.gptq`), else to the nearest level; tables always to the nearest.
     """
     target = Path(target)
     tmp = target.with_name(target.stem + ".int4-stage.onnx")
-    fp32 = [n for n, p in plan.items() if p == "fp32"]
+    fp32 = [n for n, p in plan.items() if p == "fp32"] + [n for n in keep_fp32 if n not in plan]
     ops = {n.name: n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node}
     groups: dict[tuple[str, int], list[str]] = {}  # one quantizer pass per op and block size
     for n, p in plan.items():
