@@ -272,7 +272,7 @@ def test_mixed_precision_plan_keeps_the_longest_passing_prefix(tmp_path):
     sens4 = {f"L{i}.ffn.up@int4": float(6 - i) for i in range(6)}  # mm5 least sensitive
     plans = []
 
-    def fake_apply(source, target, plan, block_size, table_block_size=None, calibration=None):
+    def fake_apply(source, target, plan, block_size, table_block_size=None, calibration=None, keep_fp32=()):
         plans.append(dict(plan))
         target.write_bytes(b"x" * (1 + sum(p == "int8" for p in plan.values())))
         return target
@@ -333,7 +333,7 @@ def test_size_ladder_rounds_further_and_stops_at_the_byte_target(tmp_path, monke
     loss = {"int8": 0.0, "int4/16": 0.5, "int4": 1.0, "int4/128": 2.0}
     plans = []
 
-    def fake_apply(source, target, plan, block_size, table_block_size=None, calibration=None):
+    def fake_apply(source, target, plan, block_size, table_block_size=None, calibration=None, keep_fp32=()):
         plans.append(dict(plan))
         target.write_bytes(b"x" * int(2 * sum(cost[p] for p in plan.values())))
         return target
