@@ -677,10 +677,11 @@ def optimize_cmd(
         bool | None,
         typer.Option(
             "--quantization-aware/--no-quantization-aware",
-            help="--recover distill into an int4 artifact: round what the artifact stores in int4 while the "
+            help="--recover distill (and the recipe's last distillation): round what the artifact stores in int4, "
+            "or into an int8 artifact every matrix product's weights and inputs as dynamic int8 does, while the "
             "student trains, so the distillation wins back the rounding too (it also distils an unpruned model "
-            "then). Default: off (measured: it did not keep dev within the tolerance better than post-training "
-            "int4; docs/size.md).",
+            "then). Default: off (measured: int4 did not keep dev within the tolerance better than post-training "
+            "int4, docs/size.md; int8: docs/promises.md, session 29).",
         ),
     ] = None,
     confirm_fraction: Annotated[
@@ -1029,6 +1030,14 @@ def distill_cmd(
             "and int8 in the fused attention.",
         ),
     ] = True,
+    qat_int8: Annotated[
+        bool,
+        typer.Option(
+            "--qat-int8",
+            help="Quantization-aware for a dynamic int8 export: round every matrix product's weights (per output row) "
+            "and inputs (per tensor, as ONNX Runtime does at run time) while training.",
+        ),
+    ] = False,
     no_teacher_cache: Annotated[
         bool,
         typer.Option("--no-teacher-cache", help="Run the teacher at every step even when only its logits are needed."),
@@ -1088,6 +1097,7 @@ def distill_cmd(
         qat_block_size=qat_block_size,
         qat_table_block_size=qat_table_block_size,
         qat_attention_inputs=qat_attention_inputs,
+        qat_int8=qat_int8,
     )
     config.validate()
     data = selection.load_if_given()

@@ -285,6 +285,25 @@ def test_auto_strategy_takes_the_recipe_only_for_large_training_sets(tuned_tiny,
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["search"]["strategy"] == "search"
 
 
+def test_quantization_aware_rounds_the_last_distillation_as_the_int8_export_will():
+    """fastest-within-1 exports int8: with ``--quantization-aware`` the recipe's last distillation and the search's
+    recovery train through dynamic int8's rounding; the size preset's int4 artifact keeps its int4 grid, and
+    nothing is rounded without the switch."""
+    from axformer.search.recovery import rounding
+
+    def search(preset, **recovery):
+        return PipelineConfig.build(
+            preset=preset, overrides={"model": "x", "search": {"recovery": recovery, "student_layers": "2"}}
+        ).search
+
+    aware = search("fastest-within-1", quantization_aware=True)
+    assert rounding(aware) == {"qat_int8": True} and aware.recipe().qat_int8 is True
+    plain = search("fastest-within-1")
+    assert rounding(plain) == {} and plain.recipe().qat_int8 is False
+    size = rounding(search("smallest-within-1", quantization_aware=True))
+    assert "qat_int8" not in size and size["qat_block_size"] == 64
+
+
 def _subset(small, big) -> bool:
     if isinstance(small, dict):
         return isinstance(big, dict) and all(k in big and _subset(v, big[k]) for k, v in small.items())

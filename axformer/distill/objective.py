@@ -86,11 +86,19 @@ class DistillConfig(FinetuneConfig):
     qat_block_size: int | None = None
     qat_attention_inputs: bool = True
     qat_table_block_size: int | None = None
+    # quantization-aware distillation into a dynamic int8 artifact: every matrix product's weights (per output
+    # row) and inputs (per tensor, as ONNX Runtime rounds them at run time) rounded in every forward pass
+    # (axformer.surgery.fake_quant.int8_aware); not with the int4 rounding above
+    qat_int8: bool = False
 
     def validate(self) -> None:
         super().validate()
         check_block_size(self.qat_block_size, "--qat-block-size")
         check_block_size(self.qat_table_block_size, "--qat-table-block-size")
+        if self.qat_int8 and (self.qat_block_size or self.qat_table_block_size):
+            raise AxformerError(
+                "--qat-int8 with --qat-block-size/--qat-table-block-size; expected one grid: int8 or int4"
+            )
         if self.augment < 0:
             raise AxformerError(f"--augment {self.augment}; expected a number of copies per text (0: none)")
         if not 0 < self.augment_rate < 1:

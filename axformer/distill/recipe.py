@@ -69,6 +69,9 @@ class RecipeConfig:
     # a labelled file in the task's format (--decision-data) that replaces the held-out split for checkpoint
     # selection and importance (its deciding part) and for the export's check (the rest)
     decision_data: str | None = None
+    # the last distillation rounds every matrix product as the dynamic int8 export will (quantization-aware,
+    # axformer.surgery.fake_quant.int8_aware): the model it saves is trained for the artifact that ships
+    qat_int8: bool = False
 
     def validate(self) -> None:
         if self.heads is None and self.ffn is None and self.student_layers is None:
@@ -255,6 +258,8 @@ def fastformers_recipe(
     done: list[tuple[str, Path]] = [("teacher", current)]
     if config.student_layers is not None:
         cfg1 = distill_config_for("1-distilled")
+        if config.heads is None and config.ffn is None:  # the student is the last distillation
+            cfg1 = replace(cfg1, qat_int8=config.qat_int8)
         current = run(
             "1-distilled",
             lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=cfg1),
@@ -263,7 +268,7 @@ def fastformers_recipe(
     if config.heads is not None or config.ffn is not None:
         pruned = run("2-pruned", lambda p: _prune_stage(current, data, p, config))
         done.append(("2-pruned", pruned))
-        cfg3 = distill_config_for("3-distilled-again")
+        cfg3 = replace(distill_config_for("3-distilled-again"), qat_int8=config.qat_int8)
         current = run("3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=cfg3))
         done.append(("3-distilled-again", current))
     shutil.rmtree(stages_dir / TEACHER_OUTPUTS, ignore_errors=True)

@@ -22,7 +22,7 @@ from axformer.distill.students import derive_student, layer_map, parse_layers
 from axformer.errors import AxformerError
 from axformer.models.loading import is_local, load_model, load_tokenizer
 from axformer.models.record import ModelRecord, task_for
-from axformer.surgery.fake_quant import quantization_aware
+from axformer.surgery.fake_quant import int8_aware, quantization_aware
 from axformer.surgery.prune import current_structure
 from axformer.tasks.data import Split, TaskData
 from axformer.training.finetune import training_split
@@ -177,11 +177,13 @@ def distill(
             train_part.name, [*train_part.texts, *unlabelled], np.concatenate([train_part.labels, labels])
         )
     mapping = layer_map(net, t_net)
-    rounded = []
+    rounded, bits = [], 4
     if config.qat_block_size or config.qat_table_block_size:
         rounded = quantization_aware(
             net, 4, config.qat_block_size, config.qat_table_block_size, config.qat_attention_inputs
         )
+    elif config.qat_int8:
+        rounded, bits = int8_aware(net), 8
     if data.spec.is_embedding:
         from axformer.distill.embedding import EmbeddingDistillObjective
 
@@ -198,7 +200,7 @@ def distill(
         "augmented_texts": len(augmented),
         "extra_texts": len(extra_texts or ()),
         "extra_texts_left_out": given - len(extra_texts or ()),
-        "quantization_aware": {"bits": 4, "matrices": len(rounded)} if rounded else None,
+        "quantization_aware": {"bits": bits, "matrices": len(rounded)} if rounded else None,
     }
     key = {
         "teacher": teacher,

@@ -247,6 +247,7 @@ class SearchStage(OptimizeConfig):
     def recipe(self):
         from axformer.distill import DistillConfig
         from axformer.distill.recipe import RecipeConfig
+        from axformer.search.recovery import rounding
 
         r = self.recovery
         distill = DistillConfig(
@@ -271,6 +272,7 @@ class SearchStage(OptimizeConfig):
             export=None,
             distill=distill,
             time_budget=self.time_budget,
+            qat_int8=bool(rounding(self).get("qat_int8")),
         )
 
 
@@ -356,7 +358,9 @@ class PipelineConfig:
             if section in values:
                 values[section] = from_mapping(kind, values[section], section)
         cfg = cls(**values)
-        if cfg.search.goal == "size":  # the size search counts the bytes of the artifact this export will write
+        # the size search counts the bytes of the artifact this export will write; a quantization-aware
+        # distillation rounds as it will
+        if cfg.search.goal == "size" or cfg.search.recovery.quantization_aware:
             cfg.search.artifact = artifact_format(cfg.export)
         for section in SECTION_TYPES:
             getattr(cfg, section).validate()

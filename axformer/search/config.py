@@ -121,7 +121,9 @@ class Recovery:
     # int4 during the distillation (quantization-aware training, axformer.surgery.fake_quant), so that it wins back
     # the rounding too; an unpruned model is then distilled as well, since the rounding is something to win back.
     # Off by default: measured on STS-B it passed its certificate and lost 2.03 dev Pearson (post-training int4:
-    # -0.54), on MRPC the certificate refused it (docs/size.md)
+    # -0.54), on MRPC the certificate refused it (docs/size.md). Into an int8 artifact (fastest-within-1's): every
+    # matrix product's weights and inputs rounded as dynamic int8 rounds them (fake_quant.int8_aware), in the
+    # recovery or in the recipe's last distillation (measured on MRPC, docs/promises.md, session 29)
     quantization_aware: bool = False
     # mixed precision of the recovery's training steps and teacher pass (axformer.utils.device.training_dtype)
     precision: str = "auto"

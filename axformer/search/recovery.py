@@ -69,10 +69,13 @@ def training_budget(record) -> dict | None:
 
 def rounding(config) -> dict:
     """The DistillConfig settings of quantization-aware recovery: what the artifact will store in int4, rounded to
-    its grid while the student trains (nothing without --recover distill, or with --no-quantization-aware)."""
+    its grid while the student trains, or, for an int8 artifact, every matrix product as dynamic int8 computes it
+    (nothing without --recover distill, or with --no-quantization-aware)."""
     art = config.artifact
     if config.recovery.mode != "distill" or not config.recovery.quantization_aware:
         return {}
+    if art.matrices == "int8" and art.embeddings != "int4":
+        return {"qat_int8": True}
     out = {}
     if art.matrices == "int4":
         out |= {"qat_block_size": art.block_size, "qat_attention_inputs": art.int4_attention}

@@ -207,6 +207,11 @@ def report_markdown(r: SearchReport) -> str:
                 " Quantization-aware: " + " and ".join(parts) + " rounded to the int4 artifact's grid in training; "
                 "the weights are saved on it, so the certified model computes what the int4 export computes."
             )
+        elif qat.get("qat_int8"):
+            lines[-1] += (
+                " Quantization-aware: every matrix product's weights and inputs rounded as dynamic int8 rounds them "
+                "in training, so the distillation wins back the int8 artifact's rounding too."
+            )
         if rec.get("student"):
             st = rec["student"]
             fate = "it ships" if st["kept"] else "it failed its certificate and was undone"
