@@ -989,3 +989,25 @@ def test_the_plan_times_training_in_the_trainers_precision_and_evaluations_in_fp
     assert min(mixed) > 0
     # warm-up and 3 timed batches each: the fp32 forward pass, the bf16 training steps, the bf16 teacher pass
     assert calls == [None] * 4 + [torch.bfloat16] * 8
+
+
+@pytest.mark.parametrize("pruned", [True, False])
+def test_the_plan_times_the_last_distillation_through_the_int8_rounding(tiny_task, monkeypatch, pruned):
+    """With ``qat_int8`` the last distillation trains through dynamic int8's rounding (slower per step): the plan
+    times that student rounded, the others as they train."""
+    import axformer.distill.budget as budget
+    from axformer.distill.recipe import RecipeConfig
+
+    model, data, _ = tiny_task
+    rounded = []
+    monkeypatch.setattr(
+        budget,
+        "_per_example_seconds",
+        lambda m, *a, **k: rounded.append(any(hasattr(x, "_axformer_int8_input") for x in m.modules())) or (1, 1, 1),
+    )
+    monkeypatch.setattr(budget, "_request_seconds", lambda *a, **k: (1.0, 1.0))
+    sizes = {"heads": 2, "ffn": 16} if pruned else {}
+    config = RecipeConfig(student_layers="1", qat_int8=True, **sizes)
+    timed = budget.measure(model, data, data.train, config, "cpu", examples=16)
+    assert rounded == ([False, False, True] if pruned else [False, True])  # teacher, student[, pruned]
+    assert set(timed) == {"teacher", "request", "student", *(["pruned"] if pruned else [])}
