@@ -141,3 +141,15 @@ def test_benchmark_threads_apply_to_every_timed_row_and_are_restored(tiny_task, 
     assert "1 thread(s) per row" in (tmp_path / "b" / "benchmark.md").read_text()
     with pytest.raises(AxformerError, match="--threads 0"):
         bench_run.BenchmarkConfig(threads=0).validate()
+
+
+def test_rows_of_models_with_the_same_directory_name_stay_apart():
+    """Two runs' ``4-export`` artifacts benchmarked together keep one row each, named by their paths."""
+    from axformer.benchmark.run import row_names
+
+    assert row_names(["runs/a/4-export", "runs/b/4-export", "runs/b/3-search"], {"ONNX Runtime int8"}) == [
+        "runs/a/4-export",
+        "runs/b/4-export",
+        "3-search",
+    ]
+    assert row_names(["x/ONNX Runtime int8"], {"ONNX Runtime int8"}) == ["x/ONNX Runtime int8"]

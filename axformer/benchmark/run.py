@@ -211,11 +211,12 @@ def benchmark(
     same_as_baseline = {
         str(Path(c.path).resolve()) for c in candidates if not c.padded and not is_onnx_artifact(c.path)
     }
-    candidates += [
-        Candidate(Path(m).name if Path(m).name not in {c.name for c in candidates} else m, m)
-        for m in models
-        if str(Path(m).resolve()) not in same_as_baseline
-    ]  # the unpruned model itself is the dynamic-length baseline
+    # the unpruned model itself is the dynamic-length baseline
+    unique = {str(Path(m).resolve()): m for m in reversed(models)}  # a model named twice is measured once
+    kept = [
+        m for m in models if unique.get(str(Path(m).resolve())) == m and str(Path(m).resolve()) not in same_as_baseline
+    ]
+    candidates += [Candidate(n, m) for n, m in zip(row_names(kept, {c.name for c in candidates}), kept, strict=True)]
     max_len = max_input_length(candidates[0].path)
     # every candidate reads the dev texts through its own tokenizer (a pruned vocabulary numbers tokens
     # differently); the same texts are timed for all of them
@@ -332,6 +333,13 @@ def benchmark(
     plot(result, output / "tradeoff.png")
     (output / "benchmark.md").write_text(markdown(result))
     return result.to_dict()
+
+
+def row_names(models: list[str], taken: set[str]) -> list[str]:
+    """Each model's row name: its directory's name, or the path as given where that name is not unique (two runs'
+    ``4-export`` directories compared side by side must not share a row)."""
+    names = [Path(m).name for m in models]
+    return [n if names.count(n) == 1 and n not in taken else m for n, m in zip(names, models, strict=True)]
 
 
 def _lean_requests(candidates, rows, dev_split, embedding: bool, config: BenchmarkConfig, progress) -> None:
