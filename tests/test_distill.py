@@ -1011,3 +1011,19 @@ def test_the_plan_times_the_last_distillation_through_the_int8_rounding(tiny_tas
     timed = budget.measure(model, data, data.train, config, "cpu", examples=16)
     assert rounded == ([False, False, True] if pruned else [False, True])  # teacher, student[, pruned]
     assert set(timed) == {"teacher", "request", "student", *(["pruned"] if pruned else [])}
+
+
+def test_the_recipe_report_says_its_last_distillation_was_int8_aware():
+    from axformer.distill.recipe import recipe_markdown, rounding_note
+
+    stage = {"heldout": {"metrics": {"f1": 80.0}}, "size_bytes": 2**20, "seconds": 60.0}
+    report = {
+        "model": "m",
+        "task": {"display_name": "MRPC", "main_metric": "f1"},
+        "stages": [{"stage": s, **stage} for s in ("teacher", "1-distilled", "2-pruned", "3-distilled-again")],
+        "config": {"qat_int8": True},
+    }
+    assert "last distillation (3-distilled-again)" in rounding_note(report)
+    assert rounding_note(report) in recipe_markdown(report)
+    plain = {**report, "config": {"qat_int8": False}}
+    assert rounding_note(plain) == "" and "Quantization-aware" not in recipe_markdown(plain)

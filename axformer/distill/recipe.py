@@ -316,6 +316,19 @@ def fastformers_recipe(
     return report
 
 
+def rounding_note(r: dict) -> str:
+    """What a report must say of a recipe whose last distillation trained through int8's rounding: its held-out
+    figure is the PyTorch model's, which the int8 artifact then computes (up to ONNX Runtime's arithmetic)."""
+    if not r.get("config", {}).get("qat_int8"):
+        return ""
+    last = [s["stage"] for s in r["stages"] if "distilled" in s["stage"]][-1:]
+    return (
+        f"Quantization-aware: the last distillation ({', '.join(last) or 'none'}) trained through dynamic int8's "
+        "rounding (weights per row on the int8 grid, each matrix product's input per tensor), so the int8 artifact "
+        "computes what it was trained for; its held-out figure here is the PyTorch model's, inputs unrounded."
+    )
+
+
 def recipe_markdown(r: dict) -> str:
     main = r["task"]["main_metric"]
     devs = [
@@ -346,6 +359,8 @@ def recipe_markdown(r: dict) -> str:
             "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if rounding_note(r):
+        lines += ["", rounding_note(r)]
     plan = r.get("plan")
     if plan:
         actual = r.get("seconds", {})

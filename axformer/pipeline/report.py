@@ -372,7 +372,9 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
             body.append("".join(_img(p) for p in plots))
             md.extend([f"![{p.stem}]({p.relative_to(out)})" for p in plots] + [""])
     elif recipe is not None:
-        section("FastFormers recipe")
+        from axformer.distill.recipe import rounding_note
+
+        section("FastFormers recipe", rounding_note(recipe["recipe"]))
         stages_rows = recipe["recipe"]["stages"]
         add_table(
             ["stage", f"held-out {main}", "parameters", "stage time"],
