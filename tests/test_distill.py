@@ -454,15 +454,19 @@ def test_time_budget_plans_the_recipe_and_keeps_to_it(tuned_tiny, tmp_path, caps
     planned = sum(s["seconds"] for s in plan["stages"])
     assert planned == pytest.approx(60 * budget, rel=0.05) if plan["epochs"] < 400 else planned <= 60 * budget
     assert wall <= 60 * budget * 1.25, (wall, report["seconds"], plan)
-    # each distillation trains for about its planned time: the second is not starved by the first's wall time
+    # the second distillation is not starved by the first's wall time: a stage its deadline stopped trained for
+    # about its planned time (one that finished its epochs sooner, the plan having priced a tiny model's noisy
+    # steps high, was not starved)
     for s in plan["stages"]:
         if s["training_seconds"]:
-            assert report["seconds"][s["stage"]] >= 0.6 * s["seconds"], (s, report["seconds"])
+            record = json.loads((tmp_path / "ff" / "stages" / s["stage"] / "axformer.json").read_text())
+            if record["history"][-1]["stopped_by_time"]:
+                assert report["seconds"][s["stage"]] >= 0.6 * s["seconds"], (s, report["seconds"])
     md = (tmp_path / "ff" / "recipe.md").read_text()
     assert "| stage | planned | actual |" in md and "| 3-distilled-again |" in md
     assert not (tmp_path / "ff" / "stages" / "teacher-outputs").exists()
     with pytest.raises(AxformerError, match=r"--time-budget 0\.0 min is too short for this recipe: .* give at least"):
-        fastformers_recipe(teacher, tmp_path / "short", config(0.001), data)
+        fastformers_recipe(teacher, tmp_path / "short", config(1e-6), data)  # 60 us: nothing fits
 
 
 def test_a_distillations_deadline_keeps_the_later_stages_time_and_uses_the_plans_slack():
