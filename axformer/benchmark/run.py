@@ -212,10 +212,9 @@ def benchmark(
         str(Path(c.path).resolve()) for c in candidates if not c.padded and not is_onnx_artifact(c.path)
     }
     # the unpruned model itself is the dynamic-length baseline
-    unique = {str(Path(m).resolve()): m for m in reversed(models)}  # a model named twice is measured once
-    kept = [
-        m for m in models if unique.get(str(Path(m).resolve())) == m and str(Path(m).resolve()) not in same_as_baseline
-    ]
+    resolved = {m: str(Path(m).resolve()) for m in models}
+    first = {r: m for m, r in reversed(resolved.items())}  # a model named twice is measured once
+    kept = [m for m, r in resolved.items() if first[r] == m and r not in same_as_baseline]
     candidates += [Candidate(n, m) for n, m in zip(row_names(kept, {c.name for c in candidates}), kept, strict=True)]
     max_len = max_input_length(candidates[0].path)
     # every candidate reads the dev texts through its own tokenizer (a pruned vocabulary numbers tokens
