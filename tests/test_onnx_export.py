@@ -59,3 +59,33 @@ def test_onnx_matches_pytorch(tiny_arch_dir, tmp_path, pruned, fused):
         with torch.no_grad():
             ref = model(**{k: v for k, v in feed.items() if k in names}).logits.numpy()
         np.testing.assert_allclose(onnx_logits(session, feed), ref, rtol=0, atol=1e-4)
+
+
+def test_residual_layer_norms_stay_unfused_in_the_file_and_the_cpu_session(tiny_arch_dir, tmp_path):
+    """SkipLayerNormalization's CPU kernel is slower than Add + LayerNormalization: neither the export's fusion nor
+    a CPU session made by axformer may create it (ONNX Runtime's session would, by default)."""
+    import onnx
+    import onnxruntime as ort
+
+    from axformer.runtime.backends import inference_session, session_options
+
+    arch, path = tiny_arch_dir
+    model = load_model(path).eval()
+    cfg = model.config
+    fused = fuse(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "f.onnx", cfg.model_type, cfg.hidden_size,
+                 cfg.num_attention_heads).path  # fmt: skip
+    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+
+    def session_ops(disabled: bool) -> list[str]:
+        opts = session_options()
+        opts.optimized_model_filepath = str(tmp_path / f"session-{disabled}.onnx")
+        if disabled:
+            inference_session(fused, opts, ["CPUExecutionProvider"])
+        else:
+            ort.InferenceSession(str(fused), opts, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+    if arch in ("bert", "roberta", "electra"):  # the test can fail: a plain session does fuse these graphs
+        assert "SkipLayerNormalization" in session_ops(disabled=False)
+    assert "SkipLayerNormalization" not in session_ops(disabled=True)

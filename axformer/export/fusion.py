@@ -1,7 +1,8 @@
 """ONNX Runtime's transformer graph optimizer, made to work on pruned models.
 
 The optimizer fuses each layer's attention subgraph into one ``Attention`` op
-(plus EmbedLayerNormalization, SkipLayerNormalization, BiasGelu), which is
+(plus EmbedLayerNormalization and BiasGelu; not SkipLayerNormalization, whose
+CPU kernel is slower than the ops it replaces), which is
 where most of ONNX Runtime's CPU speed-up over plain ONNX comes from. It needs
 each layer's head count, and it reads it from the constant shape that splits
 Q into heads. transformers 5 writes that shape as ``(batch, seq, -1,
@@ -112,11 +113,14 @@ def fuse(
     num_heads: int,
     attention: bool = True,
     embedding: bool = True,
+    skip_layer_norm: bool = False,
 ) -> FusionResult:
     """Pin per-layer head counts, run ORT's transformer optimizer, and save the fused graph.
 
     ``attention=False`` leaves Q, K and V as MatMuls and ``embedding=False`` leaves the embedding lookups as
     Gathers: ONNX Runtime has 4-bit kernels for those, not for the fused Attention and EmbedLayerNormalization.
+    ``skip_layer_norm=True`` writes the slower SkipLayerNormalization ops, for comparison only
+    (benchmarks/experiments/skip_layer_norm.py).
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -129,6 +133,9 @@ def fuse(
     options = FusionOptions(kind)
     options.enable_attention = attention
     options.enable_embed_layer_norm = embedding
+    # residual Add + LayerNormalization stay two ops: ONNX Runtime's CPU SkipLayerNormalization is 4-6x slower than
+    # the pair (axformer.runtime.backends.CPU_DISABLED_OPTIMIZERS, which keeps a session from fusing them again)
+    options.enable_skip_layer_norm = skip_layer_norm
     with quiet_onnxruntime():
         opt = optimize_model(
             model, model_type=kind, num_heads=num_heads, hidden_size=hidden_size, optimization_options=options

@@ -109,11 +109,13 @@ def export_onnx(model: PreTrainedModel, path: str | os.PathLike, opset: int = OP
 def onnx_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
     import onnxruntime as ort
 
+    from axformer.runtime.backends import inference_session
+
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    return inference_session(path, opts, providers or ["CPUExecutionProvider"])
 
 
 def onnx_logits(session, batch: dict[str, torch.Tensor]) -> np.ndarray:

@@ -49,6 +49,24 @@ def session_options(threads: int | None = None):
     return opts
 
 
+# ONNX Runtime's graph rewrites left out of a CPU session. SkipLayerNormFusion folds each residual Add and the
+# LayerNormalization after it into one SkipLayerNormalization, whose CPU kernel (onnxruntime 1.32) took 120 us at
+# 50 tokens x 384 where Add + LayerNormalization took 23-31 us, and 5-6x as long at 128 tokens: twelve of them
+# were a quarter of MiniLM's int8 request. The export writes the two ops unfused (axformer.export.fusion) and a
+# session would fuse them again at load; measured in docs/promises.md, "Session 30". CUDA keeps the fusion.
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def inference_session(source: str | os.PathLike | bytes, options, providers: list[str]):
+    """An ONNX Runtime session of ``source`` (a path or a serialized model) as every artifact is served."""
+    import onnxruntime as ort
+
+    source = source if isinstance(source, bytes) else str(source)
+    if providers == ["CPUExecutionProvider"]:
+        return ort.InferenceSession(source, options, providers=providers, disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
+    return ort.InferenceSession(source, options, providers=providers)
+
+
 def providers_for(device: str | torch.device) -> list[str]:
     import onnxruntime as ort
 
@@ -62,13 +80,11 @@ class OnnxModel:
     """An ONNX Runtime session behind the ``model(**batch).logits`` interface of a transformers model."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str | torch.device = "cpu") -> None:
-        import onnxruntime as ort
-
         path = onnx_file(path)
         if not path.is_file():
             raise AxformerError(f"ONNX model {path} does not exist")
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
+            self.session = inference_session(path, session_options(threads), providers_for(device))
         except Exception as exc:
             raise AxformerError(
                 f"cannot load ONNX model {path} (corrupt or not ONNX?): {str(exc).splitlines()[0][:200]}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from axformer.errors import AxformerError
-from axformer.runtime.backends import is_onnx_artifact, max_input_length, onnx_file, providers_for
+from axformer.runtime.backends import inference_session, is_onnx_artifact, max_input_length, onnx_file, providers_for
 
 Request = str | tuple[str, str]
 
@@ -93,7 +93,6 @@ class LeanSession:
     ) -> None:
         """``session``: an ONNX Runtime session of ``path`` already open (``Predictor``'s), shared instead of a
         second copy of the weights; ``choice`` then only records what it was opened with."""
-        import onnxruntime as ort
 
         from axformer.models.loading import load_tokenizer, read_config_json
         from axformer.models.record import ModelRecord
@@ -119,9 +118,7 @@ class LeanSession:
         self.backend = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
         self.backend.no_padding()
         self.backend.enable_truncation(max_input_length(path), strategy="longest_first")
-        self.session = session or ort.InferenceSession(
-            str(onnx_file(path)), self.choice.options(), providers=providers_for(device)
-        )
+        self.session = session or inference_session(onnx_file(path), self.choice.options(), providers_for(device))
         names = {i.name for i in self.session.get_inputs()}
         self.type_ids = "token_type_ids" in names and "token_type_ids" in tokenizer.model_input_names
         self.zero_types = "token_type_ids" in names and not self.type_ids
