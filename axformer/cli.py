@@ -1346,6 +1346,13 @@ def benchmark_cmd(
             help="Rows (names or model paths) of the cumulative view, in order (repeatable; default: every row).",
         ),
     ] = None,
+    one_thread_requests: Annotated[
+        int,
+        typer.Option(
+            help="Dev requests timed again at batch 1 with one thread per row (the steadier ratio on a shared "
+            "machine); 0 skips it, and so does --threads 1."
+        ),
+    ] = 100,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -1378,6 +1385,7 @@ def benchmark_cmd(
         breakdown_requests=breakdown_requests,
         chain=list(chain) if chain else None,
         threads=threads,
+        one_thread_requests=one_thread_requests,
     )
     config.validate()
     data = selection.load_if_given()

@@ -51,7 +51,9 @@ def _table(rows: list[dict]) -> str:
         f"Produced by `python benchmarks/promises_glue.py` ({env}). MiniLM (all-MiniLM-L6-v2) fine-tuned by "
         "`benchmarks/finetune_baselines.py`. Metric: the task's main metric in points. Dev: the deployed "
         "artifact of `axformer optimize --preset P` against the original in PyTorch. Speed-ups: batch-1 p50 "
-        "latency on dev texts, all rows of a task in one benchmark run. Each row names its CPU (rows before the "
+        "latency on dev texts, all rows of a task in one benchmark run, with each runtime's default threads (from "
+        "session 30 on also with one thread per row, in parentheses: the steadier ratio on this shared 2-vCPU "
+        "machine). Each row names its CPU (rows before the "
         "cpu column ran on the Intel Xeon), from session 20 on with the instruction sets its int8 and bf16 "
         "kernels use (the plain AMD EPYC rows of sessions 14-19 ran on one with AVX2 and without VNNI): int8 "
         "kernels round, and gain over fp32, differently on different CPUs.",
@@ -61,6 +63,10 @@ def _table(rows: list[dict]) -> str:
         "| cpu |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def one_thread(r):
+        v = r.get("speedup_vs_ort_int8_one_thread")
+        return "" if v is None else f" (1 thread: {v:.2f}x)"
 
     def pair(v):
         return "-" if v is None else f"{v[0]:.2f} -> {v[1]:.2f} ({v[1] - v[0]:+.2f})"
@@ -74,7 +80,8 @@ def _table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['task']} ({r['metric']}) | {r['preset']} | {pair(r['decision'])} | {pair(r['confirmation'])} | "
             f"{pair(r['dev'])} | {cert_text} | {r['removed']} | {recovery_text(r)} | {artifact}"
-            f" | {r['speedup_vs_original']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x | {r['seconds'] / 60:.1f} min"
+            f" | {r['speedup_vs_original']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x{one_thread(r)}"
+            f" | {r['seconds'] / 60:.1f} min"
             f" | {r.get('commit', 'before 3b3901c')} | {r.get('cpu', 'Intel(R) Xeon(R) Processor')} |"
         )
     lines += ["", "Commands:", ""] + [

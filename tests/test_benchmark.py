@@ -52,7 +52,13 @@ def test_benchmark_measures_candidates_against_the_baselines(tiny_task, tmp_path
                 {k: v for k, v in c.items() if k != "ms_per_request"} for c in r["lean"]["choices"]
             ]
             assert r["lean"]["breakdown"]["run"] > 0 and r["lean"]["breakdown"]["predictor"] > 0
+    # batch 1 once more with one thread per row: every row but the padded one, latency only
+    for r in result["rows"]:
+        one = r["timing_one_thread"]
+        assert (one is None) == r["padded"]
+        assert r["padded"] or (one["latency_p50_ms"] > 0 and one["throughput_per_s"] is None)
     md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "Batch 1 with one thread per row" in md and "speed-up against ONNX Runtime int8" in md
     assert "One request end to end" in md
     assert (
         "ONNX Runtime int8" in md
@@ -135,12 +141,15 @@ def test_benchmark_threads_apply_to_every_timed_row_and_are_restored(tiny_task, 
         rounds=1, instances=1, memory=False, breakdown_requests=0, threads=1,
     )  # fmt: skip
     result = bench_run.benchmark([str(model), str(art)], tmp_path / "b", data, None, cfg, progress=lambda m: None)
-    assert seen["sessions"] == [1, 1] and seen["torch"] == [1, 1]  # dev texts, then the fixed length
+    # dev texts, then the fixed length; with one thread already, no second pass at one thread
+    assert seen["sessions"] == [1, 1] and seen["torch"] == [1, 1]
     assert torch.get_num_threads() == before
     assert result["config"]["threads"] == 1
     assert "1 thread(s) per row" in (tmp_path / "b" / "benchmark.md").read_text()
     with pytest.raises(AxformerError, match="--threads 0"):
         bench_run.BenchmarkConfig(threads=0).validate()
+    with pytest.raises(AxformerError, match="--one-thread-requests -1"):
+        bench_run.BenchmarkConfig(one_thread_requests=-1).validate()
 
 
 def test_rows_of_models_with_the_same_directory_name_stay_apart():

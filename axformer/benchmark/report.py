@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from axformer.benchmark.pricing import price_note
-from axformer.benchmark.result import BenchmarkResult, Step
+from axformer.benchmark.result import ORT_INT8, BenchmarkResult, Step
 
 
 def _f(v, fmt: str = "{:.2f}", none: str = "-") -> str:
@@ -107,9 +107,40 @@ def markdown(result: BenchmarkResult) -> str:
         "from (quantization changes bytes, not counts).",
         "",
     ]
+    lines += one_thread_markdown(result)
     lines += lean_markdown(result)
     lines += cumulative_markdown(result)
     return "\n".join(lines)
+
+
+def one_thread_markdown(result: BenchmarkResult) -> list[str]:
+    """Batch-1 latency with one intra-op thread per row, against ONNX Runtime int8 of the original where it is a
+    row (else the first row timed this way): on a 2-vCPU share the steadier of the two ratios."""
+    timed = [r for r in result.rows if r.timing_one_thread and r.timing_one_thread.latency_p50_ms]
+    if not timed:
+        return []
+    ref = next((r for r in timed if r.name == ORT_INT8), timed[0])
+    ref_ms = ref.timing_one_thread.latency_p50_ms
+    lines = [
+        "## Batch 1 with one thread per row",
+        "",
+        f"The first {result.config.get('one_thread_requests')} of the same dev requests, each row's session (or "
+        f"PyTorch) limited to one intra-op thread, interleaved rounds as above; speed-up against {ref.name}. On a "
+        "machine shared with other work the multi-threaded figure moves with what the other cores are doing; this "
+        "one measures how much less work a row does.",
+        "",
+        "| model | batch-1 p50 ms (1 thread) | p95 ms | speed-up (1 thread) | speed-up (default threads) |",
+        "|---|---|---|---|---|",
+    ]
+    ref_default = ref.timing.latency_p50_ms
+    for r in timed:
+        t, default_ms = r.timing_one_thread, r.timing.latency_p50_ms
+        default = ref_default / default_ms if ref_default and default_ms else None
+        lines.append(
+            f"| {r.name} | {t.latency_p50_ms:.2f} | {_f(t.latency_p95_ms)} | {ref_ms / t.latency_p50_ms:.2f}x | "
+            f"{_f(default, '{:.2f}x')} |"
+        )
+    return lines + [""]
 
 
 def lean_markdown(result: BenchmarkResult) -> list[str]:

@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 
 from axformer.utils.config import from_mapping, to_mapping
 
+# the baseline rows' names
+PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
+    "PyTorch fp32, padded to max length (out of the box)",
+    "PyTorch fp32, dynamic length",
+    "ONNX Runtime fp32 (fused)",
+    "ONNX Runtime int8 (dynamic, per-channel)",
+)
+
 
 @dataclass
 class TimingSummary:
@@ -55,6 +63,7 @@ class Row:
     baseline: bool
     dev: Scores = field(default_factory=Scores)
     timing: TimingSummary = field(default_factory=TimingSummary)  # on dev texts
+    timing_one_thread: TimingSummary | None = None  # batch 1 on dev texts, one intra-op thread (not the padded row)
     fixed: dict[str, TimingSummary] = field(default_factory=dict)  # sequence length -> timing on synthetic ids
     multi_instance: MultiInstance | None = None
     peak_memory_mib: float | None = None

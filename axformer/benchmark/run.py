@@ -28,6 +28,10 @@ from axformer.benchmark.measure import Candidate, peak_memory_mib
 from axformer.benchmark.pricing import DEFAULT_PRICE_PER_HOUR, usd_per_100m
 from axformer.benchmark.report import cumulative, markdown, plot
 from axformer.benchmark.result import (
+    DYNAMIC,
+    ORT_FP32,
+    ORT_INT8,
+    PADDED,
     BenchmarkResult,
     BenchmarkTask,
     LeanRequest,
@@ -48,12 +52,6 @@ from axformer.tasks.data import TaskData
 from axformer.utils.device import KERNEL_FLAGS, cpu_flags, cpu_model, torch_threads
 from axformer.utils.io import write_json
 
-PADDED, DYNAMIC, ORT_FP32, ORT_INT8 = (
-    "PyTorch fp32, padded to max length (out of the box)",
-    "PyTorch fp32, dynamic length",
-    "ONNX Runtime fp32 (fused)",
-    "ONNX Runtime int8 (dynamic, per-channel)",
-)
 BASELINE_CHAIN = (PADDED, DYNAMIC, ORT_FP32, ORT_INT8)  # FastFormers' cumulative order of the baseline rows
 
 
@@ -82,6 +80,11 @@ class BenchmarkConfig:
     # user gets. On a shared 2-vCPU machine one thread is the steady measure: the demo's artifact over ONNX
     # Runtime int8 of the original measured 1.56-1.76x alone with one thread, 1.36-2.65x with two (docs/promises.md)
     threads: int | None = None
+    # batch-1 dev requests timed once more with one thread per row (PyTorch rows as well; not the padded one), unless
+    # ``threads`` is 1 already; 0 skips. On a 2-vCPU share the two-thread figure has two levels per process: the
+    # same MRPC int8 pair measured 1.37-1.43x in some runs and 1.53-1.60x in others, and 1.67-1.76x with one thread
+    # in every run (docs/promises.md, session 30)
+    one_thread_requests: int = 100
     chain: list[str] | None = None  # row names (or model paths) for the cumulative view, in order; default: every row
 
     @property
@@ -100,6 +103,8 @@ class BenchmarkConfig:
             raise AxformerError(f"--breakdown-requests {self.breakdown_requests}; expected a count (0: skip)")
         if self.price_per_hour < 0:
             raise AxformerError(f"--price-per-hour {self.price_per_hour}; expected a non-negative price in USD")
+        if self.one_thread_requests < 0:
+            raise AxformerError(f"--one-thread-requests {self.one_thread_requests}; expected a count (0: skip)")
         if self.threads is not None and self.threads < 1:
             raise AxformerError(f"--threads {self.threads}; expected a thread count of at least 1 (omit: defaults)")
 
@@ -275,6 +280,15 @@ def benchmark(
             progress(f"timing at a fixed {length} tokens")
             for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
                 rows[name].fixed[str(length)] = TimingSummary(**t.summary())
+    if config.one_thread_requests and config.threads != 1:
+        progress(f"timing {config.one_thread_requests} requests at batch 1 with one thread per row")
+        timed_alone = [c for c in candidates if not c.padded]
+        one = {c.name: load_runnable(c.path, device="cpu", threads=1) for c in timed_alone}
+        few = {c.name: single[c.name][: config.one_thread_requests] for c in timed_alone}
+        with torch_threads(1):
+            for name, t in time_candidates(one, few, {n: [] for n in one}, config.rounds, config.warmup).items():
+                rows[name].timing_one_thread = TimingSummary(**{**t.summary(), "throughput_per_s": None})
+        del one
     instances = config.worker_count
     if instances and instances > 1:
         from axformer.runtime.predictor import Predictor

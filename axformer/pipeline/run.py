@@ -278,6 +278,7 @@ def recipe_budget(cfg: PipelineConfig, data, path: Path):
         + pooled * max(2, b.rounds // 2) * b.throughput_examples
         + 3 * heldout,
         requests=(rows - 1) * passes_per_round * b.latency_examples
+        + (rows - 1) * passes_per_round * (min(b.one_thread_requests, b.latency_examples) if b.threads != 1 else 0)
         + onnx_rows * b.breakdown_requests * (2 * b.rounds + 1),  # the session choice, then the breakdown
         padded_requests=passes_per_round * b.latency_examples,
         long_passes=dict.fromkeys(b.lengths, rows * fixed_rounds * (b.fixed_requests + b.fixed_batch)),
