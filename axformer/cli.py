@@ -680,8 +680,9 @@ def optimize_cmd(
             help="--recover distill (and the recipe's last distillation): round what the artifact stores in int4, "
             "or into an int8 artifact every matrix product's weights and inputs as dynamic int8 does, while the "
             "student trains, so the distillation wins back the rounding too (it also distils an unpruned model "
-            "then). Default: off (measured: int4 did not keep dev within the tolerance better than post-training "
-            "int4, docs/size.md; int8: docs/promises.md, session 29).",
+            "then). Default: on for the FastFormers recipe's last distillation into an int8 artifact (MRPC, SST-2: "
+            "docs/promises.md, sessions 29-30), off elsewhere (int4 did not keep dev within the tolerance better "
+            "than post-training int4, docs/size.md).",
         ),
     ] = None,
     confirm_fraction: Annotated[

@@ -287,8 +287,8 @@ def test_auto_strategy_takes_the_recipe_only_for_large_training_sets(tuned_tiny,
 
 def test_quantization_aware_rounds_the_last_distillation_as_the_int8_export_will():
     """fastest-within-1 exports int8: with ``--quantization-aware`` the recipe's last distillation and the search's
-    recovery train through dynamic int8's rounding; the size preset's int4 artifact keeps its int4 grid, and
-    nothing is rounded without the switch."""
+    recovery train through dynamic int8's rounding; the size preset's int4 artifact keeps its int4 grid. Unset,
+    only the recipe's last distillation is int8-aware; ``--no-quantization-aware`` rounds nothing."""
     from axformer.search.recovery import rounding
 
     def search(preset, **recovery):
@@ -298,8 +298,11 @@ def test_quantization_aware_rounds_the_last_distillation_as_the_int8_export_will
 
     aware = search("fastest-within-1", quantization_aware=True)
     assert rounding(aware) == {"qat_int8": True} and aware.recipe().qat_int8 is True
-    plain = search("fastest-within-1")
+    unset = search("fastest-within-1")
+    assert rounding(unset) == {} and unset.recipe().qat_int8 is True
+    plain = search("fastest-within-1", quantization_aware=False)
     assert rounding(plain) == {} and plain.recipe().qat_int8 is False
+    assert search("smallest-within-1").recipe().qat_int8 is False  # an int4 artifact: not int8's rounding
     size = rounding(search("smallest-within-1", quantization_aware=True))
     assert "qat_int8" not in size and size["qat_block_size"] == 64
 

@@ -272,7 +272,7 @@ class SearchStage(OptimizeConfig):
             export=None,
             distill=distill,
             time_budget=self.time_budget,
-            qat_int8=bool(rounding(self).get("qat_int8")),
+            qat_int8=bool(rounding(self, recipe=True).get("qat_int8")),
         )
 
 
@@ -359,8 +359,8 @@ class PipelineConfig:
                 values[section] = from_mapping(kind, values[section], section)
         cfg = cls(**values)
         # the size search counts the bytes of the artifact this export will write; a quantization-aware
-        # distillation rounds as it will
-        if cfg.search.goal == "size" or cfg.search.recovery.quantization_aware:
+        # distillation rounds as it will (unset: the recipe's last distillation does, for an int8 artifact)
+        if cfg.search.goal == "size" or cfg.search.recovery.quantization_aware is not False:
             cfg.search.artifact = artifact_format(cfg.export)
         for section in SECTION_TYPES:
             getattr(cfg, section).validate()

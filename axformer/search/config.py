@@ -120,11 +120,15 @@ class Recovery:
     # distill into an int4 artifact (--artifact matrices or embeddings int4): round what the artifact stores in
     # int4 during the distillation (quantization-aware training, axformer.surgery.fake_quant), so that it wins back
     # the rounding too; an unpruned model is then distilled as well, since the rounding is something to win back.
-    # Off by default: measured on STS-B it passed its certificate and lost 2.03 dev Pearson (post-training int4:
-    # -0.54), on MRPC the certificate refused it (docs/size.md). Into an int8 artifact (fastest-within-1's): every
-    # matrix product's weights and inputs rounded as dynamic int8 rounds them (fake_quant.int8_aware), in the
-    # recovery or in the recipe's last distillation (measured on MRPC, docs/promises.md, session 29)
-    quantization_aware: bool = False
+    # Not for int4 by default: measured on STS-B it passed its certificate and lost 2.03 dev Pearson (post-training
+    # int4: -0.54), on MRPC the certificate refused it (docs/size.md). Into an int8 artifact (fastest-within-1's):
+    # every matrix product's weights and inputs rounded as dynamic int8 rounds them (fake_quant.int8_aware), in the
+    # recovery or in the recipe's last distillation. None (the default): on in the FastFormers recipe's last
+    # distillation into an int8 artifact, off elsewhere. Measured there (docs/promises.md, sessions 29-30): MRPC's
+    # int8 passed its certificate (-0.27 on 222 pairs; trained in fp32 it was refused at -1.80) and kept dev F1
+    # within the point (-0.71); SST-2's certificate +0.34 instead of -0.45 and dev -0.46 instead of -0.57, the
+    # distillation 1.2-1.6x slower. The search's recovery with it (always distil, always keep) is not measured
+    quantization_aware: bool | None = None
     # mixed precision of the recovery's training steps and teacher pass (axformer.utils.device.training_dtype)
     precision: str = "auto"
     # distill: weight of the task's own loss on the gold labels beside the distillation. None: 1 for an embedding

@@ -67,12 +67,16 @@ def training_budget(record) -> dict | None:
     return None
 
 
-def rounding(config) -> dict:
+def rounding(config, recipe: bool = False) -> dict:
     """The DistillConfig settings of quantization-aware recovery: what the artifact will store in int4, rounded to
     its grid while the student trains, or, for an int8 artifact, every matrix product as dynamic int8 computes it
-    (nothing without --recover distill, or with --no-quantization-aware)."""
+    (nothing without --recover distill, or with --no-quantization-aware). ``recipe``: for the FastFormers recipe's
+    last distillation, where an unset switch means int8-aware (``Recovery.quantization_aware``)."""
     art = config.artifact
-    if config.recovery.mode != "distill" or not config.recovery.quantization_aware:
+    aware = config.recovery.quantization_aware
+    if aware is None:
+        aware = recipe and art.matrices == "int8" and art.embeddings != "int4"
+    if config.recovery.mode != "distill" or not aware:
         return {}
     if art.matrices == "int8" and art.embeddings != "int4":
         return {"qat_int8": True}
