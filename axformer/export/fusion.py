@@ -133,8 +133,8 @@ def fuse(
     options = FusionOptions(kind)
     options.enable_attention = attention
     options.enable_embed_layer_norm = embedding
-    # residual Add + LayerNormalization stay two ops: ONNX Runtime's CPU SkipLayerNormalization is 4-6x slower than
-    # the pair (axformer.runtime.backends.CPU_DISABLED_OPTIMIZERS, which keeps a session from fusing them again)
+    # residual Add + LayerNormalization stay two ops: ONNX Runtime's CPU SkipLayerNormalization is slower than the
+    # pair (axformer.runtime.backends.CPU_DISABLED_OPTIMIZERS, which keeps a session from fusing them again)
     options.enable_skip_layer_norm = skip_layer_norm
     with quiet_onnxruntime():
         opt = optimize_model(

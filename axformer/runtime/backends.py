@@ -50,10 +50,10 @@ def session_options(threads: int | None = None):
 
 
 # ONNX Runtime's graph rewrites left out of a CPU session. SkipLayerNormFusion folds each residual Add and the
-# LayerNormalization after it into one SkipLayerNormalization, whose CPU kernel (onnxruntime 1.32) took 120 us at
-# 50 tokens x 384 where Add + LayerNormalization took 23-31 us, and 5-6x as long at 128 tokens: twelve of them
-# were a quarter of MiniLM's int8 request. The export writes the two ops unfused (axformer.export.fusion) and a
-# session would fuse them again at load; measured in docs/promises.md, "Session 30". CUDA keeps the fusion.
+# LayerNormalization after it into one SkipLayerNormalization, whose CPU kernel (onnxruntime 1.32) is slower than the
+# pair: 54 against 23 us at 50 tokens x 384, 2.7x at 128 tokens; without it MiniLM's int8 artifacts ran 1.07-1.27x
+# faster at batch 1 (benchmarks/experiments/skip_layer_norm.md). The export writes the two ops unfused
+# (axformer.export.fusion) and a session would fuse them again at load. CUDA keeps the fusion.
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
