@@ -359,8 +359,8 @@ def recipe_markdown(r: dict) -> str:
             "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if rounding_note(r):
-        lines += ["", rounding_note(r)]
+    if note := rounding_note(r):
+        lines += ["", note]
     plan = r.get("plan")
     if plan:
         actual = r.get("seconds", {})
