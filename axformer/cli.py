@@ -637,7 +637,7 @@ def optimize_cmd(
             "--recover-augment",
             help="--recover distill: perturbed copies of every training text added as unlabelled inputs (words "
             "replaced from the training texts' own vocabulary, deleted or swapped; never a dev or held-out text; "
-            "default 0).",
+            "default 0, 4 in the recipe --strategy auto picks for a training set under 20,000 examples).",
         ),
     ] = None,
     recover_augment_min_words: Annotated[

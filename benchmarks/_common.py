@@ -136,9 +136,11 @@ def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
         },
         "removed": len(stages[0]["structure"]) - len(present),
         "recovery": {
-            "mode": "recipe: distil, prune, distil"
+            "mode": "recipe: "
+            + ", ".join(RECIPE_STEPS[s["stage"]] for s in stages[1:] if s["stage"] in RECIPE_STEPS)
             + (f" (shipped {shipped['stage']})" if back and shipped is not stages[0] else ""),
-            "budget": {"examples": plan.get("train_examples"), "epochs": plan.get("epochs") or 0.0},
+            # the plan counts the distillations' inputs, extra ones included; a run without --time-budget has none
+            "budget": {"examples": plan.get("train_examples"), "epochs": plan.get("epochs")} if plan else None,
             "original_budget": None,
             "reverted": bool(back) and shipped is stages[0],
             "retried": False,
@@ -147,6 +149,10 @@ def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
         "fallback": bool(export.get("fallback")),
         **speedups(original, artifact, int8),
     }
+
+
+# the recipe's stage directories (axformer.distill.recipe) as steps in a table cell
+RECIPE_STEPS = {"1-distilled": "distil", "2-pruned": "prune", "3-distilled-again": "distil"}
 
 
 def speedups(original, artifact, int8) -> dict:

@@ -285,11 +285,11 @@ def test_an_embedding_model_is_compressed_by_the_search_not_the_recipe(tmp_path,
     by name is refused in one line before anything is written."""
     from transformers import BertConfig
 
-    from axformer.pipeline.config import AUTO_RECIPE_EXAMPLES, PipelineConfig
+    from axformer.pipeline.config import AUTO_FEWER_LAYERS_EXAMPLES, PipelineConfig
     from tests.test_cli import assert_clean_failure, run_cli
 
     cfg = PipelineConfig.build(preset="fastest-within-1", overrides={"model": "x"})
-    cfg.search.resolve_strategy(10 * AUTO_RECIPE_EXAMPLES, BertConfig(), embedding=True)
+    cfg.search.resolve_strategy(10 * AUTO_FEWER_LAYERS_EXAMPLES, BertConfig(), embedding=True)
     assert cfg.search.strategy == "search" and cfg.search.student_layers is None
     model = make_tiny_sentence_model(tmp_path / "st")
     texts = tmp_path / "texts.txt"

@@ -246,43 +246,54 @@ def test_presets_resolve_and_pretrained_checkpoints_are_fine_tuned_first(tmp_pat
     assert needs_finetuning(str(tiny_bert), None) is False  # a sequence-classification checkpoint is used as it is
 
 
-def test_auto_strategy_takes_the_recipe_only_for_large_training_sets(tuned_tiny, tmp_path):
-    """fastest-within-1's ``strategy: auto``: the search below AUTO_RECIPE_EXAMPLES training examples, FastFormers'
-    recipe from there, sized from the model (five sixths of the layers, every head, half the FFN) unless
-    the user sized it; the written config records what ran, so a re-run of the same command resumes."""
+def test_auto_strategy_sizes_the_recipe_by_the_training_set(tuned_tiny, tmp_path):
+    """fastest-within-1's ``strategy: auto``: FastFormers' recipe, sized from the model by the training set (from
+    AUTO_FEWER_LAYERS_EXAMPLES: five sixths of the layers, every head, half the FFN; below: every layer, two thirds
+    of the heads, half the FFN, four perturbed copies per text) unless the user sized it; the search for a model
+    that records no held-out split. The written config records what ran, so a re-run of the same command
+    resumes."""
     from transformers import BertConfig, DistilBertConfig, PretrainedConfig
 
-    from axformer.pipeline.config import AUTO_RECIPE_EXAMPLES
+    from axformer.pipeline.config import AUTO_FEWER_LAYERS_EXAMPLES
     from axformer.pipeline.run import run_pipeline
 
-    def resolved(examples, model_config, **search):
+    def resolved(examples, model_config, recorded_split=True, **search):
         cfg = PipelineConfig.build(preset="fastest-within-1", overrides={"model": "x", "search": search})
         assert cfg.search.strategy == "auto"
-        cfg.search.resolve_strategy(examples, model_config)
+        cfg.search.resolve_strategy(examples, model_config, recorded_split=recorded_split)
         return cfg.search
 
     bert = BertConfig(num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
-    small = resolved(AUTO_RECIPE_EXAMPLES - 1, bert)
-    assert small.strategy == "search" and small.student_layers is None and small.time_budget is None
-    large = resolved(AUTO_RECIPE_EXAMPLES, bert)
+    small = resolved(AUTO_FEWER_LAYERS_EXAMPLES - 1, bert)
+    assert (small.strategy, small.student_layers, small.heads, small.ffn) == ("fastformers", None, 8, 768)
+    assert small.recovery.augment == 4 and small.recovery.epochs == 3.0 and small.time_budget == 55.0
+    small.validate()
+    assert small.recipe().distill.augment == 4
+    unaugmented = resolved(AUTO_FEWER_LAYERS_EXAMPLES - 1, bert, recovery={"augment": 0})  # --recover-augment 0
+    assert unaugmented.recovery.augment == 0 and unaugmented.recipe().distill.augment == 0
+    large = resolved(AUTO_FEWER_LAYERS_EXAMPLES, bert)
     assert (large.strategy, large.student_layers, large.heads, large.ffn) == ("fastformers", "5", 12, 768)
-    assert large.recovery.epochs == 3.0 and large.time_budget == 55.0
+    assert large.recovery.epochs == 3.0 and large.time_budget == 55.0 and large.recovery.augment == 0
     large.validate()
     distil = DistilBertConfig(n_layers=6, n_heads=12, hidden_dim=3072)
     assert (resolved(10**6, distil).student_layers, resolved(10**6, distil).ffn) == ("5", 1536)
+    assert (resolved(100, distil).heads, resolved(100, distil).ffn) == (8, 1536)
     base = BertConfig(num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
     assert (resolved(10**6, base).student_layers, resolved(10**6, base).heads) == ("10", 12)
     sized = resolved(10**6, bert, heads=6, time_budget=20.0)  # what the user set stays
     assert (sized.student_layers, sized.heads, sized.ffn, sized.time_budget) == (None, 6, None, 20.0)
+    unrecorded = resolved(10**6, bert, recorded_split=False)
+    assert (unrecorded.strategy, unrecorded.student_layers, unrecorded.recovery.augment) == ("search", None, None)
     with pytest.raises(AxformerError, match="names no layer, head or FFN count"):
         resolved(10**6, PretrainedConfig())
-    # in a run: a small task resolves to the search, and config.yaml says so
+    # in a run: a small task axformer fine-tuned resolves to the recipe for its size, and config.yaml says so
     model, data, _ = tuned_tiny
     cfg = PipelineConfig.build(
         preset="fastest-within-1", overrides={"model": str(model), "output": str(tmp_path / "out")}
     )
     run_pipeline(cfg, until_stage="finetune", progress=lambda _: None)
-    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["search"]["strategy"] == "search"
+    written = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["search"]
+    assert (written["strategy"], written["heads"], written["recovery"]["augment"]) == ("fastformers", 3, 4)  # 4 heads
 
 
 def test_quantization_aware_rounds_the_last_distillation_as_the_int8_export_will():

@@ -165,7 +165,7 @@ def run_pipeline(
             f"model {cfg.model} is not fine-tuned for a task; pass --task (and --data-dir) to fine-tune it first"
         )
     if cfg.search.strategy == "auto":  # before the config is compared and written: it records the resolved one
-        _resolve_strategy(cfg, data)
+        _resolve_strategy(cfg, data, finetune_needed)
     if cfg.search.recovery.hard_weight:  # a gold-label loss the recovery could not apply is refused now
         from axformer.models.record import task_for
 
@@ -230,17 +230,22 @@ def run_pipeline(
     return result
 
 
-def _resolve_strategy(cfg: PipelineConfig, data) -> None:
+def _resolve_strategy(cfg: PipelineConfig, data, finetune_needed: bool) -> None:
     from transformers import AutoConfig
 
-    from axformer.models.record import task_for
+    from axformer.models.record import ModelRecord, task_for
 
     data = data or task_for(cfg.model, None, cfg.data_dir)
     try:
         model_config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError) as exc:
         raise AxformerError(f"--strategy auto: cannot read the configuration of {cfg.model} ({exc})") from None
-    cfg.search.resolve_strategy(len(data.train), model_config, embedding=data.spec.is_embedding)
+    # a model axformer fine-tunes in this run records its split; one it did not, and that records none, cannot
+    # keep the recipe's decisions off the data it was fitted to
+    recorded = finetune_needed or (is_local(cfg.model) and ModelRecord.load(cfg.model).split is not None)
+    cfg.search.resolve_strategy(
+        len(data.train), model_config, embedding=data.spec.is_embedding, recorded_split=recorded
+    )
     cfg.search.validate()
 
 

@@ -111,8 +111,9 @@ class Recovery:
     max_train_examples: int | None = None
     # distill: later windows of long training texts, per text, as extra unlabelled inputs (axformer.distill.augment)
     windows: int = 2
-    # distill: perturbed copies of every training text as extra unlabelled inputs (axformer.distill.augment)
-    augment: int = 0
+    # distill: perturbed copies of every training text as extra unlabelled inputs (axformer.distill.augment);
+    # None: none, except in the recipe --strategy auto chooses for a small task (four; pipeline.config)
+    augment: int | None = None
     # distill: only training texts of at least this many words get perturbed copies (0: every text)
     augment_min_words: int = 0
     # distill: where a perturbed copy's replacement words come from (axformer.distill.augment.AUGMENT_WORDS)
@@ -164,7 +165,7 @@ class Recovery:
             raise AxformerError(f"--train-precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise AxformerError(f"--recover-max-minutes {self.max_minutes:g}; expected minutes above 0")
-        if self.augment < 0:
+        if self.augment is not None and self.augment < 0:
             raise AxformerError(f"--recover-augment {self.augment}; expected a number of copies per text (0: none)")
         if self.augment_min_words < 0:
             raise AxformerError(

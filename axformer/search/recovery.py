@@ -125,7 +125,7 @@ def recover(model, ctx, work: Path, config, state: dict, calibration: list[tuple
     # a QA example already is every window of its context
     windows = config.recovery.windows if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
     n_windows = len(later_windows(ctx.tokenizer, train.texts, ctx.record.max_seq_length, windows))
-    augment = config.recovery.augment if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
+    augment = (config.recovery.augment or 0) if config.recovery.mode == "distill" and not ctx.data.spec.is_qa else 0
     # made once here (counted to plan the epochs) and handed to the trainer
     wanted = DistillConfig(
         augment=augment,
