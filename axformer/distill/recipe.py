@@ -92,12 +92,17 @@ class RecipeConfig:
         self.distill.validate()
 
 
+def has_recorded_split(model: str) -> bool:
+    """Whether ``model`` records the held-out split of its fine-tuning (axformer fine-tuned it): the recipe keeps its
+    decisions off the data the model was fitted to only through that record."""
+    return is_local(model) and ModelRecord.load(model).split is not None
+
+
 def require_recorded_split(model: str, data: TaskData | None) -> None:
     """The recipe distils under the held-out split its teacher was fine-tuned with; a model that records none (a
     sentence-transformers model compressed as it is, a checkpoint axformer did not train) is refused here, before
     anything is written, instead of failing inside the first distillation."""
-    record = ModelRecord.load(model) if is_local(model) else ModelRecord()
-    if record.split is None:
+    if not has_recorded_split(model):
         what = "an embedding model" if data is not None and data.spec.is_embedding else "a model"
         raise AxformerError(
             f"--strategy fastformers: {model} records no held-out split (it is {what} axformer did not fine-tune); "

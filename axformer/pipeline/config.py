@@ -157,8 +157,9 @@ STRATEGIES = ("search", "fastformers", "auto")
 # ONNX Runtime int8 of the original, session 30); on MRPC (3.1k pairs) every student with fewer layers lost it
 # (4 layers: -2.02 on the confirmation pairs, session 26; the recipe's 3-layer student -3.53 dev F1, run 9)
 # while six layers with 8 of 12 heads and half the FFN, distilled on four perturbed copies per pair for three
-# epochs, kept it (-0.71 at 1.50-1.53x, session 30), where the search with recovery removed nothing within the
-# point on 3.7k pairs (~1.0x, session 27). Nothing between 8.5k (CoLA) and 57k was measured.
+# epochs, kept it (-0.71 at 1.42-1.61x in five benchmark runs, sessions 30-31), where the search with recovery
+# removed nothing within the point on 3.7k pairs (~1.0x, session 27). Nothing between 8.5k (CoLA) and 57k was
+# measured. Session 31 ran all five GLUE tasks with these defaults (docs/promises.md).
 AUTO_FEWER_LAYERS_EXAMPLES = 20_000
 
 

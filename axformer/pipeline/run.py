@@ -233,16 +233,16 @@ def run_pipeline(
 def _resolve_strategy(cfg: PipelineConfig, data, finetune_needed: bool) -> None:
     from transformers import AutoConfig
 
-    from axformer.models.record import ModelRecord, task_for
+    from axformer.distill.recipe import has_recorded_split
+    from axformer.models.record import task_for
 
     data = data or task_for(cfg.model, None, cfg.data_dir)
     try:
         model_config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError) as exc:
         raise AxformerError(f"--strategy auto: cannot read the configuration of {cfg.model} ({exc})") from None
-    # a model axformer fine-tunes in this run records its split; one it did not, and that records none, cannot
-    # keep the recipe's decisions off the data it was fitted to
-    recorded = finetune_needed or (is_local(cfg.model) and ModelRecord.load(cfg.model).split is not None)
+    # a model axformer fine-tunes in this run will record its split
+    recorded = finetune_needed or has_recorded_split(cfg.model)
     cfg.search.resolve_strategy(
         len(data.train), model_config, embedding=data.spec.is_embedding, recorded_split=recorded
     )
