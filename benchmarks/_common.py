@@ -157,7 +157,8 @@ RECIPE_STEPS = {"1-distilled": "distil", "2-pruned": "prune", "3-distilled-again
 
 def speedups(original, artifact, int8) -> dict:
     """Batch-1 p50 ratios of benchmark rows: against the original in PyTorch and ONNX Runtime int8 of it, and the
-    latter with one thread per row where the benchmark measured it (session 30 on)."""
+    latter with one thread per row where the benchmark measured it (session 30 on) and with each at its faster
+    thread count (session 32 on)."""
     out = {
         "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
         "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
@@ -166,6 +167,11 @@ def speedups(original, artifact, int8) -> dict:
         out["speedup_vs_ort_int8_one_thread"] = (
             int8.timing_one_thread.latency_p50_ms / artifact.timing_one_thread.latency_p50_ms
         )
+    if int8.faster_threads and artifact.faster_threads:  # session 32 on
+        out["speedup_vs_ort_int8_faster_threads"] = (
+            int8.faster_threads.latency_p50_ms / artifact.faster_threads.latency_p50_ms
+        )
+        out["faster_threads"] = {"ort_int8": int8.faster_threads.threads, "artifact": artifact.faster_threads.threads}
     return out
 
 

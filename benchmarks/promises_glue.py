@@ -53,7 +53,9 @@ def _table(rows: list[dict]) -> str:
         "artifact of `axformer optimize --preset P` against the original in PyTorch. Speed-ups: batch-1 p50 "
         "latency on dev texts, all rows of a task in one benchmark run, with each runtime's default threads (from "
         "session 30 on also with one thread per row, in parentheses: the steadier ratio on this shared 2-vCPU "
-        "machine). Each row names its CPU (rows before the "
+        "machine; from session 32 on also with each model at its faster thread count, one or the default, chosen "
+        "on half of those requests and timed on the other half, as a deployer who sets threads per model runs "
+        "them). Each row names its CPU (rows before the "
         "cpu column ran on the Intel Xeon), from session 20 on with the instruction sets its int8 and bf16 "
         "kernels use (the plain AMD EPYC rows of sessions 14-19 ran on one with AVX2 and without VNNI): int8 "
         "kernels round, and gain over fp32, differently on different CPUs.",
@@ -65,8 +67,11 @@ def _table(rows: list[dict]) -> str:
     ]
 
     def one_thread(r):
-        v = r.get("speedup_vs_ort_int8_one_thread")
-        return "" if v is None else f" (1 thread: {v:.2f}x)"
+        one, faster = r.get("speedup_vs_ort_int8_one_thread"), r.get("speedup_vs_ort_int8_faster_threads")
+        parts = ([] if one is None else [f"1 thread: {one:.2f}x"]) + (
+            [] if faster is None else [f"each at its faster: {faster:.2f}x"]
+        )
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def pair(v):
         return "-" if v is None else f"{v[0]:.2f} -> {v[1]:.2f} ({v[1] - v[0]:+.2f})"

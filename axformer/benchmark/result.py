@@ -55,6 +55,20 @@ class LeanRequest:
 
 
 @dataclass
+class ThreadChoice:
+    """Batch 1 at the faster of two thread counts, one intra-op thread or the runtime's default, as a deployer sets
+    it for each model. On a 2-vCPU machine the second thread makes a small model slower at batch 1 and the
+    original's int8 a little faster (docs/promises.md, session 31), so equal threads for every row favour the
+    larger model either way. The choice is made on the even-numbered timed requests and the figures are the
+    odd-numbered ones': picking the faster of two noisy figures then flatters neither row."""
+
+    threads: str  # "1", or "default" (the runtime's own count; the benchmark's --threads when given)
+    choosing_p50_ms: dict[str, float]  # p50 on the choosing half, per thread count
+    latency_p50_ms: float  # on the other half, at the chosen count
+    latency_p95_ms: float
+
+
+@dataclass
 class Row:
     name: str
     path: str
@@ -73,6 +87,7 @@ class Row:
     usd_per_100m: float | None = None
     cost_basis: str | None = None
     lean: LeanRequest | None = None  # ONNX rows of classification, regression and embedding tasks
+    faster_threads: ThreadChoice | None = None  # ONNX rows, timed beside the one-thread pass
 
 
 @dataclass

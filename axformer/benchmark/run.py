@@ -38,6 +38,7 @@ from axformer.benchmark.result import (
     MultiInstance,
     Row,
     Scores,
+    ThreadChoice,
     TimingSummary,
 )
 from axformer.data.batching import Encoded, encode
@@ -47,7 +48,7 @@ from axformer.inference import Outputs
 from axformer.models.loading import load_tokenizer, read_config_json
 from axformer.models.record import ModelRecord, task_for
 from axformer.runtime.backends import is_onnx_artifact, load_runnable, max_input_length, onnx_file, position_limit
-from axformer.runtime.timing import pad_to, prepare, synthetic, time_candidates
+from axformer.runtime.timing import Timing, pad_to, prepare, synthetic, time_candidates
 from axformer.tasks.data import TaskData
 from axformer.utils.device import KERNEL_FLAGS, cpu_flags, cpu_model, torch_threads
 from axformer.utils.io import write_json
@@ -281,13 +282,25 @@ def benchmark(
             for name, t in time_candidates(loaded, s1, sb, max(2, config.rounds // 2), config.warmup).items():
                 rows[name].fixed[str(length)] = TimingSummary(**t.summary())
     if config.one_thread_requests and config.threads != 1:
-        progress(f"timing {config.one_thread_requests} requests at batch 1 with one thread per row")
+        progress(
+            f"timing {config.one_thread_requests} requests at batch 1 with one thread per row (ONNX rows also with "
+            "their default threads, for each one's faster count)"
+        )
         timed_alone = [c for c in candidates if not c.padded]
         one = {c.name: load_runnable(c.path, device="cpu", threads=1) for c in timed_alone}
-        few = {c.name: single[c.name][: config.one_thread_requests] for c in timed_alone}
+        # the ONNX rows' default-thread sessions again, in the same rounds on the same requests as their one-thread
+        # ones (PyTorch's threads are per process, so its rows cannot take both in one interleaving)
+        default = {c.name: loaded[c.name] for c in timed_alone if is_onnx_artifact(c.path)}
+        variants = {**{(n, "1"): m for n, m in one.items()}, **{(n, "default"): m for n, m in default.items()}}
+        few = {key: single[key[0]][: config.one_thread_requests] for key in variants}
         with torch_threads(1):
-            for name, t in time_candidates(one, few, {n: [] for n in one}, config.rounds, config.warmup).items():
-                rows[name].timing_one_thread = TimingSummary(**{**t.summary(), "throughput_per_s": None})
+            timings = time_candidates(variants, few, {k: [] for k in variants}, config.rounds, config.warmup)
+        for name in one:
+            t = timings[(name, "1")]
+            rows[name].timing_one_thread = TimingSummary(**{**t.summary(), "throughput_per_s": None})
+            if name in default:
+                count = len(few[(name, "1")])
+                rows[name].faster_threads = faster_threads({k: timings[(name, k)] for k in ("1", "default")}, count)
         del one
     instances = config.worker_count
     if instances and instances > 1:
@@ -353,6 +366,20 @@ def row_names(models: list[str], taken: set[str]) -> list[str]:
     ``4-export`` directories compared side by side must not share a row)."""
     names = [Path(m).name for m in models]
     return [n if names.count(n) == 1 and n not in taken else m for n, m in zip(names, models, strict=True)]
+
+
+def faster_threads(by_threads: dict[str, Timing], requests: int) -> ThreadChoice:
+    """The thread count with the lower batch-1 p50 on the even-numbered requests, and its p50 and p95 on the
+    odd-numbered ones (``Timing.latency_ms`` holds each round's ``requests`` in order)."""
+
+    def half(t: Timing, parity: int) -> np.ndarray:
+        lat = np.asarray(t.latency_ms)
+        return lat[(np.arange(lat.size) % requests) % 2 == parity]
+
+    choosing = {k: float(np.percentile(half(t, 0), 50)) for k, t in by_threads.items()}
+    threads = min(choosing, key=choosing.get)
+    measured = half(by_threads[threads], 1) if requests > 1 else half(by_threads[threads], 0)
+    return ThreadChoice(threads, choosing, float(np.percentile(measured, 50)), float(np.percentile(measured, 95)))
 
 
 def _lean_requests(candidates, rows, dev_split, embedding: bool, config: BenchmarkConfig, progress) -> None:
