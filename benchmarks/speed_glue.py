@@ -1,22 +1,25 @@
-"""Four times faster than ONNX Runtime int8 of the unpruned model? The FastFormers recipe with a real data budget.
+"""Four times faster than ONNX Runtime int8 of the unpruned model? The preset's whole job, row by row.
 
 Usage:  python benchmarks/speed_glue.py [--tasks sst2 mrpc stsb rte cola] [--data-dir ../shared/data/glue]
-                                        [--time-budget 55] [--extra "--student-layers 3 --heads 8 --ffn 768"]
+                                        [--out runs/speed] [--extra "--student-layers 3 --heads 8 --ffn 768"]
 
 For each task it takes the fine-tuned baseline (runs/baselines/T, from benchmarks/finetune_baselines.py) and runs,
 timed, the whole job
 
-    axformer optimize runs/baselines/T --preset fastest-within-1 --strategy fastformers <extra>
-                      --recover-epochs 3 --time-budget MIN
+    axformer optimize runs/baselines/T --preset fastest-within-1 <extra> -o OUT/T-fastest-within-1[-extra]
 
-(distil into fewer of the teacher's layers over the *whole* training part, prune heads and FFN neurons by
-gradient importance, distil again, export at the fastest precision within the tolerance, benchmark against the
-baselines in one run). ``--time-budget`` plans the distillations' epochs to fit (up to the 3 asked). Per task the
-table shows every row of the job's own benchmark (PyTorch padded and dynamic, ONNX Runtime fp32 and int8 of the
-unpruned model, the distilled PyTorch model, the deployed artifact): the dev main metric, batch-1 p50/p95 on dev
-texts, batch-32 throughput, cost per 100M requests; then the artifact's speed-up over ONNX Runtime int8 and the
-job's wall time by stage. Rows accumulate in benchmarks/results/speed_glue.json (keyed by task and command), so
-tasks can be run one at a time; the table is benchmarks/results/speed_glue.md.
+with the preset's defaults unless ``--extra`` says otherwise: from session 31 its ``--strategy auto`` runs the
+FastFormers recipe sized by the training set (distil into fewer of the teacher's layers over the *whole*
+training part, or keep them, prune heads and FFN neurons by gradient importance, distil again, int8), planned
+within 55 minutes; then export and a benchmark against the baselines in one run. The output directory is named as
+``benchmarks/promises_glue.py`` names it, so ``--out`` pointed at that script's runs reads the same jobs (it
+resumes a finished job instead of running it again). Per task the table shows every row of the job's own
+benchmark (PyTorch padded and dynamic, ONNX Runtime fp32 and int8 of the unpruned model, the searched or
+distilled PyTorch model, the deployed artifact): the dev main metric, batch-1 p50/p95 on dev texts, batch-32
+throughput, cost per 100M requests; then the artifact's speed-up over ONNX Runtime int8 (default threads, one
+thread per row, each at its faster thread count) and the job's wall time by stage. Rows accumulate in
+benchmarks/results/speed_glue.json (keyed by task and command; rows of sessions before 32 ran the recipe with the
+options their command shows), so tasks can be run one at a time; the table is benchmarks/results/speed_glue.md.
 """
 
 from __future__ import annotations
@@ -29,13 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-from _common import environment_line, run_axformer, run_suffix
+from _common import environment_line, run_axformer, run_suffix, speedups
 
 from axformer.utils.device import cpu_description
 
 STORE = Path("benchmarks/results/speed_glue.json")
 TABLE = Path("benchmarks/results/speed_glue.md")
-DEFAULT_EXTRA = "--student-layers 3 --heads 8 --ffn 768"
 
 
 def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dict:
@@ -65,8 +67,7 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
             }
             for r in bench.rows
         ],
-        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
-        "speedup_vs_original": bench.rows[1].timing.latency_p50_ms / artifact.timing.latency_p50_ms,
+        **speedups(bench.rows[1], artifact, int8),
         "dev_change": artifact.dev.metrics[main] - bench.rows[1].dev.metrics[main],
         "precision": export["precision"],
         # the export's check against the original: on the confirmation examples (no decision of the recipe used
@@ -105,7 +106,7 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        "# Four times faster than ONNX Runtime int8 of the unpruned model: the FastFormers recipe on the full data",
+        "# Four times faster than ONNX Runtime int8 of the unpruned model? fastest-within-1's whole job, row by row",
         "",
         f"Produced by `python benchmarks/speed_glue.py` ({environment_line()}). MiniLM (all-MiniLM-L6-v2) fine-tuned "
         "by `benchmarks/finetune_baselines.py`. Every row of a task comes from the job's own benchmark stage: one "
@@ -129,6 +130,7 @@ def _table(rows: list[dict]) -> str:
                 f"| {_fmt(x['usd'])} | {_fmt(x['mib'], '.1f')} |"
             )
         stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in r["stage_seconds"].items())
+        stages += f"; the whole job {sum(r['stage_seconds'].values()) / 60:.1f}" if r["stage_seconds"] else ""
         recipe = "; ".join(
             f"{s['stage']}: held-out {_fmt(s['heldout'])}, dev {_fmt(s['dev'])}, "
             f"{_fmt(None if s['seconds'] is None else s['seconds'] / 60, '.1f')} min"
@@ -138,6 +140,15 @@ def _table(rows: list[dict]) -> str:
         epochs = "" if r["epochs"] is None else f" The budget gave each distillation {r['epochs']:.2f} epochs."
         # rows of an older version of this script lack these
         original = f" ({r['speedup_vs_original']:.2f}x the original in PyTorch)" if "speedup_vs_original" in r else ""
+        threads = [
+            f"{r[k]:.2f}x {what}"
+            for k, what in (
+                ("speedup_vs_ort_int8_one_thread", "with one thread per row"),
+                ("speedup_vs_ort_int8_faster_threads", "with each at its faster thread count"),
+            )
+            if k in r
+        ]
+        original += f"; {', '.join(threads)}" if threads else ""
         c = r.get("check")
         check = (
             ""
@@ -166,8 +177,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", nargs="*", default=["sst2", "mrpc", "stsb", "rte", "cola"])
     ap.add_argument("--data-dir", default=os.environ.get("AXFORMER_DATA_DIR", "../shared/data/glue"))
-    ap.add_argument("--time-budget", type=float, default=55.0)
-    ap.add_argument("--extra", default=DEFAULT_EXTRA, help="more options of axformer optimize (the student)")
+    ap.add_argument("--extra", default="", help="more options of axformer optimize (a student, --time-budget)")
     ap.add_argument("--out", default="runs/speed")
     args = ap.parse_args()
     store = json.loads(STORE.read_text()) if STORE.exists() else []
@@ -175,12 +185,10 @@ def main() -> None:
         base = Path("runs/baselines") / task
         if not (base / "config.json").exists():
             sys.exit(f"no fine-tuned baseline at {base}; run benchmarks/finetune_baselines.py --tasks {task} first")
-        out = Path(args.out) / f"{task}-{run_suffix(args.extra)}-budget-{args.time_budget:g}"
-        cmd = [
-            "axformer", "optimize", str(base), "--preset", "fastest-within-1", "--strategy", "fastformers",
-            *shlex.split(args.extra), "--recover-epochs", "3", "--time-budget", f"{args.time_budget:g}",
-            "--data-dir", args.data_dir, "-o", str(out),
-        ]  # fmt: skip
+        suffix = run_suffix(args.extra)
+        out = Path(args.out) / (f"{task}-fastest-within-1" + (f"-{suffix}" if suffix else ""))
+        cmd = ["axformer", "optimize", str(base), "--preset", "fastest-within-1", "--data-dir", args.data_dir]
+        cmd += ["-o", str(out), *shlex.split(args.extra)]
         t0 = time.perf_counter()
         code = run_axformer(cmd)
         row = _row(task, out, cmd, time.perf_counter() - t0, code)
