@@ -14,10 +14,11 @@ training part, or keep them, prune heads and FFN neurons by gradient importance,
 within 55 minutes; then export and a benchmark against the baselines in one run. The output directory is named as
 ``benchmarks/promises_glue.py`` names it, so ``--out`` pointed at that script's runs reads the same jobs (it
 resumes a finished job instead of running it again). Per task the table shows every row of the job's own
-benchmark (PyTorch padded and dynamic, ONNX Runtime fp32 and int8 of the unpruned model, the searched or
-distilled PyTorch model, the deployed artifact): the dev main metric, batch-1 p50/p95 on dev texts, batch-32
-throughput, cost per 100M requests; then the artifact's speed-up over ONNX Runtime int8 (default threads, one
-thread per row, each at its faster thread count) and the job's wall time by stage. Rows accumulate in
+benchmark (PyTorch padded and dynamic, ONNX Runtime fp32 and int8 of the unpruned model, the recipe's student
+before pruning where it has one, the searched or distilled PyTorch model, the deployed artifact): the dev main
+metric, batch-1 p50/p95 on dev texts, batch-32 throughput, cost per 100M requests; then the artifact's speed-up
+over ONNX Runtime int8 (default threads, one thread per row, each at its faster thread count) and the job's wall
+time by stage. Rows accumulate in
 benchmarks/results/speed_glue.json (keyed by task and command; rows of sessions before 32 ran the recipe with the
 options their command shows), so tasks can be run one at a time; the table is benchmarks/results/speed_glue.md.
 """
@@ -57,7 +58,7 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
         "metric": main,
         "rows": [
             {
-                "name": "artifact" if r is artifact else ("distilled (PyTorch)" if not r.baseline else r.name),
+                "name": "artifact" if r is artifact else r.name,
                 "dev": r.dev.metrics.get(main),
                 "p50": r.timing.latency_p50_ms,
                 "p95": r.timing.latency_p95_ms,
@@ -68,6 +69,19 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
             for r in bench.rows
         ],
         **speedups(bench.rows[1], artifact, int8),
+        # FastFormers' cumulative view of the job's own benchmark (its chain; session 32 on, every step also against
+        # ONNX Runtime int8 of the unpruned model)
+        "cumulative": [
+            {
+                "step": c.step,
+                "dev": c.metric,
+                "p50": c.latency_ms,
+                "total": c.total_latency_speedup,
+                "vs_ort_int8": c.latency_vs_ort_int8,
+                "batch32_total": c.total_throughput_gain,
+            }
+            for c in bench.cumulative
+        ],
         "dev_change": artifact.dev.metrics[main] - bench.rows[1].dev.metrics[main],
         "precision": export["precision"],
         # the export's check against the original: on the confirmation examples (no decision of the recipe used
@@ -102,6 +116,10 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _times(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def _table(rows: list[dict]) -> str:
@@ -162,6 +180,21 @@ def _table(rows: list[dict]) -> str:
                 f" The recipe's model lost {b['drop']:.2f} points on the {b['checked_on']} examples: it failed its "
                 f"certificate and the artifact is the original's.{check}"
             )
+        steps = r.get("cumulative") or []
+        if any(c["vs_ort_int8"] for c in steps):  # rows of session 32 on
+            lines += [
+                "",
+                "Cumulative view (FastFormers' order; the multi-instance step is batch 32 only):",
+                "",
+                "| step | dev | batch-1 p50 ms | batch-1 vs padded PyTorch | batch-1 vs ORT int8 of the original "
+                "| batch-32 vs padded PyTorch |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {c['step']} | {_fmt(c['dev'])} | {_fmt(c['p50'])} | {_times(c['total'])} | "
+                f"{_times(c['vs_ort_int8'])} | {_times(c['batch32_total'])} |"
+                for c in steps
+            ]
         lines += [
             "",
             f"Artifact ({r['precision']}{', fallback' if r['fallback'] else ''}): dev {r['dev_change']:+.2f} points "

@@ -595,7 +595,14 @@ def test_pipeline_time_budget_plans_from_the_models_own_task(tuned_tiny, tmp_pat
     assert code == 0, err
     plan = json.loads((out / "3-search" / "recipe.json").read_text())["plan"]
     assert 0 < plan["budget_seconds"] <= 60 * budget and 0 < plan["epochs"] <= 200
-    assert (out / "5-benchmark" / "benchmark.json").exists()
+    bench = json.loads((out / "5-benchmark" / "benchmark.json").read_text())
+    # FastFormers' cumulative view: dynamic length, the student, its pruning and second distillation, int8 in ONNX
+    # Runtime; each step against ONNX Runtime int8 of the unpruned model too
+    from axformer.benchmark.run import DYNAMIC, PADDED
+
+    assert [s["step"] for s in bench["cumulative"]] == [PADDED, DYNAMIC, "1-distilled", "3-search", "4-export"]
+    assert all(s["latency_vs_ort_int8"] > 0 for s in bench["cumulative"])
+    assert "vs ORT int8 of the original" in (out / "report.md").read_text()
     # the recipe's artifact is certified like the search's: on the held-out examples no decision of it used
     assert json.loads((out / "4-export" / "export.json").read_text())["validation"]["checked_on"] == "confirmation"
     assert wall <= 60 * budget * 1.5, wall

@@ -219,7 +219,7 @@ def run_pipeline(
     try:
         exported = stage("export", lambda p: _export(searched, model, data, cfg, analysis, p))
         if exported is not None:
-            stage("benchmark", lambda p: _benchmark([str(searched), str(exported)], model, data, cfg, p))
+            stage("benchmark", lambda p: _benchmark(searched, exported, model, data, cfg, p))
     except AxformerError as exc:  # what was made is still reported, with why the run stopped
         if last == len(STAGES) - 1:
             write_report(out, cfg, runner.times, model, finetune_needed, stopped=str(exc))
@@ -393,14 +393,22 @@ def _recipe_fallback(model: Path, original: str, report: dict, data, cfg: Pipeli
     write_json(path / "export.json", report)
 
 
-def _benchmark(models: list[str], baseline: str, data, cfg: PipelineConfig, path: Path) -> None:
-    from axformer.benchmark.run import BASELINE_CHAIN, benchmark
+def _benchmark(searched: Path, exported: Path, baseline: str, data, cfg: PipelineConfig, path: Path) -> None:
+    """The searched model and the artifact against the baselines. After FastFormers' recipe with a student, the
+    student as distilled (before pruning) is a row too, and the cumulative view runs as FastFormers' does:
+    dynamic length, distillation, pruning with its second distillation, int8 in ONNX Runtime (the artifact),
+    multi-instance; every step also against ONNX Runtime int8 of the unpruned model."""
+    from axformer.benchmark.run import BASELINE_CHAIN, DYNAMIC, PADDED, benchmark
 
+    recipe = (searched / "recipe.json").exists()
+    # the recipe's stages live under the searched model (axformer.distill.recipe), wherever the run directory is now
+    student = searched / "stages" / "1-distilled"
+    models = [*([str(student)] if recipe and (student / "config.json").is_file() else []), str(searched), str(exported)]
     config = cfg.stage_config("benchmark")
     if config.baseline_model is None:
         config.baseline_model = baseline
     if config.chain is None:
-        config.chain = [*BASELINE_CHAIN, models[-1]]
+        config.chain = [PADDED, DYNAMIC, *models] if recipe else [*BASELINE_CHAIN, models[-1]]
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     benchmark(models, tmp, data, cfg.data_dir, config, progress=lambda m: None)
