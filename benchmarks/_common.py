@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from axformer.benchmark.result import batch1_speedups
+
 
 def run_axformer(cmd: list[str]) -> str:
     """Run ``axformer ...`` (the command line the tables print) with this interpreter; returns the code it ran
@@ -102,7 +104,7 @@ def preset_outcome(out: Path) -> dict:
         },
         "precision": export["precision"],
         "fallback": bool(export.get("fallback")),
-        **speedups(original, artifact, int8),
+        **batch1_speedups(original, artifact, int8),
     }
 
 
@@ -147,32 +149,12 @@ def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
         },
         "precision": export["precision"],
         "fallback": bool(export.get("fallback")),
-        **speedups(original, artifact, int8),
+        **batch1_speedups(original, artifact, int8),
     }
 
 
 # the recipe's stage directories (axformer.distill.recipe) as steps in a table cell
 RECIPE_STEPS = {"1-distilled": "distil", "2-pruned": "prune", "3-distilled-again": "distil"}
-
-
-def speedups(original, artifact, int8) -> dict:
-    """Batch-1 p50 ratios of benchmark rows: against the original in PyTorch and ONNX Runtime int8 of it, and the
-    latter with one thread per row where the benchmark measured it (session 30 on) and with each at its faster
-    thread count (session 32 on)."""
-    out = {
-        "speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
-        "speedup_vs_ort_int8": int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms,
-    }
-    if int8.timing_one_thread and artifact.timing_one_thread:
-        out["speedup_vs_ort_int8_one_thread"] = (
-            int8.timing_one_thread.latency_p50_ms / artifact.timing_one_thread.latency_p50_ms
-        )
-    if int8.faster_threads and artifact.faster_threads:  # session 32 on
-        out["speedup_vs_ort_int8_faster_threads"] = (
-            int8.faster_threads.latency_p50_ms / artifact.faster_threads.latency_p50_ms
-        )
-        out["faster_threads"] = {"ort_int8": int8.faster_threads.threads, "artifact": artifact.faster_threads.threads}
-    return out
 
 
 # unlabelled inputs a distillation adds to the training examples, as the recovery's budget records them

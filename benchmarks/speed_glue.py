@@ -33,8 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import environment_line, run_axformer, run_suffix, speedups
+from _common import environment_line, run_axformer, run_suffix
 
+from axformer.benchmark.result import batch1_speedups
 from axformer.utils.device import cpu_description
 
 STORE = Path("benchmarks/results/speed_glue.json")
@@ -68,7 +69,7 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
             }
             for r in bench.rows
         ],
-        **speedups(bench.rows[1], artifact, int8),
+        **batch1_speedups(bench.rows[1], artifact, int8),
         # FastFormers' cumulative view of the job's own benchmark (its chain; session 32 on, every step also against
         # ONNX Runtime int8 of the unpruned model)
         "cumulative": [

@@ -63,6 +63,10 @@ def test_pipeline_runs_every_stage_then_skips_them(tuned_tiny, tmp_path):
     assert "Original vs optimized" in page and "data:image/png;base64," in page and "Reproduce" in page
     summary = json.loads((out / "summary.json").read_text())
     assert summary["latency_speedup"] > 0 and summary["artifact"].endswith("4-export")
+    # against ONNX Runtime int8 of the unpruned model too, with default threads, one thread, each at its faster count
+    for key in ("", "_one_thread", "_faster_threads"):
+        assert summary[f"speedup_vs_ort_int8{key}"] > 0
+    assert "Against ONNX Runtime int8 of the unpruned model" in (out / "report.md").read_text()
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert (
         resolved["search"]["goal"] == "speed" and resolved["search"]["axformer"]["slack"] == 1.1

@@ -137,3 +137,25 @@ class BenchmarkResult:
 
     def to_dict(self) -> dict:
         return to_mapping(self)
+
+
+def batch1_speedups(original: Row, artifact: Row, int8: Row | None) -> dict:
+    """Batch-1 p50 ratios of the artifact: against the original (PyTorch, dynamic length) and against ONNX Runtime
+    int8 of the unpruned model with each runtime's default threads, with one thread per row, and with each at its
+    faster thread count, where the run measured them. Three ratios because on a shared 2-vCPU machine the
+    two-thread figure moves with the machine's state (one artifact: 1.29x and 1.57x in two runs) and the
+    one-thread one does not (docs/promises.md, sessions 30-32)."""
+    out = {"speedup_vs_original": original.timing.latency_p50_ms / artifact.timing.latency_p50_ms}
+    if int8 is None:
+        return out
+    out["speedup_vs_ort_int8"] = int8.timing.latency_p50_ms / artifact.timing.latency_p50_ms
+    if int8.timing_one_thread and artifact.timing_one_thread:
+        out["speedup_vs_ort_int8_one_thread"] = (
+            int8.timing_one_thread.latency_p50_ms / artifact.timing_one_thread.latency_p50_ms
+        )
+    if int8.faster_threads and artifact.faster_threads:
+        out["speedup_vs_ort_int8_faster_threads"] = (
+            int8.faster_threads.latency_p50_ms / artifact.faster_threads.latency_p50_ms
+        )
+        out["faster_threads"] = {"ort_int8": int8.faster_threads.threads, "artifact": artifact.faster_threads.threads}
+    return out
