@@ -648,6 +648,9 @@ def test_recipe_that_fails_its_certificate_backtracks_stage_by_stage(
         assert tried == ["3-search"] and export["model"] == str(student)
         assert "shipped the earlier stage 1-distilled instead" in (out / "report.md").read_text()
     assert export["backtracked"]["drop"] == 5.0 and export["validation"]["drop"] <= 1.0
+    # the artifact is not the recipe's last step: the cumulative view is the baselines' chain and the artifact
+    steps = [s["step"] for s in json.loads((out / "5-benchmark" / "benchmark.json").read_text())["cumulative"]]
+    assert "1-distilled" not in steps and steps[-1] == "4-export"
     assert json.loads((out / "summary.json").read_text())["export_backtracked"]["checked_on"] == "confirmation"
 
 

@@ -400,7 +400,9 @@ def _benchmark(searched: Path, exported: Path, baseline: str, data, cfg: Pipelin
     multi-instance; every step also against ONNX Runtime int8 of the unpruned model."""
     from axformer.benchmark.run import BASELINE_CHAIN, DYNAMIC, PADDED, benchmark
 
-    recipe = (searched / "recipe.json").exists()
+    # the recipe's steps, unless its model failed the certificate and the artifact is an earlier stage's or the
+    # original's (the export says which)
+    recipe = (searched / "recipe.json").exists() and not read_json(exported / "export.json").get("backtracked")
     # the recipe's stages live under the searched model (axformer.distill.recipe), wherever the run directory is now
     student = searched / "stages" / "1-distilled"
     models = [*([str(student)] if recipe and (student / "config.json").is_file() else []), str(searched), str(exported)]
