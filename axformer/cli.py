@@ -1351,7 +1351,9 @@ def benchmark_cmd(
         int,
         typer.Option(
             help="Dev requests timed again at batch 1 with one thread per row (the steadier ratio on a shared "
-            "machine); 0 skips it, and so does --threads 1."
+            "machine), the ONNX rows also with their default threads in the same rounds, for each row's faster "
+            "thread count (chosen on half the requests, timed on the other half); 0 skips it, and so does "
+            "--threads 1."
         ),
     ] = 100,
     threads: Annotated[
