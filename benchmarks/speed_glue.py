@@ -35,7 +35,7 @@ from pathlib import Path
 
 from _common import environment_line, run_axformer, run_suffix
 
-from axformer.benchmark.result import batch1_speedups
+from axformer.benchmark.result import batch1_speedups, ratios_text
 from axformer.utils.device import cpu_description
 
 STORE = Path("benchmarks/results/speed_glue.json")
@@ -159,15 +159,8 @@ def _table(rows: list[dict]) -> str:
         epochs = "" if r["epochs"] is None else f" The budget gave each distillation {r['epochs']:.2f} epochs."
         # rows of an older version of this script lack these
         original = f" ({r['speedup_vs_original']:.2f}x the original in PyTorch)" if "speedup_vs_original" in r else ""
-        threads = [
-            f"{r[k]:.2f}x {what}"
-            for k, what in (
-                ("speedup_vs_ort_int8_one_thread", "with one thread per row"),
-                ("speedup_vs_ort_int8_faster_threads", "with each at its faster thread count"),
-            )
-            if k in r
-        ]
-        original += f"; {', '.join(threads)}" if threads else ""
+        threads = ratios_text(r, skip_default=True)
+        original += f"; {threads}" if threads else ""
         c = r.get("check")
         check = (
             ""

@@ -159,3 +159,20 @@ def batch1_speedups(original: Row, artifact: Row, int8: Row | None) -> dict:
         )
         out["faster_threads"] = {"ort_int8": int8.faster_threads.threads, "artifact": artifact.faster_threads.threads}
     return out
+
+
+# the ratios of ``batch1_speedups`` against ONNX Runtime int8 of the original, as reports name them
+ORT_INT8_RATIOS = (
+    ("speedup_vs_ort_int8", "with each runtime's default threads"),
+    ("speedup_vs_ort_int8_one_thread", "with one thread per row"),
+    ("speedup_vs_ort_int8_faster_threads", "with each at its faster thread count"),
+)
+
+
+def ratios_text(ratios: dict, skip_default: bool = False) -> str:
+    """The measured ratios against ONNX Runtime int8 of the original in words ("1.46x with each runtime's default
+    threads, 1.67x with one thread per row, ..."); ``skip_default`` leaves out the first, for a report that
+    states it already."""
+    return ", ".join(
+        f"{ratios[k]:.2f}x {what}" for k, what in ORT_INT8_RATIOS[skip_default:] if ratios.get(k) is not None
+    )

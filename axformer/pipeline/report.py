@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from axformer.benchmark.pricing import price_note
-from axformer.benchmark.result import ORT_INT8, BenchmarkResult, batch1_speedups
+from axformer.benchmark.result import ORT_INT8, BenchmarkResult, batch1_speedups, ratios_text
 from axformer.demo import model_display_name
 from axformer.pipeline.config import DIRS
 from axformer.search.report import certification_lines
@@ -306,18 +306,9 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
         int8 = next((r for r in rows if r.name == ORT_INT8), None)
         ratios = batch1_speedups(original, artifact, int8)
         if int8 is not None:
-            measured = [
-                f"{ratios[k]:.2f}x {what}"
-                for k, what in (
-                    ("speedup_vs_ort_int8", "with each runtime's default threads"),
-                    ("speedup_vs_ort_int8_one_thread", "with one thread per row"),
-                    ("speedup_vs_ort_int8_faster_threads", "with each at its faster thread count"),
-                )
-                if k in ratios
-            ]
             add_paragraph(
                 "Against ONNX Runtime int8 of the unpruned model (what a user would otherwise deploy), the artifact "
-                f"at batch 1: {', '.join(measured)}. On a machine shared with other work the multi-threaded "
+                f"at batch 1: {ratios_text(ratios)}. On a machine shared with other work the multi-threaded "
                 "ratio moves with what the other cores do; the one-thread ratio measures the work the model saves."
             )
         summary.update(
