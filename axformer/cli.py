@@ -449,6 +449,19 @@ def _layer_list(text: str | None, option: str) -> list[int] | None:
         ) from None
 
 
+def _rungs(specs: list[str] | None) -> list[dict] | None:
+    """``--try-student`` values as the config's ``try_students`` (``none``: try nothing)."""
+    if specs is None:
+        return None
+    if [x.strip().lower() for x in specs] == ["none"]:
+        return []
+    from dataclasses import asdict
+
+    from axformer.distill.ladder import parse_rung
+
+    return [asdict(parse_rung(x)) for x in specs]
+
+
 @app.command("optimize")
 @task_options(unset_defaults=True)
 def optimize_cmd(
@@ -766,6 +779,16 @@ def optimize_cmd(
     ] = None,
     heads: Annotated[int | None, typer.Option("--heads", help="fastformers: attention heads kept per layer.")] = None,
     ffn: Annotated[int | None, typer.Option("--ffn", help="fastformers: FFN neurons kept per layer.")] = None,
+    try_students: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--try-student",
+            help="fastformers: a smaller student to try first, LAYERS[:HEADS[:FFN]] (e.g. 3 or 3:8:768; give "
+            "several, smallest first). The first within --max-drop of the original on the deciding examples whose "
+            "artifact passes the certificate's check is the model; none holding, the recipe's own sizes are "
+            "trained. auto tries half the layers when it picks the sizes; 'none' tries nothing.",
+        ),
+    ] = None,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -852,6 +875,7 @@ def optimize_cmd(
         "student_layers": student_layers,
         "heads": heads,
         "ffn": ffn,
+        "try_students": _rungs(try_students),
         "budget": budget,
         "time_budget": time_budget,
         "tolerance": {

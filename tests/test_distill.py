@@ -354,6 +354,114 @@ def test_fastformers_recipe_runs_every_stage_and_resumes(tuned_tiny, tmp_path):
         fastformers_recipe(teacher, out, cfg, data)
 
 
+@pytest.mark.parametrize("holds", [True, False])
+def test_recipe_tries_a_smaller_student_first_and_keeps_it_only_when_it_holds(holds, tuned_tiny, tmp_path):
+    """A smaller student tried first (``trials``) is distilled, judged on the deciding examples (never the
+    confirmation ones) and by the caller's certificate; kept, it is the recipe's model and the recipe's own sizes
+    are never trained; refused, they are, as if nothing had been tried. A resumed recipe keeps the verdict."""
+    from axformer.distill import DistillConfig
+    from axformer.distill.ladder import StudentRung
+    from axformer.distill.recipe import RecipeConfig, fastformers_recipe
+    from axformer.tasks.splits import partition
+
+    teacher, data, _ = tuned_tiny
+    checked: list[Path] = []
+
+    def certify(student: Path, work: Path) -> dict:
+        checked.append(student)
+        return {"passed": holds, "drop": 0.0 if holds else 7.5, "checked_on": "confirmation"}
+
+    cfg = RecipeConfig(
+        student_layers="2", heads=2, export=None, confirm_fraction=0.5, trial_max_drop=100.0,
+        trials=[StudentRung(layers="1", learning_rate=1e-3, hard_weight=1.0)],
+        distill=DistillConfig(epochs=1, learning_rate=3e-3, batch_size=16, max_seq_length=32, device="cpu"),
+    )  # fmt: skip
+    out = tmp_path / "ff"
+    report = fastformers_recipe(teacher, out, cfg, data, certify=certify)
+    trial = out / "stages" / "trial-layers-1"
+    assert checked == [trial / "1-distilled"]  # the student was checked once, as trained
+    (verdict,) = report["trials"]
+    heldout = apply_split(data, ModelRecord.load(teacher).split)[1]
+    assert verdict["tried"] and verdict["deciding"]["examples"] == len(partition(heldout, 0.5)[0])
+    assert verdict["accepted"] is holds and verdict["certificate"]["drop"] == (0.0 if holds else 7.5)
+    # the rung trained with its own settings
+    history = ModelRecord.load(trial / "1-distilled").history[-1]
+    assert history["config"]["learning_rate"] == 1e-3 and history["config"]["hard_weight"] == 1.0
+    layers = current_structure(load_model(out)).present_layers
+    names = [s["stage"] for s in report["stages"]]
+    if holds:
+        assert report["student"] == "trial-layers-1" and names == ["teacher", "trial-layers-1/1-distilled"]
+        assert len(layers) == 1 and not (out / "stages" / "1-distilled").exists()
+    else:
+        assert report["student"] is None and names == ["teacher", "1-distilled", "2-pruned", "3-distilled-again"]
+        assert len(layers) == 2
+        own = ModelRecord.load(out / "stages" / "1-distilled").history[-1]["config"]
+        assert own["learning_rate"] == 3e-3 and own["hard_weight"] == 0.0  # the recipe's own settings
+    md = (out / "recipe.md").read_text()
+    assert "Smaller students tried first" in md and ("| kept |" if holds else "| refused |") in md
+    (out / "recipe.json").unlink()  # resumed: the verdict stands, the certificate is not read again
+    again = fastformers_recipe(teacher, out, cfg, data, certify=certify)
+    assert len(checked) == 1 and again["trials"][0]["accepted"] is holds
+
+
+def test_the_plan_tries_a_smaller_student_only_when_it_and_the_recipes_own_fit():
+    """plan_ladder: a rung is kept when it trains its full epochs and the recipe's own student still fits after
+    it (the teacher's outputs paid once, by the first distillation that runs); otherwise it is dropped, with why."""
+    import axformer.distill.budget as budget
+    from axformer.distill import DistillConfig
+    from axformer.distill.budget import RecipePlan, StagePlan, plan_ladder
+    from axformer.distill.ladder import StudentRung
+    from axformer.distill.recipe import RecipeConfig
+
+    def fake_plan(model, data, config, budget_seconds, device, downstream=None, judged=False):
+        if judged:  # the rung: 100 s of teacher outputs, 200 s of training per epoch, a 50 s judgement
+            stages = [StagePlan("1-distilled", 100 + 200 * 3, 3, "", 100 + 200 * 3), StagePlan("judge", 50)]
+            return RecipePlan(budget_seconds, 0.1, 0.1, 10, 3.0, stages, 100.0)
+        epochs = min(3.0, (budget_seconds - 100 - 60) / 300)
+        stages = [StagePlan("1-distilled", 100 + 300 * epochs, epochs, "", 100 + 300 * epochs),
+                  StagePlan("summaries", 60)]  # fmt: skip
+        return RecipePlan(budget_seconds, 0.1, 0.1, 10, epochs, stages, 100.0)
+
+    cfg = RecipeConfig(student_layers="2", trials=[StudentRung(layers="1")], distill=DistillConfig(epochs=3))
+    real = budget.plan_recipe
+    budget.plan_recipe = fake_plan
+    try:
+        roomy = plan_ladder("m", None, cfg, 3000.0, "cpu")
+        tight = plan_ladder("m", None, cfg, 1500.0, "cpu")
+        squeezed = plan_ladder("m", None, cfg, 800.0, "cpu")
+    finally:
+        budget.plan_recipe = real
+    assert [s.stage for s in roomy.stages] == [
+        "trial-layers-1/1-distilled", "trial-layers-1/judge", "1-distilled", "summaries"
+    ] and roomy.tries("trial-layers-1") and not roomy.skipped  # fmt: skip
+    assert roomy.stages[2].seconds == 900 and roomy.stages[2].training_seconds == 900  # outputs paid by the rung
+    assert roomy.seconds == 700 + 50 + 900 + 60
+    # 750 s for the rung and 960 for the recipe's own after it: over 1500
+    assert not tight.tries("trial-layers-1") and "over the 25.0 min budget" in tight.skipped["trial-layers-1"]
+    assert [s.stage for s in tight.stages] == ["1-distilled", "summaries"] and tight.stages[0].seconds == 1000
+    assert "not tried: trial-layers-1" in tight.table()
+    assert "gets 2.13 of 3 epochs" in squeezed.skipped["trial-layers-1"]
+
+
+def test_student_rungs_parse_and_refuse_bad_specs(tuned_tiny, tmp_path, monkeypatch, capsys):
+    from axformer.distill.ladder import StudentRung, parse_rung
+    from tests.test_cli import assert_clean_failure, run_cli
+
+    assert parse_rung("3") == StudentRung(layers="3")
+    assert parse_rung("0,2,5:8:768") == StudentRung(layers="0,2,5", heads=8, ffn=768)
+    assert parse_rung("-:6") == StudentRung(heads=6)
+    assert parse_rung("0,2,5:8").label == "trial-layers-0_2_5-heads-8"
+    for bad, why in (("", "expected LAYERS"), ("3:x", "heads 'x' is not a number"), ("1:2:3:4", "expected"),
+                     ("3:0", "keeps 0 heads")):  # fmt: skip
+        with pytest.raises(AxformerError, match=why):
+            parse_rung(bad)
+    teacher, _, _ = tuned_tiny
+    for args, why in ((["--try-student", "3:x"], "--try-student '3:x': heads"),
+                      (["--strategy", "search", "--try-student", "1"], "use it with --strategy fastformers")):  # fmt: skip
+        code, _, err = run_cli(monkeypatch, capsys, "optimize", teacher, "-o", tmp_path / "o", *args)
+        assert_clean_failure(code, err, tmp_path / "o", why)
+
+
 def test_recipe_decides_on_the_deciding_part_only(tuned_tiny, tmp_path, monkeypatch):
     """With a confirmation fraction, both distillations choose their checkpoint and the pruning its heads on the
     deciding part of the held-out split: the examples the export certifies on are seen by no decision."""
@@ -652,6 +760,53 @@ def test_recipe_that_fails_its_certificate_backtracks_stage_by_stage(
     steps = [s["step"] for s in json.loads((out / "5-benchmark" / "benchmark.json").read_text())["cumulative"]]
     assert "1-distilled" not in steps and steps[-1] == "4-export"
     assert json.loads((out / "summary.json").read_text())["export_backtracked"]["checked_on"] == "confirmation"
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_pipeline_tries_a_smaller_student_judged_as_its_artifact_would_ship(
+    holds, tuned_tiny, tmp_path, monkeypatch, capsys
+):
+    """``--try-student``: the smaller student's judgement exports it as the export stage will and reads its check
+    on the confirmation examples; kept, it is the searched model (and the artifact, with no student row of its
+    own: nothing was pruned after it); refused (scripted here), the recipe's own student is trained."""
+    import axformer.export.artifact as artifact
+    from tests.test_cli import run_cli
+
+    teacher, _, _ = tuned_tiny
+    real = artifact.export_model
+    out = tmp_path / "out"
+
+    def scripted(model, output, config=None, *args, **kwargs):
+        report = real(model, output, config, *args, **kwargs)
+        if not holds and "trial-" in str(model):
+            report["validation"]["drop"] = 500.0
+        return report
+
+    monkeypatch.setattr(artifact, "export_model", scripted)
+    config = tmp_path / "quick.yaml"
+    config.write_text("export:\n  max_drop: 100\nbenchmark:\n  rounds: 1\n  latency_examples: 5\n"
+                      "  throughput_examples: 16\n  breakdown_requests: 0\n  lengths: []\n  memory: false\n"
+                      "  instances: 0\n")  # fmt: skip
+    code, _, err = run_cli(
+        monkeypatch, capsys, "optimize", teacher, "-o", out, "--config", config, "--strategy", "fastformers",
+        "--student-layers", "2", "--heads", "2", "--try-student", "1", "--recover-epochs", "1", "--scorer", "none",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    recipe = json.loads((out / "3-search" / "recipe.json").read_text())
+    (trial,) = recipe["trials"]
+    assert trial["certificate"]["checked_on"] == "confirmation" and trial["accepted"] is holds
+    assert recipe["config"]["trial_max_drop"] == 100  # the export's --max-drop
+    steps = [s["step"] for s in json.loads((out / "5-benchmark" / "benchmark.json").read_text())["cumulative"]]
+    layers = current_structure(load_model(out / "3-search")).present_layers
+    report = (out / "report.md").read_text()
+    if holds:
+        assert recipe["student"] == "trial-layers-1" and len(layers) == 1 and "1-distilled" not in steps
+        assert (out / "3-search" / "stages" / "trial-layers-1" / "judge" / "artifact" / "model.onnx").exists()
+    else:
+        assert recipe["student"] is None and len(layers) == 2 and "1-distilled" in steps
+        assert trial["certificate"]["drop"] == 500.0
+    assert "Smaller students tried first" in report and ("| kept |" if holds else "| refused |") in report
 
 
 def test_cli_distill_bad_input(tmp_path, tuned_tiny):

@@ -273,12 +273,18 @@ def test_auto_strategy_sizes_the_recipe_by_the_training_set(tuned_tiny, tmp_path
     assert small.recovery.augment == 4 and small.recovery.epochs == 3.0 and small.time_budget == 55.0
     small.validate()
     assert small.recipe().distill.augment == 4
+    # half the layers, every head and neuron, tried first (at STS-B's measured settings); not when sizes are given
+    from axformer.distill.ladder import StudentRung
+
+    tried = StudentRung(layers="3", learning_rate=3e-4, hard_weight=1.0)
+    assert small.try_students == [tried] and small.recipe().trials == [tried]
     unaugmented = resolved(AUTO_FEWER_LAYERS_EXAMPLES - 1, bert, recovery={"augment": 0})  # --recover-augment 0
     assert unaugmented.recovery.augment == 0 and unaugmented.recipe().distill.augment == 0
     large = resolved(AUTO_FEWER_LAYERS_EXAMPLES, bert)
     assert (large.strategy, large.student_layers, large.heads, large.ffn) == ("fastformers", "5", 12, 768)
     assert large.recovery.epochs == 3.0 and large.time_budget == 55.0 and large.recovery.augment == 0
     large.validate()
+    assert large.try_students == [tried]
     distil = DistilBertConfig(n_layers=6, n_heads=12, hidden_dim=3072)
     assert (resolved(10**6, distil).student_layers, resolved(10**6, distil).ffn) == ("5", 1536)
     assert (resolved(100, distil).heads, resolved(100, distil).ffn) == (8, 1536)
@@ -286,6 +292,8 @@ def test_auto_strategy_sizes_the_recipe_by_the_training_set(tuned_tiny, tmp_path
     assert (resolved(10**6, base).student_layers, resolved(10**6, base).heads) == ("10", 12)
     sized = resolved(10**6, bert, heads=6, time_budget=20.0)  # what the user set stays
     assert (sized.student_layers, sized.heads, sized.ffn, sized.time_budget) == (None, 6, None, 20.0)
+    assert sized.try_students is None and sized.recipe().trials == []
+    assert resolved(10**6, bert, try_students=[]).try_students == []  # --try-student none
     unrecorded = resolved(10**6, bert, recorded_split=False)
     assert (unrecorded.strategy, unrecorded.student_layers, unrecorded.recovery.augment) == ("search", None, None)
     with pytest.raises(AxformerError, match="names no layer, head or FFN count"):

@@ -96,6 +96,10 @@ class RecipePlan:
     train_examples: int
     epochs: float | None  # of each distillation (None: the recipe distils nothing)
     stages: list[StagePlan] = field(default_factory=list)
+    # the teacher's outputs, computed once by the first distillation that runs and read by every later one
+    teacher_outputs_seconds: float = 0.0
+    # the smaller students to try first (axformer.distill.ladder) that the plan left out, and why
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -133,7 +137,12 @@ class RecipePlan:
             epochs = f", {s.epochs:.2f} epochs" if s.epochs is not None else ""
             lines.append(f"  {s.stage:<22} {s.seconds / 60:6.1f} min{epochs}  ({s.what})")
         lines.append(f"  {'total':<22} {self.seconds / 60:6.1f} min")
+        lines += [f"  not tried: {label} ({why})" for label, why in self.skipped.items()]
         return "\n".join(lines)
+
+    def tries(self, label: str) -> bool:
+        """Whether the plan keeps the smaller student ``label`` (a ``StudentRung.label``) to try first."""
+        return any(s.stage.startswith(label + "/") for s in self.stages)
 
 
 def _per_example_seconds(
@@ -272,12 +281,20 @@ def measure(model: str, data: TaskData, train, config, device, examples: int = 1
 
 
 def plan_recipe(
-    model: str, data: TaskData, config, budget_seconds: float, device, downstream: Downstream | None = None
+    model: str,
+    data: TaskData,
+    config,
+    budget_seconds: float,
+    device,
+    downstream: Downstream | None = None,
+    judged: bool = False,
 ) -> RecipePlan:
     """Epochs for each distillation so that the whole recipe fits ``budget_seconds`` (see the module doc).
 
     ``downstream``: what follows the recipe within the same budget (the pipeline's export and benchmark),
-    priced from the teacher's measured costs (``Downstream.seconds``).
+    priced from the teacher's measured costs (``Downstream.seconds``). ``judged``: the plan of a smaller student
+    tried first (``plan_ladder``), which ends in its judgement (the teacher and the student scored on the held-out
+    split, the student's artifact exported and checked) instead of an export and summaries of its own.
     """
     d = config.distill
     _, _, train_part, heldout = training_split(model, data, d)
@@ -302,6 +319,9 @@ def plan_recipe(
     last = timed[students[-1]] if students else timed["teacher"]
     export_s = EXPORT_FIXED_S + EXPORT_EVALUATIONS * len(heldout) * last[0] if config.export is not None else 0.0
     summaries = sum(scored * timed[k][0] for k in ("teacher", *students)) + (export_s > 0) * scored * last[0]
+    if judged:
+        export_s = 0.0
+        summaries = EXPORT_FIXED_S + len(heldout) * (forward + (EXPORT_EVALUATIONS + 1) * last[0])
     request, padded = timed["request"]
     max_length = d.max_seq_length or data.spec.default_max_length
     after = downstream.seconds(forward, request, padded, max_length) if downstream is not None else 0.0
@@ -331,10 +351,58 @@ def plan_recipe(
         own = teacher_outputs if k == students[0] else 0.0
         training = own + epochs * per_epoch[k]
         stages.append(StagePlan(name, training + finals[k], epochs, what, training))
-    if config.export is not None:
+    if config.export is not None and not judged:
         stages.append(StagePlan(f"4-export-{config.export}", export_s, None, "conversion and precision checks"))
-    stages.append(StagePlan("summaries", summaries, None, "every stage scored on held-out and dev"))
+    if judged:
+        stages.append(StagePlan("judge", summaries, None, "scored against the teacher, its artifact checked"))
+    else:
+        stages.append(StagePlan("summaries", summaries, None, "every stage scored on held-out and dev"))
     if downstream is not None:
         stages.append(StagePlan("export and benchmark", after, None, downstream.describe()))
     train_s = timed[students[0]][1] if students else timed["teacher"][1]
-    return RecipePlan(budget_seconds, forward, train_s, n, epochs, stages)
+    return RecipePlan(budget_seconds, forward, train_s, n, epochs, stages, teacher_outputs if students else 0.0)
+
+
+def plan_ladder(
+    model: str, data: TaskData, config, budget_seconds: float, device, downstream: Downstream | None = None
+) -> RecipePlan:
+    """The recipe's plan (``plan_recipe``) with the smaller students to try first (``config.trials``) in front of
+    it, each kept only when it trains for the recipe's full epochs and the recipe's own student still fits after
+    it at its own: a rung the budget squeezes would be judged half-trained, and one that fails must leave the
+    fallback its time. The teacher's outputs are paid once, by the first distillation that runs."""
+    main = plan_recipe(model, data, config, budget_seconds, device, downstream)
+    if not config.trials:
+        return main
+    epochs = config.distill.epochs
+    tried: list[StagePlan] = []
+    skipped: dict[str, str] = {}
+    for rung in config.trials:
+        if main.epochs is not None and main.epochs < epochs:
+            skipped[rung.label] = (
+                f"the recipe's own student gets {main.epochs:.2f} of {epochs:g} epochs: no time to try another"
+            )
+            continue
+        sub = plan_recipe(model, data, rung.sizes_of(config), budget_seconds, device, judged=True)
+        stages = [replace(s, stage=f"{rung.label}/{s.stage}") for s in sub.stages]
+        if tried:  # an earlier rung computed the teacher's outputs
+            first = next(s for s in stages if s.training_seconds is not None)
+            first.seconds -= sub.teacher_outputs_seconds
+            first.training_seconds -= sub.teacher_outputs_seconds
+        own = sum(s.seconds for s in stages)
+        after = main.seconds - main.teacher_outputs_seconds
+        total = sum(s.seconds for s in tried) + own + after
+        if sub.epochs is not None and sub.epochs < epochs or total > budget_seconds:
+            skipped[rung.label] = (
+                f"it needs {own / 60:.1f} min at {epochs:g} epochs, and the recipe's own student {after / 60:.1f} min "
+                f"after it: over the {budget_seconds / 60:.1f} min budget"
+            )
+            continue
+        tried += stages
+    if not tried:
+        return replace(main, skipped=skipped)
+    own_stages = [replace(s) for s in main.stages]
+    first = next((s for s in own_stages if s.training_seconds is not None), None)
+    if first is not None:  # the rungs tried first computed the teacher's outputs
+        first.seconds -= main.teacher_outputs_seconds
+        first.training_seconds -= main.teacher_outputs_seconds
+    return replace(main, stages=tried + own_stages, skipped=skipped)

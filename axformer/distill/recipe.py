@@ -18,14 +18,17 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from axformer.analysis.gradient import gradient_importance
 from axformer.data.batching import encode
-from axformer.distill.budget import Downstream, RecipePlan, StagePlan, plan_recipe
+from axformer.distill.budget import Downstream, RecipePlan, StagePlan, plan_ladder
+from axformer.distill.ladder import StudentRung
 from axformer.distill.objective import TEACHER_OUTPUTS, DistillConfig
 from axformer.distill.students import BUDGETS, prune_by_importance
 from axformer.distill.trainer import distill, teacher_task
@@ -38,7 +41,7 @@ from axformer.models.loading import is_local, load_tokenizer, save_model
 from axformer.models.record import ModelRecord
 from axformer.runtime.backends import is_onnx_artifact, load_runnable
 from axformer.surgery.prune import apply_structure, count_parameters, current_structure
-from axformer.tasks.data import TaskData
+from axformer.tasks.data import Split, TaskData
 from axformer.tasks.splits import apply_split, partition
 from axformer.utils.device import resolve_device
 from axformer.utils.io import read_json, write_json
@@ -72,6 +75,11 @@ class RecipeConfig:
     # the last distillation rounds every matrix product as the dynamic int8 export will (quantization-aware,
     # axformer.surgery.fake_quant.int8_aware): the model it saves is trained for the artifact that ships
     qat_int8: bool = False
+    # smaller students tried first, smallest first (axformer.distill.ladder): the first whose judgement holds
+    # (within trial_max_drop of the teacher on the deciding examples, and the certificate's check of its artifact
+    # where the caller gives one) is the recipe's model; none holding, the sizes above are trained
+    trials: list[StudentRung] = field(default_factory=list)
+    trial_max_drop: float = 1.0
 
     def validate(self) -> None:
         if self.heads is None and self.ffn is None and self.student_layers is None:
@@ -89,6 +97,12 @@ class RecipeConfig:
             raise AxformerError(f"--confirm-fraction {self.confirm_fraction}; expected a value from 0 to below 1")
         if self.time_budget is not None and self.time_budget <= 0:
             raise AxformerError(f"--time-budget {self.time_budget}; expected a positive number of minutes")
+        for rung in self.trials:
+            rung.validate()
+        if len({r.label for r in self.trials}) < len(self.trials):
+            raise AxformerError("--try-student names the same student twice; expected each size once")
+        if self.trial_max_drop < 0:
+            raise AxformerError(f"trial_max_drop {self.trial_max_drop}; expected a non-negative number of points")
         self.distill.validate()
 
 
@@ -110,16 +124,16 @@ def require_recorded_split(model: str, data: TaskData | None) -> None:
         )
 
 
-def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> dict:
-    """Held-out and dev metrics, parameters and size of one stage's model (PyTorch directory or ONNX artifact)."""
+def _scores(path: Path, data: TaskData, splits: dict[str, Split]) -> tuple[dict[str, dict], object]:
+    """The task's metrics of one stage's model (PyTorch directory or ONNX artifact) on each labelled split, and
+    the model."""
     record = ModelRecord.load(path)
-    _, heldout = apply_split(data, record.split)
     tok = load_tokenizer(path)
     net = load_runnable(path)
-    entry = {"stage": kind, "path": str(path), "seconds": seconds}
-    for name, split in {"heldout": heldout, **data.dev}.items():
+    out = {}
+    for name, split in splits.items():
         if len(split) and split.is_labelled:
-            entry[name] = score(
+            out[name] = score(
                 data.spec,
                 split.labels,
                 run_model(
@@ -128,6 +142,14 @@ def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> di
                     data.spec.is_regression,
                 ),
             ).to_dict()
+    return out, net
+
+
+def _summary(path: Path, data: TaskData, seconds: float | None, kind: str) -> dict:
+    """Held-out and dev metrics, parameters and size of one stage's model (PyTorch directory or ONNX artifact)."""
+    _, heldout = apply_split(data, ModelRecord.load(path).split)
+    scores, net = _scores(path, data, {"heldout": heldout, **data.dev})
+    entry = {"stage": kind, "path": str(path), "seconds": seconds, **scores}
     onnx = is_onnx_artifact(path)
     entry["size_bytes"] = sum(f.stat().st_size for f in Path(path).glob("*.onnx" if onnx else "*.safetensors"))
     if not onnx:
@@ -181,6 +203,90 @@ def _prune_stage(model: Path, data: TaskData, output: Path, config: RecipeConfig
     tmp.replace(output)
 
 
+def certificate_of(export: dict, max_drop: float) -> dict:
+    """What a smaller student's judgement keeps of its export report: whether the artifact (at the precision the
+    export settled on) stayed within ``max_drop`` on the examples it was checked on."""
+    checked = export["validation"]
+    return {
+        "passed": checked["drop"] <= max_drop,
+        "drop": checked["drop"],
+        "checked_on": checked["checked_on"],
+        "split": checked["split"],
+        "precision": export.get("precision"),
+    }
+
+
+def _export_config(config: RecipeConfig):
+    """The recipe's own export: the final model's, and the check of a smaller student tried first."""
+    from axformer.export.artifact import ExportConfig
+
+    return ExportConfig(
+        precision=config.export,
+        max_drop=config.export_max_drop,
+        device=config.distill.device,
+        allow_pickle=config.distill.allow_pickle,
+        confirm_fraction=config.confirm_fraction,
+        decision_data=config.decision_data,
+    )
+
+
+def _deciding_examples(model: str, data: TaskData, config: RecipeConfig) -> tuple[Split, list[int] | None]:
+    """The examples the recipe decides on (checkpoints, importance, a smaller student's judgement): the held-out
+    split of the teacher's fine-tuning or ``--decision-data``, and with a confirmation fraction the positions of
+    its deciding part (the rest is the certificate's)."""
+    if config.decision_data is None:
+        selecting = apply_split(data, ModelRecord.load(model).split)[1]
+    else:
+        from axformer.evaluation.context import read_decision_data
+
+        selecting = read_decision_data(config.decision_data, data)
+    if config.confirm_fraction <= 0:
+        return selecting, None
+    return selecting, [int(i) for i in partition(selecting, config.confirm_fraction)[0]]
+
+
+def _judge(
+    teacher: str,
+    student: Path,
+    data: TaskData,
+    deciding: tuple[Split, list[int] | None],
+    max_drop: float,
+    certify: Callable[[Path, Path], dict] | None,
+    rung: StudentRung,
+    output: Path,
+) -> None:
+    """Does a smaller student tried first hold? Within ``max_drop`` points of the teacher's main metric on the
+    deciding examples, then (only then: a certificate's examples are read as rarely as possible) by ``certify``
+    on the examples no decision saw. Both must hold: the deciding figure is the one its checkpoint was chosen
+    on, so it flatters the student, and the certificate alone, read once for each rung and again for the
+    recipe's own student, would be a multiple test."""
+    split, positions = deciding
+    if positions is not None:
+        split = split.subset(np.asarray(positions, dtype=np.int64))
+    main = data.spec.main_metric
+    scores = {who: _scores(Path(path), data, {"deciding": split})[0]["deciding"]["metrics"][main]
+              for who, path in (("teacher", teacher), ("student", student))}  # fmt: skip
+    drop = scores["teacher"] - scores["student"]
+    verdict = {
+        "deciding": {"examples": len(split), **scores, "drop": drop, "passed": drop <= max_drop},
+        "max_drop": max_drop,
+    }
+    tmp = output.with_name(output.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if drop <= max_drop and certify is not None:
+        verdict["certificate"] = certify(student, tmp / "artifact")
+    verdict["accepted"] = drop <= max_drop and verdict.get("certificate", {}).get("passed", True)
+    tqdm.write(
+        f"[{rung.label}] {rung.describe()}: {main} {scores['teacher']:.2f} -> {scores['student']:.2f} on "
+        f"{len(split)} deciding examples"
+        + (f", certificate {-verdict['certificate']['drop']:+.2f}" if "certificate" in verdict else "")
+        + (": kept" if verdict["accepted"] else ": refused, a larger student next")
+    )
+    write_json(tmp / "verdict.json", verdict)
+    tmp.replace(output)
+
+
 def _plan(model: str, data: TaskData, config: RecipeConfig, stages_dir: Path) -> RecipePlan | None:
     """The time budget's plan, made once and kept with the stages (a resumed recipe keeps to the same plan)."""
     if config.time_budget is None:
@@ -190,7 +296,7 @@ def _plan(model: str, data: TaskData, config: RecipeConfig, stages_dir: Path) ->
         saved = read_json(path)
         return RecipePlan(**{**saved, "stages": [StagePlan(**x) for x in saved["stages"]]})
     device = resolve_device(config.distill.device)
-    plan = plan_recipe(model, data, config, 60 * config.time_budget, device, config.downstream)
+    plan = plan_ladder(model, data, config, 60 * config.time_budget, device, config.downstream)
     tqdm.write(plan.table())
     write_json(path, plan.to_dict())
     return plan
@@ -203,9 +309,15 @@ def fastformers_recipe(
     data: TaskData | None = None,
     data_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    certify: Callable[[Path, Path], dict] | None = None,
 ) -> dict:
     """Run (or resume) the recipe; the final PyTorch model is saved in ``output`` and the stages under
     ``output/stages``.
+
+    ``certify(model_dir, work_dir)``: the caller's check of a smaller student tried first (``config.trials``) on
+    the examples no decision saw, returning at least ``passed`` and ``drop`` (the pipeline exports the student and
+    checks its artifact as its export stage will); None: the recipe's own export check when it exports, else
+    the deciding examples alone judge it.
     """
     config = config or RecipeConfig()
     config.validate()
@@ -230,72 +342,95 @@ def fastformers_recipe(
     def run(name: str, fn) -> Path:  # each stage's directory appears only when the stage is complete
         return runner.run(name, stages_dir / name, fn, done=Path.exists)
 
+    if certify is None and config.export is not None:  # a student tried first is checked as the final one will be
+
+        def certify(student: Path, work: Path) -> dict:
+            from axformer.export.artifact import export_model
+
+            report = export_model(student, work, _export_config(config), data=data)
+            return certificate_of(report, config.export_max_drop)
+
     t0 = time.perf_counter()
     plan = _plan(model, data, config, stages_dir)
-    # both distillations learn from the same teacher on the same texts: its outputs are computed once
+    # every distillation learns from the same teacher on the same texts: its outputs are computed once
     distill_config = replace(config.distill, teacher_cache_dir=str(stages_dir / TEACHER_OUTPUTS))
     distill_config.selection_data = config.decision_data  # None: the held-out split selects
+    deciding = _deciding_examples(model, data, config)
     if config.confirm_fraction > 0:  # checkpoints are chosen on the deciding part, never on the confirmation one
-        from axformer.evaluation.context import read_decision_data
-
-        selecting = (
-            apply_split(data, ModelRecord.load(model).split)[1]
-            if config.decision_data is None
-            else read_decision_data(config.decision_data, data)
-        )
-        distill_config.selection_positions = [int(i) for i in partition(selecting, config.confirm_fraction)[0]]
+        distill_config.selection_positions = deciding[1]
     if plan is not None:
         distill_config.epochs = plan.epochs
 
     # stages a previous call finished: the schedule of this call starts after them
     finished_before = {s.stage for s in plan.stages if (stages_dir / s.stage).exists()} if plan is not None else set()
 
-    def distill_config_for(stage: str) -> DistillConfig:
-        """A distillation's training ends at its deadline in the plan (``RecipePlan.training_deadline``),
-        counted from this call's start."""
+    def distill_config_for(stage: str, sizes: RecipeConfig) -> DistillConfig:
+        """A distillation's settings for one student size; its training ends at its deadline in the plan
+        (``RecipePlan.training_deadline``), counted from this call's start."""
+        base = replace(distill_config, learning_rate=sizes.distill.learning_rate, hard_weight=sizes.distill.hard_weight)
         planned = plan.stage(stage) if plan is not None else None
         if planned is None or planned.training_seconds is None:
-            return distill_config
+            return base
         deadline = t0 + plan.training_deadline(stage, finished_before)
-        return replace(distill_config, max_seconds=max(deadline - time.perf_counter(), 0.0))
+        return replace(base, max_seconds=max(deadline - time.perf_counter(), 0.0))
 
-    current = Path(model)
-    done: list[tuple[str, Path]] = [("teacher", current)]
-    if config.student_layers is not None:
-        cfg1 = distill_config_for("1-distilled")
-        if config.heads is None and config.ffn is None:  # the student is the last distillation
-            cfg1 = replace(cfg1, qat_int8=config.qat_int8)
-        current = run(
-            "1-distilled",
-            lambda p: distill(model, p, student_layers=config.student_layers, data=data, config=cfg1),
+    def student_stages(sizes: RecipeConfig, prefix: str = "") -> list[tuple[str, Path]]:
+        """FastFormers' order for one student size: distil to its layers, prune its heads and neurons, distil
+        again from the original teacher; the last distillation rounds as int8 will when asked."""
+        made: list[tuple[str, Path]] = []
+        current = Path(model)
+        prunes = sizes.heads is not None or sizes.ffn is not None
+        if sizes.student_layers is not None:
+            name = prefix + "1-distilled"
+            cfg1 = distill_config_for(name, sizes)
+            if not prunes:  # the student is the last distillation
+                cfg1 = replace(cfg1, qat_int8=config.qat_int8)
+            current = run(
+                name, lambda p: distill(model, p, student_layers=sizes.student_layers, data=data, config=cfg1)
+            )
+            made.append((name, current))
+        if prunes:
+            pruned = run(prefix + "2-pruned", lambda p: _prune_stage(current, data, p, sizes))
+            made.append((prefix + "2-pruned", pruned))
+            name = prefix + "3-distilled-again"
+            cfg3 = replace(distill_config_for(name, sizes), qat_int8=config.qat_int8)
+            current = run(name, lambda p: distill(model, p, student=pruned, data=data, config=cfg3))
+            made.append((name, current))
+        return made
+
+    trials: list[dict] = []
+    chosen: StudentRung | None = None
+    stages: list[tuple[str, Path]] = []
+    for rung in config.trials:  # smallest first; the first that holds is the recipe's model
+        if plan is not None and not plan.tries(rung.label):
+            trials.append({"student": rung.label, "sizes": rung.describe(), "tried": False,
+                           "why": plan.skipped.get(rung.label, "not in the plan")})  # fmt: skip
+            continue
+        made = student_stages(rung.sizes_of(config), rung.label + "/")
+        final = made[-1][1]
+        path = run(
+            rung.label + "/judge",
+            lambda p, final=final, rung=rung: _judge(
+                model, final, data, deciding, config.trial_max_drop, certify, rung, p
+            ),
         )
-        done.append(("1-distilled", current))
-    if config.heads is not None or config.ffn is not None:
-        pruned = run("2-pruned", lambda p: _prune_stage(current, data, p, config))
-        done.append(("2-pruned", pruned))
-        cfg3 = replace(distill_config_for("3-distilled-again"), qat_int8=config.qat_int8)
-        current = run("3-distilled-again", lambda p: distill(model, p, student=pruned, data=data, config=cfg3))
-        done.append(("3-distilled-again", current))
+        verdict = read_json(path / "verdict.json")
+        trials.append({"student": rung.label, "sizes": rung.describe(), "tried": True, **verdict})
+        if verdict["accepted"]:
+            chosen, stages = rung, made
+            break
+    if chosen is None:
+        stages = student_stages(config)
+    done: list[tuple[str, Path]] = [("teacher", Path(model)), *stages]
+    current = stages[-1][1]
     shutil.rmtree(stages_dir / TEACHER_OUTPUTS, ignore_errors=True)
     final_torch = current
     if config.export is not None:
-        from axformer.export.artifact import ExportConfig, export_model
+        from axformer.export.artifact import export_model
 
         exported = run(
             f"4-export-{config.export}",
-            lambda p: export_model(
-                final_torch,
-                p,
-                ExportConfig(
-                    precision=config.export,
-                    max_drop=config.export_max_drop,
-                    device=config.distill.device,
-                    allow_pickle=config.distill.allow_pickle,
-                    confirm_fraction=config.confirm_fraction,
-                    decision_data=config.decision_data,
-                ),
-                data=data,
-            ),
+            lambda p: export_model(final_torch, p, _export_config(config), data=data),
         )
         done.append((f"4-export-{config.export}", exported))
     t_summaries = time.perf_counter()
@@ -313,6 +448,9 @@ def fastformers_recipe(
         "stages": stages,
         "final": str(final_torch),
         "deploy": str(done[-1][1]),
+        # the student size that was trained into the final model: a smaller one tried first, or the recipe's own
+        "student": None if chosen is None else chosen.label,
+        "trials": trials,
         "plan": None if plan is None else plan.to_dict(),
         "seconds": dict(times),
     }
@@ -332,6 +470,35 @@ def rounding_note(r: dict) -> str:
         "rounding (weights per row on the int8 grid, each matrix product's input per tensor), so the int8 artifact "
         "computes what it was trained for; its held-out figure here is the PyTorch model's, inputs unrounded."
     )
+
+
+def trials_table(r: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The smaller students a recipe tried before its own: a sentence, the headers and the rows (the recipe's
+    report and the pipeline's)."""
+    main = r["task"]["main_metric"]
+    intro = (
+        f"Smaller students tried first, smallest first; the first within {r['config']['trial_max_drop']:g} points "
+        "of the teacher on the deciding examples and passing the certificate's check of its artifact is the "
+        "recipe's model" + (f" (here: {r['student']})." if r.get("student") else " (here: none; the recipe's own).")
+    )
+    headers = ["student", "deciding examples", f"teacher {main}", f"student {main}", "certificate", "verdict"]
+    rows = []
+    for t in r["trials"]:
+        if not t["tried"]:
+            rows.append([t["sizes"], "-", "-", "-", "-", f"not tried: {t['why']}"])
+            continue
+        d, cert = t["deciding"], t.get("certificate")
+        rows.append(
+            [
+                t["sizes"],
+                str(d["examples"]),
+                f"{d['teacher']:.2f}",
+                f"{d['student']:.2f} ({-d['drop']:+.2f})",
+                "-" if cert is None else f"{-cert['drop']:+.2f} on {cert.get('checked_on', '?')}",
+                "kept" if t["accepted"] else "refused",
+            ]
+        )
+    return intro, headers, rows
 
 
 def recipe_markdown(r: dict) -> str:
@@ -366,6 +533,10 @@ def recipe_markdown(r: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if note := rounding_note(r):
         lines += ["", note]
+    if r.get("trials"):
+        intro, headers, rows = trials_table(r)
+        lines += ["", intro, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     plan = r.get("plan")
     if plan:
         actual = r.get("seconds", {})

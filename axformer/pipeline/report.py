@@ -412,6 +412,12 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
                 for s in stages_rows
             ],
         )
+        if recipe["recipe"].get("trials"):
+            from axformer.distill.recipe import trials_table
+
+            intro, headers, rows = trials_table(recipe["recipe"])
+            add_paragraph(intro)
+            add_table(headers, rows)
     heatmaps = sorted(analysis_dir.glob("*.png")) if analysis_dir.exists() else []
     if heatmaps:
         section(

@@ -304,8 +304,21 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
 
             data = task_for(model, data, cfg.data_dir)  # without --task: the model's own (the plan counts examples)
             recipe.time_budget, recipe.downstream = recipe_budget(cfg, data, path)
+        if recipe.trials:  # a smaller student is judged by the export's own check, on the examples it certifies on
+            from axformer.distill.recipe import certificate_of
+            from axformer.export.artifact import export_model
+
+            analysis = path.parent / DIRS["analyze"]
+            config = export_config(cfg, model, analysis if analysis.exists() else None)
+            recipe.trial_max_drop = config.max_drop
+
+            def certify(student: Path, work: Path) -> dict:
+                return certificate_of(export_model(student, work, config, data, cfg.data_dir), config.max_drop)
+
+        else:
+            certify = None
         if not (path / "recipe.json").exists():  # the recipe resumes from its own stage directories
-            fastformers_recipe(model, path, recipe, data, cfg.data_dir)
+            fastformers_recipe(model, path, recipe, data, cfg.data_dir, certify=certify)
         write_json(
             path / "report.json",
             {
@@ -323,6 +336,16 @@ def _search(model: str, data, cfg: PipelineConfig, path: Path) -> None:
 def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Path | None, path: Path) -> None:
     from axformer.export.artifact import export_model
 
+    config = export_config(cfg, original, analysis)
+    report = export_model(model, path, config, data, cfg.data_dir)
+    failed = report["validation"]
+    if cfg.search.strategy == "fastformers" and failed["drop"] > config.max_drop:
+        _recipe_fallback(model, original, report, data, cfg, config, path)
+
+
+def export_config(cfg: PipelineConfig, original: str, analysis: Path | None):
+    """The export stage's config: also the check of a smaller student the recipe tries first, so that it is judged
+    as the artifact that would ship."""
     config = cfg.stage_config("export")
     if config.significance is None and analysis is not None and "quantization" in cfg.analyze.scorers:
         config.significance = str(analysis / "significance.json")
@@ -347,10 +370,7 @@ def _export(model: Path, original: str, data, cfg: PipelineConfig, analysis: Pat
     if config.calibration_texts is None:  # a pruned vocabulary keeps the user's production words too
         config.calibration_texts = cfg.search.calibration_texts
         config.calibration_columns = cfg.search.calibration_columns
-    report = export_model(model, path, config, data, cfg.data_dir)
-    failed = report["validation"]
-    if cfg.search.strategy == "fastformers" and failed["drop"] > config.max_drop:
-        _recipe_fallback(model, original, report, data, cfg, config, path)
+    return config
 
 
 def _recipe_fallback(model: Path, original: str, report: dict, data, cfg: PipelineConfig, config, path: Path) -> None:
@@ -403,9 +423,13 @@ def _benchmark(searched: Path, exported: Path, baseline: str, data, cfg: Pipelin
     # the recipe's steps, unless its model failed the certificate and the artifact is an earlier stage's or the
     # original's (the export says which)
     recipe = (searched / "recipe.json").exists() and not read_json(exported / "export.json").get("backtracked")
-    # the recipe's stages live under the searched model (axformer.distill.recipe), wherever the run directory is now
-    student = searched / "stages" / "1-distilled"
-    models = [*([str(student)] if recipe and (student / "config.json").is_file() else []), str(searched), str(exported)]
+    # the recipe's stages live under the searched model (axformer.distill.recipe), wherever the run directory is
+    # now: the chosen student's, under its own directory when it is a smaller student the recipe tried first
+    made = read_json(searched / "recipe.json") if recipe else {}
+    student = searched / "stages" / (made.get("student") or "") / "1-distilled"
+    # a row of its own only when the student was pruned and distilled again after (else it is the searched model)
+    pruned = recipe and Path(made["final"]).name != "1-distilled" and (student / "config.json").is_file()
+    models = [*([str(student)] if pruned else []), str(searched), str(exported)]
     config = cfg.stage_config("benchmark")
     if config.baseline_model is None:
         config.baseline_model = baseline
