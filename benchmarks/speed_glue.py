@@ -107,6 +107,8 @@ def _row(task: str, out: Path, cmd: list[str], seconds: float, code: str) -> dic
             for s in recipe["stages"]
         ],
         "planned_seconds": {s["stage"]: s["seconds"] for s in (recipe.get("plan") or {}).get("stages", [])},
+        # the smaller students the recipe tried before its own, with both checks and the verdict
+        "trials": recipe.get("trials", []),
         "epochs": (recipe.get("plan") or {}).get("epochs"),
         "stage_seconds": times,
         # this invocation's wall time; a resumed job's stages are in stage_seconds
@@ -174,6 +176,7 @@ def _table(rows: list[dict]) -> str:
                 f" The recipe's model lost {b['drop']:.2f} points on the {b['checked_on']} examples: it failed its "
                 f"certificate and the artifact is the original's.{check}"
             )
+        check += "".join(f" {_trial_text(t)}" for t in r.get("trials", []))
         steps = r.get("cumulative") or []
         if any(c["vs_ort_int8"] for c in steps):  # rows of session 32 on
             lines += [
@@ -198,6 +201,18 @@ def _table(rows: list[dict]) -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _trial_text(t: dict) -> str:
+    """One smaller student the recipe tried first, in a sentence."""
+    if not t["tried"]:
+        return f"Student tried first: {t['sizes']}: not tried ({t['why']})."
+    d, c = t["deciding"], t.get("certificate")
+    cert = "" if c is None else f", certificate {-c['drop']:+.2f} on the {c['checked_on']} examples"
+    return (
+        f"Student tried first: {t['sizes']}: {d['teacher']:.2f} -> {d['student']:.2f} ({-d['drop']:+.2f}) on "
+        f"{d['examples']} deciding examples{cert}: {'kept' if t['accepted'] else 'refused'}."
+    )
 
 
 def main() -> None:

@@ -456,8 +456,10 @@ def test_student_rungs_parse_and_refuse_bad_specs(tuned_tiny, tmp_path, monkeypa
         with pytest.raises(AxformerError, match=why):
             parse_rung(bad)
     teacher, _, _ = tuned_tiny
-    for args, why in ((["--try-student", "3:x"], "--try-student '3:x': heads"),
-                      (["--strategy", "search", "--try-student", "1"], "use it with --strategy fastformers")):  # fmt: skip
+    for args, why in (
+        (["--try-student", "3:x"], "--try-student '3:x': heads"),
+        (["--strategy", "search", "--try-student", "1"], "use it with --strategy fastformers"),
+    ):
         code, _, err = run_cli(monkeypatch, capsys, "optimize", teacher, "-o", tmp_path / "o", *args)
         assert_clean_failure(code, err, tmp_path / "o", why)
 
@@ -807,6 +809,8 @@ def test_pipeline_tries_a_smaller_student_judged_as_its_artifact_would_ship(
         assert recipe["student"] is None and len(layers) == 2 and "1-distilled" in steps
         assert trial["certificate"]["drop"] == 500.0
     assert "Smaller students tried first" in report and ("| kept |" if holds else "| refused |") in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["student"] == recipe["student"] and summary["student_trials"] == recipe["trials"]
 
 
 def test_cli_distill_bad_input(tmp_path, tuned_tiny):

@@ -135,8 +135,8 @@ class RecipePlan:
         ]
         for s in self.stages:
             epochs = f", {s.epochs:.2f} epochs" if s.epochs is not None else ""
-            lines.append(f"  {s.stage:<22} {s.seconds / 60:6.1f} min{epochs}  ({s.what})")
-        lines.append(f"  {'total':<22} {self.seconds / 60:6.1f} min")
+            lines.append(f"  {s.stage:<30} {s.seconds / 60:6.1f} min{epochs}  ({s.what})")
+        lines.append(f"  {'total':<30} {self.seconds / 60:6.1f} min")
         lines += [f"  not tried: {label} ({why})" for label, why in self.skipped.items()]
         return "\n".join(lines)
 

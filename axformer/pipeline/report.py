@@ -247,6 +247,9 @@ def write_report(out: Path, cfg, times: dict, model: str, finetuned: bool, stopp
                 "undone": c.shipped_undone,
             }
         )
+    if recipe is not None and recipe["recipe"].get("trials"):  # the smaller students tried, and which was kept
+        summary["student_trials"] = recipe["recipe"]["trials"]
+        summary["student"] = recipe["recipe"].get("student")
     if export is not None:
         summary["export_precision"] = export["precision"]
         summary["export_fallback"] = export.get("fallback")
