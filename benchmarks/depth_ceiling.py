@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 from pathlib import Path
 
 from _common import environment_line, run_axformer
@@ -109,7 +110,8 @@ def main() -> None:
         "ort_int8_p50_ms": int8.timing.latency_p50_ms,
         "ort_int8_p50_ms_one_thread": int8.timing_one_thread.latency_p50_ms if int8.timing_one_thread else None,
         "rows": rows,
-        "command": " ".join(cmd),
+        "command": shlex.join(cmd),
+        "requests": result.config.get("latency_examples"),
         "code": code,
         "environment": environment_line(),
         "dev_examples": result.task.dev_examples,
@@ -139,7 +141,8 @@ def _markdown(store: list[dict]) -> str:
             "",
             f"## {r['task']}, code {r['code']}, {r['environment']}",
             "",
-            f"`{r['command']}` ({r['dev_examples']} dev requests). ONNX Runtime int8 of the unpruned model: "
+            f"`{r['command']}` ({r['requests']} requests from the {r['dev_examples']} dev examples, every round). "
+            "ONNX Runtime int8 of the unpruned model: "
             f"{r['ort_int8_p50_ms']:.2f} ms at batch 1 with default threads"
             + (
                 f", {r['ort_int8_p50_ms_one_thread']:.2f} ms with one thread."
