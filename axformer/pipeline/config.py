@@ -274,7 +274,9 @@ class SearchStage(OptimizeConfig):
                 # 3e-4, the gold scores beside the teacher's, four perturbed copies of every pair), where MRPC's lost
                 # 2.6-4.4 F1 on dev and SST-2's 1.26 accuracy (sessions 18, 26): the size that holds is the task's,
                 # so it is tried, judged, and given up for the one above when it does not hold. The plan drops it
-                # where the two do not fit the budget together (SST-2's own student takes most of its 55 minutes)
+                # where the two do not fit the budget together (SST-2's own student takes most of its 55 minutes).
+                # Session 33: STS-B kept it (dev -0.52 at 1.97x ONNX Runtime int8, 18.2 min), MRPC refused it on
+                # its deciding pairs (-2.21) and shipped its own six-layer model (dev -0.71, 32.2 min)
                 half = max(1, round(layers / 2))
                 ours = len(parse_layers(self.student_layers, list(range(layers)))) if self.student_layers else layers
                 self.try_students = (
