@@ -4,6 +4,7 @@ The Python API mirrors the CLI: every subcommand is one of these functions.
 """
 
 from axformer.distill import DistillConfig
+from axformer.distill.ladder import StudentRung
 from axformer.distill.recipe import RecipeConfig, fastformers_recipe
 from axformer.errors import AxformerError
 from axformer.evaluation import Evaluation, evaluate
@@ -29,6 +30,7 @@ __all__ = [
     "Recovery",
     "TaskSelection",
     "RecipeConfig",
+    "StudentRung",
     "Evaluation",
     "FinetuneConfig",
     "FinetuneResult",

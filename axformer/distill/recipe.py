@@ -11,6 +11,10 @@ when that directory is complete, so an interrupted recipe resumes at the stage
 it stopped in (and inside a distillation, at its last checkpoint). Without
 ``student_layers`` the recipe is FastFormers' structured pruning alone: prune
 the given model, then distil it from its unpruned self.
+
+With ``trials`` (smaller students, ``axformer.distill.ladder``) the same stages run
+first for each of them under ``stages/trial-.../``, each followed by its judgement;
+the first that holds is the recipe's model and the sizes above are never trained.
 """
 
 from __future__ import annotations
