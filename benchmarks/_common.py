@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from axformer.benchmark.result import batch1_speedups
+from axformer.distill.recipe import trial_cells
 
 
 def run_axformer(cmd: list[str]) -> str:
@@ -128,6 +129,7 @@ def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
     shipped = next((s for s in stages if s.get("path") == back.get("shipped")), stages[0]) if back else stages[-1]
     present = [s for s in shipped["structure"] if not s.get("removed")]
     tried = [t for t in recipe.get("trials", []) if t["tried"]]  # smaller students judged before the recipe's own
+    steps = [s["stage"].rsplit("/", 1)[-1] for s in stages[1:]]  # a rung's stages live under its own directory
     return {
         "metric": main,
         "decision": [stages[0]["heldout"]["metrics"][main], shipped["heldout"]["metrics"][main]],
@@ -140,10 +142,8 @@ def _recipe_outcome(out: Path, recipe: dict, bench) -> dict:
         "removed": len(stages[0]["structure"]) - len(present),
         "recovery": {
             "mode": "recipe: "
-            + "".join(f"{t['sizes']} tried first, {'kept' if t['accepted'] else 'refused'}; " for t in tried)
-            + ", ".join(
-                RECIPE_STEPS[s["stage"].split("/")[-1]] for s in stages[1:] if s["stage"].split("/")[-1] in RECIPE_STEPS
-            )
+            + "".join(f"{t['sizes']} tried first, {trial_cells(t)[-1]}; " for t in tried)
+            + ", ".join(RECIPE_STEPS[step] for step in steps if step in RECIPE_STEPS)
             + (f" (shipped {shipped['stage']})" if back and shipped is not stages[0] else ""),
             # the plan counts the distillations' inputs, extra ones included; a run without --time-budget has none
             "budget": {"examples": plan.get("train_examples"), "epochs": plan.get("epochs")} if plan else None,

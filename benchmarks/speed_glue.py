@@ -204,14 +204,15 @@ def _table(rows: list[dict]) -> str:
 
 
 def _trial_text(t: dict) -> str:
-    """One smaller student the recipe tried first, in a sentence."""
+    """One smaller student the recipe tried first, in a sentence (the recipe's own cells)."""
+    from axformer.distill.recipe import trial_cells
+
+    examples, teacher, student, certificate, verdict = trial_cells(t)
     if not t["tried"]:
-        return f"Student tried first: {t['sizes']}: not tried ({t['why']})."
-    d, c = t["deciding"], t.get("certificate")
-    cert = "" if c is None else f", certificate {-c['drop']:+.2f} on the {c['checked_on']} examples"
+        return f"Student tried first: {t['sizes']}: {verdict}."
+    cert = "" if certificate == "-" else f", certificate {certificate} examples"
     return (
-        f"Student tried first: {t['sizes']}: {d['teacher']:.2f} -> {d['student']:.2f} ({-d['drop']:+.2f}) on "
-        f"{d['examples']} deciding examples{cert}: {'kept' if t['accepted'] else 'refused'}."
+        f"Student tried first: {t['sizes']}: {teacher} -> {student} on {examples} deciding examples{cert}: {verdict}."
     )
 
 

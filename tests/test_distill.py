@@ -413,7 +413,10 @@ def test_the_plan_tries_a_smaller_student_only_when_it_and_the_recipes_own_fit()
     from axformer.distill.ladder import StudentRung
     from axformer.distill.recipe import RecipeConfig
 
-    def fake_plan(model, data, config, budget_seconds, device, downstream=None, judged=False):
+    shared = []
+
+    def fake_plan(model, data, config, budget_seconds, device, downstream=None, judged=False, teacher=None):
+        shared.append(id(teacher))
         if judged:  # the rung: 100 s of teacher outputs, 200 s of training per epoch, a 50 s judgement
             stages = [StagePlan("1-distilled", 100 + 200 * 3, 3, "", 100 + 200 * 3), StagePlan("judge", 50)]
             return RecipePlan(budget_seconds, 0.1, 0.1, 10, 3.0, stages, 100.0)
@@ -441,6 +444,7 @@ def test_the_plan_tries_a_smaller_student_only_when_it_and_the_recipes_own_fit()
     assert [s.stage for s in tight.stages] == ["1-distilled", "summaries"] and tight.stages[0].seconds == 1000
     assert "not tried: trial-layers-1" in tight.table()
     assert "gets 2.13 of 3 epochs" in squeezed.skipped["trial-layers-1"]
+    assert shared[0] == shared[1] != id(None)  # one plan's calls share the teacher's timings
 
 
 def test_student_rungs_parse_and_refuse_bad_specs(tuned_tiny, tmp_path, monkeypatch, capsys):

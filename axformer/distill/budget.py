@@ -236,13 +236,17 @@ def _request_seconds(net, enc, max_length: int, device, requests: int = 8) -> tu
     return float(np.median([once(i, None) for i in pick])), padded * max_length / longest
 
 
-def measure(model: str, data: TaskData, train, config, device, examples: int = 1600) -> dict[str, tuple[float, ...]]:
+def measure(
+    model: str, data: TaskData, train, config, device, examples: int = 1600, teacher: dict | None = None
+) -> dict[str, tuple[float, ...]]:
     """Per example, (forward, training step, forward in the trainer's precision) seconds of the teacher and of the
     recipe's own students (and, under "request", the teacher's batch-1 request at real and at maximum length:
     ``_request_seconds``), built here with the recipe's sizes (which heads and neurons a student keeps does not
     change its cost: the pruned one keeps the first ones), on a seeded sample of the training inputs at their
     real lengths, batched as the real passes batch them (``_per_example_seconds``: a few batches timed). Small
-    models are dominated by per-step overheads that no parameter count predicts, so they are timed, not scaled."""
+    models are dominated by per-step overheads that no parameter count predicts, so they are timed, not scaled.
+    ``teacher``: a dict the teacher's timings are kept in (filled by the first call, read by later ones: the
+    smaller students a ladder plans share the teacher)."""
     d = config.distill
     net = load_model(model, data.spec, device=device)
     tok = load_tokenizer(model)
@@ -262,7 +266,10 @@ def measure(model: str, data: TaskData, train, config, device, examples: int = 1
             int8_aware(m)
         return m
 
-    out = {"teacher": timed(net), "request": _request_seconds(net, enc, max_length, device)}
+    teacher = {} if teacher is None else teacher
+    if not teacher:  # the teacher's timings, kept for the next plan of the same recipe
+        teacher.update(teacher=timed(net), request=_request_seconds(net, enc, max_length, device))
+    out = dict(teacher)
     student = copy.deepcopy(net)
     pruned = config.heads is not None or config.ffn is not None
     if config.student_layers is not None:
@@ -288,6 +295,7 @@ def plan_recipe(
     device,
     downstream: Downstream | None = None,
     judged: bool = False,
+    teacher: dict | None = None,
 ) -> RecipePlan:
     """Epochs for each distillation so that the whole recipe fits ``budget_seconds`` (see the module doc).
 
@@ -298,7 +306,7 @@ def plan_recipe(
     """
     d = config.distill
     _, _, train_part, heldout = training_split(model, data, d)
-    timed = measure(model, data, train_part, config, device)
+    timed = measure(model, data, train_part, config, device, teacher=teacher)
     forward = timed["teacher"][0]
     from axformer.distill.trainer import perturbed_inputs
 
@@ -370,7 +378,8 @@ def plan_ladder(
     it, each kept only when it trains for the recipe's full epochs and the recipe's own student still fits after
     it at its own: a rung the budget squeezes would be judged half-trained, and one that fails must leave the
     fallback its time. The teacher's outputs are paid once, by the first distillation that runs."""
-    main = plan_recipe(model, data, config, budget_seconds, device, downstream)
+    teacher: dict = {}  # timed once, for every plan below
+    main = plan_recipe(model, data, config, budget_seconds, device, downstream, teacher=teacher)
     if not config.trials:
         return main
     epochs = config.distill.epochs
@@ -382,7 +391,7 @@ def plan_ladder(
                 f"the recipe's own student gets {main.epochs:.2f} of {epochs:g} epochs: no time to try another"
             )
             continue
-        sub = plan_recipe(model, data, rung.sizes_of(config), budget_seconds, device, judged=True)
+        sub = plan_recipe(model, data, rung.sizes_of(config), budget_seconds, device, judged=True, teacher=teacher)
         stages = [replace(s, stage=f"{rung.label}/{s.stage}") for s in sub.stages]
         if tried:  # an earlier rung computed the teacher's outputs
             first = next(s for s in stages if s.training_seconds is not None)

@@ -19,6 +19,7 @@ the first that holds is the recipe's model and the sizes above are never trained
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -249,8 +250,16 @@ def _deciding_examples(model: str, data: TaskData, config: RecipeConfig) -> tupl
     return selecting, [int(i) for i in partition(selecting, config.confirm_fraction)[0]]
 
 
+def _deciding_score(path: str | Path, data: TaskData, deciding: tuple[Split, list[int] | None]) -> float:
+    """A model's main metric on the recipe's deciding examples."""
+    split, positions = deciding
+    if positions is not None:
+        split = split.subset(np.asarray(positions, dtype=np.int64))
+    return _scores(Path(path), data, {"deciding": split})[0]["deciding"]["metrics"][data.spec.main_metric]
+
+
 def _judge(
-    teacher: str,
+    teacher_score: Callable[[], float],
     student: Path,
     data: TaskData,
     deciding: tuple[Split, list[int] | None],
@@ -264,15 +273,12 @@ def _judge(
     on the examples no decision saw. Both must hold: the deciding figure is the one its checkpoint was chosen
     on, so it flatters the student, and the certificate alone, read once for each rung and again for the
     recipe's own student, would be a multiple test."""
-    split, positions = deciding
-    if positions is not None:
-        split = split.subset(np.asarray(positions, dtype=np.int64))
     main = data.spec.main_metric
-    scores = {who: _scores(Path(path), data, {"deciding": split})[0]["deciding"]["metrics"][main]
-              for who, path in (("teacher", teacher), ("student", student))}  # fmt: skip
+    scores = {"teacher": teacher_score(), "student": _deciding_score(student, data, deciding)}
     drop = scores["teacher"] - scores["student"]
+    examples = len(deciding[1]) if deciding[1] is not None else len(deciding[0])
     verdict = {
-        "deciding": {"examples": len(split), **scores, "drop": drop, "passed": drop <= max_drop},
+        "deciding": {"examples": examples, **scores, "drop": drop, "passed": drop <= max_drop},
         "max_drop": max_drop,
     }
     tmp = output.with_name(output.name + ".partial")
@@ -283,7 +289,7 @@ def _judge(
     verdict["accepted"] = drop <= max_drop and verdict.get("certificate", {}).get("passed", True)
     tqdm.write(
         f"[{rung.label}] {rung.describe()}: {main} {scores['teacher']:.2f} -> {scores['student']:.2f} on "
-        f"{len(split)} deciding examples"
+        f"{examples} deciding examples"
         + (f", certificate {-verdict['certificate']['drop']:+.2f}" if "certificate" in verdict else "")
         + (": kept" if verdict["accepted"] else ": refused, a larger student next")
     )
@@ -402,6 +408,10 @@ def fastformers_recipe(
             made.append((name, current))
         return made
 
+    @functools.cache
+    def teacher_score() -> float:  # the teacher on the deciding examples: once, however many rungs are judged
+        return _deciding_score(model, data, deciding)
+
     trials: list[dict] = []
     chosen: StudentRung | None = None
     stages: list[tuple[str, Path]] = []
@@ -415,7 +425,7 @@ def fastformers_recipe(
         path = run(
             rung.label + "/judge",
             lambda p, final=final, rung=rung: _judge(
-                model, final, data, deciding, config.trial_max_drop, certify, rung, p
+                teacher_score, final, data, deciding, config.trial_max_drop, certify, rung, p
             ),
         )
         verdict = read_json(path / "verdict.json")
@@ -476,6 +486,21 @@ def rounding_note(r: dict) -> str:
     )
 
 
+def trial_cells(t: dict) -> list[str]:
+    """One smaller student's judgement as the recipe reports it: deciding examples, the teacher's and the student's
+    main metric there, the certificate's check, the verdict (the recipe's table, the benchmark scripts' text)."""
+    if not t["tried"]:
+        return ["-", "-", "-", "-", f"not tried: {t['why']}"]
+    d, cert = t["deciding"], t.get("certificate")
+    return [
+        str(d["examples"]),
+        f"{d['teacher']:.2f}",
+        f"{d['student']:.2f} ({-d['drop']:+.2f})",
+        "-" if cert is None else f"{-cert['drop']:+.2f} on {cert.get('checked_on', '?')}",
+        "kept" if t["accepted"] else "refused",
+    ]
+
+
 def trials_table(r: dict) -> tuple[str, list[str], list[list[str]]]:
     """The smaller students a recipe tried before its own: a sentence, the headers and the rows (the recipe's
     report and the pipeline's)."""
@@ -486,22 +511,7 @@ def trials_table(r: dict) -> tuple[str, list[str], list[list[str]]]:
         "recipe's model" + (f" (here: {r['student']})." if r.get("student") else " (here: none; the recipe's own).")
     )
     headers = ["student", "deciding examples", f"teacher {main}", f"student {main}", "certificate", "verdict"]
-    rows = []
-    for t in r["trials"]:
-        if not t["tried"]:
-            rows.append([t["sizes"], "-", "-", "-", "-", f"not tried: {t['why']}"])
-            continue
-        d, cert = t["deciding"], t.get("certificate")
-        rows.append(
-            [
-                t["sizes"],
-                str(d["examples"]),
-                f"{d['teacher']:.2f}",
-                f"{d['student']:.2f} ({-d['drop']:+.2f})",
-                "-" if cert is None else f"{-cert['drop']:+.2f} on {cert.get('checked_on', '?')}",
-                "kept" if t["accepted"] else "refused",
-            ]
-        )
+    rows = [[t["sizes"], *trial_cells(t)] for t in r["trials"]]
     return intro, headers, rows
 
 

@@ -24,7 +24,6 @@ import yaml
 from axformer.analysis.analyze import AnalyzeConfig
 from axformer.benchmark.run import BenchmarkConfig
 from axformer.distill.ladder import StudentRung
-from axformer.distill.students import parse_layers
 from axformer.errors import AxformerError
 from axformer.export.artifact import ExportConfig
 from axformer.search.config import ArtifactFormat, OptimizeConfig, upgrade_flat_keys
@@ -278,7 +277,7 @@ class SearchStage(OptimizeConfig):
                 # Session 33: STS-B kept it (dev -0.52 at 1.97x ONNX Runtime int8, 18.2 min), MRPC refused it on
                 # its deciding pairs (-2.21) and shipped its own six-layer model (dev -0.71, 32.2 min)
                 half = max(1, round(layers / 2))
-                ours = len(parse_layers(self.student_layers, list(range(layers)))) if self.student_layers else layers
+                ours = int(self.student_layers) if self.student_layers else layers  # a count, set just above
                 self.try_students = (
                     [StudentRung(layers=str(half), learning_rate=3e-4, hard_weight=1.0)] if half < ours else []
                 )
